@@ -1,0 +1,78 @@
+"""Outbound pacing: at most ``rate`` sends per second per key, across every process.
+
+A send reserves one slot on every key it is paced by (say, its chat and the whole bot) at once:
+the slot is the earliest time free on all of them, and each key's next slot moves to a little
+over ``1/rate`` after it. The send then waits for its slot. So in any window of one second at
+most ``rate`` sends start per key, however the keys combine. With Redis the slots live there (one
+Lua script, Redis's own clock), shared by all workers; in-process, a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+
+# Slots are spaced 10 % wider than 1/rate: the provider counts arrivals, and arrival times
+# jitter by a few tens of milliseconds, which would let two sends bunch into one window.
+MARGIN = 1.1
+
+Pace = tuple[str, float]
+"""(key, most sends per second)."""
+
+
+class RateLimiter:
+    async def acquire(self, *paces: Pace) -> float:
+        """Wait for the next slot free on every key; return the seconds waited."""
+        wait_s = await self._reserve(paces)
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+        return wait_s
+
+    async def _reserve(self, paces: Sequence[Pace]) -> float:
+        raise NotImplementedError
+
+
+class LocalRateLimiter(RateLimiter):
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def _reserve(self, paces: Sequence[Pace]) -> float:
+        async with self._lock:
+            now = time.monotonic()
+            slot = max([now, *(self._next.get(key, 0.0) for key, _ in paces)])
+            for key, rate_per_s in paces:
+                self._next[key] = slot + MARGIN / rate_per_s
+        return slot - now
+
+
+_RESERVE = """
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local slot = now_us
+for i, key in ipairs(KEYS) do
+  slot = math.max(slot, tonumber(redis.call('GET', key) or '0'))
+end
+for i, key in ipairs(KEYS) do
+  local next_us = slot + tonumber(ARGV[i])
+  local ttl_ms = math.ceil((next_us - now_us) / 1000) + 1000
+  redis.call('SET', key, tostring(next_us), 'PX', ttl_ms)
+end
+return slot - now_us
+"""
+
+
+class RedisRateLimiter(RateLimiter):
+    def __init__(self, redis: Any, prefix: str) -> None:
+        self._prefix = prefix
+        self._script = redis.register_script(_RESERVE)
+
+    async def _reserve(self, paces: Sequence[Pace]) -> float:
+        keys = [f"{self._prefix}:rate:{key}" for key, _ in paces]
+        intervals = [max(1, round(MARGIN * 1_000_000 / rate)) for _, rate in paces]
+        wait_us = int(await self._script(keys=keys, args=intervals))
+        return wait_us / 1_000_000

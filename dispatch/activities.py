@@ -1,0 +1,365 @@
+"""The activity log: activities, their state machine, and the append-only events beside them.
+
+Every state change is a conditional UPDATE that only succeeds from the expected states and
+writes its event in the same transaction (:meth:`ActivityLog.claim`, :meth:`ActivityLog.finish`):
+two workers can never both move an activity, and the events always agree with the row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatch.models import (
+    BLOCKING_STATUSES,
+    Activity,
+    ActivityEvent,
+    ActivityStatus,
+    Delivery,
+    Message,
+    MessageState,
+    utcnow,
+)
+from dispatch.outbox import add_reply
+
+__all__ = ["ActivityLog", "ActivityView", "EventView"]
+
+# A reply claimed for sending longer ago than this is presumed lost (its sender died) and stops
+# holding back the rest of its conversation; it is never sent again.
+SENDING_HOLDS_FOR = dt.timedelta(seconds=60)
+
+
+class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str
+    status: str | None
+    actor: str
+    data: dict[str, Any]
+    at: dt.datetime
+
+
+class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
+    """An activity as the API and handlers see it."""
+
+    id: int
+    agent_name: str
+    action_type: str
+    action_description: str
+    details: dict[str, Any]
+    status: str
+    metrics: dict[str, Any]
+    actor_user_id: int | None
+    source_message_id: int | None
+    source_channel: str | None
+    conversation_id: int | None
+    order_key: int | None
+    priority: str
+    visible_to_client: bool
+    attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    events: list[EventView] = []
+
+    @classmethod
+    def of(cls, row: Activity, events: Iterable[ActivityEvent] = ()) -> ActivityView:
+        return cls(
+            id=row.id,
+            agent_name=row.agent_name,
+            action_type=row.action_type,
+            action_description=row.action_description,
+            details=row.details,
+            status=row.status,
+            metrics=row.metrics,
+            actor_user_id=row.actor_user_id,
+            source_message_id=row.source_message_id,
+            source_channel=row.source_channel,
+            conversation_id=row.conversation_id,
+            order_key=row.order_key,
+            priority=row.priority,
+            visible_to_client=row.visible_to_client,
+            attempts=row.attempts,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
+            events=[
+                EventView(
+                    id=e.id, kind=e.kind, status=e.status, actor=e.actor, data=e.data, at=e.at
+                )
+                for e in events
+            ],
+        )
+
+
+class ActivityLog:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @staticmethod
+    def add_event(
+        session: AsyncSession,
+        activity_id: int,
+        kind: str,
+        *,
+        status: str | None = None,
+        actor: str = "system",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        session.add(
+            ActivityEvent(
+                activity_id=activity_id, kind=kind, status=status, actor=actor, data=data or {}
+            )
+        )
+
+    async def record(
+        self,
+        activity_id: int,
+        kind: str,
+        *,
+        actor: str = "system",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event that changes no state (a reply sent, a note)."""
+        async with self._sessions.begin() as session:
+            self.add_event(session, activity_id, kind, actor=actor, data=data)
+
+    async def get(self, activity_id: int, *, with_events: bool = False) -> ActivityView | None:
+        async with self._sessions() as session:
+            row = await session.get(Activity, activity_id)
+            if row is None:
+                return None
+            events: list[ActivityEvent] = []
+            if with_events:
+                events = list(
+                    (
+                        await session.execute(
+                            select(ActivityEvent)
+                            .where(ActivityEvent.activity_id == activity_id)
+                            .order_by(ActivityEvent.id)
+                        )
+                    ).scalars()
+                )
+            return ActivityView.of(row, events)
+
+    async def finish(
+        self,
+        activity: ActivityView,
+        to: ActivityStatus,
+        *,
+        kind: str,
+        details: dict[str, Any],
+        metrics: dict[str, Any],
+        reply: list[str],
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """in_progress → completed/failed with its result, event and reply (``reply``: the
+        parts to send), in one transaction."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(
+                    Activity.id == activity.id,
+                    Activity.status == ActivityStatus.IN_PROGRESS.value,
+                )
+                .values(
+                    status=to.value,
+                    details=details,
+                    metrics=metrics,
+                    completed_at=utcnow(),
+                    lease_expires_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(session, activity.id, kind, status=to.value, data=data)
+            await add_reply(
+                session,
+                activity_id=activity.id,
+                conversation_id=activity.conversation_id,
+                channel=activity.source_channel,
+                parts=reply,
+                media=(details.get("result") or {}).get("media"),
+                choices=(details.get("result") or {}).get("choices"),
+            )
+            return True
+
+    async def cancel(self, activity_id: int, *, actor: str) -> bool:
+        """Withdraw an activity that has not started; False if it already has (or is done)."""
+        waiting = [
+            ActivityStatus.PENDING.value,
+            ActivityStatus.QUEUED.value,
+            ActivityStatus.AWAITING_APPROVAL.value,
+        ]
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(Activity.id == activity_id, Activity.status.in_(waiting))
+                .values(status=ActivityStatus.CANCELLED.value, completed_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(
+                session,
+                activity_id,
+                "cancelled",
+                status=ActivityStatus.CANCELLED.value,
+                actor=actor,
+            )
+            return True
+
+    async def claim(self, activity_id: int, *, lease_s: float) -> bool:
+        """Take an activity to run: from ``queued``, or from an ``in_progress`` whose lease ran
+        out (its worker died). Exactly one of any number of concurrent callers wins."""
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(
+                    Activity.id == activity_id,
+                    or_(
+                        Activity.status == ActivityStatus.QUEUED.value,
+                        and_(
+                            Activity.status == ActivityStatus.IN_PROGRESS.value,
+                            Activity.lease_expires_at < now,
+                        ),
+                    ),
+                )
+                .values(
+                    status=ActivityStatus.IN_PROGRESS.value,
+                    started_at=now,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                    attempts=Activity.attempts + 1,
+                )
+                .returning(Activity.attempts)
+                .execution_options(synchronize_session=False)
+            )
+            attempt = result.scalar_one_or_none()
+            if attempt is None:
+                return False
+            self.add_event(
+                session,
+                activity_id,
+                "started",
+                status=ActivityStatus.IN_PROGRESS.value,
+                data={"attempt": attempt},
+            )
+            return True
+
+    async def blocker(self, activity: ActivityView) -> str | None:
+        """What holds this activity back in its conversation, or None if it may run now.
+
+        Activities of one conversation run, and are answered, in the order their messages
+        arrived: an earlier activity still pending/queued/running, an earlier message not yet
+        dispatched, or an earlier reply not yet handed to its channel, blocks.
+        """
+        order_key = activity.order_key
+        if activity.conversation_id is None or order_key is None:
+            return None
+        async with self._sessions() as session:
+            earlier_activity = (
+                await session.execute(
+                    select(Activity.id)
+                    .where(
+                        Activity.conversation_id == activity.conversation_id,
+                        Activity.order_key < order_key,
+                        Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                    )
+                    .order_by(Activity.order_key)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if earlier_activity is not None:
+                return f"activity {earlier_activity}"
+            earlier_message = (
+                await session.execute(
+                    select(
+                        exists().where(
+                            Message.conversation_id == activity.conversation_id,
+                            Message.id < order_key,
+                            Message.state == MessageState.RECEIVED.value,
+                        )
+                    )
+                )
+            ).scalar_one()
+            if earlier_message:
+                return "an earlier message"
+            earlier_reply = (
+                await session.execute(
+                    select(Message.id)
+                    .join(Activity, Message.activity_id == Activity.id)
+                    .where(
+                        Message.conversation_id == activity.conversation_id,
+                        Activity.order_key < order_key,
+                        or_(
+                            Message.delivery == Delivery.PENDING.value,
+                            and_(
+                                Message.delivery == Delivery.SENDING.value,
+                                Message.updated_at > utcnow() - SENDING_HOLDS_FOR,
+                            ),
+                        ),
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            return None if earlier_reply is None else f"reply {earlier_reply}"
+
+    async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
+        """The next activity waiting its turn in a conversation, if any."""
+        async with self._sessions() as session:
+            return (
+                await session.execute(
+                    select(Activity.id)
+                    .where(
+                        Activity.conversation_id == conversation_id,
+                        Activity.order_key > after_key,
+                        Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                    )
+                    .order_by(Activity.order_key)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+
+    async def stale(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities to re-drive: queued before ``older_than``, or running past their lease."""
+        now = utcnow()
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Activity.id)
+                .where(
+                    or_(
+                        and_(
+                            Activity.status == ActivityStatus.QUEUED.value,
+                            Activity.created_at < older_than,
+                        ),
+                        and_(
+                            Activity.status == ActivityStatus.IN_PROGRESS.value,
+                            Activity.lease_expires_at < now,
+                        ),
+                    )
+                )
+                .order_by(Activity.id)
+                .limit(limit)
+            )
+            return [int(r) for r in rows.scalars()]
+
+    async def unanswered(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities with a reply written but never handed to its channel."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Message.activity_id)
+                .where(
+                    Message.delivery == Delivery.PENDING.value,
+                    Message.activity_id.is_not(None),
+                    Message.updated_at < older_than,
+                )
+                .distinct()
+                .limit(limit)
+            )
+            return sorted(int(r) for r in rows.scalars() if r is not None)

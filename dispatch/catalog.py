@@ -1,0 +1,376 @@
+"""The catalog: agents, their action types, payload schemas and ordered intent rules.
+
+A TOML (or YAML) file decoded with msgspec into typed Structs and validated once at start-up;
+any problem raises :class:`~gateway.errors.CatalogError` naming the bad entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from channels.messages import Template
+from dispatch.models import Priority
+from dispatch.slots import SlotError, coerce
+from dispatch.text import normalize, strip_accents
+from gateway.errors import CatalogError
+
+__all__ = [
+    "ActionSpec",
+    "Amount",
+    "Catalog",
+    "CompiledRule",
+    "FieldSpec",
+    "HttpCallSpec",
+    "PayloadError",
+    "load_catalog",
+]
+
+FieldType = Literal[
+    "string", "integer", "number", "boolean", "amount", "date", "phone", "email", "id"
+]
+
+
+class Amount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    value: float
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+
+
+_PY_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "amount": Amount,
+    "date": Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")],
+    "phone": Annotated[str, msgspec.Meta(pattern=r"^\+[1-9]\d{6,14}$")],
+    "email": Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")],
+    "id": Annotated[int, msgspec.Meta(ge=1)],
+}
+
+
+class PayloadError(ValueError):
+    """A payload does not fit its action's schema; ``field`` names the culprit if known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class FieldSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: FieldType = "string"
+    required: bool = True
+    description: str = ""
+    max_length: int | None = None
+
+
+class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the ``http_call`` handler POSTs the payload."""
+
+    url: str
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    headers: dict[str, str] = {}
+    reply_field: str | None = None
+    """Field of the JSON answer to reply with; default: a text answer or the JSON itself."""
+
+
+class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    description: str
+    handler: str
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    priority: Priority = Priority.NORMAL
+    payload: dict[str, FieldSpec] = {}
+    examples: tuple[str, ...] = ()
+    http: HttpCallSpec | None = None
+    whatsapp_template: Template | None = None
+    """Sent instead of the free-form reply outside WhatsApp's 24-hour window."""
+
+
+class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actions: dict[str, ActionSpec]
+    description: str = ""
+
+
+class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    agent: str
+    action: str
+    patterns: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    payload: dict[str, Any] = {}
+
+
+class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The action a message no rule understood becomes (it must reply something useful)."""
+
+    agent: str
+    action: str
+
+
+class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    agents: dict[str, AgentSpec]
+    fallback: FallbackSpec
+    rules: tuple[RuleSpec, ...] = ()
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    agent: str
+    action: str
+    patterns: tuple[re.Pattern[str], ...]
+    keywords: re.Pattern[str] | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The validated catalog, with compiled rules and a payload Struct per action."""
+
+    agents: dict[str, AgentSpec]
+    rules: tuple[CompiledRule, ...]
+    fallback: FallbackSpec
+    payload_types: dict[tuple[str, str], type[msgspec.Struct]]
+    source: str
+
+    def action(self, agent: str, action_type: str) -> ActionSpec | None:
+        spec = self.agents.get(agent)
+        return None if spec is None else spec.actions.get(action_type)
+
+    def actions(self) -> Iterator[tuple[str, str, ActionSpec]]:
+        for agent_name, agent in self.agents.items():
+            for action_name, action in agent.actions.items():
+                yield agent_name, action_name, action
+
+    def validate_payload(
+        self, agent: str, action_type: str, payload: Any, *, today: dt.date | None = None
+    ) -> dict[str, Any]:
+        """Coerce typed slots and decode ``payload`` against the action's schema.
+
+        Raises :class:`PayloadError`. The result is plain JSON-able data.
+        """
+        spec = self.action(agent, action_type)
+        if spec is None:
+            raise PayloadError(f"no action {agent}.{action_type}")
+        if not isinstance(payload, dict):
+            raise PayloadError("the payload must be an object")
+        coerced: dict[str, Any] = {}
+        for name, value in payload.items():
+            field = spec.payload.get(name)
+            if field is None:
+                raise PayloadError(f"unknown field {name!r}", name)
+            try:
+                coerced[name] = coerce(field.type, value, today=today)
+            except SlotError as exc:
+                raise PayloadError(str(exc), name) from None
+        try:
+            value = msgspec.convert(coerced, self.payload_types[(agent, action_type)], strict=False)
+        except msgspec.ValidationError as exc:
+            raise PayloadError(str(exc)) from None
+        built: dict[str, Any] = msgspec.to_builtins(value)
+        return {k: v for k, v in built.items() if v is not None}
+
+    def missing_fields(self, agent: str, action_type: str, payload: dict[str, Any]) -> list[str]:
+        """Required fields of the action that ``payload`` lacks, in schema order."""
+        spec = self.action(agent, action_type)
+        if spec is None:
+            return []
+        return [n for n, f in spec.payload.items() if f.required and payload.get(n) in (None, "")]
+
+
+def _payload_struct(agent: str, action: str, fields: dict[str, FieldSpec]) -> type[msgspec.Struct]:
+    required: list[tuple[str, Any]] = []
+    optional: list[tuple[str, Any, Any]] = []
+    for name, spec in fields.items():
+        base: Any = _PY_TYPES[spec.type]
+        if spec.type == "string":
+            base = Annotated[str, msgspec.Meta(min_length=1, max_length=spec.max_length)]
+        if spec.required:
+            required.append((name, base))
+        else:
+            optional.append((name, base | None, None))
+    return msgspec.defstruct(
+        f"{agent}_{action}_payload",
+        [*required, *optional],
+        forbid_unknown_fields=True,
+        kw_only=True,
+    )
+
+
+def _compile_keywords(keywords: Collection[str]) -> re.Pattern[str] | None:
+    words = sorted({normalize(k).strip() for k in keywords if k.strip()}, key=len, reverse=True)
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)")
+
+
+def _validate_actions(
+    file: CatalogFile, handlers: Collection[str], source: str
+) -> dict[tuple[str, str], type[msgspec.Struct]]:
+    payload_types: dict[tuple[str, str], type[msgspec.Struct]] = {}
+    for agent_name, agent in file.agents.items():
+        where = f"{source}: agents.{agent_name}"
+        if not _NAME.fullmatch(agent_name):
+            raise CatalogError(where, "agent names are lowercase letters, digits and _")
+        if not agent.actions:
+            raise CatalogError(where, "an agent needs at least one action")
+        for action_name, action in agent.actions.items():
+            at = f"{where}.actions.{action_name}"
+            _validate_action(action_name, action, handlers, at)
+            payload_types[(agent_name, action_name)] = _payload_struct(
+                agent_name, action_name, action.payload
+            )
+    return payload_types
+
+
+def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], at: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise CatalogError(at, "action names are lowercase letters, digits and _")
+    if action.handler not in handlers:
+        raise CatalogError(
+            at + ".handler",
+            f"unknown handler {action.handler!r}; known: {', '.join(sorted(handlers))}",
+        )
+    if action.handler == "http_call" and action.http is None:
+        raise CatalogError(at, "handler 'http_call' needs an [http] table with a url")
+    if action.http is not None and not re.match(r"https?://", action.http.url):
+        raise CatalogError(at + ".http.url", "must be an http:// or https:// URL")
+    if not 0 < action.timeout_s <= 3600:
+        raise CatalogError(at + ".timeout_s", "must be in (0, 3600]")
+    for field_name in action.payload:
+        if not _NAME.fullmatch(field_name):
+            raise CatalogError(at + f".payload.{field_name}", "bad field name")
+
+
+def _known(file: CatalogFile, agent: str, action: str, where: str) -> ActionSpec:
+    spec = file.agents.get(agent)
+    if spec is None:
+        raise CatalogError(where, f"unknown agent {agent!r}")
+    action_spec = spec.actions.get(action)
+    if action_spec is None:
+        raise CatalogError(where, f"agent {agent!r} has no action {action!r}")
+    return action_spec
+
+
+def _compile_rule(file: CatalogFile, rule: RuleSpec, where: str) -> CompiledRule:
+    action = _known(file, rule.agent, rule.action, where)
+    if not rule.patterns and not rule.keywords:
+        raise CatalogError(where, "a rule needs patterns or keywords")
+    compiled: list[re.Pattern[str]] = []
+    for pattern in rule.patterns:
+        try:
+            regex = re.compile(strip_accents(pattern), re.IGNORECASE)
+        except re.error as exc:
+            raise CatalogError(where, f"bad regex {pattern!r}: {exc}") from None
+        unknown = set(regex.groupindex) - set(action.payload)
+        if unknown:
+            raise CatalogError(
+                where,
+                f"named groups {sorted(unknown)} are not payload fields of "
+                f"{rule.agent}.{rule.action}",
+            )
+        compiled.append(regex)
+    unknown_fixed = set(rule.payload) - set(action.payload)
+    if unknown_fixed:
+        raise CatalogError(where, f"payload fields {sorted(unknown_fixed)} are not in the schema")
+    return CompiledRule(
+        id=rule.id,
+        agent=rule.agent,
+        action=rule.action,
+        patterns=tuple(compiled),
+        keywords=_compile_keywords(rule.keywords),
+        payload=dict(rule.payload),
+    )
+
+
+def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Catalog:
+    from dispatch.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
+
+    if SYSTEM_AGENT in file.agents:
+        raise CatalogError(
+            f"{source}: agents.{SYSTEM_AGENT}", "is built in (help, status, cancel); rename yours"
+        )
+    file = msgspec.structs.replace(
+        file,
+        agents={SYSTEM_AGENT: system_agent(), **file.agents},
+        rules=(*CONTROL_RULES, *file.rules),
+    )
+    payload_types = _validate_actions(file, handlers, source)
+    _known(file, file.fallback.agent, file.fallback.action, f"{source}: fallback")
+    rules: list[CompiledRule] = []
+    seen: set[str] = set()
+    for index, rule in enumerate(file.rules, start=-len(CONTROL_RULES)):
+        where = f"{source}: rules[{index}] (id {rule.id!r})"
+        if rule.id in seen:
+            raise CatalogError(where, "duplicate rule id")
+        seen.add(rule.id)
+        rules.append(_compile_rule(file, rule, where))
+    return Catalog(
+        agents=dict(file.agents),
+        rules=tuple(rules),
+        fallback=file.fallback,
+        payload_types=payload_types,
+        source=source,
+    )
+
+
+def decode_catalog(content: bytes, source: str, handlers: Collection[str]) -> Catalog:
+    """Decode and validate catalog text; ``source`` names it in errors (its path)."""
+    try:
+        if source.endswith((".yaml", ".yml")):
+            raw = msgspec.yaml.decode(content)
+        else:
+            raw = msgspec.toml.decode(content)
+    except msgspec.DecodeError as exc:
+        raise CatalogError(source, f"not valid {Path(source).suffix or 'TOML'}: {exc}") from None
+    try:
+        file = msgspec.convert(raw, CatalogFile)
+    except msgspec.ValidationError as exc:
+        raise CatalogError(*_locate(raw, source, exc)) from None
+    return _validate(file, handlers, source)
+
+
+def _locate(raw: Any, source: str, error: msgspec.ValidationError) -> tuple[str, str]:
+    """Name the agent/action behind a type error (msgspec elides mapping keys as [...])."""
+    agents = raw.get("agents") if isinstance(raw, dict) else None
+    if isinstance(agents, dict):
+        for agent_name, agent in agents.items():
+            actions = agent.get("actions") if isinstance(agent, dict) else None
+            for action_name, action in (actions or {}).items():
+                try:
+                    msgspec.convert(action, ActionSpec)
+                except msgspec.ValidationError as exc:
+                    where = f"{source}: agents.{agent_name}.actions.{action_name}"
+                    return where, str(exc).replace("$.", "")
+            try:
+                msgspec.convert(agent, AgentSpec)
+            except msgspec.ValidationError as exc:
+                return f"{source}: agents.{agent_name}", str(exc).replace("$.", "")
+    return source, str(error)
+
+
+def load_catalog(path: Path | None, handlers: Collection[str]) -> Catalog:
+    """Load the catalog at ``path``, or the bundled default catalog when ``path`` is None."""
+    if path is None:
+        ref = resources.files("gateway").joinpath("default_catalog.toml")
+        return decode_catalog(ref.read_bytes(), "default_catalog.toml", handlers)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(str(path), f"cannot read: {exc.strerror}") from None
+    return decode_catalog(content, str(path), handlers)

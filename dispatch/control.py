@@ -1,0 +1,76 @@
+"""Reserved control intents, handled before any catalog rule and never shadowed by one.
+
+They belong to the built-in ``system`` agent, which every catalog gets: ``help`` (what can I
+ask), ``status <id>`` (the state of one of my requests) and ``cancel <id>`` (withdraw one of my
+requests that has not started).
+"""
+
+from __future__ import annotations
+
+from dispatch.catalog import ActionSpec, AgentSpec, FieldSpec, RuleSpec
+
+__all__ = ["CONTROL_RULES", "SYSTEM_AGENT", "system_agent"]
+
+SYSTEM_AGENT = "system"
+_ID = FieldSpec(type="id", description="the request number")
+
+_NUMBER = r"\s*(?:#|no\.?|n[°º]|num(?:ero)?\.?|number)?\s*(?P<activity_id>\d+)\s*[.!?]*\s*$"
+
+CONTROL_RULES: tuple[RuleSpec, ...] = (
+    RuleSpec(
+        id="control:help",
+        agent=SYSTEM_AGENT,
+        action="help",
+        patterns=(r"^\s*(?:/start|/help|help|ayuda|menu|\?)\s*[.!?]*\s*$",),
+    ),
+    RuleSpec(
+        id="control:status",
+        agent=SYSTEM_AGENT,
+        action="status",
+        patterns=(
+            r"^\s*(?:status|state|estado|situacion)\s*(?:of|de|del)?\s*(?:my\s+|mi\s+)?"
+            r"(?:request|activity|solicitud|actividad|pedido)?" + _NUMBER,
+            r"^\s*#(?P<activity_id>\d+)\s*\??\s*$",
+        ),
+    ),
+    RuleSpec(
+        id="control:cancel",
+        agent=SYSTEM_AGENT,
+        action="cancel",
+        patterns=(
+            r"^\s*(?:cancel|cancela|cancelar|anula|anular)\s*(?:the\s+|la\s+|el\s+|mi\s+|my\s+)?"
+            r"(?:request|solicitud|pedido|actividad)?" + _NUMBER,
+        ),
+    ),
+)
+
+
+def system_agent() -> AgentSpec:
+    return AgentSpec(
+        description="Built in: help, the state of a request, cancelling one.",
+        actions={
+            "help": ActionSpec(
+                description="List what you can ask",
+                handler="help",
+                public=True,
+                timeout_s=5,
+                examples=("help",),
+            ),
+            "status": ActionSpec(
+                description="Show the state of one of your requests",
+                handler="status",
+                public=True,
+                timeout_s=5,
+                payload={"activity_id": _ID},
+                examples=("status 12",),
+            ),
+            "cancel": ActionSpec(
+                description="Cancel one of your requests that has not started",
+                handler="cancel",
+                public=True,
+                timeout_s=5,
+                payload={"activity_id": _ID},
+                examples=("cancel 12",),
+            ),
+        },
+    )

@@ -1,0 +1,277 @@
+"""The record: tables for users, conversations, messages, activities and their events.
+
+The same models serve PostgreSQL (asyncpg) and SQLite (aiosqlite); Alembic migrations in
+``migrations/`` create them on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "Activity",
+    "ActivityEvent",
+    "ActivityStatus",
+    "Base",
+    "Conversation",
+    "Delivery",
+    "Direction",
+    "Message",
+    "MessageState",
+    "Priority",
+    "User",
+    "UserIdentity",
+    "utcnow",
+]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC on both backends (SQLite hands back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite autoincrements only a column typed exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ActivityStatus(enum.StrEnum):
+    PENDING = "pending"
+    AWAITING_APPROVAL = "awaiting_approval"
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        ActivityStatus.COMPLETED,
+        ActivityStatus.FAILED,
+        ActivityStatus.CANCELLED,
+        ActivityStatus.REJECTED,
+    }
+)
+# Statuses that hold back later activities of the same conversation (ordering).
+BLOCKING_STATUSES = (
+    ActivityStatus.PENDING,
+    ActivityStatus.QUEUED,
+    ActivityStatus.IN_PROGRESS,
+)
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageState(enum.StrEnum):
+    """Processing state of an inbound message."""
+
+    RECEIVED = "received"  # stored and acknowledged; not yet dispatched
+    DISPATCHED = "dispatched"  # its activity exists
+    IGNORED = "ignored"  # nothing to do (e.g. an update kind we do not handle)
+
+
+class Delivery(enum.StrEnum):
+    """Delivery state of an outbound message."""
+
+    PENDING = "pending"  # written with its activity's outcome; not yet handed to the channel
+    SENDING = "sending"  # claimed by one sender; never handed over twice
+    QUEUED = "queued"  # accepted by the provider
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        """Statuses only move forward: a late, older status report is ignored."""
+        return _DELIVERY_RANK[self]
+
+
+_DELIVERY_RANK = {
+    Delivery.PENDING: 0,
+    Delivery.SENDING: 1,
+    Delivery.QUEUED: 2,
+    Delivery.SENT: 3,
+    Delivery.DELIVERED: 4,
+    Delivery.READ: 5,
+    Delivery.UNDELIVERED: 6,
+    Delivery.FAILED: 6,
+}
+
+
+class Base(DeclarativeBase):
+    # SQLAlchemy reads this class attribute; it is never mutated.
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: Json}  # noqa: RUF012
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32), default="guest")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class UserIdentity(Base):
+    """A user's address on one channel (phone number, chat id, web session, ...)."""
+
+    __tablename__ = "user_identities"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_identity_channel_address"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Conversation(Base):
+    """Where replies go: one per (channel, key)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("channel", "key", name="uq_conversation_channel_key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_inbound_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class Message(Base):
+    """An inbound or outbound message, with the raw provider payload kept for audit."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("channel", "external_id", name="uq_message_channel_external_id"),
+        # At most one reply per (activity, part): the at-most-once guard for replies.
+        UniqueConstraint("activity_id", "part", name="uq_message_activity_part"),
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    direction: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    sender: Mapped[str] = mapped_column(String(255), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    media: Mapped[list[dict[str, Any]]] = mapped_column(Json, default=list)
+    raw: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str | None] = mapped_column(String(16))
+    delivery: Mapped[str | None] = mapped_column(String(16))
+    delivery_error: Mapped[str | None] = mapped_column(Text)
+    activity_id: Mapped[int | None] = mapped_column(ForeignKey("agent_activities.id"), index=True)
+    part: Mapped[int | None] = mapped_column(Integer)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Activity(Base):
+    """One requested action of one agent: the auditable unit of work."""
+
+    __tablename__ = "agent_activities"
+    __table_args__ = (
+        Index("ix_agent_activities_status_created", "status", "created_at"),
+        Index("ix_agent_activities_conversation_order", "conversation_id", "order_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    agent_name: Mapped[str] = mapped_column(String(100))
+    action_type: Mapped[str] = mapped_column(String(100))
+    action_description: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(32), default=ActivityStatus.PENDING)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    # No foreign key: messages already reference activities (outbound replies) and a cycle
+    # would need ALTER TABLE, which SQLite lacks. Unique: one activity per inbound message.
+    source_message_id: Mapped[int | None] = mapped_column(BigInteger, unique=True)
+    source_channel: Mapped[str | None] = mapped_column(String(32))
+    conversation_id: Mapped[int | None] = mapped_column(ForeignKey("conversations.id"))
+    # Position in the conversation: activities run in this order (the source message id).
+    order_key: Mapped[int | None] = mapped_column(BigInteger)
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.NORMAL)
+    visible_to_client: Mapped[bool] = mapped_column(Boolean, default=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column()
+    completed_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class ActivityEvent(Base):
+    """Append-only: every state change of an activity, with who, when and data."""
+
+    __tablename__ = "activity_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(255), default="system")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,211 @@
+"""The one dispatch service every entry point uses.
+
+``ingest`` stores a message and hands it to the queue (milliseconds, on the request path);
+``dispatch_message`` (in a job) parses it → checks permission → writes the activity and its first
+event → enqueues the run. Nothing here knows which channel or transport is in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from channels.messages import InboundMessage
+from dispatch.activities import ActivityLog
+from dispatch.catalog import Catalog
+from dispatch.intents import Intent
+from dispatch.interpret import Interpreter
+from dispatch.models import Activity, ActivityStatus, Message, MessageState, User
+from dispatch.outbox import add_reply, reply_text
+from dispatch.permissions import may_request
+from dispatch.queue import JobQueue
+from dispatch.store import Accepted, MessageStore
+
+__all__ = ["DispatchService", "Dispatched"]
+
+log = logging.getLogger("switchboard.dispatch")
+
+
+class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
+    activity_id: int
+    status: str
+    created: bool
+
+
+class DispatchService:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        store: MessageStore,
+        activities: ActivityLog,
+        catalog: Catalog,
+        interpreter: Interpreter,
+        queue: JobQueue,
+        split: Callable[[str, str], list[str]],
+        history_turns: int = 6,
+    ) -> None:
+        self._sessions = sessions
+        self._store = store
+        self._activities = activities
+        self._catalog = catalog
+        self._interpreter = interpreter
+        self._queue = queue
+        self._split = split
+        self._history_turns = history_turns
+
+    async def ingest(self, message: InboundMessage) -> Accepted:
+        """Store first, then queue the parsing; a duplicate is accepted and queues nothing."""
+        accepted = await self._store.accept(message)
+        if message.ignored:
+            log.info("message stored, not dispatched", extra={"reason": message.ignored})
+            return accepted
+        if accepted.duplicate:
+            log.info(
+                "duplicate message ignored",
+                extra={"channel": message.channel, "external_id": message.external_id},
+            )
+            return accepted
+        try:
+            await self._queue.enqueue_dispatch(accepted.message_id)
+        except Exception:
+            # Stored is accepted: the provider gets its 2xx, and recovery dispatches the
+            # message from the database once the queue is back.
+            log.exception(
+                "enqueue failed; recovery will re-drive", extra={"message_id": accepted.message_id}
+            )
+        return accepted
+
+    async def dispatch_message(self, message_id: int) -> Dispatched | None:
+        """Turn a stored message into its activity (once) and enqueue it.
+
+        Safe to call any number of times: the activity is unique per source message, and a
+        message already dispatched only has its activity re-enqueued if it is still waiting.
+        """
+        async with self._sessions() as session:
+            message = await session.get(Message, message_id)
+            if message is None:
+                log.warning("dispatch of unknown message", extra={"message_id": message_id})
+                return None
+            existing = await self._activity_of(session, message_id)
+            user = await session.get(User, message.user_id) if message.user_id else None
+        if existing is not None:
+            activity_id, status = existing
+            # Re-driven: the run job is idempotent and also sends a reply still owed.
+            await self._queue.enqueue_run(activity_id)
+            return Dispatched(activity_id=activity_id, status=status, created=False)
+
+        started = time.perf_counter()
+
+        async def history() -> list[tuple[str, str]]:
+            return await self._store.history(
+                message.conversation_id, before_id=message.id, limit=self._history_turns
+            )
+
+        intent = await self._interpreter.interpret(
+            message.text,
+            role=user.role if user else None,
+            active=user.active if user else True,
+            history=history,
+        )
+        parse_us = round((time.perf_counter() - started) * 1e6, 1)
+        try:
+            dispatched = await self._record(message, intent, parse_us)
+        except IntegrityError:
+            # A concurrent run of this job recorded it first.
+            async with self._sessions() as session:
+                again = await self._activity_of(session, message_id)
+            if again is None:
+                raise
+            return Dispatched(activity_id=again[0], status=again[1], created=False)
+        # Also for an activity refused at dispatch: its run job sends the refusal, in order.
+        await self._queue.enqueue_run(dispatched.activity_id)
+        return dispatched
+
+    async def _activity_of(self, session: AsyncSession, message_id: int) -> tuple[int, str] | None:
+        row = (
+            await session.execute(
+                select(Activity.id, Activity.status).where(Activity.source_message_id == message_id)
+            )
+        ).one_or_none()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    async def _record(self, message: Message, intent: Intent, parse_us: float) -> Dispatched:
+        action = self._catalog.action(intent.agent, intent.action_type)
+        async with self._sessions.begin() as session:
+            user = await session.get(User, message.user_id) if message.user_id else None
+            role = user.role if user else None
+            allowed = action is not None and may_request(
+                role, user.active if user else True, action
+            )
+            provenance: dict[str, Any] = {
+                **intent.provenance,
+                "matched": intent.matched,
+                "parse_us": parse_us,
+            }
+            details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
+            status = ActivityStatus.QUEUED if allowed else ActivityStatus.FAILED
+            if not allowed:
+                details["error"] = {
+                    "reason": "forbidden",
+                    "message": f"you may not run {intent.agent}.{intent.action_type}",
+                }
+            activity = Activity(
+                agent_name=intent.agent,
+                action_type=intent.action_type,
+                action_description=action.description if action else "",
+                details=details,
+                status=status.value,
+                actor_user_id=message.user_id,
+                source_message_id=message.id,
+                source_channel=message.channel,
+                conversation_id=message.conversation_id,
+                order_key=message.id,
+                priority=(action.priority if action else "normal"),
+                completed_at=None if allowed else message.received_at,
+            )
+            session.add(activity)
+            await session.flush()
+            self._activities.add_event(
+                session,
+                activity.id,
+                "created",
+                status=status.value,
+                actor=f"user:{message.user_id}" if message.user_id else "system",
+                data={"payload": intent.payload, "provenance": provenance},
+            )
+            if not allowed:
+                self._activities.add_event(
+                    session, activity.id, "denied", status=status.value, data=details["error"]
+                )
+                text = reply_text(activity.id, status.value, details)
+                await add_reply(
+                    session,
+                    activity_id=activity.id,
+                    conversation_id=message.conversation_id,
+                    channel=message.channel,
+                    parts=self._split(message.channel, text) if text else [],
+                )
+            await session.execute(
+                update(Message)
+                .where(Message.id == message.id)
+                .values(state=MessageState.DISPATCHED.value)
+            )
+            log.info(
+                "activity recorded",
+                extra={
+                    "activity_id": activity.id,
+                    "message_id": message.id,
+                    "agent": intent.agent,
+                    "action_type": intent.action_type,
+                    "status": status.value,
+                },
+            )
+            return Dispatched(activity_id=activity.id, status=status.value, created=True)

@@ -1,0 +1,179 @@
+"""The ``switchboard`` command: serve, worker, migrate, send, settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+
+from gateway.errors import SwitchboardError
+from gateway.settings import Settings, get_settings
+
+__all__ = ["main"]
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    host = args.host or settings.http.host
+    port = args.port or settings.http.port
+    print(f"Switchboard on http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_max_size=settings.http.max_body_bytes * 2,
+    )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.logging import configure_logging
+    from workers.worker import create_worker
+
+    configure_logging(settings.log_level)
+    worker = create_worker(settings, burst=args.burst)
+    worker.run()
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from dispatch.db import create_engine
+    from migrations import upgrade
+
+    async def run() -> None:
+        engine = create_engine(settings.database)
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    print("database is at the latest revision", file=sys.stderr)
+    return 0
+
+
+async def _send_async(settings: Settings, text: str, sender: str, timeout_s: float) -> int:
+    from channels.messages import InboundMessage
+    from channels.rest import RestChannel
+    from channels.validation import require_text
+    from gateway.services import build_services
+
+    async with build_services(settings, role="cli") as services:
+        inbound = InboundMessage(
+            channel=RestChannel.name,
+            external_id=f"cli-{uuid.uuid4()}",
+            conversation_key=sender,
+            sender=sender,
+            text=require_text(text, settings.http.max_text_chars),
+            raw={"text": text, "via": "cli"},
+        )
+        accepted = await services.dispatcher.ingest(inbound)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            replies = await services.store.replies_to(accepted.message_id)
+            if replies and all(r.delivery not in {"pending", "sending"} for r in replies):
+                print("\n".join(r.text for r in replies))
+                return 0
+            await asyncio.sleep(0.05)
+    hint = " (is `switchboard worker` running?)" if settings.queue.redis_url else ""
+    print(f"no reply within {timeout_s:g} s{hint}", file=sys.stderr)
+    return 1
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.logging import configure_logging
+
+    configure_logging("WARNING")
+    return asyncio.run(_send_async(settings, args.text, args.sender, args.timeout))
+
+
+def _telegram(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from channels.telegram import TelegramChannel
+    from gateway.services import build_services
+
+    if not settings.telegram.enabled:
+        print("switchboard: SWITCHBOARD_TELEGRAM_BOT_TOKEN is not set", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        async with build_services(settings, role="cli") as services:
+            channel: TelegramChannel = services.telegram
+            if args.action == "set-webhook":
+                if settings.http.public_url is None:
+                    print("switchboard: set SWITCHBOARD_PUBLIC_URL first", file=sys.stderr)
+                    return 2
+                url = settings.http.public_url.rstrip("/") + "/webhooks/telegram"
+                await channel.set_webhook(url, drop_pending_updates=args.drop_pending_updates)
+                print(f"webhook set: {url} (secret token set; updates: message, callback_query)")
+            elif args.action == "webhook-info":
+                print(json.dumps(await channel.webhook_info(), indent=2, sort_keys=True))
+            else:
+                await channel.delete_webhook(drop_pending_updates=args.drop_pending_updates)
+                print("webhook deleted")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _settings(settings: Settings, _args: argparse.Namespace) -> int:
+    for variable, default, doc in settings.describe():
+        print(f"{variable} (default {default})\n    {doc}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard", description="Messaging chatbot ingestion gateway."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP/WebSocket gateway")
+    serve.add_argument("--host", help="interface to bind (default SWITCHBOARD_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default SWITCHBOARD_PORT or 8000)")
+    serve.set_defaults(run=_serve)
+    worker = sub.add_parser("worker", help="run the arq worker (needs SWITCHBOARD_REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(run=_worker)
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=_migrate)
+    send = sub.add_parser("send", help="send a message as a user would and print the reply")
+    send.add_argument("text")
+    send.add_argument("--sender", default=f"cli:{getpass.getuser()}", help="sender identity")
+    send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
+    send.set_defaults(run=_send)
+    telegram = sub.add_parser("telegram", help="manage the Telegram bot's webhook")
+    telegram.add_argument("action", choices=["set-webhook", "webhook-info", "delete-webhook"])
+    telegram.add_argument(
+        "--drop-pending-updates",
+        action="store_true",
+        help="discard updates Telegram queued while no webhook answered",
+    )
+    telegram.set_defaults(run=_telegram)
+    show = sub.add_parser("settings", help="list every setting with its default")
+    show.set_defaults(run=_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = get_settings()
+        return int(args.run(settings, args))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc.detail}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Thin route handlers: validate, call a service, return a Struct."""

@@ -1,0 +1,20 @@
+"""Counters in Prometheus text format."""
+
+from __future__ import annotations
+
+from litestar import MediaType, get
+from litestar.di import NamedDependency
+
+from gateway.services import Services
+
+__all__ = ["metrics"]
+
+
+@get("/metrics", media_type=MediaType.TEXT, tags=["health"])
+async def metrics(services: NamedDependency[Services]) -> str:
+    values = await services.counters.snapshot()
+    lines = []
+    for name in sorted(values):
+        lines.append(f"# TYPE switchboard_{name} counter")
+        lines.append(f"switchboard_{name} {values[name]}")
+    return "\n".join(lines) + "\n"

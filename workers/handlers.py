@@ -1,0 +1,195 @@
+"""The built-in handlers: help, echo, status and http_call."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import httpx
+import msgspec
+
+from channels.backoff import backoff
+from channels.messages import Choice, Media
+from dispatch.activities import ActivityView
+from dispatch.permissions import may_request
+from workers.registry import Handler, HandlerContext, HandlerResult
+
+__all__ = [
+    "BUILTIN_HANDLERS",
+    "CancelHandler",
+    "EchoHandler",
+    "HelpHandler",
+    "HttpCallHandler",
+    "StatusHandler",
+]
+
+MAX_REPLY_CHARS = 4000
+MAX_CHOICES = 6
+
+
+class HelpHandler(Handler):
+    """What this sender may ask, from the catalog; also the answer to text nobody understood."""
+
+    name: ClassVar[str] = "help"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        lines: list[str] = []
+        choices: list[Choice] = []
+        for _agent, _action, spec in ctx.catalog.actions():
+            if not may_request(ctx.role, True, spec):
+                continue
+            example = f' (e.g. "{spec.examples[0]}")' if spec.examples else ""
+            lines.append(f"• {spec.description}{example}")
+            if spec.examples and len(choices) < MAX_CHOICES:
+                choices.append(Choice(label=spec.examples[0], text=spec.examples[0]))
+        provenance = ctx.activity.details.get("provenance", {})
+        intro = (
+            "I didn't understand that. You can ask:"
+            if provenance.get("matched") is False
+            else "You can ask:"
+        )
+        return HandlerResult(
+            text="\n".join([intro, *lines]), choices=tuple(choices), data={"actions": len(lines)}
+        )
+
+
+class EchoHandler(Handler):
+    name: ClassVar[str] = "echo"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        text = str(ctx.payload["text"])
+        return HandlerResult(text=text, data={"chars": len(text)})
+
+
+async def _own_activity(ctx: HandlerContext) -> ActivityView | HandlerResult:
+    """The payload's activity if the sender owns it; else the "not found" answer (one answer
+    for missing and for someone else's, so ids reveal nothing)."""
+    wanted = int(ctx.payload["activity_id"])
+    found = await ctx.activities.get(wanted)
+    if found is None or found.actor_user_id != ctx.activity.actor_user_id:
+        return HandlerResult(
+            text=f"I can't find a request #{wanted} of yours.", data={"found": False}
+        )
+    return found
+
+
+class StatusHandler(Handler):
+    """The state of one of the sender's own activities; anyone else's reads as not found."""
+
+    name: ClassVar[str] = "status"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        found = await _own_activity(ctx)
+        if isinstance(found, HandlerResult):
+            return found
+        text = (
+            f"Request #{found.id} ({found.action_description or found.action_type}): {found.status}"
+        )
+        error = found.details.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            text += f" — {error['message']}"
+        return HandlerResult(
+            text=text, data={"found": True, "activity_id": found.id, "status": found.status}
+        )
+
+
+class CancelHandler(Handler):
+    """Withdraw one of the sender's own requests that has not started."""
+
+    name: ClassVar[str] = "cancel"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        found = await _own_activity(ctx)
+        if isinstance(found, HandlerResult):
+            return found
+        wanted = found.id
+        actor = f"user:{ctx.activity.actor_user_id}"
+        if await ctx.activities.cancel(wanted, actor=actor):
+            return HandlerResult(text=f"Request #{wanted} cancelled.", data={"cancelled": True})
+        return HandlerResult(
+            text=f"Request #{wanted} is {found.status}; only a request that has not started "
+            "can be cancelled.",
+            data={"cancelled": False, "status": found.status},
+        )
+
+
+class HttpCallError(RuntimeError):
+    pass
+
+
+class HttpCallHandler(Handler):
+    """POST the payload as JSON to the action's URL and reply with the answer.
+
+    Retries connection errors, timeouts, 429 and 5xx with exponential backoff and jitter; a 4xx
+    is the service's final word and fails at once.
+    """
+
+    name: ClassVar[str] = "http_call"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        spec = ctx.action.http
+        if spec is None:  # validated at start-up; kept for type narrowing
+            raise HttpCallError("action has no http configuration")
+        body = {
+            "activity_id": ctx.activity.id,
+            "agent": ctx.activity.agent_name,
+            "action_type": ctx.activity.action_type,
+            "payload": ctx.payload,
+        }
+        headers = {"Idempotency-Key": f"switchboard-activity-{ctx.activity.id}", **spec.headers}
+        last_error = "no attempt made"
+        for attempt in range(spec.retries + 1):
+            if attempt:
+                await backoff(attempt - 1, spec.backoff_s)
+            try:
+                response = await ctx.http.post(
+                    spec.url, json=body, headers=headers, timeout=spec.timeout_s
+                )
+            except httpx.HTTPError as exc:
+                last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last_error = f"HTTP {response.status_code}"
+                continue
+            if response.status_code >= 400:
+                raise HttpCallError(f"HTTP {response.status_code}: {response.text[:200]}")
+            return self._result(response, spec.reply_field, attempt + 1)
+        raise HttpCallError(f"gave up after {spec.retries + 1} attempts: {last_error}")
+
+    @staticmethod
+    def _result(response: httpx.Response, reply_field: str | None, attempts: int) -> HandlerResult:
+        data: dict[str, Any] = {"status_code": response.status_code, "attempts": attempts}
+        media: tuple[Media, ...] = ()
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            text = response.text
+        else:
+            if isinstance(answer, dict) and "media" in answer:
+                try:
+                    media = msgspec.convert(answer["media"], tuple[Media, ...])
+                except msgspec.ValidationError as exc:
+                    raise HttpCallError(f"bad media in the answer: {exc}") from None
+            data["response"] = answer
+            if reply_field and isinstance(answer, dict) and reply_field in answer:
+                text = str(answer[reply_field])
+            elif isinstance(answer, dict) and isinstance(answer.get("reply"), str):
+                text = answer["reply"]
+            elif isinstance(answer, str):
+                text = answer
+            else:
+                text = json.dumps(answer, ensure_ascii=False)
+        return HandlerResult(
+            text=text[:MAX_REPLY_CHARS] or ("" if media else "(empty answer)"),
+            media=media,
+            data=data,
+        )
+
+
+BUILTIN_HANDLERS: tuple[Handler, ...] = (
+    HelpHandler(),
+    EchoHandler(),
+    StatusHandler(),
+    CancelHandler(),
+    HttpCallHandler(),
+)

@@ -1,0 +1,99 @@
+"""The embedded transport: jobs run on asyncio tasks inside the gateway process.
+
+Same job bodies as the arq worker (``workers.jobs``); on start it re-drives whatever the
+database says is unfinished, so a restart resumes queued work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY
+from dispatch.queue import DispatchJob, JobQueue, RunJob
+from workers import jobs
+from workers.recovery import recover, recover_forever
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+__all__ = ["InProcessQueue"]
+
+log = logging.getLogger("switchboard.inprocess")
+
+
+class InProcessQueue(JobQueue):
+    def __init__(self, prefix: str, *, concurrency: int) -> None:
+        super().__init__(prefix)
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._pending: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._services: Services | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+        self._closed = False
+
+    async def _enqueue(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
+        if self._closed or job_id in self._pending:
+            return False
+        self._pending.add(job_id)
+        self._idle.clear()
+        self._queue.put_nowait((function, job_id, job))
+        return True
+
+    async def start(self, services: Services) -> None:
+        self._services = services
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"switchboard-job-{n}")
+            for n in range(self._concurrency)
+        ]
+        self._tasks.append(asyncio.create_task(recover_forever(services), name="recovery"))
+        await recover(services, older_than_s=0)
+
+    async def _work(self) -> None:
+        assert self._services is not None
+        while True:
+            function, job_id, job = await self._queue.get()
+            self._busy += 1
+            try:
+                if function == DISPATCH_MESSAGE and isinstance(job, DispatchJob):
+                    await jobs.dispatch_message(self._services, job.message_id)
+                elif function == RUN_ACTIVITY and isinstance(job, RunJob):
+                    await jobs.run_activity(self._services, job.activity_id)
+                else:
+                    log.error("unknown job %s", function)
+            except Exception:
+                log.exception("job failed", extra={"job_id": job_id})
+            finally:
+                self._pending.discard(job_id)
+                self._busy -= 1
+                self._queue.task_done()
+                if not self._pending and self._busy == 0:
+                    self._idle.set()
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Wait until no job is queued or running (for the CLI and tests)."""
+        await asyncio.wait_for(self._idle.wait(), timeout=timeout_s)
+
+    async def close(self, *, grace_s: float = 10.0) -> None:
+        """Let running and queued jobs finish (up to ``grace_s``), then stop.
+
+        A job cut off mid-way is not lost: the database still says what is unfinished and the
+        next start re-drives it.
+        """
+        if self._tasks and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await self.drain(timeout_s=grace_s)
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []

@@ -1,0 +1,68 @@
+"""Handlers by name, and the resolution of (agent, action_type) to a handler via the catalog."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from channels.messages import Choice, Media
+
+if TYPE_CHECKING:
+    import httpx
+
+    from dispatch.activities import ActivityLog, ActivityView
+    from dispatch.catalog import ActionSpec, Catalog
+
+__all__ = ["Handler", "HandlerContext", "HandlerRegistry", "HandlerResult", "UnknownAction"]
+
+
+class UnknownAction(LookupError):
+    """No handler for this (agent, action_type): the activity fails, nothing is 'completed'."""
+
+
+class HandlerResult(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    media: tuple[Media, ...] = ()
+    choices: tuple[Choice, ...] = ()
+    data: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerContext:
+    activity: ActivityView
+    action: ActionSpec
+    payload: dict[str, Any]
+    catalog: Catalog
+    activities: ActivityLog
+    http: httpx.AsyncClient
+    role: str | None
+
+
+class Handler(abc.ABC):
+    """One kind of work. Subclasses set ``name`` and implement :meth:`run`."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def run(self, ctx: HandlerContext) -> HandlerResult: ...
+
+
+class HandlerRegistry:
+    def __init__(self, handlers: Iterable[Handler]) -> None:
+        self._handlers = {handler.name: handler for handler in handlers}
+
+    def names(self) -> frozenset[str]:
+        return frozenset(self._handlers)
+
+    def resolve(self, catalog: Catalog, agent: str, action_type: str) -> tuple[ActionSpec, Handler]:
+        action = catalog.action(agent, action_type)
+        if action is None:
+            raise UnknownAction(f"no action {agent}.{action_type} in the catalog")
+        handler = self._handlers.get(action.handler)
+        if handler is None:
+            raise UnknownAction(f"no handler {action.handler!r} for {agent}.{action_type}")
+        return action, handler

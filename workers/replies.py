@@ -1,0 +1,100 @@
+"""Handing an activity's written reply to the channel its message came from, at most once."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from channels.messages import Choice, Media, OutboundMessage
+from channels.registry import ChannelRegistry
+from dispatch.activities import ActivityLog, ActivityView
+from dispatch.catalog import Catalog
+from dispatch.models import Delivery
+from dispatch.store import MessageStore
+
+__all__ = ["ReplySender"]
+
+log = logging.getLogger("switchboard.replies")
+
+
+class ReplySender:
+    def __init__(
+        self,
+        *,
+        store: MessageStore,
+        channels: ChannelRegistry,
+        activities: ActivityLog,
+        catalog: Catalog,
+    ) -> None:
+        self._store = store
+        self._channels = channels
+        self._activities = activities
+        self._catalog = catalog
+
+    async def deliver(self, activity: ActivityView) -> int:
+        """Send the activity's pending replies; returns how many this call handed over.
+
+        Each reply is claimed (pending → sending) before the channel is called, so a crash in
+        between loses that reply rather than ever sending it twice.
+        """
+        pending = await self._store.pending_replies(activity.id)
+        if not pending or activity.conversation_id is None:
+            return 0
+        conversation = await self._store.conversation(activity.conversation_id)
+        if conversation is None:
+            return 0
+        in_reply_to = None
+        if activity.source_message_id is not None:
+            source = await self._store.get(activity.source_message_id)
+            in_reply_to = source.external_id if source else None
+        action = self._catalog.action(activity.agent_name, activity.action_type)
+        template = action.whatsapp_template if action else None
+        sent = 0
+        failed_part: int | None = None
+        for row in pending:
+            if not await self._store.claim_reply(row.id):
+                continue
+            if failed_part is not None:
+                # Never leave a gap in the middle of a reply: the rest is not sent either.
+                error = f"not sent: part {failed_part} of this reply failed"
+                await self._store.update_delivery(row.id, Delivery.FAILED, error=error)
+                continue
+            outbound = OutboundMessage(
+                channel=row.channel,
+                conversation_key=conversation.key,
+                conversation_id=conversation.id,
+                text=row.text,
+                media=msgspec.convert(row.media or [], tuple[Media, ...]),
+                activity_id=activity.id,
+                message_id=row.id,
+                in_reply_to=in_reply_to,
+                last_inbound_at=conversation.last_inbound_at,
+                template=template,
+                choices=msgspec.convert((row.raw or {}).get("choices") or [], tuple[Choice, ...]),
+            )
+            if await self._send(outbound, row.id) == Delivery.FAILED:
+                failed_part = row.part
+            sent += 1
+        return sent
+
+    async def _send(self, outbound: OutboundMessage, message_id: int) -> Delivery:
+        external_id: str | None
+        error: str | None
+        try:
+            delivered = await self._channels.get(outbound.channel).send(outbound)
+        except Exception as exc:
+            log.exception("reply send failed", extra={"activity_id": outbound.activity_id})
+            status = Delivery.FAILED
+            external_id, error = None, repr(exc)
+        else:
+            status = Delivery(delivered.status)
+            external_id, error = delivered.external_id, delivered.error
+        await self._store.update_delivery(message_id, status, external_id=external_id, error=error)
+        assert outbound.activity_id is not None
+        await self._activities.record(
+            outbound.activity_id,
+            "reply_failed" if status == Delivery.FAILED else "reply_sent",
+            data={"message_id": message_id, "delivery": status.value, "error": error},
+        )
+        return status
