@@ -1,0 +1,173 @@
+"""Shared fixtures: real PostgreSQL and Redis, one database and one Redis db per run.
+
+Without the services, tests that need them skip, unless ``SWITCHBOARD_REQUIRE_SERVICES=1``
+(as in CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.services import Services, build_services
+from gateway.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get(
+    "SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_BASE = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379")
+REQUIRE = os.environ.get("SWITCHBOARD_REQUIRE_SERVICES") == "1"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} unavailable: {exc!r}"
+    if REQUIRE:
+        pytest.fail(message + " (SWITCHBOARD_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    name = f"switchboard_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unavailable("PostgreSQL", exc)
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis db number of our own for this run (claimed with a lock key), flushed after."""
+
+    async def claim() -> int:
+        client = aioredis.from_url(f"{REDIS_BASE}/0", socket_timeout=5)
+        try:
+            for db in range(15, 0, -1):
+                if await client.set(f"switchboard-test-db-lock:{db}", "1", nx=True, ex=3600):
+                    return db
+            raise RuntimeError("every Redis db 1-15 is claimed by another test run")
+        finally:
+            await client.aclose()
+
+    async def release(db: int) -> None:
+        client = aioredis.from_url(f"{REDIS_BASE}/{db}")
+        await client.flushdb()
+        await client.aclose()
+        lock = aioredis.from_url(f"{REDIS_BASE}/0")
+        await lock.delete(f"switchboard-test-db-lock:{db}")
+        await lock.aclose()
+
+    try:
+        db = asyncio.run(claim())
+    except (OSError, aioredis.ConnectionError) as exc:
+        _unavailable("Redis", exc)
+    yield f"{REDIS_BASE}/{db}"
+    asyncio.run(release(db))
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"sbtest{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'switchboard.db'}"
+
+
+@pytest.fixture
+def make_env(prefix: str) -> Callable[..., dict[str, str]]:
+    """Environment for a gateway/worker: SWITCHBOARD_* values, extra ones as keyword args."""
+
+    def make(**values: Any) -> dict[str, str]:
+        env = {
+            "SWITCHBOARD_REDIS_PREFIX": prefix,
+            "SWITCHBOARD_WORKER_RECOVER_EVERY_S": "1",
+            "SWITCHBOARD_WORKER_RECOVER_AFTER_S": "1",
+            "SWITCHBOARD_LOG_LEVEL": "WARNING",
+        }
+        for key, value in values.items():
+            if value is not None:
+                env[f"SWITCHBOARD_{key.upper()}"] = str(value)
+        return env
+
+    return make
+
+
+@pytest.fixture
+def make_settings(make_env: Callable[..., dict[str, str]]) -> Callable[..., Settings]:
+    def make(**values: Any) -> Settings:
+        return Settings.from_env(make_env(**values))
+
+    return make
+
+
+@pytest.fixture
+async def embedded(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> AsyncIterator[Services]:
+    """Services on the embedded default: SQLite file, in-process jobs."""
+    async with build_services(make_settings(database_url=sqlite_url), role="gateway") as services:
+        yield services
+
+
+@pytest.fixture
+async def pg_migrated(pg_url: str) -> str:
+    from dispatch.db import create_engine
+    from gateway.settings import DatabaseSettings
+    from migrations import upgrade
+
+    engine = create_engine(DatabaseSettings(url=pg_url))
+    await upgrade(engine)
+    await engine.dispose()
+    return pg_url
+
+
+@contextlib.asynccontextmanager
+async def open_db(url: str) -> AsyncIterator[Any]:
+    """A session factory on its own engine, in the test's event loop, for assertions."""
+    from dispatch.db import create_engine, create_sessionmaker
+    from gateway.settings import DatabaseSettings
+
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+async def count_rows(sessions: Any, model: Any, *where: Any) -> int:
+    from sqlalchemy import func, select
+
+    async with sessions() as session:
+        stmt = select(func.count()).select_from(model).where(*where)
+        return int((await session.execute(stmt)).scalar_one())
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,243 @@
+"""The whole loop on the embedded default: SQLite file, in-process jobs, through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+import pytest
+from litestar.testing import AsyncTestClient
+
+from dispatch.models import Activity, ActivityEvent, Message
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.conftest import count_rows, open_db
+from tests.support.flow import outbound, post, wait_for
+
+
+@pytest.fixture
+async def client(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(make_settings(database_url=sqlite_url, max_body_bytes=2048))
+    async with AsyncTestClient(app) as test_client:
+        yield test_client
+
+
+async def count(client: AsyncTestClient[Any], model: Any) -> int:
+    async with open_db(client.app.state.services.settings.database.url) as sessions:
+        return await count_rows(sessions, model)
+
+
+async def test_message_to_reply_with_audit_trail(client: AsyncTestClient[Any]) -> None:
+    response = await post(client, "echo Hola Ñandú", id="m1")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["duplicate"] is False
+    [reply] = await outbound(client, body["conversation_id"])
+    assert reply["text"] == "Hola Ñandú"
+    assert reply["delivery"] == "delivered"
+    activity = (await client.get(f"/api/v1/activities/{reply['activity_id']}")).json()
+    assert activity["status"] == "completed"
+    assert activity["agent_name"] == "assistant"  # echo is the demo agent's
+    assert activity["action_type"] == "echo"
+    assert activity["details"]["payload"] == {"text": "Hola Ñandú"}
+    assert activity["details"]["provenance"]["rule_id"] == "echo"
+    assert activity["details"]["result"]["text"] == "Hola Ñandú"
+    assert activity["source_channel"] == "rest"
+    assert activity["started_at"]
+    assert activity["completed_at"]
+    assert activity["metrics"]["duration_ms"] >= 0
+    kinds = [(e["kind"], e["status"]) for e in activity["events"]]
+    assert kinds == [
+        ("created", "queued"),
+        ("started", "in_progress"),
+        ("completed", "completed"),
+        ("reply_sent", None),
+    ]
+    messages = (
+        await client.get(f"/api/v1/conversations/{body['conversation_id']}/messages")
+    ).json()
+    assert [m["direction"] for m in messages] == ["inbound", "outbound"]
+    assert messages[0]["state"] == "dispatched"
+
+
+async def test_status_is_for_the_owner_only(client: AsyncTestClient[Any]) -> None:
+    first = (await post(client, "echo one", id="a1", sender="alice", conversation="ca")).json()
+    [reply] = await outbound(client, first["conversation_id"])
+    own = reply["activity_id"]
+    mine = (await post(client, f"status {own}", id="a2", sender="alice", conversation="ca")).json()
+    replies = await outbound(client, mine["conversation_id"], count=2)
+    assert replies[1]["text"] == f"Request #{own} (Repeat a text back): completed"
+    theirs = (await post(client, f"estado #{own}", id="b1", sender="bob", conversation="cb")).json()
+    [other] = await outbound(client, theirs["conversation_id"])
+    assert other["text"] == f"I can't find a request #{own} of yours."
+
+
+async def test_cancel_withdraws_a_waiting_request_of_ones_own(
+    client: AsyncTestClient[Any],
+) -> None:
+    done = (await post(client, "echo listo", id="c1", sender="carmen", conversation="cc")).json()
+    [reply] = await outbound(client, done["conversation_id"])
+    finished = reply["activity_id"]
+    answer = (
+        await post(client, f"cancel {finished}", id="c2", sender="carmen", conversation="cc")
+    ).json()
+    replies = await outbound(client, answer["conversation_id"], count=2)
+    assert replies[1]["text"] == (
+        f"Request #{finished} is completed; only a request that has not started can be cancelled."
+    )
+    theirs = (
+        await post(client, f"cancelar #{finished}", id="d1", sender="dario", conversation="dd")
+    ).json()
+    [other] = await outbound(client, theirs["conversation_id"])
+    assert other["text"] == f"I can't find a request #{finished} of yours."
+
+
+async def test_unrecognized_text_gets_help_from_the_catalog(client: AsyncTestClient[Any]) -> None:
+    body = (await post(client, "asdf qwerty", id="u1")).json()
+    [reply] = await outbound(client, body["conversation_id"])
+    assert reply["text"].startswith("I didn't understand that. You can ask:")
+    assert "Repeat a text back" in reply["text"]
+
+
+async def test_twenty_concurrent_duplicates_make_one_activity_and_one_reply(
+    client: AsyncTestClient[Any],
+) -> None:
+    responses = await asyncio.gather(*(post(client, "echo once", id="dup-1") for _ in range(20)))
+    assert {r.status_code for r in responses} == {202}
+    bodies = [r.json() for r in responses]
+    assert len({b["message_id"] for b in bodies}) == 1
+    assert sum(not b["duplicate"] for b in bodies) == 1
+    [reply] = await outbound(client, bodies[0]["conversation_id"])
+    await asyncio.sleep(0.3)  # let any stray duplicate work show itself
+    assert await count(client, Activity) == 1
+    assert len(await outbound(client, bodies[0]["conversation_id"])) == 1
+    assert reply["text"] == "once"
+
+
+async def test_replies_come_in_arrival_order(client: AsyncTestClient[Any]) -> None:
+    for n in range(8):
+        assert (
+            await post(client, f"echo {n}", id=f"o{n}", conversation="ordered")
+        ).status_code == 202
+    conversation_id = (await post(client, "echo 8", id="o8", conversation="ordered")).json()[
+        "conversation_id"
+    ]
+    replies = await outbound(client, conversation_id, count=9)
+    assert [r["text"] for r in replies] == [str(n) for n in range(9)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "detail"),
+    [
+        (b"{not json", 400, "invalid_input", "malformed JSON"),
+        (b"", 400, "invalid_input", "empty"),
+        (b"[]", 400, "invalid_input", "Expected `object`"),
+        (
+            msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s", "text": 5}),
+            400,
+            "invalid_input",
+            "Expected `str`, got `int` - at `$.text`",
+        ),
+        (
+            msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s", "text": "   "}),
+            400,
+            "invalid_input",
+            "text is empty",
+        ),
+        (
+            msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s"}),
+            400,
+            "invalid_input",
+            "missing required field `text`",
+        ),
+        (
+            msgspec.json.encode(
+                {"id": "x", "conversation": "c", "sender": "s", "text": "hi", "admin": True}
+            ),
+            400,
+            "invalid_input",
+            "unknown field `admin`",
+        ),
+        (
+            msgspec.json.encode(
+                {"id": "x", "conversation": "c", "sender": "s", "text": "a" * 4000}
+            ),
+            413,
+            "payload_too_large",
+            "",
+        ),
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_is_stored(
+    client: AsyncTestClient[Any], body: bytes, status: int, error: str, detail: str
+) -> None:
+    response = await client.post(
+        "/api/v1/messages", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error
+    assert detail in response.json()["detail"]
+    assert await count(client, Message) == 0
+    assert await count(client, Activity) == 0
+
+
+async def test_unknown_routes_and_ids_are_json_404(client: AsyncTestClient[Any]) -> None:
+    for path in ("/api/v1/activities/999", "/api/v1/conversations/999/messages", "/nope"):
+        response = await client.get(path)
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+
+
+async def test_websocket_chat(client: AsyncTestClient[Any]) -> None:
+    with await client.websocket_connect("/chat/ws") as socket:
+        hello = socket.receive_json()
+        assert hello["type"] == "hello"
+        socket.send_json({"id": "w1", "text": "echo por el socket"})
+        frames = [socket.receive_json(), socket.receive_json()]
+        by_type = {f["type"]: f for f in frames}
+        assert by_type["ack"]["id"] == "w1"
+        assert by_type["reply"]["text"] == "por el socket"
+        assert by_type["reply"]["in_reply_to"] == "w1"
+        socket.send_text("{broken")
+        error = socket.receive_json()
+        assert (error["type"], error["error"]) == ("error", "invalid_input")
+        socket.send_json({"id": "w2", "text": ""})
+        assert socket.receive_json()["detail"] == "text is empty"
+        socket.send_text('{"id": "w3", "text": "' + "x" * 3000 + '"}')
+        too_big = socket.receive_json()
+        assert (too_big["error"], too_big["id"]) == ("payload_too_large", "w3")
+        # The socket survives bad frames.
+        socket.send_json({"id": "w4", "text": "echo still here"})
+        frames = [socket.receive_json(), socket.receive_json()]
+        assert {f.get("text") for f in frames if f["type"] == "reply"} == {"still here"}
+    assert await count(client, Message) == 4  # two in, two out: bad frames stored nothing
+
+
+async def test_websocket_session_resumes_the_conversation(client: AsyncTestClient[Any]) -> None:
+    with await client.websocket_connect("/chat/ws") as socket:
+        session = socket.receive_json()["session"]
+        socket.send_json({"id": "r1", "text": "echo first"})
+        first = [socket.receive_json(), socket.receive_json()]
+    with await client.websocket_connect(f"/chat/ws?session={session}") as socket:
+        assert socket.receive_json()["session"] == session
+        socket.send_json({"id": "r1", "text": "echo first"})  # a client resend after reconnect
+        ack = socket.receive_json()
+        assert ack["duplicate"] is True
+        assert (
+            ack["conversation_id"]
+            == next(f for f in first if f["type"] == "ack")["conversation_id"]
+        )
+
+
+async def test_events_are_append_only_per_state_change(client: AsyncTestClient[Any]) -> None:
+    body = (await post(client, "help", id="h1")).json()
+    await outbound(client, body["conversation_id"])
+
+    async def four() -> bool:
+        return await count(client, ActivityEvent) == 4
+
+    assert await wait_for(four)

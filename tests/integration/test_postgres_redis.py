@@ -1,0 +1,180 @@
+"""The loop on the production parts: PostgreSQL, Redis and a real arq worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from channels.messages import InboundMessage
+from dispatch.models import Activity, ActivityStatus, Message
+from gateway.app import create_app
+from gateway.services import build_services
+from gateway.settings import Settings
+from tests.conftest import count_rows, open_db
+from tests.support.flow import outbound, post, wait_for
+from workers import jobs
+from workers.recovery import recover
+from workers.worker import create_worker
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], pg_migrated: str, redis_url: str) -> Settings:
+    return make_settings(database_url=pg_migrated, redis_url=redis_url)
+
+
+def rest_message(external_id: str, text: str) -> InboundMessage:
+    return InboundMessage(
+        channel="rest",
+        external_id=external_id,
+        conversation_key=external_id,
+        sender=f"sender-{external_id}",
+        text=text,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Any]:
+    worker = create_worker(settings)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        # Stop the poll loop before closing the pool it polls with: closing first races a
+        # poll in flight ("Connection lost"), since arq's close() only cancels the main task
+        # when the worker does not handle signals itself.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+async def test_rest_message_through_arq_worker(
+    client: AsyncTestClient[Any], settings: Settings
+) -> None:
+    async with running_worker(settings):
+        body = (await post(client, "echo vía arq", id="pg-1", conversation="pg-c1")).json()
+        [reply] = await outbound(client, body["conversation_id"])
+    assert reply["text"] == "vía arq"
+    activity = (await client.get(f"/api/v1/activities/{reply['activity_id']}")).json()
+    assert activity["status"] == "completed"
+
+
+async def test_twenty_concurrent_duplicates_on_postgres(
+    client: AsyncTestClient[Any], settings: Settings
+) -> None:
+    async with running_worker(settings):
+        responses = await asyncio.gather(
+            *(post(client, "echo una vez", id="pg-dup", conversation="pg-dup") for _ in range(20))
+        )
+        assert {r.status_code for r in responses} == {202}
+        bodies = [r.json() for r in responses]
+        assert len({b["message_id"] for b in bodies}) == 1
+        assert sum(not b["duplicate"] for b in bodies) == 1
+        conversation_id = bodies[0]["conversation_id"]
+        await outbound(client, conversation_id)
+        await asyncio.sleep(0.5)
+    async with open_db(settings.database.url) as sessions:
+        activities = await count_rows(
+            sessions, Activity, Activity.conversation_id == conversation_id
+        )
+        replies = await count_rows(
+            sessions,
+            Message,
+            Message.conversation_id == conversation_id,
+            Message.direction == "outbound",
+        )
+    assert (activities, replies) == (1, 1)
+
+
+async def test_websocket_reply_crosses_processes_through_redis(
+    client: AsyncTestClient[Any], settings: Settings
+) -> None:
+    async with running_worker(settings):
+        with await client.websocket_connect("/chat/ws") as socket:
+            assert socket.receive_json()["type"] == "hello"
+            socket.send_json({"id": "ws-pg", "text": "echo desde redis"})
+            # The test client blocks; receive in a thread so the worker (this loop) can run.
+            frames = [
+                await asyncio.to_thread(socket.receive_json, timeout=15),
+                await asyncio.to_thread(socket.receive_json, timeout=15),
+            ]
+    replies = [f for f in frames if f["type"] == "reply"]
+    assert [r["text"] for r in replies] == ["desde redis"]
+
+
+async def test_same_activity_enqueued_twice_runs_once_and_replies_once(
+    settings: Settings,
+) -> None:
+    async with build_services(settings, role="gateway") as services:
+        accepted = await services.store.accept(rest_message("twice-1", "echo twice"))
+        dispatched = await services.dispatcher.dispatch_message(accepted.message_id)
+        assert dispatched is not None
+        assert dispatched.created
+        # The dispatcher enqueued run:<id>; the same job id again is refused by arq.
+        assert await services.queue.enqueue_run(dispatched.activity_id) is False
+        # Two deliveries of the job at once (at-least-once), straight into the job body.
+        results = await asyncio.gather(
+            jobs.run_activity(services, dispatched.activity_id),
+            jobs.run_activity(services, dispatched.activity_id),
+        )
+        outcomes = sorted(r["outcome"] for r in results)
+        assert "completed" in outcomes
+        # And once more after it finished: nothing runs, nothing is sent.
+        again = await jobs.run_activity(services, dispatched.activity_id)
+        assert again == {
+            "activity_id": dispatched.activity_id,
+            "outcome": "already_finished",
+            "replied": False,
+        }
+        activity = await services.activities.get(dispatched.activity_id, with_events=True)
+        assert activity is not None
+        assert activity.status == ActivityStatus.COMPLETED
+        assert activity.attempts == 1
+        assert [e.kind for e in activity.events].count("started") == 1
+        replies = await services.store.list_messages(accepted.conversation_id)
+        assert [m.text for m in replies if m.direction == "outbound"] == ["twice"]
+
+
+async def test_work_lost_by_redis_is_redriven_from_postgres(settings: Settings) -> None:
+    """Redis forgets everything between accept and work: recovery finds it in the record."""
+
+    async with build_services(settings, role="gateway") as services:
+        accepted = await services.store.accept(rest_message("lost-1", "echo recovered"))
+        await services.queue.redis.flushdb()  # everything queued is gone
+        async with running_worker(settings):
+            counts = await recover(services, older_than_s=0)
+            assert counts["messages"] == 1
+
+            async def replied() -> list[Any]:
+                messages = await services.store.list_messages(accepted.conversation_id)
+                return [
+                    m for m in messages if m.direction == "outbound" and m.delivery != "pending"
+                ]
+
+            [reply] = await wait_for(replied)
+    assert reply.text == "recovered"
+
+
+async def test_one_conversation_is_answered_in_arrival_order_by_concurrent_workers(
+    client: AsyncTestClient[Any], settings: Settings
+) -> None:
+    async with running_worker(settings), running_worker(settings):
+        conversation_id = 0
+        for n in range(12):
+            response = await post(client, f"echo {n}", id=f"ord-{n}", conversation="pg-ordered")
+            conversation_id = response.json()["conversation_id"]
+        replies = await outbound(client, conversation_id, count=12, timeout_s=30)
+    assert [r["text"] for r in replies] == [str(n) for n in range(12)]

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatch.catalog import decode_catalog, load_catalog
+from gateway.errors import CatalogError
+
+HANDLERS = {"help", "echo", "status", "cancel", "http_call"}
+
+BASE = """
+[fallback]
+agent = "a"
+action = "help"
+[agents.a.actions.help]
+description = "help"
+handler = "help"
+public = true
+[agents.a.actions.echo]
+description = "echo"
+handler = "echo"
+public = true
+[agents.a.actions.echo.payload]
+text = { type = "string" }
+"""
+
+
+def catalog(extra: str = "", base: str = BASE) -> bytes:
+    return (base + extra).encode()
+
+
+def test_default_catalog_loads() -> None:
+    loaded = load_catalog(None, HANDLERS)
+    assert loaded.action("system", "help") is not None
+    assert loaded.action("assistant", "echo") is not None
+    assert [r.id for r in loaded.rules] == [
+        "control:help",
+        "control:status",
+        "control:cancel",
+        "help-phrases",
+        "echo",
+        "status-phrases",
+    ]
+
+
+def test_the_system_agent_is_reserved() -> None:
+    with pytest.raises(CatalogError, match="built in"):
+        decode_catalog(
+            catalog('[agents.system.actions.x]\ndescription = "d"\nhandler = "echo"\n'),
+            "c.toml",
+            HANDLERS,
+        )
+
+
+def test_yaml_catalog(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "fallback: {agent: a, action: help}\n"
+        "agents:\n  a:\n    actions:\n      help: {description: h, handler: help, public: true}\n"
+        "rules:\n  - {id: r, agent: a, action: help, keywords: ['no', 'sí']}\n"
+    )
+    loaded = load_catalog(path, HANDLERS)
+    assert loaded.rules[-1].keywords is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "problem"),
+    [
+        (
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "echo"\npatterns = ["(unclosed"]\n',
+            "rules[0] (id 'r')",
+            "bad regex",
+        ),
+        (
+            '[[rules]]\nid = "r"\nagent = "zz"\naction = "echo"\nkeywords = ["x"]\n',
+            "rules[0] (id 'r')",
+            "unknown agent 'zz'",
+        ),
+        (
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "nope"\nkeywords = ["x"]\n',
+            "rules[0]",
+            "has no action 'nope'",
+        ),
+        (
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "echo"\npatterns = ["(?P<who>.+)"]\n',
+            "rules[0]",
+            "named groups ['who']",
+        ),
+        (
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "echo"\n',
+            "rules[0]",
+            "needs patterns or keywords",
+        ),
+        (
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "help"\nkeywords=["x"]\n'
+            '[[rules]]\nid = "r"\nagent = "a"\naction = "help"\nkeywords=["y"]\n',
+            "rules[1]",
+            "duplicate rule id",
+        ),
+        (
+            '[agents.a.actions.call]\ndescription = "c"\nhandler = "http_call"\n',
+            "agents.a.actions.call",
+            "needs an [http] table",
+        ),
+        (
+            '[agents.a.actions.x]\ndescription = "c"\nhandler = "launch_missiles"\n',
+            "agents.a.actions.x.handler",
+            "unknown handler 'launch_missiles'",
+        ),
+        (
+            '[agents.a.actions.x]\ndescription = "c"\nhandler = "echo"\ntimeout_s = 0\n',
+            "agents.a.actions.x.timeout_s",
+            "must be in",
+        ),
+    ],
+)
+def test_bad_entries_are_named(extra: str, where: str, problem: str) -> None:
+    with pytest.raises(CatalogError) as caught:
+        decode_catalog(catalog(extra), "my.toml", HANDLERS)
+    message = str(caught.value)
+    assert message.startswith("my.toml")
+    assert where in message
+    assert problem in message
+
+
+def test_type_errors_point_at_the_path() -> None:
+    with pytest.raises(CatalogError) as caught:
+        decode_catalog(
+            catalog('[agents.a.actions.x]\ndescription = 1\nhandler = "echo"\n'), "c.toml", HANDLERS
+        )
+    assert str(caught.value) == (
+        "c.toml: agents.a.actions.x: Expected `str`, got `int` - at `description`"
+    )
+
+
+def test_unknown_keys_are_refused() -> None:
+    with pytest.raises(CatalogError, match="hanlder"):
+        decode_catalog(
+            catalog('[agents.a.actions.x]\ndescription = "d"\nhanlder = "echo"\n'),
+            "c.toml",
+            HANDLERS,
+        )
+
+
+def test_bad_fallback_and_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="fallback"):
+        decode_catalog(
+            catalog(base=BASE.replace('action = "help"', 'action = "gone"', 1)), "c.toml", HANDLERS
+        )
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "missing.toml", HANDLERS)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[agents\n")
+    with pytest.raises(CatalogError, match="not valid"):
+        load_catalog(broken, HANDLERS)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from channels.phone import to_e164
+from channels.ratelimit import LocalRateLimiter
+from channels.text import split_text
+from dispatch.catalog import ActionSpec
+from dispatch.permissions import may_request
+from gateway.errors import InvalidInput
+
+
+@pytest.mark.parametrize("limit", [1, 5, 16, 1600])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "short",
+        "one two three four five six seven eight nine ten",
+        "line one\nline two\nline three is a bit longer\n\nafter a blank line",
+        "x" * 50 + " tail",
+    ],
+)
+def test_split_text_respects_the_limit_and_loses_nothing(text: str, limit: int) -> None:
+    pieces = split_text(text, limit)
+    assert all(len(p) <= limit for p in pieces)
+    # Only the boundary white space is dropped: every other character survives, in order.
+    assert "".join(text.split()) == "".join("".join(p.split()) for p in pieces)
+
+
+def test_split_prefers_line_then_word_boundaries() -> None:
+    assert split_text("alpha beta\ngamma delta", 16) == ["alpha beta", "gamma delta"]
+    assert split_text("alpha beta gamma", 11) == ["alpha beta", "gamma"]
+    assert split_text("abcdefghij", 4) == ["abcd", "efgh", "ij"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "e164"),
+    [
+        ("whatsapp:+34600111222", "+34600111222"),
+        ("whatsapp:+34 600-111 222", "+34600111222"),
+        ("0034600111222", "+34600111222"),
+        ("+1 (415) 523-8886", "+14155238886"),
+    ],
+)
+def test_numbers_normalize_to_e164(raw: str, e164: str) -> None:
+    assert to_e164(raw) == e164
+
+
+@pytest.mark.parametrize("raw", ["", "whatsapp:", "+0123456", "+12", "+1234567890123456", "abc"])
+def test_bad_numbers_are_refused(raw: str) -> None:
+    with pytest.raises(InvalidInput):
+        to_e164(raw)
+
+
+def test_permission_seam() -> None:
+    public = ActionSpec(description="p", handler="echo", public=True)
+    operators = ActionSpec(description="o", handler="echo", roles=("operator",))
+    assert may_request("guest", True, public)
+    assert not may_request("guest", True, operators)
+    assert may_request("operator", True, operators)
+    assert may_request("admin", True, operators)
+    assert not may_request("admin", False, public)  # deactivated users may ask for nothing
+    assert not may_request(None, True, operators)
+
+
+async def test_local_limiter_paces_every_key_of_a_send() -> None:
+    limiter = LocalRateLimiter()
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+
+    async def send(chat: str) -> None:
+        await limiter.acquire((f"chat:{chat}", 5), ("global", 20))
+        starts.append(loop.time())
+
+    await asyncio.gather(*(send("a") for _ in range(3)), *(send(str(n)) for n in range(6)))
+    ordered = sorted(starts)
+    gaps = [b - a for a, b in itertools.pairwise(ordered)]
+    assert min(gaps) >= 1 / 20 - 0.01  # the global pace holds between any two sends

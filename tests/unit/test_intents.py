@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import pytest
+
+from dispatch.catalog import decode_catalog, load_catalog
+from dispatch.intents import IntentParser
+from dispatch.text import NormalizedText, normalize
+
+HANDLERS = {"help", "echo", "status", "cancel", "http_call"}
+
+
+@pytest.fixture(scope="module")
+def parser() -> IntentParser:
+    return IntentParser(load_catalog(None, HANDLERS))
+
+
+@pytest.mark.parametrize(
+    ("text", "action", "payload"),
+    [
+        ("help", "help", {}),
+        ("AYUDA", "help", {}),
+        ("Ayúda!", "help", {}),
+        ("/start", "help", {}),
+        ("¿Qué puedes hacer?", "help", {}),
+        ("what can you do", "help", {}),
+        ("echo hello there", "echo", {"text": "hello there"}),
+        ("Repite: Ñandú Feliz", "echo", {"text": "Ñandú Feliz"}),
+        ("DI  hola  mundo", "echo", {"text": "hola  mundo"}),
+        ("status 12", "status", {"activity_id": 12}),
+        ("Estado de mi solicitud #7", "status", {"activity_id": 7}),
+        ("estado nº 9", "status", {"activity_id": 9}),
+        ("#44", "status", {"activity_id": 44}),
+        ("¿Cómo va mi pedido 5?", "status", {"activity_id": 5}),
+        ("how is my request 3", "status", {"activity_id": 3}),
+        ("cancel 12", "cancel", {"activity_id": 12}),
+        ("Cancelar mi solicitud #4", "cancel", {"activity_id": 4}),
+        ("anula el pedido nº 9", "cancel", {"activity_id": 9}),
+    ],
+)
+def test_rules_in_spanish_and_english(
+    parser: IntentParser, text: str, action: str, payload: dict[str, object]
+) -> None:
+    intent = parser.parse(text)
+    agent = "assistant" if action == "echo" else "system"
+    assert (intent.agent, intent.action_type, intent.payload) == (agent, action, payload)
+    assert intent.matched
+    assert intent.rule_id is not None
+
+
+@pytest.mark.parametrize("text", ["blah", "status abc", "echo", "helpful people", "estado"])
+def test_unmatched_text_falls_back_to_help(parser: IntentParser, text: str) -> None:
+    intent = parser.parse(text)
+    assert not intent.matched
+    assert intent.rule_id is None
+    assert (intent.agent, intent.action_type) == ("system", "help")
+
+
+def test_captures_keep_the_users_original_text() -> None:
+    folded = NormalizedText("  ÉCHO   Crème  Brûlée ")
+    assert folded.text == "echo creme brulee"
+    assert folded.original(5, len(folded.text)) == "Crème  Brûlée"
+    assert normalize("İstanbul") == "istanbul"
+
+
+def test_order_matters_and_keywords_are_whole_words() -> None:
+    catalog = decode_catalog(
+        b"""
+[fallback]
+agent = "a"
+action = "help"
+[agents.a.actions.help]
+description = "h"
+handler = "help"
+public = true
+[agents.a.actions.echo]
+description = "e"
+handler = "echo"
+public = true
+[agents.a.actions.echo.payload]
+text = { type = "string" }
+[[rules]]
+id = "fixed"
+agent = "a"
+action = "echo"
+keywords = ["ping", "canci\xc3\xb3n"]
+payload = { text = "pong" }
+[[rules]]
+id = "second"
+agent = "a"
+action = "help"
+keywords = ["ping"]
+""",
+        "t.toml",
+        HANDLERS,
+    )
+    parser = IntentParser(catalog)
+    assert parser.parse("PING please").payload == {"text": "pong"}
+    assert parser.parse("una cancion").rule_id == "fixed"
+    assert parser.parse("pinging").matched is False

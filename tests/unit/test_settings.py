@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import SettingsError
+from gateway.settings import DEFAULT_SQLITE_URL, Settings, read_dotenv
+
+
+def test_defaults_are_the_embedded_mode() -> None:
+    settings = Settings.from_env({})
+    assert settings.database.url == DEFAULT_SQLITE_URL
+    assert settings.database.should_auto_migrate
+    assert settings.queue.redis_url is None
+    assert settings.http.max_body_bytes == 65536
+    assert settings.catalog_path is None
+
+
+def test_values_are_typed() -> None:
+    settings = Settings.from_env(
+        {
+            "SWITCHBOARD_DATABASE_URL": "postgresql+asyncpg://u@h/db",
+            "SWITCHBOARD_REDIS_URL": "redis://127.0.0.1:6379/3",
+            "SWITCHBOARD_MAX_BODY_BYTES": "1024",
+            "SWITCHBOARD_WORKER_POLL_DELAY_S": "0.2",
+            "SWITCHBOARD_AUTO_MIGRATE": "yes",
+            "SWITCHBOARD_CATALOG": "/tmp/c.toml",
+        }
+    )
+    assert settings.http.max_body_bytes == 1024
+    assert settings.worker.poll_delay_s == 0.2
+    assert settings.database.should_auto_migrate is True
+    assert settings.catalog_path == Path("/tmp/c.toml")
+    assert not settings.database.is_sqlite
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("SWITCHBOARD_MAX_BODY_BYTES", "lots", "invalid literal"),
+        ("SWITCHBOARD_MAX_BODY_BYTES", "10", "between 256"),
+        ("SWITCHBOARD_DATABASE_URL", "mysql://x/y", "not supported"),
+        ("SWITCHBOARD_REDIS_URL", "http://x", "redis://"),
+        ("SWITCHBOARD_AUTO_MIGRATE", "maybe", "boolean"),
+        ("SWITCHBOARD_WORKER_MAX_JOBS", "0", "at least 1"),
+        ("SWITCHBOARD_REDIS_PREFIX", "a b", "letters"),
+        ("SWITCHBOARD_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("SWITCHBOARD_TELEGRAM_SECRET_TOKEN", "has spaces", "1-256 characters"),
+        ("SWITCHBOARD_TELEGRAM_SECRET_TOKEN", "x" * 257, "1-256 characters"),
+        ("SWITCHBOARD_TELEGRAM_BOT_TOKEN", "nonsense", "bot token"),
+        ("SWITCHBOARD_TWILIO_ACCOUNT_SID", "AC123", "AC followed by 32 hex"),
+        ("SWITCHBOARD_PUBLIC_URL", "bot.example.com", "http(s) base URL"),
+    ],
+)
+def test_bad_values_fail_at_start_naming_the_variable(
+    variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert caught.value.variable == variable
+    assert message in str(caught.value)
+
+
+def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text('# comment\nSWITCHBOARD_PORT=9000\nexport SWITCHBOARD_HOST="0.0.0.0"\n')
+    values = read_dotenv(env_file)
+    assert values == {"SWITCHBOARD_PORT": "9000", "SWITCHBOARD_HOST": "0.0.0.0"}
+    settings = Settings.from_env({**values, "SWITCHBOARD_PORT": "9100"})
+    assert settings.http.port == 9100
+    assert settings.http.host == "0.0.0.0"
+
+
+def test_every_setting_is_documented() -> None:
+    rows = Settings().describe()
+    names = {name for name, _, _ in rows}
+    assert {
+        "SWITCHBOARD_DATABASE_URL",
+        "SWITCHBOARD_REDIS_URL",
+        "SWITCHBOARD_CATALOG",
+        "SWITCHBOARD_MAX_BODY_BYTES",
+    } <= names
+    assert all(doc for _, _, doc in rows)
+
+
+def test_twilio_needs_its_credentials_and_the_public_url() -> None:
+    base = {"SWITCHBOARD_TWILIO_ACCOUNT_SID": "AC" + "a" * 32}
+    with pytest.raises(SettingsError, match="AUTH_TOKEN"):
+        Settings.from_env(base)
+    with pytest.raises(SettingsError, match="WHATSAPP_FROM"):
+        Settings.from_env({**base, "SWITCHBOARD_TWILIO_AUTH_TOKEN": "t"})
+    full = {
+        **base,
+        "SWITCHBOARD_TWILIO_AUTH_TOKEN": "t0k3n",
+        "SWITCHBOARD_TWILIO_WHATSAPP_FROM": "whatsapp:+14155238886",
+    }
+    with pytest.raises(SettingsError, match="SWITCHBOARD_PUBLIC_URL"):
+        Settings.from_env(full)
+    settings = Settings.from_env({**full, "SWITCHBOARD_PUBLIC_URL": "https://bot.example.com"})
+    assert "t0k3n" not in repr(settings)
+
+
+def test_telegram_secret_is_derived_from_the_token_when_unset() -> None:
+    token = "123456:" + "A" * 35
+    settings = Settings.from_env({"SWITCHBOARD_TELEGRAM_BOT_TOKEN": token})
+    secret = settings.telegram.webhook_secret
+    assert (
+        secret
+        == Settings.from_env({"SWITCHBOARD_TELEGRAM_BOT_TOKEN": token}).telegram.webhook_secret
+    )
+    assert 1 <= len(secret) <= 256
+    assert all(c.isalnum() or c in "_-" for c in secret)
+    assert token not in repr(settings)
