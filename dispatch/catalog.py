@@ -72,6 +72,11 @@ class FieldSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required: bool = True
     description: str = ""
     max_length: int | None = None
+    question: str = ""
+    """Asked when a request lacks this (required) field; default built from the description."""
+
+    def ask(self, name: str) -> str:
+        return self.question or f"What is {self.description or name.replace('_', ' ')}?"
 
 
 class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,6 +103,8 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http: HttpCallSpec | None = None
     whatsapp_template: Template | None = None
     """Sent instead of the free-form reply outside WhatsApp's 24-hour window."""
+    internal: bool = False
+    """Created by the gateway itself only: never offered to the LLM nor listed in help."""
 
 
 class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,6 +119,8 @@ class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     patterns: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()
     payload: dict[str, Any] = {}
+    text_field: str | None = None
+    """A payload field that receives the whole message (e.g. a ticket's summary)."""
 
 
 class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,6 +145,10 @@ class CompiledRule:
     patterns: tuple[re.Pattern[str], ...]
     keywords: re.Pattern[str] | None
     payload: dict[str, Any]
+    text_field: str | None = None
+    keyword_heads: frozenset[str] | None = None
+    """The first word of each keyword: a text lacking all of them cannot match any keyword
+    (None: some keyword does not start with a word character, so no such shortcut)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,8 @@ class Catalog:
     rules: tuple[CompiledRule, ...]
     fallback: FallbackSpec
     payload_types: dict[tuple[str, str], type[msgspec.Struct]]
+    partial_types: dict[tuple[str, str], type[msgspec.Struct]]
+    """The same schemas with every field optional, for requests still being completed."""
     source: str
 
     def action(self, agent: str, action_type: str) -> ActionSpec | None:
@@ -158,11 +173,18 @@ class Catalog:
                 yield agent_name, action_name, action
 
     def validate_payload(
-        self, agent: str, action_type: str, payload: Any, *, today: dt.date | None = None
+        self,
+        agent: str,
+        action_type: str,
+        payload: Any,
+        *,
+        today: dt.date | None = None,
+        partial: bool = False,
     ) -> dict[str, Any]:
         """Coerce typed slots and decode ``payload`` against the action's schema.
 
-        Raises :class:`PayloadError`. The result is plain JSON-able data.
+        Raises :class:`PayloadError`. The result is plain JSON-able data. With ``partial``,
+        required fields may be missing (see :meth:`missing_fields`); what is there must fit.
         """
         spec = self.action(agent, action_type)
         if spec is None:
@@ -179,7 +201,8 @@ class Catalog:
             except SlotError as exc:
                 raise PayloadError(str(exc), name) from None
         try:
-            value = msgspec.convert(coerced, self.payload_types[(agent, action_type)], strict=False)
+            types = self.partial_types if partial else self.payload_types
+            value = msgspec.convert(coerced, types[(agent, action_type)], strict=False)
         except msgspec.ValidationError as exc:
             raise PayloadError(str(exc)) from None
         built: dict[str, Any] = msgspec.to_builtins(value)
@@ -193,36 +216,59 @@ class Catalog:
         return [n for n, f in spec.payload.items() if f.required and payload.get(n) in (None, "")]
 
 
-def _payload_struct(agent: str, action: str, fields: dict[str, FieldSpec]) -> type[msgspec.Struct]:
+def _payload_struct(
+    agent: str, action: str, fields: dict[str, FieldSpec], *, partial: bool = False
+) -> type[msgspec.Struct]:
     required: list[tuple[str, Any]] = []
     optional: list[tuple[str, Any, Any]] = []
     for name, spec in fields.items():
         base: Any = _PY_TYPES[spec.type]
         if spec.type == "string":
             base = Annotated[str, msgspec.Meta(min_length=1, max_length=spec.max_length)]
-        if spec.required:
+        if spec.required and not partial:
             required.append((name, base))
         else:
             optional.append((name, base | None, None))
     return msgspec.defstruct(
-        f"{agent}_{action}_payload",
+        f"{agent}_{action}_{'partial' if partial else 'payload'}",
         [*required, *optional],
         forbid_unknown_fields=True,
         kw_only=True,
     )
 
 
+WORD = re.compile(r"\w+")
+
+
+def _keyword_set(keywords: Collection[str]) -> list[str]:
+    return sorted({normalize(k).strip() for k in keywords if k.strip()}, key=len, reverse=True)
+
+
 def _compile_keywords(keywords: Collection[str]) -> re.Pattern[str] | None:
-    words = sorted({normalize(k).strip() for k in keywords if k.strip()}, key=len, reverse=True)
+    words = _keyword_set(keywords)
     if not words:
         return None
     return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)")
 
 
+def _keyword_heads(keywords: Collection[str]) -> frozenset[str] | None:
+    heads: set[str] = set()
+    for keyword in _keyword_set(keywords):
+        head = WORD.match(keyword)
+        if head is None:
+            return None
+        heads.add(head.group())
+    return frozenset(heads) or None
+
+
+Schemas = dict[tuple[str, str], type[msgspec.Struct]]
+
+
 def _validate_actions(
     file: CatalogFile, handlers: Collection[str], source: str
-) -> dict[tuple[str, str], type[msgspec.Struct]]:
-    payload_types: dict[tuple[str, str], type[msgspec.Struct]] = {}
+) -> tuple[Schemas, Schemas]:
+    payload_types: Schemas = {}
+    partial_types: Schemas = {}
     for agent_name, agent in file.agents.items():
         where = f"{source}: agents.{agent_name}"
         if not _NAME.fullmatch(agent_name):
@@ -235,7 +281,10 @@ def _validate_actions(
             payload_types[(agent_name, action_name)] = _payload_struct(
                 agent_name, action_name, action.payload
             )
-    return payload_types
+            partial_types[(agent_name, action_name)] = _payload_struct(
+                agent_name, action_name, action.payload, partial=True
+            )
+    return payload_types, partial_types
 
 
 def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], at: str) -> None:
@@ -288,6 +337,8 @@ def _compile_rule(file: CatalogFile, rule: RuleSpec, where: str) -> CompiledRule
     unknown_fixed = set(rule.payload) - set(action.payload)
     if unknown_fixed:
         raise CatalogError(where, f"payload fields {sorted(unknown_fixed)} are not in the schema")
+    if rule.text_field is not None and rule.text_field not in action.payload:
+        raise CatalogError(where, f"text_field {rule.text_field!r} is not in the schema")
     return CompiledRule(
         id=rule.id,
         agent=rule.agent,
@@ -295,6 +346,8 @@ def _compile_rule(file: CatalogFile, rule: RuleSpec, where: str) -> CompiledRule
         patterns=tuple(compiled),
         keywords=_compile_keywords(rule.keywords),
         payload=dict(rule.payload),
+        text_field=rule.text_field,
+        keyword_heads=_keyword_heads(rule.keywords),
     )
 
 
@@ -310,7 +363,7 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         agents={SYSTEM_AGENT: system_agent(), **file.agents},
         rules=(*CONTROL_RULES, *file.rules),
     )
-    payload_types = _validate_actions(file, handlers, source)
+    payload_types, partial_types = _validate_actions(file, handlers, source)
     _known(file, file.fallback.agent, file.fallback.action, f"{source}: fallback")
     rules: list[CompiledRule] = []
     seen: set[str] = set()
@@ -325,6 +378,7 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         rules=tuple(rules),
         fallback=file.fallback,
         payload_types=payload_types,
+        partial_types=partial_types,
         source=source,
     )
 

@@ -5,8 +5,9 @@ import pytest
 from dispatch.catalog import decode_catalog, load_catalog
 from dispatch.intents import IntentParser
 from dispatch.text import NormalizedText, normalize
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
-HANDLERS = {"help", "echo", "status", "cancel", "http_call"}
+HANDLERS = BUILTIN_HANDLER_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,71 @@ keywords = ["ping"]
     assert parser.parse("PING please").payload == {"text": "pong"}
     assert parser.parse("una cancion").rule_id == "fixed"
     assert parser.parse("pinging").matched is False
+
+
+KEYWORD_CATALOG = """
+[fallback]
+agent = "a"
+action = "help"
+[agents.a.actions.help]
+description = "h"
+handler = "help"
+public = true
+[agents.a.actions.mail]
+description = "m"
+handler = "echo"
+public = true
+[agents.a.actions.ask]
+description = "q"
+handler = "echo"
+public = true
+[agents.a.actions.ticket]
+description = "t"
+handler = "echo"
+public = true
+[agents.a.actions.ticket.payload]
+summary = { type = "string" }
+[[rules]]
+id = "mail"
+agent = "a"
+action = "mail"
+keywords = ["e-mail", "correo electrónico", "Send Mail"]
+[[rules]]
+id = "ask"
+agent = "a"
+action = "ask"
+keywords = ["¿qué hay?"]
+[[rules]]
+id = "ticket"
+agent = "a"
+action = "ticket"
+keywords = ["no funciona", "broken"]
+text_field = "summary"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_id"),
+    [
+        ("my E-Mail is down", "mail"),
+        ("el CORREO  electronico", "mail"),
+        ("please send mail now", "mail"),
+        ("sendmail", None),
+        ("emails", None),
+        ("¿Qué hay?", "ask"),  # starts with no word character: never skipped by the word gate
+        ("que hay", None),
+    ],
+)
+def test_keyword_word_gate_skips_only_what_cannot_match(text: str, rule_id: str | None) -> None:
+    parser = IntentParser(decode_catalog(KEYWORD_CATALOG.encode(), "k.toml", HANDLERS))
+    assert parser.parse(text).rule_id == rule_id
+    gated = [r for r in parser._catalog.rules if r.id in {"mail", "ask"}]
+    assert [r.keyword_heads for r in gated] == [frozenset({"e", "correo", "send"}), None]
+
+
+def test_text_field_takes_the_whole_message_and_a_missing_field_is_reported() -> None:
+    parser = IntentParser(decode_catalog(KEYWORD_CATALOG.encode(), "k.toml", HANDLERS))
+    intent = parser.parse("  La impresora no funciona ")
+    assert intent.payload == {"summary": "La impresora no funciona"}
+    assert intent.missing == ()
+    assert intent.provenance["by"] == "keywords"
