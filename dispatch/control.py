@@ -2,16 +2,19 @@
 
 They belong to the built-in ``system`` agent, which every catalog gets: ``help`` (what can I
 ask), ``status <id>`` (the state of one of my requests) and ``cancel <id>`` (withdraw one of my
-requests that has not started).
+requests that has not started). A fourth, ``clarify``, is never asked for: the gateway creates
+it to put a question back to the user (see :mod:`dispatch.clarify`).
 """
 
 from __future__ import annotations
 
 from dispatch.catalog import ActionSpec, AgentSpec, FieldSpec, RuleSpec
 
-__all__ = ["CONTROL_RULES", "SYSTEM_AGENT", "system_agent"]
+__all__ = ["BARE_REFERENCE_RULE", "CLARIFY_ACTION", "CONTROL_RULES", "SYSTEM_AGENT", "system_agent"]
 
 SYSTEM_AGENT = "system"
+CLARIFY_ACTION = "clarify"
+BARE_REFERENCE_RULE = "control:status-ref"
 _ID = FieldSpec(type="id", description="the request number")
 
 _NUMBER = r"\s*(?:#|no\.?|n[°º]|num(?:ero)?\.?|number)?\s*(?P<activity_id>\d+)\s*[.!?]*\s*$"
@@ -30,8 +33,14 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
         patterns=(
             r"^\s*(?:status|state|estado|situacion)\s*(?:of|de|del)?\s*(?:my\s+|mi\s+)?"
             r"(?:request|activity|solicitud|actividad|pedido)?" + _NUMBER,
-            r"^\s*#(?P<activity_id>\d+)\s*\??\s*$",
         ),
+    ),
+    RuleSpec(
+        # A bare "#12" asks for a status, unless a question is open: then it is the answer.
+        id=BARE_REFERENCE_RULE,
+        agent=SYSTEM_AGENT,
+        action="status",
+        patterns=(r"^\s*#(?P<activity_id>\d+)\s*\??\s*$",),
     ),
     RuleSpec(
         id="control:cancel",
@@ -71,6 +80,14 @@ def system_agent() -> AgentSpec:
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("cancel 12",),
+            ),
+            CLARIFY_ACTION: ActionSpec(
+                description="Ask the user for what a request lacks",
+                handler="clarify",
+                public=True,
+                internal=True,
+                timeout_s=5,
+                payload={"question": FieldSpec(type="string")},
             ),
         },
     )

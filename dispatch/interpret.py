@@ -41,6 +41,10 @@ class Interpreter:
         self._counters = counters
         self._floor = confidence_floor
 
+    def rules(self, text: str) -> Intent:
+        """The catalog's rules alone (no LLM)."""
+        return self._parser.parse(text)
+
     async def interpret(
         self, text: str, *, role: str | None, active: bool, history: History
     ) -> Intent:
@@ -50,7 +54,7 @@ class Interpreter:
         offered = [
             (agent, action, spec)
             for agent, action, spec in self._catalog.actions()
-            if may_request(role, active, spec)
+            if not spec.internal and may_request(role, active, spec)
         ]
         base: dict[str, Any] = {
             "parser": "llm",
@@ -79,6 +83,7 @@ class Interpreter:
             action_type=action,
             payload=payload,
             provenance={**provenance, "outcome": "accepted"},
+            missing=tuple(self._catalog.missing_fields(agent, action, payload)),
         )
 
     def _check(  # noqa: PLR0911 - one early return per reason a proposal is refused
@@ -99,7 +104,8 @@ class Interpreter:
             return f"confidence {confidence} is below {self._floor}"
         agent, _, action = proposal.tool.partition("__")
         try:
-            payload = self._catalog.validate_payload(agent, action, arguments)
+            # Partial: a missing required field is asked for (dispatch.clarify), not guessed.
+            payload = self._catalog.validate_payload(agent, action, arguments, partial=True)
         except PayloadError as exc:
             return f"payload refused: {exc}"
         return agent, action, payload

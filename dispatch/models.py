@@ -33,6 +33,7 @@ __all__ = [
     "ActivityStatus",
     "Base",
     "Conversation",
+    "ConversationState",
     "Delivery",
     "Direction",
     "Message",
@@ -275,3 +276,23 @@ class ActivityEvent(Base):
     actor: Mapped[str] = mapped_column(String(255), default="system")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ConversationState(Base):
+    """What a conversation is in the middle of: a question the gateway asked, not yet answered.
+
+    At most one per conversation; it expires, and is gone once answered or abandoned.
+    """
+
+    __tablename__ = "conversation_states"
+
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The activity that asked (no foreign key, as for messages.activity_id's cycle).
+    question_activity_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -7,10 +7,11 @@ event → enqueues the run. Nothing here knows which channel or transport is in 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from sqlalchemy import select, update
@@ -20,9 +21,19 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from channels.messages import InboundMessage
 from dispatch.activities import ActivityLog
 from dispatch.catalog import Catalog
+from dispatch.clarify import Clarifier, Pending
 from dispatch.intents import Intent
 from dispatch.interpret import Interpreter
-from dispatch.models import Activity, ActivityStatus, Message, MessageState, User
+from dispatch.models import (
+    Activity,
+    ActivityStatus,
+    ConversationState,
+    Direction,
+    Message,
+    MessageState,
+    User,
+    utcnow,
+)
 from dispatch.outbox import add_reply, reply_text
 from dispatch.permissions import may_request
 from dispatch.queue import JobQueue
@@ -31,6 +42,9 @@ from dispatch.store import Accepted, MessageStore
 __all__ = ["DispatchService", "Dispatched"]
 
 log = logging.getLogger("switchboard.dispatch")
+
+StateChange = Literal["keep", "clear"] | tuple[Pending, int]
+"""What recording a message does to its conversation's open question (see dispatch.clarify)."""
 
 
 class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,6 +65,7 @@ class DispatchService:
         queue: JobQueue,
         split: Callable[[str, str], list[str]],
         history_turns: int = 6,
+        clarify_timeout_s: float = 600.0,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -60,6 +75,8 @@ class DispatchService:
         self._queue = queue
         self._split = split
         self._history_turns = history_turns
+        self._clarifier = Clarifier(catalog)
+        self._clarify_timeout_s = clarify_timeout_s
 
     async def ingest(self, message: InboundMessage) -> Accepted:
         """Store first, then queue the parsing; a duplicate is accepted and queues nothing."""
@@ -102,22 +119,14 @@ class DispatchService:
             await self._queue.enqueue_run(activity_id)
             return Dispatched(activity_id=activity_id, status=status, created=False)
 
+        # A message is understood in the light of the ones before it (an open question):
+        # earlier messages of the conversation are dispatched first.
+        await self._dispatch_earlier(message)
         started = time.perf_counter()
-
-        async def history() -> list[tuple[str, str]]:
-            return await self._store.history(
-                message.conversation_id, before_id=message.id, limit=self._history_turns
-            )
-
-        intent = await self._interpreter.interpret(
-            message.text,
-            role=user.role if user else None,
-            active=user.active if user else True,
-            history=history,
-        )
+        intent, change = await self._understand(message, user)
         parse_us = round((time.perf_counter() - started) * 1e6, 1)
         try:
-            dispatched = await self._record(message, intent, parse_us)
+            dispatched = await self._record(message, intent, parse_us, change)
         except IntegrityError:
             # A concurrent run of this job recorded it first.
             async with self._sessions() as session:
@@ -129,6 +138,78 @@ class DispatchService:
         await self._queue.enqueue_run(dispatched.activity_id)
         return dispatched
 
+    async def _dispatch_earlier(self, message: Message) -> None:
+        async with self._sessions() as session:
+            earlier = await session.scalars(
+                select(Message.id)
+                .where(
+                    Message.conversation_id == message.conversation_id,
+                    Message.direction == Direction.INBOUND.value,
+                    Message.state == MessageState.RECEIVED.value,
+                    Message.id < message.id,
+                )
+                .order_by(Message.id)
+            )
+            ids = list(earlier)
+        for message_id in ids:
+            await self.dispatch_message(message_id)
+
+    async def _understand(self, message: Message, user: User | None) -> tuple[Intent, StateChange]:
+        """Rules, then the LLM; or the answer to the question the conversation has open."""
+        async with self._sessions() as session:
+            state = await session.get(ConversationState, message.conversation_id)
+        resolution = None
+        if state is not None and state.expires_at > utcnow():
+            pending = msgspec.convert(state.data, Pending)
+            parsed = self._interpreter.rules(message.text)
+            resolution = self._clarifier.resume(pending, state.attempts, message.text, parsed)
+        intent = resolution.intent if resolution is not None else None
+        if intent is None:
+
+            async def history() -> list[tuple[str, str]]:
+                return await self._store.history(
+                    message.conversation_id, before_id=message.id, limit=self._history_turns
+                )
+
+            intent = await self._interpreter.interpret(
+                message.text,
+                role=user.role if user else None,
+                active=user.active if user else True,
+                history=history,
+            )
+        elif resolution is not None and resolution.state == "keep":
+            return intent, "keep"
+        elif resolution is not None and isinstance(resolution.state, Pending):
+            return intent, (resolution.state, resolution.attempts)  # asked again
+        intent, pending_now = self._clarifier.settle(intent)
+        if pending_now is not None:
+            return intent, (pending_now, 0)
+        return intent, "keep" if state is None else "clear"
+
+    async def _change_state(
+        self, session: AsyncSession, conversation_id: int, change: StateChange, activity_id: int
+    ) -> None:
+        if change == "keep":
+            return
+        state = await session.get(ConversationState, conversation_id)
+        if change == "clear":
+            if state is not None:
+                await session.delete(state)
+            return
+        pending, attempts = change
+        values: dict[str, Any] = {
+            "kind": pending.kind,
+            "data": msgspec.to_builtins(pending),
+            "question_activity_id": activity_id,
+            "attempts": attempts,
+            "expires_at": utcnow() + dt.timedelta(seconds=self._clarify_timeout_s),
+        }
+        if state is None:
+            session.add(ConversationState(conversation_id=conversation_id, **values))
+        else:
+            for name, value in values.items():
+                setattr(state, name, value)
+
     async def _activity_of(self, session: AsyncSession, message_id: int) -> tuple[int, str] | None:
         row = (
             await session.execute(
@@ -137,7 +218,9 @@ class DispatchService:
         ).one_or_none()
         return None if row is None else (int(row[0]), str(row[1]))
 
-    async def _record(self, message: Message, intent: Intent, parse_us: float) -> Dispatched:
+    async def _record(
+        self, message: Message, intent: Intent, parse_us: float, change: StateChange
+    ) -> Dispatched:
         action = self._catalog.action(intent.agent, intent.action_type)
         async with self._sessions.begin() as session:
             user = await session.get(User, message.user_id) if message.user_id else None
@@ -193,6 +276,7 @@ class DispatchService:
                     channel=message.channel,
                     parts=self._split(message.channel, text) if text else [],
                 )
+            await self._change_state(session, message.conversation_id, change, activity.id)
             await session.execute(
                 update(Message)
                 .where(Message.id == message.id)

@@ -181,6 +181,7 @@ async def build_services(settings: Settings, *, role: Role) -> AsyncIterator[Ser
                 queue=queue,
                 split=channels.split,
                 history_turns=settings.llm.history_turns,
+                clarify_timeout_s=settings.clarify_timeout_s,
             ),
             queue=queue,
             bus=bus,

@@ -390,8 +390,16 @@ class Settings:
         None, "CATALOG", "Path of the catalog file (TOML or YAML). Default: the bundled catalog."
     )
     log_level: str = _field("INFO", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")
+    clarify_timeout_s: float = _field(
+        600.0,
+        "CLARIFY_TIMEOUT_S",
+        "How long a question the gateway asked (a missing detail, which of two actions was "
+        "meant) waits for its answer in the conversation.",
+    )
 
     def __post_init__(self) -> None:
+        if self.clarify_timeout_s <= 0:
+            raise SettingsError("SWITCHBOARD_CLARIFY_TIMEOUT_S", "must be positive")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise SettingsError("SWITCHBOARD_LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
         if self.twilio.enabled and self.http.public_url is None:

@@ -16,7 +16,9 @@ from workers.registry import Handler, HandlerContext, HandlerResult
 
 __all__ = [
     "BUILTIN_HANDLERS",
+    "BUILTIN_HANDLER_NAMES",
     "CancelHandler",
+    "ClarifyHandler",
     "EchoHandler",
     "HelpHandler",
     "HttpCallHandler",
@@ -36,7 +38,7 @@ class HelpHandler(Handler):
         lines: list[str] = []
         choices: list[Choice] = []
         for _agent, _action, spec in ctx.catalog.actions():
-            if not may_request(ctx.role, True, spec):
+            if spec.internal or not may_request(ctx.role, True, spec):
                 continue
             example = f' (e.g. "{spec.examples[0]}")' if spec.examples else ""
             lines.append(f"• {spec.description}{example}")
@@ -53,12 +55,36 @@ class HelpHandler(Handler):
         )
 
 
+class ClarifyHandler(Handler):
+    """Puts a question back to the user (a missing detail, which of several actions)."""
+
+    name: ClassVar[str] = "clarify"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        asked = ctx.activity.details.get("provenance", {}).get("clarify", {})
+        choices = msgspec.convert(asked.get("choices", []), tuple[Choice, ...])
+        return HandlerResult(text=str(ctx.payload["question"]), choices=choices)
+
+
 class EchoHandler(Handler):
+    """Replies the payload's ``text``; an action without one gets its payload read back
+    (``create_invoice: client=Acme, amount=120 EUR``), which makes any catalog demo-able."""
+
     name: ClassVar[str] = "echo"
 
     async def run(self, ctx: HandlerContext) -> HandlerResult:
-        text = str(ctx.payload["text"])
+        if "text" in ctx.payload:
+            text = str(ctx.payload["text"])
+        else:
+            fields = ", ".join(f"{k}={_plain(v)}" for k, v in ctx.payload.items())
+            text = f"{ctx.activity.action_type}: {fields}" if fields else ctx.activity.action_type
         return HandlerResult(text=text, data={"chars": len(text)})
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict) and "value" in value:  # an amount
+        return f"{value['value']:g} {value.get('currency') or ''}".strip()
+    return str(value)
 
 
 async def _own_activity(ctx: HandlerContext) -> ActivityView | HandlerResult:
@@ -188,8 +214,10 @@ class HttpCallHandler(Handler):
 
 BUILTIN_HANDLERS: tuple[Handler, ...] = (
     HelpHandler(),
+    ClarifyHandler(),
     EchoHandler(),
     StatusHandler(),
     CancelHandler(),
     HttpCallHandler(),
 )
+BUILTIN_HANDLER_NAMES = frozenset(handler.name for handler in BUILTIN_HANDLERS)

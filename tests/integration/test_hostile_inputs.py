@@ -23,6 +23,7 @@ from dispatch.metrics import Counters
 from dispatch.permissions import may_request
 from gateway.settings import LlmSettings
 from tests.support.llm_api import LlmApi, tool_call
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "hostile_inputs.txt"
 HOSTILE = [
@@ -96,9 +97,7 @@ async def test_no_hostile_message_yields_an_action_outside_the_senders_permissio
     llm: LlmApi, kind: str
 ) -> None:
     assert len(HOSTILE) >= 50
-    catalog = decode_catalog(
-        CATALOG, "hostile.toml", {"help", "echo", "status", "cancel", "http_call"}
-    )
+    catalog = decode_catalog(CATALOG, "hostile.toml", BUILTIN_HANDLER_NAMES)
     llm.scenario = compromised(kind)
     async with httpx.AsyncClient() as http:
         interpreter = Interpreter(

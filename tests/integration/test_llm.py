@@ -122,6 +122,7 @@ async def test_rules_first_the_llm_is_not_asked(services: Services, llm: LlmApi)
     assert activity.details["provenance"] == {
         "parser": "rules",
         "rule_id": "control:help",
+        "by": "pattern",
         "matched": True,
         "parse_us": activity.details["provenance"]["parse_us"],
     }

@@ -6,8 +6,9 @@ import pytest
 
 from dispatch.catalog import decode_catalog, load_catalog
 from gateway.errors import CatalogError
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
-HANDLERS = {"help", "echo", "status", "cancel", "http_call"}
+HANDLERS = BUILTIN_HANDLER_NAMES
 
 BASE = """
 [fallback]
@@ -37,6 +38,7 @@ def test_default_catalog_loads() -> None:
     assert [r.id for r in loaded.rules] == [
         "control:help",
         "control:status",
+        "control:status-ref",
         "control:cancel",
         "help-phrases",
         "echo",

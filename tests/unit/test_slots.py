@@ -6,6 +6,7 @@ import pytest
 
 from dispatch.catalog import PayloadError, decode_catalog
 from dispatch.slots import SlotError, coerce
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
 TODAY = dt.date(2026, 11, 21)  # a Saturday
 
@@ -80,7 +81,7 @@ amount = { type = "amount" }
 due = { type = "date", required = false }
 """,
         "t.toml",
-        {"echo", "help", "status", "cancel"},
+        BUILTIN_HANDLER_NAMES,
     )
     payload = catalog.validate_payload(
         "b", "invoice", {"client": "ACME", "amount": "1.200,00 €", "due": "mañana"}, today=TODAY

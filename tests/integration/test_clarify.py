@@ -1,0 +1,216 @@
+"""Clarify, don't guess: a question back for a missing detail or an ambiguous match, answered
+on the next turn; the question is per conversation and times out."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from channels.messages import InboundMessage
+from dispatch.models import Conversation, ConversationState
+from gateway.services import Services, build_services
+from gateway.settings import Settings
+from tests.support.flow import ask
+from tests.support.llm_api import LlmApi, tool_call
+
+CATALOG = Path(__file__).resolve().parent.parent / "data" / "eval_catalog.toml"
+TOMORROW = (dt.date.today() + dt.timedelta(days=1)).isoformat()
+
+
+@pytest.fixture
+def llm() -> Iterator[LlmApi]:
+    with LlmApi() as server:
+        yield server
+
+
+@pytest.fixture
+def make_services(
+    make_settings: Callable[..., Settings], sqlite_url: str, llm: LlmApi
+) -> Callable[..., Any]:
+    def make(**values: Any) -> Any:
+        settings = make_settings(
+            database_url=sqlite_url, catalog=CATALOG, llm_base_url=llm.base_url, **values
+        )
+        return build_services(settings, role="gateway")
+
+    return make
+
+
+@pytest.fixture
+async def services(make_services: Callable[..., Any]) -> AsyncIterator[Services]:
+    async with make_services() as built:
+        yield built
+
+
+async def open_state(services: Services, sender: str) -> ConversationState | None:
+    async with services.sessions() as session:
+        state: ConversationState | None = await session.scalar(
+            select(ConversationState)
+            .join(Conversation, Conversation.id == ConversationState.conversation_id)
+            .where(Conversation.key == sender)
+        )
+    return state
+
+
+async def test_missing_slot_is_asked_for_and_the_answer_fills_it(services: Services) -> None:
+    question, text = await ask(services, "create an invoice", sender="ana")
+    assert (question.agent_name, question.action_type) == ("system", "clarify")
+    assert text.startswith("Which client is the invoice for?")
+    assert question.details["provenance"]["clarify"]["for"] == "billing.create_invoice"
+    assert question.details["provenance"]["clarify"]["field"] == "client"
+    state = await open_state(services, "ana")
+    assert state is not None
+    assert state.question_activity_id == question.id
+
+    activity, text = await ask(services, "Acme Ltd.", sender="ana")
+    assert (activity.agent_name, activity.action_type) == ("billing", "create_invoice")
+    assert activity.details["payload"] == {"client": "Acme Ltd."}
+    provenance = activity.details["provenance"]
+    assert provenance["parser"] == "clarify"
+    assert provenance["original"]["rule_id"] == "invoice-create"
+    assert provenance["answers"] == {"client": "Acme Ltd."}
+    assert text == "create_invoice: client=Acme Ltd."
+    assert await open_state(services, "ana") is None
+
+
+async def test_two_missing_slots_are_asked_one_after_the_other(services: Services) -> None:
+    _, text = await ask(services, "agenda una reunión", sender="bea")
+    assert text.startswith("Who is the meeting with?")
+    _, text = await ask(services, "Carlos", sender="bea")
+    assert text.startswith("Which day?")
+    activity, text = await ask(services, "mañana", sender="bea")
+    assert activity.action_type == "schedule_meeting"
+    assert activity.details["payload"] == {"with": "Carlos", "date": TOMORROW}
+
+
+async def test_an_answer_that_does_not_fit_is_asked_again_then_given_up(
+    services: Services,
+) -> None:
+    _, text = await ask(services, "send the invoice", sender="cai")
+    assert text.startswith("Which invoice number?")
+    again, text = await ask(services, "the blue one", sender="cai")
+    assert again.action_type == "clarify"
+    assert text.startswith("That doesn't fit")
+    assert "Which invoice number?" in text
+    state = await open_state(services, "cai")
+    assert state is not None
+    assert state.attempts == 1
+    await ask(services, "no idea really", sender="cai")
+    # The third unusable answer ends the question: the text is understood on its own.
+    last, _ = await ask(services, "whatever", sender="cai")
+    assert (last.agent_name, last.action_type) == ("system", "help")
+    assert await open_state(services, "cai") is None
+
+
+async def test_ambiguous_match_offers_the_options_and_a_number_picks_one(
+    services: Services,
+) -> None:
+    question, text = await ask(services, "the invoice please", sender="dan")
+    assert text.splitlines() == [
+        "Which one do you mean? / ¿Cuál quieres decir?",
+        "1. Create an invoice for a client",
+        "2. Send an existing invoice to its client",
+    ]
+    assert question.details["provenance"]["clarify"]["choices"] == [
+        {"label": "Create an invoice for a client", "text": "1"},
+        {"label": "Send an existing invoice to its client", "text": "2"},
+    ]
+    replies = await services.store.replies_to(question.source_message_id)
+    offered = await services.store.choices_of(replies[0].id)
+    assert offered is not None
+    assert [c.text for c in offered[1]] == ["1", "2"]  # buttons on Telegram
+
+    _, text = await ask(services, "2", sender="dan")
+    assert text.startswith("Which invoice number?")
+    activity, text = await ask(services, "#12", sender="dan")
+    assert (activity.action_type, activity.details["payload"]) == ("send_invoice", {"invoice": 12})
+    assert activity.details["provenance"]["original"]["rule_id"] == "invoice-words"
+    assert activity.details["provenance"]["answers"] == {
+        "choice": "billing.send_invoice",
+        "invoice": "#12",
+    }
+
+
+async def test_abort_a_new_request_or_a_control_intent_while_a_question_is_open(
+    services: Services,
+) -> None:
+    await ask(services, "create an invoice", sender="eva")
+    _, text = await ask(services, "olvídalo", sender="eva")
+    assert text == "OK, I dropped that request. / De acuerdo, lo dejo."
+    assert await open_state(services, "eva") is None
+    after, _ = await ask(services, "Acme", sender="eva")
+    assert after.action_type == "help"  # nothing left to fill
+
+    await ask(services, "create an invoice", sender="eva")
+    status, _ = await ask(services, "help", sender="eva")  # a control intent keeps the question
+    assert status.action_type == "help"
+    filled, _ = await ask(services, "Acme", sender="eva")
+    assert filled.action_type == "create_invoice"
+
+    await ask(services, "create an invoice", sender="eva")
+    other, _ = await ask(services, "ticket #45", sender="eva")  # a new request replaces it
+    assert (other.action_type, other.details["payload"]) == ("ticket_status", {"ticket": 45})
+    assert await open_state(services, "eva") is None
+
+
+async def test_questions_are_per_conversation_and_time_out(
+    make_services: Callable[..., Any],
+) -> None:
+    async with make_services(clarify_timeout_s=0.5) as services:
+        await ask(services, "create an invoice", sender="fay")
+        other, _ = await ask(services, "Acme", sender="gil")  # another conversation
+        assert other.action_type == "help"
+        await asyncio.sleep(0.6)
+        late, _ = await ask(services, "Acme", sender="fay")
+        assert late.action_type == "help"
+        assert await open_state(services, "fay") is None
+
+
+async def test_an_llm_proposal_lacking_a_required_field_gets_a_question(
+    services: Services, llm: LlmApi
+) -> None:
+    llm.scenario = lambda body: tool_call("crm__find_client", {"confidence": 0.9})
+    question, text = await ask(services, "I'm looking for someone we work with", sender="hal")
+    assert question.action_type == "clarify"
+    assert question.details["provenance"]["parser"] == "llm"
+    assert text.startswith("Which client are you looking for?")
+    activity, _ = await ask(services, "Globex", sender="hal")
+    assert (activity.action_type, activity.details["payload"]) == (
+        "find_client",
+        {"query": "Globex"},
+    )
+    assert len(llm.requests) == 1  # the answer is not sent to the model
+
+
+async def test_an_answer_dispatched_before_its_question_waits_for_it(services: Services) -> None:
+    """Conversation order holds for understanding too: dispatching message 2 first dispatches
+    message 1 (which asks the question) and then reads 2 as the answer."""
+    accepted = [
+        await services.store.accept(
+            InboundMessage(
+                channel="rest",
+                external_id=f"order-{n}",
+                conversation_key="ivy",
+                sender="ivy",
+                text=text,
+            )
+        )
+        for n, text in enumerate(["find client", "Initech"])
+    ]
+    second = await services.dispatcher.dispatch_message(accepted[1].message_id)
+    assert second is not None
+    activity = await services.activities.get(second.activity_id)
+    assert activity is not None
+    assert (activity.action_type, activity.details["payload"]) == (
+        "find_client",
+        {"query": "Initech"},
+    )
+    first = await services.dispatcher.dispatch_message(accepted[0].message_id)
+    assert first is not None
+    assert not first.created
