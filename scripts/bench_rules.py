@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatch.catalog import decode_catalog
 from dispatch.intents import IntentParser
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
 TOPICS = [
     ("invoice", "factura"),
@@ -108,10 +109,8 @@ def main() -> None:
     cli.add_argument("--messages", type=int, default=2000)
     cli.add_argument("--repeat", type=int, default=7)
     args = cli.parse_args()
-    catalog = decode_catalog(
-        catalog_text().encode(), "bench.toml", {"help", "echo", "status", "cancel"}
-    )
-    assert len(catalog.rules) == 103, len(catalog.rules)  # 100 + the 3 built-in control rules
+    catalog = decode_catalog(catalog_text().encode(), "bench.toml", BUILTIN_HANDLER_NAMES)
+    assert len(catalog.rules) == 104, len(catalog.rules)  # 100 + the 4 built-in control rules
     parser = IntentParser(catalog)
     messages = (MESSAGES * (args.messages // len(MESSAGES) + 1))[: args.messages]
     patterns = [p for rule in catalog.rules for p in rule.patterns] + [
