@@ -104,7 +104,8 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     whatsapp_template: Template | None = None
     """Sent instead of the free-form reply outside WhatsApp's 24-hour window."""
     internal: bool = False
-    """Created by the gateway itself only: never offered to the LLM nor listed in help."""
+    """Reached only through the gateway's own rules or logic: never offered to the LLM, never
+    listed in help (clarifying questions, approval decisions)."""
 
 
 class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

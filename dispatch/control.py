@@ -2,8 +2,9 @@
 
 They belong to the built-in ``system`` agent, which every catalog gets: ``help`` (what can I
 ask), ``status <id>`` (the state of one of my requests) and ``cancel <id>`` (withdraw one of my
-requests that has not started). A fourth, ``clarify``, is never asked for: the gateway creates
-it to put a question back to the user (see :mod:`dispatch.clarify`).
+requests that has not started), ``approve``/``reject`` (``YES 123`` / ``NO 123``: a decision
+on a request awaiting approval). ``clarify`` is never asked for: the gateway creates it to put a
+question back to the user (see :mod:`dispatch.clarify`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ SYSTEM_AGENT = "system"
 CLARIFY_ACTION = "clarify"
 BARE_REFERENCE_RULE = "control:status-ref"
 _ID = FieldSpec(type="id", description="the request number")
+_CODE_FIELD = FieldSpec(type="id", description="the approval code")
 
 _NUMBER = r"\s*(?:#|no\.?|n[°º]|num(?:ero)?\.?|number)?\s*(?P<activity_id>\d+)\s*[.!?]*\s*$"
+
+_CODE = r"\s*[:,]?\s*#?(?P<code>\d+)\s*[.!]*\s*$"
 
 CONTROL_RULES: tuple[RuleSpec, ...] = (
     RuleSpec(
@@ -41,6 +45,20 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
         agent=SYSTEM_AGENT,
         action="status",
         patterns=(r"^\s*#(?P<activity_id>\d+)\s*\??\s*$",),
+    ),
+    RuleSpec(
+        id="control:approve",
+        agent=SYSTEM_AGENT,
+        action="approve",
+        patterns=(
+            r"^\s*(?:yes|si|approve|approved|aprobar|apruebo|aprobado|ok|okay|vale)" + _CODE,
+        ),
+    ),
+    RuleSpec(
+        id="control:reject",
+        agent=SYSTEM_AGENT,
+        action="reject",
+        patterns=(r"^\s*(?:no|reject|rejected|deny|rechazar|rechazo|rechazado|denegar)" + _CODE,),
     ),
     RuleSpec(
         id="control:cancel",
@@ -80,6 +98,24 @@ def system_agent() -> AgentSpec:
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("cancel 12",),
+            ),
+            # Decisions on requests awaiting approval ("YES 123" / "NO 123"). Never offered to
+            # the LLM: only these exact words decide, and only from an eligible approver.
+            "approve": ActionSpec(
+                description="Approve a request awaiting your decision",
+                handler="decide",
+                public=True,
+                internal=True,
+                timeout_s=10,
+                payload={"code": _CODE_FIELD},
+            ),
+            "reject": ActionSpec(
+                description="Reject a request awaiting your decision",
+                handler="decide",
+                public=True,
+                internal=True,
+                timeout_s=10,
+                payload={"code": _CODE_FIELD},
             ),
             CLARIFY_ACTION: ActionSpec(
                 description="Ask the user for what a request lacks",

@@ -19,6 +19,7 @@ __all__ = [
     "BUILTIN_HANDLER_NAMES",
     "CancelHandler",
     "ClarifyHandler",
+    "DecideHandler",
     "EchoHandler",
     "HelpHandler",
     "HttpCallHandler",
@@ -139,6 +140,24 @@ class CancelHandler(Handler):
         )
 
 
+class DecideHandler(Handler):
+    """A decision ("YES 123" / "NO 123") on a request awaiting approval.
+
+    Until catalog policies name approvers, no one is eligible to decide anything, so every
+    decision is answered as one that finds nothing awaiting this sender's decision.
+    """
+
+    name: ClassVar[str] = "decide"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        code = int(ctx.payload["code"])
+        return HandlerResult(
+            text=f"Nothing is awaiting your decision under {code}. / "
+            f"No hay nada pendiente de tu decisión con el código {code}.",
+            data={"decision": ctx.activity.action_type, "code": code, "applied": False},
+        )
+
+
 class HttpCallError(RuntimeError):
     pass
 
@@ -218,6 +237,7 @@ BUILTIN_HANDLERS: tuple[Handler, ...] = (
     EchoHandler(),
     StatusHandler(),
     CancelHandler(),
+    DecideHandler(),
     HttpCallHandler(),
 )
 BUILTIN_HANDLER_NAMES = frozenset(handler.name for handler in BUILTIN_HANDLERS)

@@ -214,3 +214,18 @@ async def test_an_answer_dispatched_before_its_question_waits_for_it(services: S
     first = await services.dispatcher.dispatch_message(accepted[0].message_id)
     assert first is not None
     assert not first.created
+
+
+async def test_approval_keywords_are_reserved_before_catalog_rules(services: Services) -> None:
+    """ "YES 123" is a decision, never a catalog action nor the answer to an open question;
+    with no approval gate configured, nothing awaits this sender's decision."""
+    await ask(services, "create an invoice", sender="jon")
+    decision, text = await ask(services, "SÍ 123", sender="jon")
+    assert (decision.agent_name, decision.action_type) == ("system", "approve")
+    assert decision.details["payload"] == {"code": 123}
+    assert decision.details["result"]["data"]["applied"] is False
+    assert text.startswith("Nothing is awaiting your decision under 123.")
+    rejected, _ = await ask(services, "rechazar 123", sender="jon")
+    assert rejected.action_type == "reject"
+    filled, _ = await ask(services, "Acme", sender="jon")  # the question is still open
+    assert filled.action_type == "create_invoice"

@@ -152,6 +152,14 @@ async def test_the_conversation_so_far_goes_with_the_request(
             lambda body: tool_call("system__shell", {"cmd": "rm -rf /", "confidence": 1}),
             "'system__shell' is not an action this sender may run",
         ),
+        (  # decisions on approvals are never the model's to make
+            lambda body: tool_call("system__approve", {"code": 1, "confidence": 1}),
+            "'system__approve' is not an action this sender may run",
+        ),
+        (
+            lambda body: tool_call("system__clarify", {"question": "pwned", "confidence": 1}),
+            "'system__clarify' is not an action this sender may run",
+        ),
         (
             lambda body: tool_call(
                 "billing__invoice_create", {"text": "x", "amount": "5", "confidence": 0.2}

@@ -39,6 +39,8 @@ def test_default_catalog_loads() -> None:
         "control:help",
         "control:status",
         "control:status-ref",
+        "control:approve",
+        "control:reject",
         "control:cancel",
         "help-phrases",
         "echo",

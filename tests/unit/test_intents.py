@@ -36,6 +36,14 @@ def parser() -> IntentParser:
         ("cancel 12", "cancel", {"activity_id": 12}),
         ("Cancelar mi solicitud #4", "cancel", {"activity_id": 4}),
         ("anula el pedido nº 9", "cancel", {"activity_id": 9}),
+        ("YES 123", "approve", {"code": 123}),
+        ("sí 123", "approve", {"code": 123}),
+        ("Aprobar #123.", "approve", {"code": 123}),
+        ("ok 7", "approve", {"code": 7}),
+        ("approve: 8", "approve", {"code": 8}),
+        ("NO 123", "reject", {"code": 123}),
+        ("Rechazar 123!", "reject", {"code": 123}),
+        ("reject #5", "reject", {"code": 5}),
     ],
 )
 def test_rules_in_spanish_and_english(
@@ -48,7 +56,10 @@ def test_rules_in_spanish_and_english(
     assert intent.rule_id is not None
 
 
-@pytest.mark.parametrize("text", ["blah", "status abc", "echo", "helpful people", "estado"])
+@pytest.mark.parametrize(
+    "text",
+    ["blah", "status abc", "echo", "helpful people", "estado", "yes", "no way 123", "okay then"],
+)
 def test_unmatched_text_falls_back_to_help(parser: IntentParser, text: str) -> None:
     intent = parser.parse(text)
     assert not intent.matched
