@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from channels.messages import Template
-from dispatch.models import Priority
+from dispatch.models import Priority, Role
 from dispatch.slots import SlotError, coerce
 from dispatch.text import normalize, strip_accents
 from gateway.errors import CatalogError
@@ -25,6 +25,7 @@ from gateway.errors import CatalogError
 __all__ = [
     "ActionSpec",
     "Amount",
+    "ApprovalSpec",
     "Catalog",
     "CompiledRule",
     "FieldSpec",
@@ -91,6 +92,21 @@ class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Field of the JSON answer to reply with; default: a text answer or the JSON itself."""
 
 
+class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A human must say yes before the action runs."""
+
+    approvers: tuple[str, ...] = ("supervisor", "admin")
+    """Roles that may decide."""
+    quorum: int = 1
+    """Approvals needed; one rejection is final."""
+    self_approval: bool = False
+    """Whether the requester may approve their own request."""
+    ttl_s: float = 3600.0
+    """After this the request expires, and the requester is told."""
+    auto_run: bool = True
+    """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
+
+
 class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str
     handler: str
@@ -103,6 +119,8 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http: HttpCallSpec | None = None
     whatsapp_template: Template | None = None
     """Sent instead of the free-form reply outside WhatsApp's 24-hour window."""
+    approval: ApprovalSpec | None = None
+    """Set: the action waits in ``awaiting_approval`` until approved."""
     internal: bool = False
     """Reached only through the gateway's own rules or logic: never offered to the LLM, never
     listed in help (clarifying questions, approval decisions)."""
@@ -302,9 +320,27 @@ def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], a
         raise CatalogError(at + ".http.url", "must be an http:// or https:// URL")
     if not 0 < action.timeout_s <= 3600:
         raise CatalogError(at + ".timeout_s", "must be in (0, 3600]")
+    roles = {r.value for r in Role}
+    unknown_roles = sorted(set(action.roles) - roles)
+    if unknown_roles:
+        raise CatalogError(at + ".roles", f"unknown roles {unknown_roles}; known: {sorted(roles)}")
+    if action.approval is not None:
+        _validate_approval(action.approval, roles, at + ".approval")
     for field_name in action.payload:
         if not _NAME.fullmatch(field_name):
             raise CatalogError(at + f".payload.{field_name}", "bad field name")
+
+
+def _validate_approval(approval: ApprovalSpec, roles: set[str], at: str) -> None:
+    if not approval.approvers:
+        raise CatalogError(at + ".approvers", "name at least one role that may approve")
+    unknown = sorted(set(approval.approvers) - roles)
+    if unknown:
+        raise CatalogError(at + ".approvers", f"unknown roles {unknown}; known: {sorted(roles)}")
+    if not 1 <= approval.quorum <= 10:
+        raise CatalogError(at + ".quorum", "must be between 1 and 10")
+    if not 0 < approval.ttl_s <= 30 * 86400:
+        raise CatalogError(at + ".ttl_s", "must be in (0, 30 days]")
 
 
 def _known(file: CatalogFile, agent: str, action: str, where: str) -> ActionSpec:

@@ -16,7 +16,7 @@ import msgspec
 
 from channels.messages import Choice
 from dispatch.catalog import Catalog, PayloadError
-from dispatch.control import BARE_REFERENCE_RULE, CLARIFY_ACTION, SYSTEM_AGENT
+from dispatch.control import CLARIFY_ACTION, SOFT_CONTROL_RULES, SYSTEM_AGENT
 from dispatch.intents import Intent
 from dispatch.text import normalize
 
@@ -125,8 +125,8 @@ class Clarifier:
     def resume(self, pending: Pending, attempts: int, text: str, parsed: Intent) -> Resolution:
         """What ``text`` (parsed by the rules as ``parsed``) does to the open question."""
         rule_id = parsed.rule_id or ""
-        if rule_id == BARE_REFERENCE_RULE:
-            pass  # "#12" answers the question rather than asking for a status
+        if rule_id in SOFT_CONTROL_RULES:
+            pass  # "#12", "yes", "no" answer the question
         elif rule_id.startswith("control:"):
             return Resolution(intent=parsed, state="keep", attempts=attempts)
         elif parsed.matched and parsed.provenance.get("by") == "pattern":

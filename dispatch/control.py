@@ -11,13 +11,24 @@ from __future__ import annotations
 
 from dispatch.catalog import ActionSpec, AgentSpec, FieldSpec, RuleSpec
 
-__all__ = ["BARE_REFERENCE_RULE", "CLARIFY_ACTION", "CONTROL_RULES", "SYSTEM_AGENT", "system_agent"]
+__all__ = [
+    "BARE_REFERENCE_RULE",
+    "CLARIFY_ACTION",
+    "CONTROL_RULES",
+    "SOFT_CONTROL_RULES",
+    "SYSTEM_AGENT",
+    "system_agent",
+]
 
 SYSTEM_AGENT = "system"
 CLARIFY_ACTION = "clarify"
 BARE_REFERENCE_RULE = "control:status-ref"
+BARE_APPROVE_RULE = "control:approve-bare"
+BARE_REJECT_RULE = "control:reject-bare"
+SOFT_CONTROL_RULES = frozenset({BARE_REFERENCE_RULE, BARE_APPROVE_RULE, BARE_REJECT_RULE})
+"""Control rules that give way to an open question: there "#12", "yes", "no" are answers."""
 _ID = FieldSpec(type="id", description="the request number")
-_CODE_FIELD = FieldSpec(type="id", description="the approval code")
+_CODE_FIELD = FieldSpec(type="id", required=False, description="the approval code")
 
 _NUMBER = r"\s*(?:#|no\.?|n[°º]|num(?:ero)?\.?|number)?\s*(?P<activity_id>\d+)\s*[.!?]*\s*$"
 
@@ -59,6 +70,25 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
         agent=SYSTEM_AGENT,
         action="reject",
         patterns=(r"^\s*(?:no|reject|rejected|deny|rechazar|rechazo|rechazado|denegar)" + _CODE,),
+    ),
+    RuleSpec(
+        # A bare "YES"/"NO": decides when exactly one request awaits this approver.
+        id=BARE_APPROVE_RULE,
+        agent=SYSTEM_AGENT,
+        action="approve",
+        patterns=(r"^\s*(?:yes|si|approve|aprobar|apruebo|ok|okay|vale)\s*[.!]*\s*$",),
+    ),
+    RuleSpec(
+        id=BARE_REJECT_RULE,
+        agent=SYSTEM_AGENT,
+        action="reject",
+        patterns=(r"^\s*(?:no|reject|rechazar|rechazo)\s*[.!]*\s*$",),
+    ),
+    RuleSpec(
+        id="control:run",
+        agent=SYSTEM_AGENT,
+        action="run",
+        patterns=(r"^\s*(?:run|ejecutar|ejecuta)" + _CODE,),
     ),
     RuleSpec(
         id="control:cancel",
@@ -116,6 +146,14 @@ def system_agent() -> AgentSpec:
                 internal=True,
                 timeout_s=10,
                 payload={"code": _CODE_FIELD},
+            ),
+            "run": ActionSpec(
+                description="Run an approved request that waits to be run",
+                handler="run",
+                public=True,
+                internal=True,
+                timeout_s=10,
+                payload={"code": FieldSpec(type="id", description="the request number")},
             ),
             CLARIFY_ACTION: ActionSpec(
                 description="Ask the user for what a request lacks",

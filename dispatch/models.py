@@ -31,6 +31,8 @@ __all__ = [
     "Activity",
     "ActivityEvent",
     "ActivityStatus",
+    "ApiToken",
+    "Approval",
     "Base",
     "Conversation",
     "ConversationState",
@@ -39,6 +41,7 @@ __all__ = [
     "Message",
     "MessageState",
     "Priority",
+    "Role",
     "User",
     "UserIdentity",
     "utcnow",
@@ -77,7 +80,7 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class ActivityStatus(enum.StrEnum):
-    PENDING = "pending"
+    PENDING = "pending"  # approved, waiting for someone to run it ("RUN 17"; auto_run = false)
     AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     IN_PROGRESS = "in_progress"
@@ -85,6 +88,7 @@ class ActivityStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     REJECTED = "rejected"
+    EXPIRED = "expired"  # its approval was not given in time
 
     @property
     def is_terminal(self) -> bool:
@@ -97,14 +101,25 @@ TERMINAL_STATUSES = frozenset(
         ActivityStatus.FAILED,
         ActivityStatus.CANCELLED,
         ActivityStatus.REJECTED,
+        ActivityStatus.EXPIRED,
     }
 )
-# Statuses that hold back later activities of the same conversation (ordering).
+# Statuses that hold back later activities of the same conversation (ordering). A request
+# waiting for a human (approval, or a RUN after it) does not hold the conversation up.
 BLOCKING_STATUSES = (
-    ActivityStatus.PENDING,
     ActivityStatus.QUEUED,
     ActivityStatus.IN_PROGRESS,
 )
+
+
+class Role(enum.StrEnum):
+    """A user's (or API token's) role, from most to least trusted."""
+
+    ADMIN = "admin"
+    SUPERVISOR = "supervisor"
+    OPERATOR = "operator"
+    AGENT = "agent"
+    GUEST = "guest"
 
 
 class Priority(enum.StrEnum):
@@ -257,6 +272,8 @@ class Activity(Base):
     visible_to_client: Mapped[bool] = mapped_column(Boolean, default=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column()
+    # Until when an awaiting_approval activity may still be decided on.
+    expires_at: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
     completed_at: Mapped[dt.datetime | None] = mapped_column()
@@ -296,3 +313,35 @@ class ConversationState(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     expires_at: Mapped[dt.datetime] = mapped_column()
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Approval(Base):
+    """One approver's decision on one activity: at most one per (activity, approver)."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (
+        UniqueConstraint("activity_id", "approver_user_id", name="uq_approval_activity_approver"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
+    )
+    approver_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[str] = mapped_column(String(32))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API, stored as its SHA-256 only, with a role."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()

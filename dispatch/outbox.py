@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.models import ActivityStatus, Delivery, Direction, Message
@@ -40,10 +41,20 @@ async def add_reply(
     media: list[dict[str, Any]] | None = None,
     choices: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Queue a reply as pending outbound messages, one per part, in order (once each)."""
+    """Queue a message as pending outbound rows, one per part, in order (once each).
+
+    An activity may say several things over its life (approval requests, decisions, its
+    result): each message's parts are numbered on after the ones it already has. Callers hold
+    the activity's row (a guarded status change or a lock), so numbering cannot race.
+    """
     if not parts or conversation_id is None or channel is None:
         return
-    for index, text in enumerate(parts):
+    last = await session.scalar(
+        select(func.max(Message.part)).where(Message.activity_id == activity_id)
+    )
+    first = 0 if last is None else int(last) + 1
+    for offset, text in enumerate(parts):
+        index = first + offset
         await insert_or_get(
             session,
             Message.__table__,  # type: ignore[arg-type]
@@ -55,9 +66,9 @@ async def add_reply(
                 "sender": "switchboard",
                 "text": text,
                 # Attachments go with the first part.
-                "media": (media or []) if index == 0 else [],
+                "media": (media or []) if offset == 0 else [],
                 # Offered answers go with the last part, under which buttons make sense.
-                "raw": {"choices": choices} if choices and index == len(parts) - 1 else {},
+                "raw": {"choices": choices} if choices and offset == len(parts) - 1 else {},
                 "delivery": Delivery.PENDING.value,
                 "activity_id": activity_id,
                 "part": index,

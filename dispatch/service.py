@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from channels.messages import InboundMessage
 from dispatch.activities import ActivityLog
+from dispatch.approvals import ApprovalService, expiry
 from dispatch.catalog import Catalog
 from dispatch.clarify import Clarifier, Pending
 from dispatch.intents import Intent
@@ -66,6 +67,7 @@ class DispatchService:
         split: Callable[[str, str], list[str]],
         history_turns: int = 6,
         clarify_timeout_s: float = 600.0,
+        approvals: ApprovalService,
     ) -> None:
         self._sessions = sessions
         self._store = store
@@ -77,6 +79,7 @@ class DispatchService:
         self._history_turns = history_turns
         self._clarifier = Clarifier(catalog)
         self._clarify_timeout_s = clarify_timeout_s
+        self._approvals = approvals
 
     async def ingest(self, message: InboundMessage) -> Accepted:
         """Store first, then queue the parsing; a duplicate is accepted and queues nothing."""
@@ -240,6 +243,9 @@ class DispatchService:
                     "reason": "forbidden",
                     "message": f"you may not run {intent.agent}.{intent.action_type}",
                 }
+            approval = action.approval if allowed and action is not None else None
+            if approval is not None:
+                status = ActivityStatus.AWAITING_APPROVAL
             activity = Activity(
                 agent_name=intent.agent,
                 action_type=intent.action_type,
@@ -253,6 +259,7 @@ class DispatchService:
                 order_key=message.id,
                 priority=(action.priority if action else "normal"),
                 completed_at=None if allowed else message.received_at,
+                expires_at=expiry(approval) if approval is not None else None,
             )
             session.add(activity)
             await session.flush()
@@ -264,9 +271,27 @@ class DispatchService:
                 actor=f"user:{message.user_id}" if message.user_id else "system",
                 data={"payload": intent.payload, "provenance": provenance},
             )
-            if not allowed:
+            if approval is not None and action is not None:
+                asked = await self._approvals.request(session, activity, action, user)
+                if not asked:
+                    status = ActivityStatus.FAILED
+                    details = {
+                        **details,
+                        "error": {
+                            "reason": "no_approver",
+                            "message": "no one who may approve this request can be reached",
+                        },
+                    }
+                    activity.status = status.value
+                    activity.details = details
+                    activity.completed_at = utcnow()
+            if status == ActivityStatus.FAILED:
                 self._activities.add_event(
-                    session, activity.id, "denied", status=status.value, data=details["error"]
+                    session,
+                    activity.id,
+                    "denied" if not allowed else "failed",
+                    status=status.value,
+                    data=details["error"],
                 )
                 text = reply_text(activity.id, status.value, details)
                 await add_reply(

@@ -16,6 +16,8 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.errors import SwitchboardError
 from gateway.logging import configure_logging
+from gateway.routes.admin import AdminController
+from gateway.routes.approvals import ApprovalsController
 from gateway.routes.chat import chat_socket, index
 from gateway.routes.health import health
 from gateway.routes.messages import MessagesController
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             metrics,
             chat_socket,
             MessagesController,
+            ApprovalsController,
+            AdminController,
             twilio_inbound,
             twilio_status,
             telegram_inbound,

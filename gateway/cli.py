@@ -1,16 +1,19 @@
-"""The ``switchboard`` command: serve, worker, migrate, send, settings."""
+"""The ``switchboard`` command: serve, worker, migrate, send, telegram, users, tokens, settings."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
-from gateway.errors import SwitchboardError
+from dispatch.models import Role
+from gateway.errors import NotFoundError, SwitchboardError
 from gateway.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -125,6 +128,94 @@ def _telegram(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _open_directory(settings: Settings) -> Any:
+    """(users, tokens) on their own engine, migrating an embedded database first."""
+    from dispatch.db import create_engine, create_sessionmaker
+    from dispatch.users import UserDirectory
+    from gateway.auth import TokenStore
+    from migrations import upgrade
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[tuple[UserDirectory, TokenStore]]:
+        engine = create_engine(settings.database)
+        try:
+            if settings.database.should_auto_migrate:
+                await upgrade(engine)
+            sessions = create_sessionmaker(engine)
+            yield UserDirectory(sessions), TokenStore(sessions, None)
+        finally:
+            await engine.dispose()
+
+    return opened()
+
+
+def _print_user(user: Any, note: str = "") -> None:
+    identities = ", ".join(f"{i.channel}:{i.address}" for i in user.identities) or "-"
+    state = "active" if user.active else "INACTIVE"
+    print(f"#{user.id}\t{user.name}\t{user.role}\t{state}\t{identities}{note}")
+
+
+def _users(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _open_directory(settings) as (users, _tokens):
+            if args.action == "list":
+                for user in await users.list():
+                    _print_user(user)
+                return 0
+            if args.action == "add":
+                user = await users.add(args.name, args.role)
+                for channel in ("whatsapp", "telegram", "webchat"):
+                    address = getattr(args, channel)
+                    if address:
+                        user, _ = await users.link(str(user.id), channel, address)
+                _print_user(user)
+                return 0
+            if args.action == "set-role":
+                _print_user(await users.set_role(args.user, args.role))
+                return 0
+            if args.action == "deactivate":
+                _print_user(await users.set_active(args.user, False))
+                return 0
+            user, previous = await users.link(args.user, args.channel, args.address)
+            _print_user(user, f"\t(moved from user #{previous})" if previous else "")
+            return 0
+
+    return asyncio.run(run())
+
+
+def _tokens(settings: Settings, args: argparse.Namespace) -> int:
+    async def run() -> int:
+        async with _open_directory(settings) as (users, tokens):
+            if args.action == "create":
+                user_id = None
+                if args.user:
+                    user_id = next(
+                        (u.id for u in await users.list() if args.user in {str(u.id), u.name}),
+                        None,
+                    )
+                    if user_id is None:
+                        raise NotFoundError(f"no user {args.user!r}")
+                token, token_id = await tokens.create(
+                    name=args.name, role=args.role, user_id=user_id
+                )
+                print(
+                    f"token #{token_id} ({args.role}); shown once, store it now:", file=sys.stderr
+                )
+                print(token)
+                return 0
+            if args.action == "list":
+                for t in await tokens.list():
+                    state = "revoked" if t.revoked else "live"
+                    print(f"#{t.id}\t{t.name}\t{t.role}\tuser={t.user_id or '-'}\t{state}")
+                return 0
+            if not await tokens.revoke(int(args.id)):
+                raise NotFoundError(f"no live token {args.id}")
+            print(f"token #{args.id} revoked", file=sys.stderr)
+            return 0
+
+    return asyncio.run(run())
+
+
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     for variable, default, doc in settings.describe():
         print(f"{variable} (default {default})\n    {doc}")
@@ -158,9 +249,49 @@ def _parser() -> argparse.ArgumentParser:
         help="discard updates Telegram queued while no webhook answered",
     )
     telegram.set_defaults(run=_telegram)
+    _user_commands(sub)
+    _token_commands(sub)
     show = sub.add_parser("settings", help="list every setting with its default")
     show.set_defaults(run=_settings)
     return parser
+
+
+def _user_commands(sub: Any) -> None:
+    roles = [r.value for r in Role]
+    users = sub.add_parser("users", help="manage users, roles and channel identities")
+    actions = users.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--role", choices=roles, default="guest")
+    add.add_argument("--whatsapp", help="WhatsApp number, E.164 (+34600111222)")
+    add.add_argument("--telegram", help="Telegram numeric user id")
+    add.add_argument("--webchat", help="web chat session id")
+    actions.add_parser("list", help="list users")
+    set_role = actions.add_parser("set-role", help="change a user's role")
+    set_role.add_argument("user", help="id or name")
+    set_role.add_argument("role", choices=roles)
+    deactivate = actions.add_parser("deactivate", help="stop a user from asking or approving")
+    deactivate.add_argument("user", help="id or name")
+    link = actions.add_parser("link", help="give a user an address on a channel")
+    link.add_argument("user", help="id or name")
+    link.add_argument(
+        "--channel", required=True, choices=["whatsapp", "telegram", "webchat", "rest"]
+    )
+    link.add_argument("--address", required=True)
+    users.set_defaults(run=_users)
+
+
+def _token_commands(sub: Any) -> None:
+    tokens = sub.add_parser("tokens", help="manage HTTP API bearer tokens")
+    actions = tokens.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="create a token (printed once)")
+    create.add_argument("--role", required=True, choices=["actions", "operator", "admin"])
+    create.add_argument("--name", default="api token")
+    create.add_argument("--user", help="id or name of the user the token acts for")
+    actions.add_parser("list", help="list tokens (never their secret)")
+    revoke = actions.add_parser("revoke", help="revoke a token")
+    revoke.add_argument("id")
+    tokens.set_defaults(run=_tokens)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ __all__ = [
     "PayloadTooLarge",
     "SettingsError",
     "SwitchboardError",
+    "UnauthorizedError",
 ]
 
 
@@ -75,6 +76,13 @@ class PayloadTooLarge(ClientError):
 class NotFoundError(ClientError):
     status_code = 404
     code = "not_found"
+
+
+class UnauthorizedError(ClientError):
+    """No credentials, or ones that are not valid (HTTP 401)."""
+
+    status_code = 401
+    code = "unauthorized"
 
 
 class ForbiddenError(ClientError):

@@ -20,6 +20,7 @@ from channels.telegram import TelegramChannel
 from channels.twilio import TwilioChannel
 from channels.webchat import WebChatChannel
 from dispatch.activities import ActivityLog
+from dispatch.approvals import ApprovalService
 from dispatch.catalog import Catalog, load_catalog
 from dispatch.constants import reply_channel
 from dispatch.db import create_engine, create_sessionmaker
@@ -30,6 +31,8 @@ from dispatch.metrics import Counters, RedisCounters
 from dispatch.queue import ArqQueue, JobQueue
 from dispatch.service import DispatchService
 from dispatch.store import MessageStore
+from dispatch.users import UserDirectory
+from gateway.auth import TokenStore
 from gateway.settings import Settings
 from migrations import upgrade
 from workers.handlers import BUILTIN_HANDLERS
@@ -60,6 +63,9 @@ class Services:
     replies: ReplySender
     http: httpx.AsyncClient
     counters: Counters
+    approvals: ApprovalService
+    users: UserDirectory
+    tokens: TokenStore
 
     @property
     def webchat(self) -> WebChatChannel:
@@ -158,6 +164,9 @@ async def build_services(settings: Settings, *, role: Role) -> AsyncIterator[Ser
         channels = ChannelRegistry(_channels(settings, bus, limiter, store))
         stack.push_async_callback(channels.close)
         activities = ActivityLog(sessions)
+        approvals = ApprovalService(
+            sessions=sessions, catalog=catalog, queue=queue, split=channels.split
+        )
         services = Services(
             settings=settings,
             engine=engine,
@@ -182,6 +191,7 @@ async def build_services(settings: Settings, *, role: Role) -> AsyncIterator[Ser
                 split=channels.split,
                 history_turns=settings.llm.history_turns,
                 clarify_timeout_s=settings.clarify_timeout_s,
+                approvals=approvals,
             ),
             queue=queue,
             bus=bus,
@@ -191,6 +201,9 @@ async def build_services(settings: Settings, *, role: Role) -> AsyncIterator[Ser
             ),
             http=http,
             counters=counters,
+            approvals=approvals,
+            users=UserDirectory(sessions),
+            tokens=TokenStore(sessions, settings.http.admin_token),
         )
         if role == "gateway" and settings.queue.redis_url:
             await bus.start()

@@ -170,8 +170,17 @@ class HttpSettings:
         "The gateway's public base URL as providers call it (e.g. https://bot.example.com). "
         "Webhook signatures are checked against it, so they hold behind a TLS-terminating proxy.",
     )
+    admin_token: str | None = _field(
+        None,
+        "ADMIN_TOKEN",
+        "An admin bearer token for the HTTP API from the environment, to bootstrap real ones "
+        "(`switchboard tokens create`). At least 24 characters.",
+        secret=True,
+    )
 
     def __post_init__(self) -> None:
+        if self.admin_token is not None and len(self.admin_token) < 24:
+            raise SettingsError("SWITCHBOARD_ADMIN_TOKEN", "must be at least 24 characters")
         if self.public_url is not None:
             parsed = urlparse(self.public_url)
             if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.query:

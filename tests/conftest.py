@@ -29,6 +29,10 @@ REDIS_BASE = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379")
 REQUIRE = os.environ.get("SWITCHBOARD_REQUIRE_SERVICES") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+"""Headers for API calls in tests (the bootstrap admin token every test gateway has)."""
+
 
 def _unavailable(what: str, exc: BaseException) -> None:
     message = f"{what} unavailable: {exc!r}"
@@ -108,6 +112,7 @@ def make_env(prefix: str) -> Callable[..., dict[str, str]]:
             "SWITCHBOARD_WORKER_RECOVER_EVERY_S": "1",
             "SWITCHBOARD_WORKER_RECOVER_AFTER_S": "1",
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
+            "SWITCHBOARD_ADMIN_TOKEN": ADMIN_TOKEN,
         }
         for key, value in values.items():
             if value is not None:

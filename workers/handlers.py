@@ -11,6 +11,7 @@ import msgspec
 from channels.backoff import backoff
 from channels.messages import Choice, Media
 from dispatch.activities import ActivityView
+from dispatch.approvals import Decision
 from dispatch.permissions import may_request
 from workers.registry import Handler, HandlerContext, HandlerResult
 
@@ -23,6 +24,7 @@ __all__ = [
     "EchoHandler",
     "HelpHandler",
     "HttpCallHandler",
+    "RunHandler",
     "StatusHandler",
 ]
 
@@ -141,20 +143,73 @@ class CancelHandler(Handler):
 
 
 class DecideHandler(Handler):
-    """A decision ("YES 123" / "NO 123") on a request awaiting approval.
+    """A decision ("YES 123" / "NO 123", or a bare "YES"/"NO") on a request awaiting approval.
 
-    Until catalog policies name approvers, no one is eligible to decide anything, so every
-    decision is answered as one that finds nothing awaiting this sender's decision.
+    Who decides is the verified sender of this message; the approval service checks that they
+    may, and counts each approver once.
     """
 
     name: ClassVar[str] = "decide"
 
     async def run(self, ctx: HandlerContext) -> HandlerResult:
-        code = int(ctx.payload["code"])
+        decision = Decision(ctx.activity.action_type)
+        user_id = ctx.activity.actor_user_id
+        code = ctx.payload.get("code")
+        if code is None:
+            waiting = await ctx.approvals.pending_for(user_id) if user_id is not None else []
+            if len(waiting) != 1:
+                return _waiting_list(waiting, decision)
+            code = waiting[0]
+        outcome = await ctx.approvals.decide(
+            user_id=user_id,
+            code=int(code),
+            decision=decision,
+            channel=ctx.activity.source_channel or "unknown",
+        )
         return HandlerResult(
-            text=f"Nothing is awaiting your decision under {code}. / "
-            f"No hay nada pendiente de tu decisión con el código {code}.",
-            data={"decision": ctx.activity.action_type, "code": code, "applied": False},
+            text=outcome.text,
+            data={
+                "decision": decision.value,
+                "code": int(code),
+                "applied": outcome.applied,
+                "status": outcome.status,
+            },
+        )
+
+
+def _waiting_list(codes: list[int], decision: Decision) -> HandlerResult:
+    if not codes:
+        return HandlerResult(
+            text="Nothing is awaiting your decision. / No hay nada pendiente de tu decisión.",
+            data={"decision": decision.value, "applied": False, "waiting": []},
+        )
+    word = "YES" if decision == Decision.APPROVE else "NO"
+    listed = ", ".join(f"#{c}" for c in codes)
+    return HandlerResult(
+        text=f"Several requests await your decision ({listed}): reply {word} and the number, "
+        f"e.g. {word} {codes[0]}.",
+        choices=tuple(
+            Choice(label=f"{word} #{c}", text=f"{word} {c}") for c in codes[:MAX_CHOICES]
+        ),
+        data={"decision": decision.value, "applied": False, "waiting": codes},
+    )
+
+
+class RunHandler(Handler):
+    """ "RUN 123": run an approved request that waits for it (``auto_run = false``)."""
+
+    name: ClassVar[str] = "run"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        code = int(ctx.payload["code"])
+        outcome = await ctx.approvals.run(
+            user_id=ctx.activity.actor_user_id,
+            code=code,
+            channel=ctx.activity.source_channel or "unknown",
+        )
+        return HandlerResult(
+            text=outcome.text,
+            data={"code": code, "applied": outcome.applied, "status": outcome.status},
         )
 
 
@@ -238,6 +293,7 @@ BUILTIN_HANDLERS: tuple[Handler, ...] = (
     StatusHandler(),
     CancelHandler(),
     DecideHandler(),
+    RunHandler(),
     HttpCallHandler(),
 )
 BUILTIN_HANDLER_NAMES = frozenset(handler.name for handler in BUILTIN_HANDLERS)

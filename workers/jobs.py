@@ -62,7 +62,14 @@ async def run_activity(services: Services, activity_id: int) -> dict[str, Any]:
         activity = await activities.get(activity_id)
         assert activity is not None
     elif not S(activity.status).is_terminal:
-        return {"activity_id": activity_id, "outcome": f"not_runnable:{activity.status}"}
+        # Waiting for a human (approval, or a RUN): send what it has to say meanwhile (the
+        # approval requests, the decisions so far) and leave the conversation to move on.
+        sent = await services.replies.deliver(activity)
+        return {
+            "activity_id": activity_id,
+            "outcome": f"not_runnable:{activity.status}",
+            "replied": sent,
+        }
 
     sent = await services.replies.deliver(activity)
     if activity.conversation_id is not None and activity.order_key is not None:
@@ -104,6 +111,7 @@ async def _execute(services: Services, activity: ActivityView) -> str:
             activities=activities,
             http=services.http,
             role=role,
+            approvals=services.approvals,
         )
         result = await asyncio.wait_for(handler.run(ctx), timeout=action.timeout_s)
     except TimeoutError:

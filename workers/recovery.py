@@ -49,11 +49,17 @@ async def recover(services: Services, *, older_than_s: float | None = None) -> d
         ]
     for message_id in messages:
         await services.queue.enqueue_dispatch(message_id, reason=pass_id)
+    expired = await services.approvals.expire_due()
     stale = await services.activities.stale(older_than=cutoff)
     unanswered = await services.activities.unanswered(older_than=cutoff)
     for activity_id in sorted({*stale, *unanswered}):
         await services.queue.enqueue_run(activity_id, reason=pass_id)
-    counts = {"messages": len(messages), "activities": len(stale), "replies": len(unanswered)}
+    counts = {
+        "messages": len(messages),
+        "activities": len(stale),
+        "replies": len(unanswered),
+        "expired": len(expired),
+    }
     if any(counts.values()):
         log.info("recovered unfinished work", extra=counts)
     return counts

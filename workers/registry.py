@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import httpx
 
     from dispatch.activities import ActivityLog, ActivityView
+    from dispatch.approvals import ApprovalService
     from dispatch.catalog import ActionSpec, Catalog
 
 __all__ = ["Handler", "HandlerContext", "HandlerRegistry", "HandlerResult", "UnknownAction"]
@@ -40,6 +41,7 @@ class HandlerContext:
     activities: ActivityLog
     http: httpx.AsyncClient
     role: str | None
+    approvals: ApprovalService
 
 
 class Handler(abc.ABC):

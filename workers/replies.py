@@ -39,11 +39,13 @@ class ReplySender:
         between loses that reply rather than ever sending it twice.
         """
         pending = await self._store.pending_replies(activity.id)
-        if not pending or activity.conversation_id is None:
+        if not pending:
             return 0
-        conversation = await self._store.conversation(activity.conversation_id)
-        if conversation is None:
-            return 0
+        # Most rows go to the requester's conversation; approval requests go to approvers'.
+        conversations = {
+            row.conversation_id: await self._store.conversation(row.conversation_id)
+            for row in pending
+        }
         in_reply_to = None
         if activity.source_message_id is not None:
             source = await self._store.get(activity.source_message_id)
@@ -51,13 +53,14 @@ class ReplySender:
         action = self._catalog.action(activity.agent_name, activity.action_type)
         template = action.whatsapp_template if action else None
         sent = 0
-        failed_part: int | None = None
+        failed_part: dict[int, int] = {}  # per conversation: the part that failed
         for row in pending:
-            if not await self._store.claim_reply(row.id):
+            conversation = conversations[row.conversation_id]
+            if conversation is None or not await self._store.claim_reply(row.id):
                 continue
-            if failed_part is not None:
-                # Never leave a gap in the middle of a reply: the rest is not sent either.
-                error = f"not sent: part {failed_part} of this reply failed"
+            if conversation.id in failed_part:
+                # Never leave a gap in a conversation: the rest to it is not sent either.
+                error = f"not sent: part {failed_part[conversation.id]} of this reply failed"
                 await self._store.update_delivery(row.id, Delivery.FAILED, error=error)
                 continue
             outbound = OutboundMessage(
@@ -68,13 +71,13 @@ class ReplySender:
                 media=msgspec.convert(row.media or [], tuple[Media, ...]),
                 activity_id=activity.id,
                 message_id=row.id,
-                in_reply_to=in_reply_to,
+                in_reply_to=in_reply_to if conversation.id == activity.conversation_id else None,
                 last_inbound_at=conversation.last_inbound_at,
                 template=template,
                 choices=msgspec.convert((row.raw or {}).get("choices") or [], tuple[Choice, ...]),
             )
-            if await self._send(outbound, row.id) == Delivery.FAILED:
-                failed_part = row.part
+            if await self._send(outbound, row.id) == Delivery.FAILED and row.part is not None:
+                failed_part[conversation.id] = row.part
             sent += 1
         return sent
 

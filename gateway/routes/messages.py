@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from dispatch.activities import ActivityView
 from dispatch.store import MessageView
+from gateway.auth import ApiRole, require
 from gateway.errors import NotFoundError
 from gateway.services import Services
 
@@ -28,8 +29,9 @@ class MessageAccepted(msgspec.Struct, frozen=True, kw_only=True):
 class MessagesController(Controller):
     path = "/api/v1"
     tags = ["messages"]  # noqa: RUF012 - litestar reads a class attribute
+    guards = [require(ApiRole.ACTIONS)]  # noqa: RUF012
 
-    @post("/messages", status_code=HTTP_202_ACCEPTED)
+    @post("/messages", status_code=HTTP_202_ACCEPTED, guards=[require(ApiRole.OPERATOR)])
     async def post_message(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services]
     ) -> MessageAccepted:

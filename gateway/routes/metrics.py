@@ -5,12 +5,13 @@ from __future__ import annotations
 from litestar import MediaType, get
 from litestar.di import NamedDependency
 
+from gateway.auth import ApiRole, require
 from gateway.services import Services
 
 __all__ = ["metrics"]
 
 
-@get("/metrics", media_type=MediaType.TEXT, tags=["health"])
+@get("/metrics", media_type=MediaType.TEXT, tags=["health"], guards=[require(ApiRole.ACTIONS)])
 async def metrics(services: NamedDependency[Services]) -> str:
     values = await services.counters.snapshot()
     lines = []

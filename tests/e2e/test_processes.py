@@ -17,7 +17,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import free_port
+from tests.conftest import ADMIN, free_port
 from tests.support.flow import outbound, post, wait_for
 from tests.support.telegram_api import TelegramApi
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
@@ -97,7 +97,7 @@ async def test_gateway_and_worker_processes_on_postgres_and_redis(
     env = make_env(database_url=pg_migrated, redis_url=redis_url, port=port)
     async with (
         gateway_and_worker(env, tmp_path) as base,
-        httpx.AsyncClient(base_url=base, timeout=10) as client,
+        httpx.AsyncClient(base_url=base, timeout=10, headers=ADMIN) as client,
     ):
         health = (await client.get("/healthz")).json()
         assert health == {"status": "ok", "database": "postgresql", "jobs": "arq"}
@@ -130,7 +130,7 @@ async def test_whatsapp_webhook_to_reply_through_a_worker_process(
         with process(["serve"], env, tmp_path, gateway_log) as gateway:
             await asyncio.to_thread(wait_healthy, base, gateway, gateway_log)
             target, body, headers = signed(inbound_form("echo desde Twilio", sid="SMe2e"))
-            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            async with httpx.AsyncClient(base_url=base, timeout=10, headers=ADMIN) as client:
                 # No worker yet: the webhook is answered anyway, as soon as it is stored.
                 response = await client.post(target, content=body, headers=headers)
             assert response.status_code == 200
@@ -159,7 +159,7 @@ async def test_telegram_update_to_reply_through_a_worker_process(
             database_url=pg_migrated, redis_url=redis_url, port=port, **telegram_env(api.url)
         )
         async with gateway_and_worker(env, tmp_path) as base:
-            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            async with httpx.AsyncClient(base_url=base, timeout=10, headers=ADMIN) as client:
                 response = await client.post(
                     "/webhooks/telegram",
                     json=text_update(9001, "repite desde Telegram", chat_id=31337),

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 from dispatch.models import Activity, ActivityEvent, Message
 from gateway.app import create_app
 from gateway.settings import Settings
-from tests.conftest import count_rows, open_db
+from tests.conftest import ADMIN, count_rows, open_db
 from tests.support.flow import outbound, post, wait_for
 
 
@@ -23,6 +23,7 @@ async def client(
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     app = create_app(make_settings(database_url=sqlite_url, max_body_bytes=2048))
     async with AsyncTestClient(app) as test_client:
+        test_client.headers.update(ADMIN)
         yield test_client
 
 

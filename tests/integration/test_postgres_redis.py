@@ -15,7 +15,7 @@ from dispatch.models import Activity, ActivityStatus, Message
 from gateway.app import create_app
 from gateway.services import build_services
 from gateway.settings import Settings
-from tests.conftest import count_rows, open_db
+from tests.conftest import ADMIN, count_rows, open_db
 from tests.support.flow import outbound, post, wait_for
 from workers import jobs
 from workers.recovery import recover
@@ -58,6 +58,7 @@ async def running_worker(settings: Settings) -> AsyncIterator[Any]:
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(create_app(settings)) as test_client:
+        test_client.headers.update(ADMIN)
         yield test_client
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from dispatch.models import Activity, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.conftest import ADMIN
 from tests.support.db import db_session, outbound_rows, stored
 from tests.support.flow import record_releases, wait_for
 from tests.support.http_server import Answer, ScriptedServer
@@ -47,6 +48,7 @@ def settings_for(
 @pytest.fixture
 async def client(settings_for: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(create_app(settings_for())) as test_client:
+        test_client.headers.update(ADMIN)
         yield test_client
 
 
@@ -302,6 +304,7 @@ async def test_a_10000_character_reply_is_split_and_sent_in_order(
 ) -> None:
     settings = settings_for(max_text_chars="12000")
     async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
         text = "\n".join(f"renglón {n:04d} " + "y" * 60 for n in range(140))
         assert len(text) >= 10000
         await post_update(client, text_update(80, f"echo {text}"))
@@ -353,6 +356,7 @@ async def test_sends_are_paced_per_chat_and_overall(
 ) -> None:
     settings = settings_for(telegram_chat_rate_per_s="1", telegram_global_rate_per_s="10")
     async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
         released = record_releases(client.app.state.services.telegram._limiter)
         for n in range(3):
             await post_update(client, text_update(200 + n, f"echo mismo chat {n}", chat_id=42))
@@ -400,6 +404,7 @@ retries = 0
             ),
         )
         async with AsyncTestClient(create_app(settings_for(catalog=catalog))) as client:
+            client.headers.update(ADMIN)
             await post_update(client, text_update(400, "mis archivos", chat_id=64))
             [photo] = await calls(api, "sendPhoto")
             [document] = await calls(api, "sendDocument")

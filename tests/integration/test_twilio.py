@@ -19,6 +19,7 @@ from channels.messages import Media, OutboundMessage, Template
 from dispatch.models import Activity, Conversation, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
+from tests.conftest import ADMIN
 from tests.support.db import db_session, outbound_rows, stored
 from tests.support.flow import record_releases, wait_for
 from tests.support.http_server import Answer, ScriptedServer
@@ -112,6 +113,7 @@ def settings_for(
 @pytest.fixture
 async def client(settings_for: Callable[..., Settings]) -> AsyncIterator[AsyncTestClient[Any]]:
     async with AsyncTestClient(create_app(settings_for())) as test_client:
+        test_client.headers.update(ADMIN)
         yield test_client
 
 
@@ -198,6 +200,7 @@ async def test_messaging_service_traffic_is_accepted_and_answered_through_it(
 ) -> None:
     settings = settings_for(twilio_messaging_service_sid=SERVICE_SID)
     async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
         form = inbound_form(
             "echo via service",
             sid="SMsvc",
@@ -323,6 +326,7 @@ async def test_a_5000_character_reply_in_four_ordered_parts(
 ) -> None:
     settings = settings_for(max_text_chars=6000, max_body_bytes=65536)
     async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
         text = "\n".join(f"línea {n:03d} " + "x" * 40 for n in range(100))  # 5,090 characters
         assert len(text) >= 5000
         await deliver(client, inbound_form(f"echo {text}", sid="SM5000"))
@@ -540,6 +544,7 @@ async def test_outbound_rate_per_sender_is_never_exceeded(
 ) -> None:
     settings = settings_for(twilio_rate_per_s="10")
     async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
         released = record_releases(client.app.state.services.twilio._limiter)
         await asyncio.gather(
             *(

@@ -1,0 +1,161 @@
+"""Bearer tokens for the HTTP API, and the guard that checks them.
+
+A token is shown once when created and stored only as its SHA-256. Each has a role:
+
+- ``actions``: read-only, the GET routes of the API (for tools such as ChatGPT Actions);
+- ``operator``: also sends messages, approves, rejects and runs requests;
+- ``admin``: also manages users, tokens and reads the settings.
+
+``SWITCHBOARD_ADMIN_TOKEN``, if set, is an admin token from the environment (to bootstrap the
+first real ones); it is compared in constant time and never stored or logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatch.models import ApiToken, User, utcnow
+from gateway.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
+
+__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "require"]
+
+TOKEN_PREFIX = "sb_"  # noqa: S105 - a prefix that makes leaked tokens greppable, not a secret
+
+
+class ApiRole(enum.StrEnum):
+    ACTIONS = "actions"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(ApiRole).index(self)
+
+
+class Caller(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling the API: the token's role and, if it acts for one, its user."""
+
+    token_id: int | None
+    role: ApiRole
+    user_id: int | None
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.token_id}" if self.token_id is not None else "token:env-admin"
+
+
+class TokenView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
+    role: str
+    user_id: int | None
+    created_at: str
+    revoked: bool
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], admin_token: str | None) -> None:
+        self._sessions = sessions
+        self._admin_hash = _hash(admin_token) if admin_token else None
+
+    async def create(self, *, name: str, role: str, user_id: int | None = None) -> tuple[str, int]:
+        """A new token (shown to the caller once) and its id."""
+        try:
+            api_role = ApiRole(role)
+        except ValueError:
+            raise InvalidInput(
+                f"unknown token role {role!r}; one of: {', '.join(r.value for r in ApiRole)}"
+            ) from None
+        if not name.strip():
+            raise InvalidInput("a token needs a name")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        async with self._sessions.begin() as session:
+            if user_id is not None and await session.get(User, user_id) is None:
+                raise NotFoundError(f"no user {user_id}")
+            row = ApiToken(
+                name=name.strip(), role=api_role.value, token_hash=_hash(token), user_id=user_id
+            )
+            session.add(row)
+            await session.flush()
+            return token, row.id
+
+    async def list(self) -> list[TokenView]:
+        async with self._sessions() as session:
+            rows = await session.scalars(select(ApiToken).order_by(ApiToken.id))
+            return [
+                TokenView(
+                    id=r.id,
+                    name=r.name,
+                    role=r.role,
+                    user_id=r.user_id,
+                    created_at=r.created_at.isoformat(),
+                    revoked=r.revoked_at is not None,
+                )
+                for r in rows
+            ]
+
+    async def revoke(self, token_id: int) -> bool:
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def identify(self, token: str) -> Caller | None:
+        digest = _hash(token)
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+            return Caller(token_id=None, role=ApiRole.ADMIN, user_id=None)
+        async with self._sessions() as session:
+            row = await session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+            if row is None or row.revoked_at is not None:
+                return None
+            if not hmac.compare_digest(row.token_hash, digest):
+                return None
+            if row.user_id is not None:
+                user = await session.get(User, row.user_id)
+                if user is None or not user.active:
+                    return None  # a token acting for a deactivated user is dead with them
+            return Caller(token_id=row.id, role=ApiRole(row.role), user_id=row.user_id)
+
+
+def require(role: ApiRole) -> Any:
+    """A litestar guard: the request carries a valid bearer token of ``role`` or above."""
+
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise UnauthorizedError("send 'Authorization: Bearer <token>'")
+        tokens: TokenStore = connection.app.state.services.tokens
+        caller = await tokens.identify(token.strip())
+        if caller is None:
+            raise UnauthorizedError("unknown or revoked token")
+        if caller.role.rank < role.rank:
+            raise ForbiddenError(f"this needs a token with role {role.value} or above")
+        connection.scope["switchboard_caller"] = caller  # type: ignore[typeddict-unknown-key]
+
+    return guard
+
+
+def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
+    caller: Caller = connection.scope["switchboard_caller"]  # type: ignore[typeddict-item]
+    return caller

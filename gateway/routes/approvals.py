@@ -1,0 +1,85 @@
+"""Approve, reject and run requests over the API (operator tokens acting for a user)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from dispatch.approvals import Decision, Outcome
+from gateway.auth import ApiRole, caller_of, require
+from gateway.errors import ConflictError, ForbiddenError
+from gateway.services import Services
+
+__all__ = ["ApprovalsController"]
+
+API_CHANNEL = "api"
+
+
+def _acting_user(request: Request[Any, Any, Any]) -> int:
+    caller = caller_of(request)
+    if caller.user_id is None:
+        raise ForbiddenError(
+            "this token acts for no user; decisions are a person's: create the token with "
+            "`switchboard tokens create --user ...`"
+        )
+    return caller.user_id
+
+
+def _answer(outcome: Outcome) -> Outcome:
+    if not outcome.applied:
+        raise ConflictError(outcome.text, extra={"status": outcome.status, "code": outcome.code})
+    return outcome
+
+
+class ApprovalsController(Controller):
+    path = "/api/v1/activities/{activity_id:int}"
+    tags = ["approvals"]  # noqa: RUF012 - litestar reads a class attribute
+    guards = [require(ApiRole.OPERATOR)]  # noqa: RUF012
+
+    @post("/approve", status_code=200)
+    async def approve(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        activity_id: FromPath[int],
+    ) -> Outcome:
+        """Approve as the token's user (who must be an eligible approver); 409 if not counted."""
+        outcome = await services.approvals.decide(
+            user_id=_acting_user(request),
+            code=activity_id,
+            decision=Decision.APPROVE,
+            channel=API_CHANNEL,
+        )
+        return _answer(outcome)
+
+    @post("/reject", status_code=200)
+    async def reject(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        activity_id: FromPath[int],
+    ) -> Outcome:
+        """Reject as the token's user; 409 if the decision was not counted."""
+        outcome = await services.approvals.decide(
+            user_id=_acting_user(request),
+            code=activity_id,
+            decision=Decision.REJECT,
+            channel=API_CHANNEL,
+        )
+        return _answer(outcome)
+
+    @post("/run", status_code=200)
+    async def run(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        activity_id: FromPath[int],
+    ) -> Outcome:
+        """Run an approved request that waits to be run; 409 if it is not waiting."""
+        outcome = await services.approvals.run(
+            user_id=_acting_user(request), code=activity_id, channel=API_CHANNEL
+        )
+        return _answer(outcome)
