@@ -110,7 +110,7 @@ def main() -> None:
     cli.add_argument("--repeat", type=int, default=7)
     args = cli.parse_args()
     catalog = decode_catalog(catalog_text().encode(), "bench.toml", BUILTIN_HANDLER_NAMES)
-    assert len(catalog.rules) == 106, len(catalog.rules)  # 100 + the 6 built-in control rules
+    assert len(catalog.rules) == 109, len(catalog.rules)  # 100 + the 9 built-in control rules
     parser = IntentParser(catalog)
     messages = (MESSAGES * (args.messages // len(MESSAGES) + 1))[: args.messages]
     patterns = [p for rule in catalog.rules for p in rule.patterns] + [

@@ -44,6 +44,10 @@ def parser() -> IntentParser:
         ("NO 123", "reject", {"code": 123}),
         ("Rechazar 123!", "reject", {"code": 123}),
         ("reject #5", "reject", {"code": 5}),
+        ("Sí", "approve", {}),
+        ("no.", "reject", {}),
+        ("RUN 17", "run", {"code": 17}),
+        ("ejecutar #17", "run", {"code": 17}),
     ],
 )
 def test_rules_in_spanish_and_english(
@@ -58,7 +62,7 @@ def test_rules_in_spanish_and_english(
 
 @pytest.mark.parametrize(
     "text",
-    ["blah", "status abc", "echo", "helpful people", "estado", "yes", "no way 123", "okay then"],
+    ["blah", "status abc", "echo", "helpful people", "estado", "yes please", "no way 123"],
 )
 def test_unmatched_text_falls_back_to_help(parser: IntentParser, text: str) -> None:
     intent = parser.parse(text)

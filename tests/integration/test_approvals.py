@@ -1,0 +1,476 @@
+"""Who may do what: permissions per action and the human approval gate, every allow and deny
+path, on the embedded default (SQLite) and, for the races, on PostgreSQL too."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from channels.messages import InboundMessage
+from dispatch.activities import ActivityView
+from dispatch.approvals import Decision
+from dispatch.models import Activity, ActivityStatus, Conversation, Message
+from gateway.app import create_app
+from gateway.services import Services, build_services
+from gateway.settings import Settings
+from tests.conftest import ADMIN
+from tests.support.flow import wait_for
+
+CATALOG = """
+[fallback]
+agent = "system"
+action = "help"
+
+[agents.billing]
+description = "Billing"
+
+[agents.billing.actions.refund]
+description = "Refund an invoice"
+handler = "echo"
+public = true
+[agents.billing.actions.refund.payload]
+invoice = { type = "id" }
+[agents.billing.actions.refund.approval]
+approvers = ["supervisor"]
+ttl_s = 600
+
+[agents.billing.actions.payout]
+description = "Pay a supplier"
+handler = "echo"
+public = true
+[agents.billing.actions.payout.payload]
+invoice = { type = "id" }
+[agents.billing.actions.payout.approval]
+approvers = ["supervisor", "admin"]
+quorum = 2
+
+[agents.billing.actions.wire]
+description = "Wire money"
+handler = "echo"
+roles = ["operator"]
+[agents.billing.actions.wire.payload]
+invoice = { type = "id" }
+[agents.billing.actions.wire.approval]
+approvers = ["supervisor"]
+auto_run = false
+
+[agents.billing.actions.quick]
+description = "Short-lived request"
+handler = "echo"
+public = true
+[agents.billing.actions.quick.payload]
+invoice = { type = "id" }
+[agents.billing.actions.quick.approval]
+approvers = ["supervisor"]
+ttl_s = 0.5
+
+[agents.billing.actions.petty]
+description = "Petty cash"
+handler = "echo"
+public = true
+[agents.billing.actions.petty.payload]
+invoice = { type = "id" }
+[agents.billing.actions.petty.approval]
+approvers = ["supervisor"]
+self_approval = true
+
+[[rules]]
+id = "billing"
+agent = "billing"
+action = "refund"
+patterns = ['^refund\\s+#?(?P<invoice>\\d+)$']
+
+[[rules]]
+id = "payout"
+agent = "billing"
+action = "payout"
+patterns = ['^payout\\s+#?(?P<invoice>\\d+)$']
+
+[[rules]]
+id = "wire"
+agent = "billing"
+action = "wire"
+patterns = ['^wire\\s+#?(?P<invoice>\\d+)$']
+
+[[rules]]
+id = "quick"
+agent = "billing"
+action = "quick"
+patterns = ['^quick\\s+#?(?P<invoice>\\d+)$']
+
+[[rules]]
+id = "petty"
+agent = "billing"
+action = "petty"
+patterns = ['^petty\\s+#?(?P<invoice>\\d+)$']
+"""
+
+
+@pytest.fixture
+def catalog_path(tmp_path: Path) -> Path:
+    path = tmp_path / "catalog.toml"
+    path.write_text(CATALOG)
+    return path
+
+
+@pytest.fixture
+def make_services(
+    make_settings: Callable[..., Settings], sqlite_url: str, catalog_path: Path
+) -> Callable[..., Any]:
+    def make(database_url: str = sqlite_url) -> Any:
+        settings = make_settings(database_url=database_url, catalog=catalog_path)
+        return build_services(settings, role="gateway")
+
+    return make
+
+
+@pytest.fixture
+async def services(make_services: Callable[..., Any]) -> AsyncIterator[Services]:
+    async with make_services() as built:
+        yield built
+
+
+async def person(services: Services, name: str, role: str) -> int:
+    """A named user with a REST identity ``name`` (their conversation key too)."""
+    user = await services.users.add(name, role)
+    await services.users.link(str(user.id), "rest", name)
+    return user.id
+
+
+async def say(services: Services, sender: str, text: str) -> ActivityView:
+    """``sender`` writes ``text``; returns the activity once it has settled."""
+    accepted = await services.dispatcher.ingest(
+        InboundMessage(
+            channel="rest",
+            external_id=f"m-{uuid.uuid4()}",
+            conversation_key=sender,
+            sender=sender,
+            text=text,
+        )
+    )
+
+    async def settled() -> ActivityView | None:
+        async with services.sessions() as session:
+            activity_id = await session.scalar(
+                select(Activity.id).where(Activity.source_message_id == accepted.message_id)
+            )
+        if activity_id is None:
+            return None
+        found = await services.activities.get(activity_id, with_events=True)
+        if found is None or found.status in {"queued", "in_progress"}:
+            return None
+        return None if await unsent(services, activity_id) else found
+
+    activity: ActivityView = await wait_for(settled)
+    return activity
+
+
+async def unsent(services: Services, activity_id: int) -> int:
+    async with services.sessions() as session:
+        rows = await session.scalars(
+            select(Message.id).where(
+                Message.activity_id == activity_id, Message.delivery.in_(["pending", "sending"])
+            )
+        )
+        return len(list(rows))
+
+
+async def inbox(services: Services, who: str) -> list[str]:
+    """Every message sent to ``who`` so far, oldest first (once delivered)."""
+    async with services.sessions() as session:
+        rows = await session.scalars(
+            select(Message)
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Conversation.key == who, Message.direction == "outbound")
+            .order_by(Message.id)
+        )
+        return [m.text for m in rows if m.delivery not in {"pending", "sending"}]
+
+
+async def settled(services: Services, activity_id: int, *statuses: str) -> ActivityView:
+    async def ready() -> ActivityView | None:
+        found = await services.activities.get(activity_id, with_events=True)
+        if found is None or found.status not in statuses:
+            return None
+        return None if await unsent(services, activity_id) else found
+
+    activity: ActivityView = await wait_for(ready)
+    return activity
+
+
+def kinds(activity: ActivityView) -> list[str]:
+    return [e.kind for e in activity.events]
+
+
+async def test_guest_request_waits_for_a_supervisor_then_runs(services: Services) -> None:
+    sup = await person(services, "sup", "supervisor")
+    await person(services, "other-sup", "supervisor")
+    request = await say(services, "guest-1", "refund #12")
+    assert request.status == ActivityStatus.AWAITING_APPROVAL
+    code = request.id
+    [asked] = await inbox(services, "sup")
+    assert asked.startswith(f"Approval needed for request #{code}: Refund an invoice, asked by")
+    assert "Details: invoice=12" in asked
+    assert f"Reply YES {code} to approve or NO {code} to reject" in asked
+    assert len(await inbox(services, "other-sup")) == 1  # every eligible approver
+    assert await inbox(services, "guest-1") == [
+        f"Request #{code} (Refund an invoice) needs approval; I've asked. You'll hear back here."
+    ]
+    requested = next(e for e in request.events if e.kind == "approval_requested")
+    assert requested.data["code"] == code
+    assert {n["user_id"] for n in requested.data["notified"]} == {sup, sup + 1}
+
+    decision = await say(services, "sup", f"sí {code}")
+    assert (decision.action_type, decision.status) == ("approve", "completed")
+    assert decision.details["result"]["text"] == f"Approved request #{code}; it runs now."
+    done = await settled(services, code, "completed")
+    assert [k for k in kinds(done) if k != "reply_sent"] == [
+        "created",
+        "approval_requested",
+        "approved",
+        "approval_granted",
+        "started",
+        "completed",
+    ]
+    approved = next(e for e in done.events if e.kind == "approved")
+    assert approved.actor == f"user:{sup}"
+    assert approved.data["channel"] == "rest"
+    assert approved.data["code"] == code
+    assert (await inbox(services, "guest-1"))[1:] == [
+        f"Request #{code} was approved by sup; running it now.",
+        "refund: invoice=12",
+    ]
+
+
+async def test_rejection_tells_the_requester_and_nothing_runs(services: Services) -> None:
+    await person(services, "sup", "supervisor")
+    request = await say(services, "guest-2", "refund 7")
+    decision = await say(services, "sup", f"RECHAZAR {request.id}")
+    assert decision.details["result"]["text"].startswith(f"Rejected request #{request.id}")
+    done = await settled(services, request.id, "rejected")
+    assert "started" not in kinds(done)
+    assert (await inbox(services, "guest-2"))[-1] == f"Request #{request.id} was rejected by sup."
+    late = await say(services, "sup", f"YES {request.id}")
+    assert late.details["result"]["text"] == (
+        f"Request #{request.id} is rejected; your decision changes nothing."
+    )
+
+
+async def test_who_may_not_decide_changes_nothing(services: Services) -> None:
+    """A guest, the requester (no self-approval), an unknown code: same answer, an event each."""
+    await person(services, "sup", "supervisor")
+    asker = await person(services, "sup-asker", "supervisor")
+    request = await say(services, "sup-asker", "refund 3")
+    assert request.status == "awaiting_approval"
+    nothing = f"Nothing is awaiting your decision under {request.id}."
+    own = await say(services, "sup-asker", f"YES {request.id}")
+    assert own.details["result"]["text"].startswith(nothing)
+    guest = await say(services, "guest-3", f"YES {request.id}")
+    assert guest.details["result"]["text"].startswith(nothing)
+    unknown = await say(services, "sup", "YES 999")
+    assert unknown.details["result"]["text"].startswith(
+        "Nothing is awaiting your decision under 999"
+    )
+    still = await services.activities.get(request.id, with_events=True)
+    assert still is not None
+    assert still.status == "awaiting_approval"
+    refused = [e for e in still.events if e.kind == "decision_refused"]
+    assert [(e.actor, e.data["reason"]) for e in refused] == [
+        (f"user:{asker}", "own_request"),
+        (f"user:{guest.actor_user_id}", "not_an_approver"),
+    ]
+
+
+async def test_self_approval_where_the_policy_allows_it(services: Services) -> None:
+    await person(services, "boss", "supervisor")
+    request = await say(services, "boss", "petty 5")
+    await say(services, "boss", f"yes {request.id}")
+    assert (await settled(services, request.id, "completed")).status == "completed"
+
+
+async def test_quorum_of_two_and_a_double_approval(services: Services) -> None:
+    await person(services, "sup-a", "supervisor")
+    await person(services, "adm-b", "admin")
+    request = await say(services, "guest-4", "payout 9")
+    first = await say(services, "sup-a", f"approve {request.id}")
+    assert first.details["result"]["text"] == (
+        f"Your approval of request #{request.id} counts: 1 of 2."
+    )
+    again = await say(services, "sup-a", f"approve {request.id}")
+    assert again.details["result"]["text"] == (
+        f"You already decided on request #{request.id} (approve)."
+    )
+    waiting = await services.activities.get(request.id)
+    assert waiting is not None
+    assert waiting.status == "awaiting_approval"
+    await say(services, "adm-b", f"ok {request.id}")
+    done = await settled(services, request.id, "completed")
+    assert kinds(done).count("approved") == 2
+    assert kinds(done).count("started") == 1
+    told = await inbox(services, "guest-4")
+    assert f"sup-a approved request #{request.id} (1 of 2 approvals)." in told
+    assert told[-1] == "payout: invoice=9"
+
+
+async def test_expiry_moves_to_expired_and_tells_the_requester(services: Services) -> None:
+    await person(services, "sup", "supervisor")
+    request = await say(services, "guest-5", "quick 1")
+    await asyncio.sleep(0.6)
+    assert await services.approvals.expire_due() == [request.id]
+    done = await settled(services, request.id, "expired")
+    assert "expired" in kinds(done)
+    assert (await inbox(services, "guest-5"))[-1] == (
+        f"Request #{request.id} expired: no decision was made in time, so nothing was done."
+    )
+    late = await say(services, "sup", f"YES {request.id}")
+    assert late.details["result"]["text"] == (
+        f"Request #{request.id} is expired; your decision changes nothing."
+    )
+
+
+async def test_approve_without_auto_run_then_run_and_a_role_change_before_it(
+    services: Services,
+) -> None:
+    await person(services, "sup", "supervisor")
+    operator = await person(services, "op", "operator")
+    request = await say(services, "op", "wire 4")
+    await say(services, "sup", f"YES {request.id}")
+    approved = await settled(services, request.id, "pending")
+    assert (await inbox(services, "op"))[-1] == (
+        f"Request #{request.id} was approved by sup; it runs once someone sends RUN {request.id}."
+    )
+    # Demoted after approval: the run is checked again and refused.
+    await services.users.set_role(str(operator), "guest")
+    run = await say(services, "op", f"RUN {request.id}")
+    assert run.details["result"]["text"] == f"Request #{request.id} is running."
+    failed = await settled(services, request.id, "failed")
+    assert failed.details["error"]["reason"] == "forbidden"
+    assert "completed" not in kinds(failed)  # claimed, re-checked, refused: the handler never ran
+    assert approved.status == "pending"
+
+    # Allowed again, a second request: approve, RUN, done.
+    await services.users.set_role(str(operator), "operator")
+    second = await say(services, "op", "wire 5")
+    await say(services, "sup", f"YES {second.id}")
+    await settled(services, second.id, "pending")
+    await say(services, "op", f"run {second.id}")
+    assert (await settled(services, second.id, "completed")).status == "completed"
+
+
+async def test_a_guest_may_not_ask_for_a_role_restricted_action(services: Services) -> None:
+    await person(services, "sup", "supervisor")
+    denied = await say(services, "guest-6", "wire 1")
+    assert (denied.status, denied.details["error"]["reason"]) == ("failed", "forbidden")
+    assert "approval_requested" not in kinds(denied)
+    assert await inbox(services, "sup") == []
+
+
+async def test_no_reachable_approver_fails_at_once(services: Services) -> None:
+    failed = await say(services, "guest-7", "refund 2")
+    assert (failed.status, failed.details["error"]["reason"]) == ("failed", "no_approver")
+
+
+async def test_a_deactivated_approver_cannot_decide(services: Services) -> None:
+    sup = await person(services, "sup", "supervisor")
+    await person(services, "sup2", "supervisor")
+    request = await say(services, "guest-8", "refund 8")
+    await services.users.set_active(str(sup), False)
+    decision = await say(services, "sup", f"YES {request.id}")
+    assert decision.status == "failed"  # an inactive user may ask for nothing at all
+    still = await services.activities.get(request.id)
+    assert still is not None
+    assert still.status == "awaiting_approval"
+
+
+async def test_bare_yes_decides_only_when_exactly_one_request_waits(services: Services) -> None:
+    await person(services, "sup", "supervisor")
+    first = await say(services, "guest-9", "refund 1")
+    only = await say(services, "sup", "Yes")
+    assert only.details["result"]["text"] == f"Approved request #{first.id}; it runs now."
+    a = await say(services, "guest-9", "refund 2")
+    b = await say(services, "guest-10", "refund 3")
+    listed = await say(services, "sup", "NO")
+    assert listed.details["result"]["text"] == (
+        f"Several requests await your decision (#{a.id}, #{b.id}): reply NO and the number, "
+        f"e.g. NO {a.id}."
+    )
+    assert [c["text"] for c in listed.details["result"]["choices"]] == [
+        f"NO {a.id}",
+        f"NO {b.id}",
+    ]
+
+
+async def test_concurrent_yes_from_two_approvers_runs_once(
+    make_services: Callable[..., Any],
+) -> None:
+    async with make_services() as services:
+        await concurrent_approvals(services)
+
+
+@pytest.mark.services
+async def test_concurrent_yes_from_two_approvers_runs_once_on_postgres(
+    make_services: Callable[..., Any], pg_migrated: str
+) -> None:
+    async with make_services(pg_migrated) as services:
+        await concurrent_approvals(services)
+
+
+async def concurrent_approvals(services: Services) -> None:
+    """Four decisions at once from two approvers (each twice): one counts, one run."""
+    one = await person(services, "sup-1", "supervisor")
+    two = await person(services, "sup-2", "supervisor")
+    asked = await say(services, "guest-c", "refund 77")
+    outcomes = await asyncio.gather(
+        *(
+            services.approvals.decide(
+                user_id=user, code=asked.id, decision=Decision.APPROVE, channel="rest"
+            )
+            for user in (one, two, one, two)
+        )
+    )
+    assert sum(o.applied for o in outcomes) == 1
+    done = await settled(services, asked.id, "completed")
+    assert kinds(done).count("approval_granted") == 1
+    assert kinds(done).count("started") == 1
+    assert done.attempts == 1
+
+
+async def test_the_api_decides_as_the_tokens_user(services: Services, catalog_path: Path) -> None:
+    sup = await person(services, "sup", "supervisor")
+    operator_token, _ = await services.tokens.create(name="sup", role="operator", user_id=sup)
+    unbound, _ = await services.tokens.create(name="bot", role="operator")
+    read_only, _ = await services.tokens.create(name="gpt", role="actions")
+    request = await say(services, "guest-api", "refund 4")
+    app = create_app(services.settings)
+    async with AsyncTestClient(app) as client:
+        url = f"/api/v1/activities/{request.id}/approve"
+        assert (await client.post(url)).status_code == 401
+        bearer = {"Authorization": "Bearer nope"}
+        assert (await client.post(url, headers=bearer)).json()["error"] == "unauthorized"
+        as_reader = await client.post(url, headers={"Authorization": f"Bearer {read_only}"})
+        assert (as_reader.status_code, as_reader.json()["error"]) == (403, "forbidden")
+        reading = await client.get(
+            f"/api/v1/activities/{request.id}", headers={"Authorization": f"Bearer {read_only}"}
+        )
+        assert reading.status_code == 200
+        as_bot = await client.post(url, headers={"Authorization": f"Bearer {unbound}"})
+        assert as_bot.status_code == 403
+        assert "acts for no user" in as_bot.json()["detail"]
+        auth = {"Authorization": f"Bearer {operator_token}"}
+        ok = await client.post(url, headers=auth)
+        assert (ok.status_code, ok.json()["applied"]) == (200, True)
+        replay = await client.post(url, headers=auth)
+        assert (replay.status_code, replay.json()["error"]) == (409, "conflict")
+        listed = await client.get("/api/v1/users", headers=auth)
+        assert listed.status_code == 403  # managing users is for admins
+        assert (await client.get("/api/v1/users", headers=ADMIN)).status_code == 200
+    done = await settled(services, request.id, "completed")
+    approved = next(e for e in done.events if e.kind == "approved")
+    assert (approved.actor, approved.data["channel"]) == (f"user:{sup}", "api")
