@@ -8,6 +8,8 @@ two workers can never both move an activity, and the events always agree with th
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,6 +34,9 @@ __all__ = ["ActivityLog", "ActivityView", "EventView"]
 # A reply claimed for sending longer ago than this is presumed lost (its sender died) and stops
 # holding back the rest of its conversation; it is never sent again.
 SENDING_HOLDS_FOR = dt.timedelta(seconds=60)
+
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process runs an activity (in its ``started`` event): the worker, for an audit."""
 
 
 class EventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -248,7 +253,7 @@ class ActivityLog:
                 activity_id,
                 "started",
                 status=ActivityStatus.IN_PROGRESS.value,
-                data={"attempt": attempt},
+                data={"attempt": attempt, "runner": RUNNER},
             )
             return True
 

@@ -73,14 +73,19 @@ def wait_healthy(
 
 
 @contextlib.asynccontextmanager
-async def gateway_and_worker(env: dict[str, str], tmp_path: Path) -> AsyncIterator[str]:
-    """`switchboard serve` and `switchboard worker`, healthy; yields the gateway's base URL."""
+async def gateway_and_worker(
+    env: dict[str, str], tmp_path: Path, pids: dict[str, int] | None = None
+) -> AsyncIterator[str]:
+    """`switchboard serve` and `switchboard worker`, healthy; yields the gateway's base URL
+    (and fills ``pids`` with each process's id)."""
     base = f"http://127.0.0.1:{env['SWITCHBOARD_PORT']}"
     gateway_log, worker_log = tmp_path / "gateway.log", tmp_path / "worker.log"
     with (
         process(["serve"], env, tmp_path, gateway_log) as gateway,
-        process(["worker"], env, tmp_path, worker_log),
+        process(["worker"], env, tmp_path, worker_log) as worker,
     ):
+        if pids is not None:
+            pids.update(gateway=gateway.pid, worker=worker.pid)
         await asyncio.to_thread(wait_healthy, base, gateway, gateway_log)
         try:
             yield base
