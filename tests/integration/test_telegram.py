@@ -417,3 +417,65 @@ retries = 0
     )
     assert document.params["document"] == "BQACdoc"
     assert text.at <= photo.at <= document.at
+
+
+# -- approvals -----------------------------------------------------------------------------
+
+APPROVAL_CATALOG = """
+[fallback]
+agent = "system"
+action = "help"
+[agents.billing.actions.refund]
+description = "Refund an invoice"
+handler = "echo"
+public = true
+[agents.billing.actions.refund.payload]
+invoice = { type = "id" }
+[agents.billing.actions.refund.approval]
+approvers = ["supervisor"]
+[[rules]]
+id = "refund"
+agent = "billing"
+action = "refund"
+patterns = ['^refund\\s+(?P<invoice>\\d+)$']
+"""
+
+
+async def test_an_approver_decides_with_buttons_and_a_replayed_button_is_refused(
+    settings_for: Callable[..., Settings], api: TelegramApi, tmp_path: Any
+) -> None:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(APPROVAL_CATALOG)
+    async with AsyncTestClient(create_app(settings_for(catalog=catalog))) as client:
+        services = client.app.state.services
+        supervisor = await services.users.add("Sup", "supervisor")
+        await services.users.link(str(supervisor.id), "telegram", "7007")
+        await post_update(client, text_update(300, "refund 5", chat_id=6006))
+        sent = await calls(api, "sendMessage", 2)
+        [asked] = [c for c in sent if c.params["chat_id"] == "7007"]
+        assert asked.params["text"].startswith("Approval needed for request #1: Refund an invoice")
+        keyboard = asked.params["reply_markup"]["inline_keyboard"]
+        assert [row[0]["text"] for row in keyboard] == ["Approve #1", "Reject #1"]
+        approve = keyboard[0][0]["callback_data"]
+        assert "YES" not in approve  # opaque, signed
+
+        # The requester replays the approve button in their own chat: refused, nothing counts.
+        await post_update(client, callback_update(301, approve, chat_id=6006, query_id="q-301"))
+        [refused] = await calls(api, "answerCallbackQuery")
+        assert refused.params["text"] == "This button is no longer valid."
+
+        # The supervisor taps it.
+        await post_update(client, callback_update(302, approve, chat_id=7007, query_id="q-302"))
+        await calls(api, "answerCallbackQuery", 2)
+
+        async def result() -> bool:
+            texts = [c.params["text"] for c in api.calls_to("sendMessage")]
+            return "refund: invoice=5" in texts
+
+        await wait_for(result)
+        activity = await services.activities.get(1, with_events=True)
+        assert activity.status == "completed"
+        approved = [e for e in activity.events if e.kind == "approved"]
+        assert [(e.actor, e.data["channel"]) for e in approved] == [
+            (f"user:{supervisor.id}", "telegram")
+        ]
