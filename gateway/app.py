@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from gateway.errors import SwitchboardError
@@ -90,6 +91,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         exception_handlers={Exception: error_handler},
         request_max_body_size=settings.http.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="Switchboard", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="Switchboard",
+            version="0.1.0",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="A token from `switchboard tokens create --role ...` "
+                        "(roles: actions = read-only, operator, admin).",
+                    )
+                }
+            ),
+            security=[{"bearer": []}],
+        ),
         debug=False,
     )
