@@ -43,6 +43,7 @@ __all__ = ["ApprovalService", "Decision", "Outcome"]
 
 log = logging.getLogger("switchboard.approvals")
 
+_UNCHANGED = "your decision changes nothing."
 # Where an approver is reached when they have several identities and none was used lately.
 CHANNEL_PREFERENCE = ("whatsapp", "telegram", "webchat", "rest")
 
@@ -211,68 +212,20 @@ class ApprovalService:
                 return nothing, False
             activity, approval = found
             actor = f"user:{user_id}" if user_id is not None else "anonymous"
-            refusal = self._eligibility(user, activity, approval)
+            refusal = await self._refusal(session, activity, approval, user)
             if refusal is not None:
-                self._refused(
+                reason, text, changed = refusal
+                ActivityLog.add_event(
                     session,
-                    activity,
-                    actor=actor,
-                    channel=channel,
-                    decision=decision,
-                    reason=refusal,
-                )
-                return nothing, False
-            if activity.status != S.AWAITING_APPROVAL:
-                self._refused(
-                    session,
-                    activity,
-                    actor=actor,
-                    channel=channel,
-                    decision=decision,
-                    reason="not_awaiting",
-                )
-                return Outcome(
-                    text=f"Request #{code} is {activity.status}; your decision changes nothing.",
-                    applied=False,
+                    code,
+                    "decision_refused",
                     status=activity.status,
-                    code=code,
-                ), False
-            if activity.expires_at is not None and activity.expires_at <= utcnow():
-                await self._expire(session, activity)
-                self._refused(
-                    session,
-                    activity,
                     actor=actor,
-                    channel=channel,
-                    decision=decision,
-                    reason="expired",
+                    data={"decision": decision.value, "channel": channel, "reason": reason},
                 )
-                return Outcome(
-                    text=f"Request #{code} expired before your decision; nothing was done.",
-                    applied=False,
-                    status=activity.status,
-                    code=code,
-                ), True  # the expiry itself is news for the requester
-            already = await session.scalar(
-                select(Approval.decision).where(
-                    Approval.activity_id == code, Approval.approver_user_id == user_id
-                )
-            )
-            if already is not None:
-                self._refused(
-                    session,
-                    activity,
-                    actor=actor,
-                    channel=channel,
-                    decision=decision,
-                    reason="already_decided",
-                )
-                return Outcome(
-                    text=f"You already decided on request #{code} ({already}).",
-                    applied=False,
-                    status=activity.status,
-                    code=code,
-                ), False
+                if text is None:  # not theirs to decide: the same answer as an unknown code
+                    return nothing, changed
+                return Outcome(text=text, applied=False, status=activity.status, code=code), changed
             assert user is not None
             session.add(
                 Approval(
@@ -497,24 +450,37 @@ class ApprovalService:
             return "own_request"
         return None
 
-    @staticmethod
-    def _refused(
+    async def _refusal(
+        self,
         session: AsyncSession,
         activity: Activity,
-        *,
-        actor: str,
-        channel: str,
-        decision: Decision,
-        reason: str,
-    ) -> None:
-        ActivityLog.add_event(
-            session,
-            activity.id,
-            "decision_refused",
-            status=activity.status,
-            actor=actor,
-            data={"decision": decision.value, "channel": channel, "reason": reason},
+        approval: ApprovalSpec,
+        user: User | None,
+    ) -> tuple[str, str | None, bool] | None:
+        """Why this decision does not count: (reason, what to tell the decider, whether the
+        record changed); None if it counts."""
+        code = activity.id
+        why = self._eligibility(user, activity, approval)
+        if why is not None:
+            return why, None, False
+        if activity.status != S.AWAITING_APPROVAL:
+            return "not_awaiting", f"Request #{code} is {activity.status}; " + _UNCHANGED, False
+        if activity.expires_at is not None and activity.expires_at <= utcnow():
+            await self._expire(session, activity)  # news for the requester
+            return (
+                "expired",
+                f"Request #{code} expired before your decision; nothing was done.",
+                True,
+            )
+        assert user is not None
+        already = await session.scalar(
+            select(Approval.decision).where(
+                Approval.activity_id == code, Approval.approver_user_id == user.id
+            )
         )
+        if already is not None:
+            return "already_decided", f"You already decided on request #{code} ({already}).", False
+        return None
 
     async def _tell_requester(self, session: AsyncSession, activity: Activity, text: str) -> None:
         channel = activity.source_channel

@@ -34,6 +34,15 @@ def _answer(outcome: Outcome) -> Outcome:
     return outcome
 
 
+async def _decide(
+    request: Request[Any, Any, Any], services: Services, code: int, decision: Decision
+) -> Outcome:
+    outcome = await services.approvals.decide(
+        user_id=_acting_user(request), code=code, decision=decision, channel=API_CHANNEL
+    )
+    return _answer(outcome)
+
+
 class ApprovalsController(Controller):
     path = "/api/v1/activities/{activity_id:int}"
     tags = ["approvals"]  # noqa: RUF012 - litestar reads a class attribute
@@ -47,13 +56,7 @@ class ApprovalsController(Controller):
         activity_id: FromPath[int],
     ) -> Outcome:
         """Approve as the token's user (who must be an eligible approver); 409 if not counted."""
-        outcome = await services.approvals.decide(
-            user_id=_acting_user(request),
-            code=activity_id,
-            decision=Decision.APPROVE,
-            channel=API_CHANNEL,
-        )
-        return _answer(outcome)
+        return await _decide(request, services, activity_id, Decision.APPROVE)
 
     @post("/reject", status_code=200)
     async def reject(
@@ -63,13 +66,7 @@ class ApprovalsController(Controller):
         activity_id: FromPath[int],
     ) -> Outcome:
         """Reject as the token's user; 409 if the decision was not counted."""
-        outcome = await services.approvals.decide(
-            user_id=_acting_user(request),
-            code=activity_id,
-            decision=Decision.REJECT,
-            channel=API_CHANNEL,
-        )
-        return _answer(outcome)
+        return await _decide(request, services, activity_id, Decision.REJECT)
 
     @post("/run", status_code=200)
     async def run(

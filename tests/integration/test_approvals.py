@@ -474,3 +474,21 @@ async def test_the_api_decides_as_the_tokens_user(services: Services, catalog_pa
     done = await settled(services, request.id, "completed")
     approved = next(e for e in done.events if e.kind == "approved")
     assert (approved.actor, approved.data["channel"]) == (f"user:{sup}", "api")
+
+
+async def test_a_decision_after_the_deadline_expires_the_request_instead(
+    services: Services,
+) -> None:
+    """Before the sweeper gets there, a late YES finds the deadline passed: expired, not run."""
+    await person(services, "sup", "supervisor")
+    request = await say(services, "guest-11", "quick 2")
+    await asyncio.sleep(0.6)
+    late = await say(services, "sup", f"YES {request.id}")
+    assert late.details["result"]["text"] == (
+        f"Request #{request.id} expired before your decision; nothing done."
+    )
+    done = await settled(services, request.id, "expired")
+    assert "approved" not in kinds(done)
+    refused = next(e for e in done.events if e.kind == "decision_refused")
+    assert refused.data["reason"] == "expired"
+    assert (await inbox(services, "guest-11"))[-1].startswith(f"Request #{request.id} expired")
