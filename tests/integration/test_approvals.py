@@ -485,7 +485,7 @@ async def test_a_decision_after_the_deadline_expires_the_request_instead(
     await asyncio.sleep(0.6)
     late = await say(services, "sup", f"YES {request.id}")
     assert late.details["result"]["text"] == (
-        f"Request #{request.id} expired before your decision; nothing done."
+        f"Request #{request.id} expired before your decision; nothing was done."
     )
     done = await settled(services, request.id, "expired")
     assert "approved" not in kinds(done)
