@@ -161,3 +161,34 @@ def test_bad_fallback_and_unreadable_file(tmp_path: Path) -> None:
     broken.write_text("[agents\n")
     with pytest.raises(CatalogError, match="not valid"):
         load_catalog(broken, HANDLERS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ('roles = ["boss"]\n', r"agents.a.actions.x.roles: unknown roles \['boss'\]"),
+        ("[agents.a.actions.x.approval]\napprovers = []\n", "name at least one role"),
+        ('[agents.a.actions.x.approval]\napprovers = ["kings"]\n', r"unknown roles \['kings'\]"),
+        ("[agents.a.actions.x.approval]\nquorum = 0\n", "quorum: must be between 1 and 10"),
+        ("[agents.a.actions.x.approval]\nttl_s = -1\n", r"ttl_s: must be in \(0, 30 days\]"),
+        ("[agents.a.actions.x.approval]\nauto_rn = false\n", "auto_rn"),
+    ],
+)
+def test_permission_and_approval_policy_is_validated_at_start_up(extra: str, problem: str) -> None:
+    action = '[agents.a.actions.x]\ndescription = "d"\nhandler = "echo"\n'
+    with pytest.raises(CatalogError, match=problem):
+        decode_catalog(catalog(action + extra), "c.toml", HANDLERS)
+
+
+def test_an_approval_policy_has_safe_defaults() -> None:
+    action = '[agents.a.actions.x]\ndescription = "d"\nhandler = "echo"\n'
+    loaded = decode_catalog(catalog(action + "[agents.a.actions.x.approval]\n"), "c.toml", HANDLERS)
+    spec = loaded.action("a", "x")
+    assert spec is not None
+    assert spec.approval is not None
+    assert (spec.approval.approvers, spec.approval.quorum, spec.approval.self_approval) == (
+        ("supervisor", "admin"),
+        1,
+        False,
+    )
+    assert (spec.approval.ttl_s, spec.approval.auto_run) == (3600.0, True)
