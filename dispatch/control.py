@@ -72,11 +72,13 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
         patterns=(r"^\s*(?:no|reject|rejected|deny|rechazar|rechazo|rechazado|denegar)" + _CODE,),
     ),
     RuleSpec(
-        # A bare "YES"/"NO": decides when exactly one request awaits this approver.
+        # A bare "YES"/"NO": decides when exactly one request awaits this approver. Not a bare
+        # "ok"/"vale": people say that to acknowledge, not to approve (the evaluation set's
+        # negatives caught it).
         id=BARE_APPROVE_RULE,
         agent=SYSTEM_AGENT,
         action="approve",
-        patterns=(r"^\s*(?:yes|si|approve|aprobar|apruebo|ok|okay|vale)\s*[.!]*\s*$",),
+        patterns=(r"^\s*(?:yes|si|approve|aprobar|apruebo)\s*[.!]*\s*$",),
     ),
     RuleSpec(
         id=BARE_REJECT_RULE,

@@ -63,6 +63,7 @@ class ReplySender:
                 error = f"not sent: part {failed_part[conversation.id]} of this reply failed"
                 await self._store.update_delivery(row.id, Delivery.FAILED, error=error)
                 continue
+            own = conversation.id == activity.conversation_id
             outbound = OutboundMessage(
                 channel=row.channel,
                 conversation_key=conversation.key,
@@ -71,9 +72,10 @@ class ReplySender:
                 media=msgspec.convert(row.media or [], tuple[Media, ...]),
                 activity_id=activity.id,
                 message_id=row.id,
-                in_reply_to=in_reply_to if conversation.id == activity.conversation_id else None,
+                in_reply_to=in_reply_to if own else None,
                 last_inbound_at=conversation.last_inbound_at,
-                template=template,
+                # The action's template stands in for its reply to the requester only.
+                template=template if own else None,
                 choices=msgspec.convert((row.raw or {}).get("choices") or [], tuple[Choice, ...]),
             )
             if await self._send(outbound, row.id) == Delivery.FAILED and row.part is not None:

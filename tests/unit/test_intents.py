@@ -62,7 +62,7 @@ def test_rules_in_spanish_and_english(
 
 @pytest.mark.parametrize(
     "text",
-    ["blah", "status abc", "echo", "helpful people", "estado", "yes please", "no way 123"],
+    ["blah", "status abc", "echo", "helpful people", "estado", "yes please", "no way 123", "ok"],
 )
 def test_unmatched_text_falls_back_to_help(parser: IntentParser, text: str) -> None:
     intent = parser.parse(text)
