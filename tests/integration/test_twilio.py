@@ -584,3 +584,51 @@ async def test_workers_sharing_redis_share_one_sender_budget(redis_url: str, pre
             await client.aclose()
     assert max_in_any_second(starts) <= 20
     assert max(starts) - min(starts) >= 2.4
+
+
+TEMPLATED_APPROVAL_CATALOG = """
+[fallback]
+agent = "system"
+action = "help"
+[agents.billing.actions.refund]
+description = "Refund an invoice"
+handler = "echo"
+public = true
+[agents.billing.actions.refund.payload]
+invoice = { type = "id" }
+[agents.billing.actions.refund.whatsapp_template]
+content_sid = "HX0123456789abcdef0123456789abcdef"
+variables = { "1" = "#{activity_id}" }
+[agents.billing.actions.refund.approval]
+approvers = ["supervisor"]
+[[rules]]
+id = "refund"
+agent = "billing"
+action = "refund"
+patterns = ['^refund\\s+(?P<invoice>\\d+)$']
+"""
+
+
+async def test_an_approval_request_never_goes_out_as_the_actions_template(
+    make_settings: Callable[..., Settings], sqlite_url: str, api: TwilioApi, tmp_path: Path
+) -> None:
+    """The template stands in for the requester's reply; an approver outside the 24-hour
+    window gets no template meant for someone else, and the failure is recorded."""
+    catalog = tmp_path / "templated.toml"
+    catalog.write_text(TEMPLATED_APPROVAL_CATALOG)
+    settings = make_settings(database_url=sqlite_url, catalog=catalog, **twilio_env(api.url))
+    async with AsyncTestClient(create_app(settings)) as client:
+        services = client.app.state.services
+        supervisor = await services.users.add("Sup", "supervisor")
+        await services.users.link(str(supervisor.id), "whatsapp", "+34600999888")
+        api.errors.append(63016)  # the first send is the approver's request
+        await deliver(client, inbound_form("refund 3", sid="SMtpl1"))
+        [told] = await sent_to_twilio(api)
+        assert told.to == "whatsapp:+34600111222"
+        assert told.body is not None
+        assert told.body.startswith("Request #1 (Refund an invoice) needs approval")
+        assert [m for m in api.sent if m.one("ContentSid")] == []
+        activity = await services.activities.get(1, with_events=True)
+        failed = [e for e in activity.events if e.kind == "reply_failed"]
+        assert len(failed) == 1
+        assert "63016" in str(failed[0].data)
