@@ -16,7 +16,7 @@ import msgspec
 
 from channels.base import ChannelAdapter
 from channels.bus import ReplyBus
-from channels.messages import Delivered, InboundMessage, Media, OutboundMessage
+from channels.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
 from channels.validation import decode_body, require_text
 from dispatch.constants import reply_channel
 from dispatch.models import Delivery
@@ -39,8 +39,18 @@ class ClientFrame(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     text: str
 
 
+class PastMessage(msgspec.Struct, frozen=True):
+    """One message of the conversation so far, for a client that reconnects."""
+
+    direction: str
+    text: str
+    message_id: int
+
+
 class HelloFrame(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
     session: str
+    history: tuple[PastMessage, ...] = ()
+    """The session's latest messages, oldest first (empty for a new session)."""
 
 
 class AckFrame(msgspec.Struct, frozen=True, tag="ack", tag_field="type"):
@@ -56,6 +66,8 @@ class ReplyFrame(msgspec.Struct, frozen=True, tag="reply", tag_field="type"):
     activity_id: int | None = None
     message_id: int | None = None
     in_reply_to: str | None = None
+    choices: tuple[Choice, ...] = ()
+    """Answers offered as buttons: a click sends the choice's ``text`` as the user's message."""
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
@@ -116,6 +128,7 @@ class WebChatChannel(ChannelAdapter):
             activity_id=message.activity_id,
             message_id=message.message_id,
             in_reply_to=in_reply_to,
+            choices=message.choices,
         )
         listeners = await self._bus.publish(
             self.topic(message.conversation_key), msgspec.json.encode(frame)

@@ -177,6 +177,20 @@ class MessageStore:
             ).scalars()
             return [MessageView.of(row) for row in rows]
 
+    async def recent(self, channel: str, key: str, *, limit: int = 50) -> list[MessageView]:
+        """The latest ``limit`` messages of the conversation (channel, key), oldest first."""
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Message)
+                    .join(Conversation, Conversation.id == Message.conversation_id)
+                    .where(Conversation.channel == channel, Conversation.key == key)
+                    .order_by(Message.id.desc())
+                    .limit(limit)
+                )
+            ).scalars()
+            return [MessageView.of(row) for row in reversed(list(rows))]
+
     async def replies_to(self, message_id: int) -> list[MessageView]:
         """The outbound messages answering inbound message ``message_id``, in order."""
         async with self._sessions() as session:

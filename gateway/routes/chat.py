@@ -11,11 +11,13 @@ from litestar import MediaType, WebSocket, get, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
-from channels.webchat import AckFrame, ErrorFrame, HelloFrame
+from channels.webchat import AckFrame, ErrorFrame, HelloFrame, PastMessage
 from gateway.errors import ClientError
 from gateway.services import Services
 
 __all__ = ["chat_socket", "index"]
+
+HISTORY_MESSAGES = 50
 
 
 @get("/", media_type=MediaType.HTML, include_in_schema=False)
@@ -31,7 +33,14 @@ async def chat_socket(socket: WebSocket, services: NamedDependency[Services]) ->
     await socket.accept()
     session = channel.session_for(socket.query_params.get("session"))
     async with services.bus.subscribe(channel.topic(session)) as replies:
-        await socket.send_data(msgspec.json.encode(HelloFrame(session=session)), mode="text")
+        past = await services.store.recent(channel.name, session, limit=HISTORY_MESSAGES)
+        history = tuple(
+            PastMessage(direction=m.direction, text=m.text, message_id=m.id)
+            for m in past
+            if m.direction == "inbound" or m.delivery not in {"pending", "sending"}
+        )
+        hello = HelloFrame(session=session, history=history)
+        await socket.send_data(msgspec.json.encode(hello), mode="text")
         forward = asyncio.create_task(_forward(socket, replies))
         try:
             while True:

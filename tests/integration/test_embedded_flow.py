@@ -223,8 +223,16 @@ async def test_websocket_session_resumes_the_conversation(client: AsyncTestClien
         session = socket.receive_json()["session"]
         socket.send_json({"id": "r1", "text": "echo first"})
         first = [socket.receive_json(), socket.receive_json()]
+    conversation_id = next(f for f in first if f["type"] == "ack")["conversation_id"]
+    await outbound(client, conversation_id)  # the reply's delivery is recorded
     with await client.websocket_connect(f"/chat/ws?session={session}") as socket:
-        assert socket.receive_json()["session"] == session
+        hello = socket.receive_json()
+        assert hello["session"] == session
+        # What the page shows again after a reload: the conversation so far.
+        assert [(m["direction"], m["text"]) for m in hello["history"]] == [
+            ("inbound", "echo first"),
+            ("outbound", "first"),
+        ]
         socket.send_json({"id": "r1", "text": "echo first"})  # a client resend after reconnect
         ack = socket.receive_json()
         assert ack["duplicate"] is True
@@ -232,6 +240,21 @@ async def test_websocket_session_resumes_the_conversation(client: AsyncTestClien
             ack["conversation_id"]
             == next(f for f in first if f["type"] == "ack")["conversation_id"]
         )
+
+
+async def test_web_chat_replies_offer_buttons_and_a_choice_is_sent_as_text(
+    client: AsyncTestClient[Any],
+) -> None:
+    with await client.websocket_connect("/chat/ws") as socket:
+        socket.receive_json()
+        socket.send_json({"id": "b1", "text": "help"})
+        frames = [socket.receive_json(), socket.receive_json()]
+        reply = next(f for f in frames if f["type"] == "reply")
+        offered = {c["label"]: c["text"] for c in reply["choices"]}
+        assert offered["echo hello"] == "echo hello"
+        socket.send_json({"id": "b2", "text": offered["echo hello"]})  # what a click sends
+        frames = [socket.receive_json(), socket.receive_json()]
+        assert next(f for f in frames if f["type"] == "reply")["text"] == "hello"
 
 
 async def test_events_are_append_only_per_state_change(client: AsyncTestClient[Any]) -> None:
