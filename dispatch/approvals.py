@@ -16,7 +16,6 @@ import datetime as dt
 import enum
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 from sqlalchemy import func, select
@@ -35,7 +34,7 @@ from dispatch.models import (
     utcnow,
 )
 from dispatch.models import ActivityStatus as S
-from dispatch.outbox import add_reply
+from dispatch.outbox import add_reply, payload_text
 from dispatch.queue import JobQueue
 from dispatch.sql import insert_or_get
 
@@ -90,7 +89,8 @@ class ApprovalService:
         who = requester.name if requester else "someone"
         expires = activity.expires_at
         minutes = round((expires - utcnow()).total_seconds() / 60) if expires else 0
-        details = _describe(activity.details.get("payload") or {})
+        payload = activity.details.get("payload") or {}
+        details = f"\nDetails: {payload_text(payload)}" if payload else ""
         text = (
             f"Approval needed for request #{activity.id}: {action.description}, asked by {who} "
             f"on {activity.source_channel}.{details}\n"
@@ -493,12 +493,6 @@ class ApprovalService:
             channel=channel,
             parts=self._split(channel, text),
         )
-
-
-def _describe(payload: dict[str, Any]) -> str:
-    if not payload:
-        return ""
-    return "\nDetails: " + ", ".join(f"{k}={v}" for k, v in payload.items())
 
 
 def expiry(approval: ApprovalSpec, now: dt.datetime | None = None) -> dt.datetime:

@@ -104,6 +104,17 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
 )
 
 
+def _decision(description: str) -> ActionSpec:
+    return ActionSpec(
+        description=description,
+        handler="decide",
+        public=True,
+        internal=True,
+        timeout_s=10,
+        payload={"code": _CODE_FIELD},
+    )
+
+
 def system_agent() -> AgentSpec:
     return AgentSpec(
         description="Built in: help, the state of a request, cancelling one.",
@@ -133,22 +144,8 @@ def system_agent() -> AgentSpec:
             ),
             # Decisions on requests awaiting approval ("YES 123" / "NO 123"). Never offered to
             # the LLM: only these exact words decide, and only from an eligible approver.
-            "approve": ActionSpec(
-                description="Approve a request awaiting your decision",
-                handler="decide",
-                public=True,
-                internal=True,
-                timeout_s=10,
-                payload={"code": _CODE_FIELD},
-            ),
-            "reject": ActionSpec(
-                description="Reject a request awaiting your decision",
-                handler="decide",
-                public=True,
-                internal=True,
-                timeout_s=10,
-                payload={"code": _CODE_FIELD},
-            ),
+            "approve": _decision("Approve a request awaiting your decision"),
+            "reject": _decision("Reject a request awaiting your decision"),
             "run": ActionSpec(
                 description="Run an approved request that waits to be run",
                 handler="run",

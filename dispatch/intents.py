@@ -33,10 +33,6 @@ class Intent(msgspec.Struct, frozen=True, kw_only=True):
     alternatives: tuple[tuple[str, str], ...] = ()
     """Other (agent, action) the message matched as well (by keywords): ask which one."""
 
-    @property
-    def complete(self) -> bool:
-        return self.matched and not self.missing and not self.alternatives
-
 
 class IntentParser:
     """Tries the catalog's rules in order; the first that matches with a valid payload wins.
@@ -83,18 +79,19 @@ class IntentParser:
             if intent is None:
                 continue
             if is_keyword:
-                others = self._other_keyword_actions(rule, folded, index + 1)
+                others = self._other_keyword_actions(
+                    rule, folded, words or set(WORD.findall(folded)), index + 1
+                )
                 if others:
                     return msgspec.structs.replace(intent, alternatives=others)
             return intent
         return self._fallback()
 
     def _other_keyword_actions(
-        self, first: CompiledRule, folded: str, start: int
+        self, first: CompiledRule, folded: str, words: set[str], start: int
     ) -> tuple[tuple[str, str], ...]:
         seen = {(first.agent, first.action)}
         others: list[tuple[str, str]] = []
-        words = set(WORD.findall(folded))
         for rule, regex, is_keyword in self._flat[start:]:
             key = (rule.agent, rule.action)
             if not is_keyword or key in seen:

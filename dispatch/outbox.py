@@ -15,7 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch.models import ActivityStatus, Delivery, Direction, Message
 from dispatch.sql import insert_or_get
 
-__all__ = ["add_reply", "reply_text"]
+__all__ = ["add_reply", "payload_text", "reply_text"]
+
+
+def payload_text(payload: dict[str, Any]) -> str:
+    """A payload for people: ``client=Acme, amount=120 EUR``."""
+    return ", ".join(f"{k}={_plain(v)}" for k, v in payload.items())
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict) and "value" in value:  # an amount
+        return f"{value['value']:g} {value.get('currency') or ''}".strip()
+    return str(value)
 
 
 def reply_text(activity_id: int, status: str, details: dict[str, Any]) -> str | None:

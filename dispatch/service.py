@@ -116,17 +116,23 @@ class DispatchService:
                 return None
             existing = await self._activity_of(session, message_id)
             user = await session.get(User, message.user_id) if message.user_id else None
+            # A message is understood in the light of the ones before it (an open question):
+            # earlier messages of the conversation are dispatched first.
+            earlier = [] if existing is not None else await self._earlier(session, message)
+            state = None if earlier else await self._state(session, message)
         if existing is not None:
             activity_id, status = existing
             # Re-driven: the run job is idempotent and also sends a reply still owed.
             await self._queue.enqueue_run(activity_id)
             return Dispatched(activity_id=activity_id, status=status, created=False)
 
-        # A message is understood in the light of the ones before it (an open question):
-        # earlier messages of the conversation are dispatched first.
-        await self._dispatch_earlier(message)
+        if earlier:
+            for earlier_id in earlier:
+                await self.dispatch_message(earlier_id)
+            async with self._sessions() as session:
+                state = await self._state(session, message)
         started = time.perf_counter()
-        intent, change = await self._understand(message, user)
+        intent, change = await self._understand(message, user, state)
         parse_us = round((time.perf_counter() - started) * 1e6, 1)
         try:
             dispatched = await self._record(message, intent, parse_us, change)
@@ -141,26 +147,29 @@ class DispatchService:
         await self._queue.enqueue_run(dispatched.activity_id)
         return dispatched
 
-    async def _dispatch_earlier(self, message: Message) -> None:
-        async with self._sessions() as session:
-            earlier = await session.scalars(
-                select(Message.id)
-                .where(
-                    Message.conversation_id == message.conversation_id,
-                    Message.direction == Direction.INBOUND.value,
-                    Message.state == MessageState.RECEIVED.value,
-                    Message.id < message.id,
-                )
-                .order_by(Message.id)
+    @staticmethod
+    async def _earlier(session: AsyncSession, message: Message) -> list[int]:
+        """Earlier messages of the conversation not dispatched yet, oldest first."""
+        earlier = await session.scalars(
+            select(Message.id)
+            .where(
+                Message.conversation_id == message.conversation_id,
+                Message.direction == Direction.INBOUND.value,
+                Message.state == MessageState.RECEIVED.value,
+                Message.id < message.id,
             )
-            ids = list(earlier)
-        for message_id in ids:
-            await self.dispatch_message(message_id)
+            .order_by(Message.id)
+        )
+        return list(earlier)
 
-    async def _understand(self, message: Message, user: User | None) -> tuple[Intent, StateChange]:
+    @staticmethod
+    async def _state(session: AsyncSession, message: Message) -> ConversationState | None:
+        return await session.get(ConversationState, message.conversation_id)
+
+    async def _understand(
+        self, message: Message, user: User | None, state: ConversationState | None
+    ) -> tuple[Intent, StateChange]:
         """Rules, then the LLM; or the answer to the question the conversation has open."""
-        async with self._sessions() as session:
-            state = await session.get(ConversationState, message.conversation_id)
         resolution = None
         if state is not None and state.expires_at > utcnow():
             pending = msgspec.convert(state.data, Pending)

@@ -72,6 +72,11 @@ class UserDirectory:
             users = list(await session.scalars(select(User).order_by(User.id)))
             return [await self._view(session, u) for u in users]
 
+    async def get(self, ref: str) -> UserView:
+        """A user by id or name."""
+        async with self._sessions() as session:
+            return await self._view(session, await self._find(session, ref))
+
     async def set_role(self, ref: str, role: str) -> UserView:
         async with self._sessions.begin() as session:
             user = await self._find(session, ref)

@@ -49,10 +49,6 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     role: ApiRole
     user_id: int | None
 
-    @property
-    def actor(self) -> str:
-        return f"token:{self.token_id}" if self.token_id is not None else "token:env-admin"
-
 
 class TokenView(msgspec.Struct, frozen=True, kw_only=True):
     id: int

@@ -187,14 +187,7 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         async with _open_directory(settings) as (users, tokens):
             if args.action == "create":
-                user_id = None
-                if args.user:
-                    user_id = next(
-                        (u.id for u in await users.list() if args.user in {str(u.id), u.name}),
-                        None,
-                    )
-                    if user_id is None:
-                        raise NotFoundError(f"no user {args.user!r}")
+                user_id = (await users.get(args.user)).id if args.user else None
                 token, token_id = await tokens.create(
                     name=args.name, role=args.role, user_id=user_id
                 )

@@ -12,6 +12,7 @@ from channels.backoff import backoff
 from channels.messages import Choice, Media
 from dispatch.activities import ActivityView
 from dispatch.approvals import Decision
+from dispatch.outbox import payload_text
 from dispatch.permissions import may_request
 from workers.registry import Handler, HandlerContext, HandlerResult
 
@@ -79,15 +80,9 @@ class EchoHandler(Handler):
         if "text" in ctx.payload:
             text = str(ctx.payload["text"])
         else:
-            fields = ", ".join(f"{k}={_plain(v)}" for k, v in ctx.payload.items())
+            fields = payload_text(ctx.payload)
             text = f"{ctx.activity.action_type}: {fields}" if fields else ctx.activity.action_type
         return HandlerResult(text=text, data={"chars": len(text)})
-
-
-def _plain(value: Any) -> str:
-    if isinstance(value, dict) and "value" in value:  # an amount
-        return f"{value['value']:g} {value.get('currency') or ''}".strip()
-    return str(value)
 
 
 async def _own_activity(ctx: HandlerContext) -> ActivityView | HandlerResult:

@@ -51,7 +51,8 @@ async def run_activity(services: Services, activity_id: int) -> dict[str, Any]:
         return {"activity_id": activity_id, "outcome": "waiting", "behind": blocker}
 
     outcome = "already_finished"
-    if activity.status in (S.QUEUED, S.IN_PROGRESS):
+    runnable = activity.status in (S.QUEUED, S.IN_PROGRESS)
+    if runnable:
         action = services.catalog.action(activity.agent_name, activity.action_type)
         timeout_s = action.timeout_s if action else 30.0
         if not await activities.claim(
@@ -61,17 +62,16 @@ async def run_activity(services: Services, activity_id: int) -> dict[str, Any]:
         outcome = await _execute(services, activity)
         activity = await activities.get(activity_id)
         assert activity is not None
-    elif not S(activity.status).is_terminal:
-        # Waiting for a human (approval, or a RUN): send what it has to say meanwhile (the
-        # approval requests, the decisions so far) and leave the conversation to move on.
-        sent = await services.replies.deliver(activity)
+
+    sent = await services.replies.deliver(activity)
+    if not runnable and not S(activity.status).is_terminal:
+        # Waiting for a human (approval, or a RUN): what it had to say meanwhile (approval
+        # requests, decisions so far) is sent, and the conversation moves on without it.
         return {
             "activity_id": activity_id,
             "outcome": f"not_runnable:{activity.status}",
             "replied": sent,
         }
-
-    sent = await services.replies.deliver(activity)
     if activity.conversation_id is not None and activity.order_key is not None:
         following = await activities.next_in_conversation(
             activity.conversation_id, activity.order_key

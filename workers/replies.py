@@ -43,8 +43,8 @@ class ReplySender:
             return 0
         # Most rows go to the requester's conversation; approval requests go to approvers'.
         conversations = {
-            row.conversation_id: await self._store.conversation(row.conversation_id)
-            for row in pending
+            conversation_id: await self._store.conversation(conversation_id)
+            for conversation_id in {row.conversation_id for row in pending}
         }
         in_reply_to = None
         if activity.source_message_id is not None:

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ADMIN, free_port
 from tests.e2e.test_processes import SWITCHBOARD, _env, gateway_and_worker
+from tests.support.approvals import REFUND_CATALOG
 from tests.support.flow import wait_for
 from tests.support.twilio_api import SentMessage, TwilioApi
 from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, signed, twilio_env
@@ -29,26 +30,6 @@ pytestmark = pytest.mark.services
 
 GUEST = "whatsapp:+34600111222"
 SUPERVISOR = "whatsapp:+34600999888"
-CATALOG = """
-[fallback]
-agent = "system"
-action = "help"
-
-[agents.billing.actions.refund]
-description = "Refund an invoice"
-handler = "echo"
-public = true
-[agents.billing.actions.refund.payload]
-invoice = { type = "id" }
-[agents.billing.actions.refund.approval]
-approvers = ["supervisor"]
-
-[[rules]]
-id = "refund"
-agent = "billing"
-action = "refund"
-patterns = ['^(?:refund|reembolsa)\\s+(?:la\\s+factura\\s+)?#?(?P<invoice>\\d+)$']
-"""
 
 
 def to(api: TwilioApi, number: str) -> list[SentMessage]:
@@ -82,7 +63,7 @@ async def test_guest_request_approved_then_rejected_over_whatsapp(
     tmp_path: Path,
 ) -> None:
     catalog = tmp_path / "catalog.toml"
-    catalog.write_text(CATALOG)
+    catalog.write_text(REFUND_CATALOG)
     with TwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
         env = make_env(
             database_url=pg_migrated,

@@ -14,6 +14,7 @@ from dispatch.models import Activity, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
+from tests.support.approvals import REFUND_CATALOG
 from tests.support.db import db_session, outbound_rows, stored
 from tests.support.flow import record_releases, wait_for
 from tests.support.http_server import Answer, ScriptedServer
@@ -421,31 +422,12 @@ retries = 0
 
 # -- approvals -----------------------------------------------------------------------------
 
-APPROVAL_CATALOG = """
-[fallback]
-agent = "system"
-action = "help"
-[agents.billing.actions.refund]
-description = "Refund an invoice"
-handler = "echo"
-public = true
-[agents.billing.actions.refund.payload]
-invoice = { type = "id" }
-[agents.billing.actions.refund.approval]
-approvers = ["supervisor"]
-[[rules]]
-id = "refund"
-agent = "billing"
-action = "refund"
-patterns = ['^refund\\s+(?P<invoice>\\d+)$']
-"""
-
 
 async def test_an_approver_decides_with_buttons_and_a_replayed_button_is_refused(
     settings_for: Callable[..., Settings], api: TelegramApi, tmp_path: Any
 ) -> None:
     catalog = tmp_path / "catalog.toml"
-    catalog.write_text(APPROVAL_CATALOG)
+    catalog.write_text(REFUND_CATALOG)
     async with AsyncTestClient(create_app(settings_for(catalog=catalog))) as client:
         services = client.app.state.services
         supervisor = await services.users.add("Sup", "supervisor")

@@ -20,6 +20,7 @@ from dispatch.models import Activity, Conversation, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
+from tests.support.approvals import REFUND_CATALOG
 from tests.support.db import db_session, outbound_rows, stored
 from tests.support.flow import record_releases, wait_for
 from tests.support.http_server import Answer, ScriptedServer
@@ -586,27 +587,14 @@ async def test_workers_sharing_redis_share_one_sender_budget(redis_url: str, pre
     assert max(starts) - min(starts) >= 2.4
 
 
-TEMPLATED_APPROVAL_CATALOG = """
-[fallback]
-agent = "system"
-action = "help"
-[agents.billing.actions.refund]
-description = "Refund an invoice"
-handler = "echo"
-public = true
-[agents.billing.actions.refund.payload]
-invoice = { type = "id" }
+TEMPLATED_APPROVAL_CATALOG = (
+    REFUND_CATALOG
+    + """
 [agents.billing.actions.refund.whatsapp_template]
 content_sid = "HX0123456789abcdef0123456789abcdef"
 variables = { "1" = "#{activity_id}" }
-[agents.billing.actions.refund.approval]
-approvers = ["supervisor"]
-[[rules]]
-id = "refund"
-agent = "billing"
-action = "refund"
-patterns = ['^refund\\s+(?P<invoice>\\d+)$']
 """
+)
 
 
 async def test_an_approval_request_never_goes_out_as_the_actions_template(
