@@ -16,24 +16,34 @@ from typing import Any
 import msgspec
 from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
+from dispatch.claims import ACTIVITIES
 from dispatch.models import (
     BLOCKING_STATUSES,
+    UNDISPATCHED,
     Activity,
     ActivityEvent,
     ActivityStatus,
     Delivery,
     Message,
-    MessageState,
     utcnow,
 )
 from dispatch.outbox import add_reply
 
-__all__ = ["ActivityLog", "ActivityView", "EventView"]
+__all__ = [
+    "SENDING_HEARTBEAT_S",
+    "SENDING_STALE",
+    "ActivityLog",
+    "ActivityView",
+    "EventView",
+]
 
-# A reply claimed for sending longer ago than this is presumed lost (its sender died) and stops
-# holding back the rest of its conversation; it is never sent again.
-SENDING_HOLDS_FOR = dt.timedelta(seconds=60)
+SENDING_HEARTBEAT_S = 5.0
+"""How often a sender marks the reply it is handing to a channel as still being sent."""
+SENDING_STALE = dt.timedelta(seconds=6 * SENDING_HEARTBEAT_S)
+"""A reply in ``sending`` with no heartbeat for this long was left by a sender that died: it
+stops holding back its conversation, and recovery resolves it (never sent again)."""
 
 RUNNER = f"{socket.gethostname()}:{os.getpid()}"
 """Which process runs an activity (in its ``started`` event): the worker, for an audit."""
@@ -156,6 +166,7 @@ class ActivityLog:
         activity: ActivityView,
         to: ActivityStatus,
         *,
+        attempt: int,
         kind: str,
         details: dict[str, Any],
         metrics: dict[str, Any],
@@ -163,24 +174,27 @@ class ActivityLog:
         data: dict[str, Any] | None = None,
     ) -> bool:
         """in_progress → completed/failed with its result, event and reply (``reply``: the
-        parts to send), in one transaction."""
+        parts to send), in one transaction; only for the attempt that holds the claim (a
+        stale attempt's result is refused: False, and an event says so)."""
         async with self._sessions.begin() as session:
             result = await session.execute(
-                update(Activity)
-                .where(
-                    Activity.id == activity.id,
-                    Activity.status == ActivityStatus.IN_PROGRESS.value,
-                )
-                .values(
+                ACTIVITIES.update_held(
+                    activity.id,
+                    attempt,
                     status=to.value,
                     details=details,
                     metrics=metrics,
                     completed_at=utcnow(),
                     lease_expires_at=None,
                 )
-                .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
+                self.add_event(
+                    session,
+                    activity.id,
+                    "stale_result",
+                    data={"attempt": attempt, "discarded": kind, "runner": RUNNER},
+                )
                 return False
             self.add_event(session, activity.id, kind, status=to.value, data=data)
             await add_reply(
@@ -219,35 +233,17 @@ class ActivityLog:
             )
             return True
 
-    async def claim(self, activity_id: int, *, lease_s: float) -> bool:
+    async def claim(self, activity_id: int, *, lease_s: float) -> int | None:
         """Take an activity to run: from ``queued``, or from an ``in_progress`` whose lease ran
-        out (its worker died). Exactly one of any number of concurrent callers wins."""
-        now = utcnow()
+        out (its worker died or stalled). Exactly one of any number of concurrent callers wins,
+        and gets the attempt number: the fencing token every later write must carry."""
         async with self._sessions.begin() as session:
             result = await session.execute(
-                update(Activity)
-                .where(
-                    Activity.id == activity_id,
-                    or_(
-                        Activity.status == ActivityStatus.QUEUED.value,
-                        and_(
-                            Activity.status == ActivityStatus.IN_PROGRESS.value,
-                            Activity.lease_expires_at < now,
-                        ),
-                    ),
-                )
-                .values(
-                    status=ActivityStatus.IN_PROGRESS.value,
-                    started_at=now,
-                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
-                    attempts=Activity.attempts + 1,
-                )
-                .returning(Activity.attempts)
-                .execution_options(synchronize_session=False)
+                ACTIVITIES.claim(activity_id, lease_s=lease_s, started_at=utcnow())
             )
             attempt = result.scalar_one_or_none()
             if attempt is None:
-                return False
+                return None
             self.add_event(
                 session,
                 activity_id,
@@ -255,17 +251,53 @@ class ActivityLog:
                 status=ActivityStatus.IN_PROGRESS.value,
                 data={"attempt": attempt, "runner": RUNNER},
             )
+            return int(attempt)
+
+    async def renew(self, activity_id: int, *, attempt: int, lease_s: float) -> bool:
+        """Extend the lease of a run that is alive; False once the claim is someone else's."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                ACTIVITIES.update_held(
+                    activity_id,
+                    attempt,
+                    lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s),
+                )
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def release(self, activity_id: int, *, attempt: int, reason: str) -> bool:
+        """Give an unfinished run back (its worker is stopping): queued again at once, for
+        another worker, instead of after its lease."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                ACTIVITIES.update_held(
+                    activity_id,
+                    attempt,
+                    status=ActivityStatus.QUEUED.value,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(
+                session,
+                activity_id,
+                "released",
+                status=ActivityStatus.QUEUED.value,
+                data={"attempt": attempt, "reason": reason, "runner": RUNNER},
+            )
             return True
 
-    async def blocker(self, activity: ActivityView) -> str | None:
+    async def blocker(self, activity: ActivityView, *, overtakes: bool = False) -> str | None:
         """What holds this activity back in its conversation, or None if it may run now.
 
         Activities of one conversation run, and are answered, in the order their messages
-        arrived: an earlier activity still pending/queued/running, an earlier message not yet
-        dispatched, or an earlier reply not yet handed to its channel, blocks.
+        arrived: an earlier activity still queued or running, an earlier message not yet
+        dispatched, or an earlier reply not yet handed to its channel, blocks. A control
+        intent (``overtakes``: cancel, status, a decision) is held back by nothing.
         """
         order_key = activity.order_key
-        if activity.conversation_id is None or order_key is None:
+        if activity.conversation_id is None or order_key is None or overtakes:
             return None
         async with self._sessions() as session:
             earlier_activity = (
@@ -288,7 +320,7 @@ class ActivityLog:
                         exists().where(
                             Message.conversation_id == activity.conversation_id,
                             Message.id < order_key,
-                            Message.state == MessageState.RECEIVED.value,
+                            Message.state.in_([s.value for s in UNDISPATCHED]),
                         )
                     )
                 )
@@ -306,7 +338,7 @@ class ActivityLog:
                             Message.delivery == Delivery.PENDING.value,
                             and_(
                                 Message.delivery == Delivery.SENDING.value,
-                                Message.updated_at > utcnow() - SENDING_HOLDS_FOR,
+                                Message.updated_at > utcnow() - SENDING_STALE,
                             ),
                         ),
                     )
@@ -331,9 +363,12 @@ class ActivityLog:
                 )
             ).scalar_one_or_none()
 
-    async def stale(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
-        """Activities to re-drive: queued before ``older_than``, or running past their lease."""
+    async def heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities to re-drive: each conversation's first queued or running one, if queued
+        before ``older_than`` or running past its lease. Those behind it wait their turn (its
+        end wakes the next), so re-driving them would only add jobs."""
         now = utcnow()
+        earlier = aliased(Activity)
         async with self._sessions() as session:
             rows = await session.execute(
                 select(Activity.id)
@@ -347,7 +382,15 @@ class ActivityLog:
                             Activity.status == ActivityStatus.IN_PROGRESS.value,
                             Activity.lease_expires_at < now,
                         ),
-                    )
+                    ),
+                    or_(
+                        Activity.conversation_id.is_(None),
+                        ~exists().where(
+                            earlier.conversation_id == Activity.conversation_id,
+                            earlier.order_key < Activity.order_key,
+                            earlier.status.in_([s.value for s in BLOCKING_STATUSES]),
+                        ),
+                    ),
                 )
                 .order_by(Activity.id)
                 .limit(limit)

@@ -15,16 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
-from collections.abc import Callable
 
 import msgspec
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from channels.messages import Choice
 from dispatch.activities import ActivityLog
-from dispatch.catalog import ActionSpec, ApprovalSpec, Catalog
+from dispatch.catalog import Catalog
+from dispatch.messages import Choice
 from dispatch.models import (
     Activity,
     Approval,
@@ -36,6 +35,8 @@ from dispatch.models import (
 from dispatch.models import ActivityStatus as S
 from dispatch.outbox import add_reply, payload_text
 from dispatch.queue import JobQueue
+from dispatch.routing import ChannelRouting, reaching
+from dispatch.specs import ActionSpec, ApprovalSpec
 from dispatch.sql import insert_or_get
 
 __all__ = ["ApprovalService", "Decision", "Outcome"]
@@ -43,8 +44,6 @@ __all__ = ["ApprovalService", "Decision", "Outcome"]
 log = logging.getLogger("switchboard.approvals")
 
 _UNCHANGED = "your decision changes nothing."
-# Where an approver is reached when they have several identities and none was used lately.
-CHANNEL_PREFERENCE = ("whatsapp", "telegram", "webchat", "rest")
 
 
 class Decision(enum.StrEnum):
@@ -68,12 +67,12 @@ class ApprovalService:
         sessions: async_sessionmaker[AsyncSession],
         catalog: Catalog,
         queue: JobQueue,
-        split: Callable[[str, str], list[str]],
+        routing: ChannelRouting,
     ) -> None:
         self._sessions = sessions
         self._catalog = catalog
         self._queue = queue
-        self._split = split
+        self._routing = routing
 
     # -- asking ---------------------------------------------------------------------------
 
@@ -107,7 +106,7 @@ class ApprovalService:
                 activity_id=activity.id,
                 conversation_id=conversation_id,
                 channel=channel,
-                parts=self._split(channel, text),
+                parts=self._routing.split(channel, text),
                 choices=choices,
             )
         ActivityLog.add_event(
@@ -145,37 +144,42 @@ class ApprovalService:
         return [u for u in users if approval.self_approval or u.id != requester_id]
 
     async def _reach(self, session: AsyncSession, user: User) -> tuple[User, str, int] | None:
-        """(user, channel, conversation id) where this approver is messaged, if anywhere."""
+        """(user, channel, conversation id) where this approver is messaged, if anywhere: the
+        configured channel they last wrote from, else the first configured channel that reaches
+        one of their addresses (in the registry's order of preference)."""
         identities = list(
             await session.scalars(select(UserIdentity).where(UserIdentity.user_id == user.id))
         )
-        if not identities:
+        order = self._routing.channels()
+        candidates = [
+            (channel, identity.address)
+            for identity in identities
+            for channel in reaching(self._routing, identity.channel)
+        ]
+        if not candidates:
             return None
-        conversations = {
-            (c.channel, c.key): c
+        seen = {
+            (c.channel, c.key): c.last_inbound_at
             for c in await session.scalars(
-                select(Conversation).where(Conversation.user_id == user.id)
+                select(Conversation).where(
+                    Conversation.key.in_({address for _, address in candidates}),
+                    Conversation.channel.in_({channel for channel, _ in candidates}),
+                )
             )
         }
 
-        def rank(identity: UserIdentity) -> tuple[float, int]:
-            seen = conversations.get((identity.channel, identity.address))
-            last = seen.last_inbound_at if seen and seen.last_inbound_at else None
-            preference = (
-                CHANNEL_PREFERENCE.index(identity.channel)
-                if identity.channel in CHANNEL_PREFERENCE
-                else len(CHANNEL_PREFERENCE)
-            )
-            return (-(last.timestamp() if last else 0.0), preference)
+        def rank(candidate: tuple[str, str]) -> tuple[float, int]:
+            last = seen.get(candidate)
+            return (-(last.timestamp() if last else 0.0), order.index(candidate[0]))
 
-        best = min(identities, key=rank)
+        channel, address = min(candidates, key=rank)
         conversation_id, _ = await insert_or_get(
             session,
             Conversation.__table__,  # type: ignore[arg-type]
-            {"channel": best.channel, "key": best.address, "user_id": user.id},
+            {"channel": channel, "key": address, "user_id": user.id},
             ("channel", "key"),
         )
-        return user, best.channel, conversation_id
+        return user, channel, conversation_id
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -189,7 +193,7 @@ class ApprovalService:
             return Outcome(text=f"You already decided on request #{code}.", applied=False)
         if changed:
             # Delivers what the requester is told and, once approved, runs the action.
-            await self._queue.enqueue_run(code, reason=f"decided:{user_id}:{decision.value}")
+            await self._queue.enqueue_run(code)
         log.info(
             "decision",
             extra={"activity_id": code, "decision": decision.value, "applied": outcome.applied},
@@ -342,7 +346,7 @@ class ApprovalService:
                 actor=f"user:{user.id}",
                 data={"code": code, "channel": channel},
             )
-        await self._queue.enqueue_run(code, reason=f"run:{user.id}")
+        await self._queue.enqueue_run(code)
         return Outcome(
             text=f"Request #{code} is running.", applied=True, status=S.QUEUED.value, code=code
         )
@@ -400,7 +404,7 @@ class ApprovalService:
                 if activity.status == S.AWAITING_APPROVAL and await self._expire(session, activity):
                     expired.append(code)
         for code in expired:
-            await self._queue.enqueue_run(code, reason="expired")
+            await self._queue.enqueue_run(code)
         return expired
 
     async def _expire(self, session: AsyncSession, activity: Activity) -> bool:
@@ -491,7 +495,7 @@ class ApprovalService:
             activity_id=activity.id,
             conversation_id=activity.conversation_id,
             channel=channel,
-            parts=self._split(channel, text),
+            parts=self._routing.split(channel, text),
         )
 
 

@@ -1,7 +1,7 @@
 """The catalog: agents, their action types, payload schemas and ordered intent rules.
 
 A TOML (or YAML) file decoded with msgspec into typed Structs and validated once at start-up;
-any problem raises :class:`~gateway.errors.CatalogError` naming the bad entry.
+any problem raises :class:`~dispatch.errors.CatalogError` naming the bad entry.
 """
 
 from __future__ import annotations
@@ -12,30 +12,33 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-from channels.messages import Template
-from dispatch.models import Priority, Role
+from dispatch.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
+from dispatch.errors import CatalogError
+from dispatch.models import Role
 from dispatch.slots import SlotError, coerce
+from dispatch.specs import (
+    ActionSpec,
+    AgentSpec,
+    ApprovalSpec,
+    CatalogFile,
+    FallbackSpec,
+    FieldSpec,
+    RuleSpec,
+)
 from dispatch.text import normalize, strip_accents
-from gateway.errors import CatalogError
 
 __all__ = [
-    "ActionSpec",
+    "WORD",
     "Amount",
-    "ApprovalSpec",
     "Catalog",
     "CompiledRule",
-    "FieldSpec",
-    "HttpCallSpec",
     "PayloadError",
+    "decode_catalog",
     "load_catalog",
-]
-
-FieldType = Literal[
-    "string", "integer", "number", "boolean", "amount", "date", "phone", "email", "id"
 ]
 
 
@@ -66,94 +69,6 @@ class PayloadError(ValueError):
 
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-
-class FieldSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    type: FieldType = "string"
-    required: bool = True
-    description: str = ""
-    max_length: int | None = None
-    question: str = ""
-    """Asked when a request lacks this (required) field; default built from the description."""
-
-    def ask(self, name: str) -> str:
-        return self.question or f"What is {self.description or name.replace('_', ' ')}?"
-
-
-class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where the ``http_call`` handler POSTs the payload."""
-
-    url: str
-    timeout_s: float = 10.0
-    retries: int = 2
-    backoff_s: float = 0.5
-    headers: dict[str, str] = {}
-    reply_field: str | None = None
-    """Field of the JSON answer to reply with; default: a text answer or the JSON itself."""
-
-
-class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A human must say yes before the action runs."""
-
-    approvers: tuple[str, ...] = ("supervisor", "admin")
-    """Roles that may decide."""
-    quorum: int = 1
-    """Approvals needed; one rejection is final."""
-    self_approval: bool = False
-    """Whether the requester may approve their own request."""
-    ttl_s: float = 3600.0
-    """After this the request expires, and the requester is told."""
-    auto_run: bool = True
-    """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
-
-
-class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    description: str
-    handler: str
-    public: bool = False
-    roles: tuple[str, ...] = ()
-    timeout_s: float = 30.0
-    priority: Priority = Priority.NORMAL
-    payload: dict[str, FieldSpec] = {}
-    examples: tuple[str, ...] = ()
-    http: HttpCallSpec | None = None
-    whatsapp_template: Template | None = None
-    """Sent instead of the free-form reply outside WhatsApp's 24-hour window."""
-    approval: ApprovalSpec | None = None
-    """Set: the action waits in ``awaiting_approval`` until approved."""
-    internal: bool = False
-    """Reached only through the gateway's own rules or logic: never offered to the LLM, never
-    listed in help (clarifying questions, approval decisions)."""
-
-
-class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    actions: dict[str, ActionSpec]
-    description: str = ""
-
-
-class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    id: str
-    agent: str
-    action: str
-    patterns: tuple[str, ...] = ()
-    keywords: tuple[str, ...] = ()
-    payload: dict[str, Any] = {}
-    text_field: str | None = None
-    """A payload field that receives the whole message (e.g. a ticket's summary)."""
-
-
-class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The action a message no rule understood becomes (it must reply something useful)."""
-
-    agent: str
-    action: str
-
-
-class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    agents: dict[str, AgentSpec]
-    fallback: FallbackSpec
-    rules: tuple[RuleSpec, ...] = ()
-    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,16 +303,41 @@ def _compile_rule(file: CatalogFile, rule: RuleSpec, where: str) -> CompiledRule
     )
 
 
-def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Catalog:
-    from dispatch.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
+def _with_templates(action: ActionSpec, at: str) -> ActionSpec:
+    """``whatsapp_template`` folded into ``templates`` (the older spelling of its entry)."""
+    if action.whatsapp_template is None:
+        return action
+    if "whatsapp" in action.templates:
+        raise CatalogError(
+            at, "give the WhatsApp template once: templates.whatsapp or whatsapp_template"
+        )
+    return msgspec.structs.replace(
+        action,
+        templates={**action.templates, "whatsapp": action.whatsapp_template},
+        whatsapp_template=None,
+    )
 
+
+def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Catalog:
     if SYSTEM_AGENT in file.agents:
         raise CatalogError(
             f"{source}: agents.{SYSTEM_AGENT}", "is built in (help, status, cancel); rename yours"
         )
+    agents = {
+        name: msgspec.structs.replace(
+            agent,
+            actions={
+                action_name: _with_templates(
+                    action, f"{source}: agents.{name}.actions.{action_name}"
+                )
+                for action_name, action in agent.actions.items()
+            },
+        )
+        for name, agent in file.agents.items()
+    }
     file = msgspec.structs.replace(
         file,
-        agents={SYSTEM_AGENT: system_agent(), **file.agents},
+        agents={SYSTEM_AGENT: system_agent(), **agents},
         rules=(*CONTROL_RULES, *file.rules),
     )
     payload_types, partial_types = _validate_actions(file, handlers, source)
@@ -458,7 +398,7 @@ def _locate(raw: Any, source: str, error: msgspec.ValidationError) -> tuple[str,
 def load_catalog(path: Path | None, handlers: Collection[str]) -> Catalog:
     """Load the catalog at ``path``, or the bundled default catalog when ``path`` is None."""
     if path is None:
-        ref = resources.files("gateway").joinpath("default_catalog.toml")
+        ref = resources.files("dispatch").joinpath("default_catalog.toml")
         return decode_catalog(ref.read_bytes(), "default_catalog.toml", handlers)
     try:
         content = path.read_bytes()

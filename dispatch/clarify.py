@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from channels.messages import Choice
 from dispatch.catalog import Catalog, PayloadError
 from dispatch.control import CLARIFY_ACTION, SOFT_CONTROL_RULES, SYSTEM_AGENT
 from dispatch.intents import Intent
+from dispatch.messages import Choice
 from dispatch.text import normalize
 
 __all__ = ["MAX_ASKS", "Clarifier", "Pending", "Resolution"]

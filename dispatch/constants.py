@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
+    "AGAIN",
     "DISPATCH_MESSAGE",
     "RUN_ACTIVITY",
     "dispatch_job_id",
     "queue_name",
+    "recover_job_id",
     "reply_channel",
     "run_job_id",
 ]
@@ -19,19 +21,22 @@ def queue_name(prefix: str) -> str:
     return f"{prefix}:queue"
 
 
-def dispatch_job_id(prefix: str, message_id: int, reason: str = "") -> str:
-    base = f"{prefix}:msg:{message_id}"
-    return f"{base}:{reason}" if reason else base
+def dispatch_job_id(prefix: str, message_id: int) -> str:
+    """Deterministic: enqueuing it while it is queued or running is a no-op (see
+    ``JobQueue.wake``); once it has run, it may be enqueued again."""
+    return f"{prefix}:msg:{message_id}"
 
 
-def run_job_id(prefix: str, activity_id: int, reason: str = "") -> str:
-    """Deterministic: a second enqueue with the same reason is a no-op in arq.
+def run_job_id(prefix: str, activity_id: int) -> str:
+    return f"{prefix}:run:{activity_id}"
 
-    ``reason`` distinguishes a deliberate re-drive (the activity before it finished, recovery)
-    from the first enqueue; the activity's claim in the database still lets only one run.
-    """
-    base = f"{prefix}:run:{activity_id}"
-    return f"{base}:{reason}" if reason else base
+
+AGAIN = ":again"
+"""Suffix of the one extra run a wake asks for when the job is running at that moment."""
+
+
+def recover_job_id(prefix: str) -> str:
+    return f"{prefix}:recover"
 
 
 def reply_channel(prefix: str, channel: str, conversation_key: str) -> str:

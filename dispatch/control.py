@@ -9,12 +9,13 @@ question back to the user (see :mod:`dispatch.clarify`).
 
 from __future__ import annotations
 
-from dispatch.catalog import ActionSpec, AgentSpec, FieldSpec, RuleSpec
+from dispatch.specs import ActionSpec, AgentSpec, FieldSpec, RuleSpec
 
 __all__ = [
     "BARE_REFERENCE_RULE",
     "CLARIFY_ACTION",
     "CONTROL_RULES",
+    "NOTICE_ACTION",
     "SOFT_CONTROL_RULES",
     "SYSTEM_AGENT",
     "system_agent",
@@ -22,6 +23,7 @@ __all__ = [
 
 SYSTEM_AGENT = "system"
 CLARIFY_ACTION = "clarify"
+NOTICE_ACTION = "notice"
 BARE_REFERENCE_RULE = "control:status-ref"
 BARE_APPROVE_RULE = "control:approve-bare"
 BARE_REJECT_RULE = "control:reject-bare"
@@ -110,6 +112,7 @@ def _decision(description: str) -> ActionSpec:
         handler="decide",
         public=True,
         internal=True,
+        overtakes=True,
         timeout_s=10,
         payload={"code": _CODE_FIELD},
     )
@@ -123,6 +126,7 @@ def system_agent() -> AgentSpec:
                 description="List what you can ask",
                 handler="help",
                 public=True,
+                overtakes=True,
                 timeout_s=5,
                 examples=("help",),
             ),
@@ -130,6 +134,7 @@ def system_agent() -> AgentSpec:
                 description="Show the state of one of your requests",
                 handler="status",
                 public=True,
+                overtakes=True,
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("status 12",),
@@ -138,6 +143,7 @@ def system_agent() -> AgentSpec:
                 description="Cancel one of your requests that has not started",
                 handler="cancel",
                 public=True,
+                overtakes=True,
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("cancel 12",),
@@ -151,8 +157,17 @@ def system_agent() -> AgentSpec:
                 handler="run",
                 public=True,
                 internal=True,
+                overtakes=True,
                 timeout_s=10,
                 payload={"code": FieldSpec(type="id", description="the request number")},
+            ),
+            NOTICE_ACTION: ActionSpec(
+                description="Tell the sender something (to slow down)",
+                handler="echo",
+                public=True,
+                internal=True,
+                timeout_s=5,
+                payload={"text": FieldSpec(type="string")},
             ),
             CLARIFY_ACTION: ActionSpec(
                 description="Ask the user for what a request lacks",

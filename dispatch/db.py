@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+from urllib.parse import urlparse
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import (
@@ -12,20 +14,85 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from gateway.settings import DatabaseSettings
+from dispatch.clean import storable_json
+from dispatch.config import PREFIX, setting
+from dispatch.errors import SettingsError
 
-__all__ = ["create_engine", "create_sessionmaker"]
+__all__ = ["DEFAULT_SQLITE_URL", "DatabaseSettings", "create_engine", "create_sessionmaker"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./switchboard.db"
 
 
-def create_engine(settings: DatabaseSettings) -> AsyncEngine:
-    """An engine tuned for its backend: WAL and a busy timeout on SQLite, a pool on PostgreSQL."""
+@dataclasses.dataclass(frozen=True)
+class DatabaseSettings:
+    """Where the record lives."""
+
+    url: str = setting(
+        DEFAULT_SQLITE_URL,
+        "DATABASE_URL",
+        "SQLAlchemy URL: postgresql+asyncpg://... in production; default: SQLite file in the "
+        "working directory (embedded mode).",
+    )
+    auto_migrate: bool | None = setting(
+        None,
+        "AUTO_MIGRATE",
+        "Apply migrations when the gateway starts. Default: yes on SQLite, no on PostgreSQL "
+        "(run `switchboard migrate`).",
+    )
+    pool_size: int = setting(10, "DATABASE_POOL_SIZE", "Connections per process (PostgreSQL).")
+    echo: bool = setting(False, "DATABASE_ECHO", "Log every SQL statement.")
+    connect_timeout_s: float = setting(
+        2.0, "DATABASE_CONNECT_TIMEOUT_S", "Longest wait for a new connection (PostgreSQL)."
+    )
+    pool_timeout_s: float = setting(
+        1.5, "DATABASE_POOL_TIMEOUT_S", "Longest wait for a free connection of the pool."
+    )
+    statement_timeout_s: float = setting(
+        2.5,
+        "DATABASE_STATEMENT_TIMEOUT_S",
+        "Longest wait for one statement's answer (PostgreSQL; migrations have none). Together "
+        "these bound how long a request waits on an unreachable or frozen database before it is "
+        "answered 503.",
+    )
+
+    def __post_init__(self) -> None:
+        scheme = urlparse(self.url).scheme
+        if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+            raise SettingsError(
+                PREFIX + "DATABASE_URL",
+                f"scheme {scheme!r} is not supported; use sqlite+aiosqlite:/// or "
+                "postgresql+asyncpg://",
+            )
+        if self.pool_size < 1:
+            raise SettingsError(PREFIX + "DATABASE_POOL_SIZE", "must be at least 1")
+        for name, value in (
+            ("DATABASE_CONNECT_TIMEOUT_S", self.connect_timeout_s),
+            ("DATABASE_POOL_TIMEOUT_S", self.pool_timeout_s),
+            ("DATABASE_STATEMENT_TIMEOUT_S", self.statement_timeout_s),
+        ):
+            if value <= 0:
+                raise SettingsError(PREFIX + name, "must be positive")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+def create_engine(settings: DatabaseSettings, *, migrating: bool = False) -> AsyncEngine:
+    """An engine tuned for its backend: WAL and a busy timeout on SQLite; on PostgreSQL a pool
+    whose every wait is bounded (connecting, a free connection, a statement's answer: an outage
+    is an error within seconds, not a hang), except for migrations, which may take long."""
     if settings.is_sqlite:
         engine = create_async_engine(
             settings.url,
             echo=settings.echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            json_serializer=storable_json,
         )
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -46,12 +113,19 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    connect_args: dict[str, Any] = {"timeout": settings.connect_timeout_s}
+    if not migrating:
+        connect_args["command_timeout"] = settings.statement_timeout_s
     return create_async_engine(
         settings.url,
         echo=settings.echo,
         pool_size=settings.pool_size,
         max_overflow=settings.pool_size,
-        pool_pre_ping=True,
+        pool_timeout=settings.pool_timeout_s,
+        # No ping per checkout (a round trip each time): a dead connection fails its statement,
+        # which invalidates the pool, and the next checkout connects afresh.
+        json_serializer=storable_json,
+        connect_args=connect_args,
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from dispatch.catalog import Catalog, PayloadError
+from dispatch.clean import clean_json
 from dispatch.intents import Intent, IntentParser
 from dispatch.llm import PROMPT_VERSION, LlmClient, LlmUnavailable, Proposal, tool_name
 from dispatch.metrics import Counters
@@ -96,6 +97,8 @@ class Interpreter:
             return f"{proposal.tool!r} is not an action this sender may run"
         if not isinstance(proposal.arguments, dict) or "__malformed__" in proposal.arguments:
             return "arguments are not a JSON object"
+        if clean_json(proposal.arguments) != proposal.arguments:
+            return "arguments carry characters that cannot be kept (NUL)"
         arguments = dict(proposal.arguments)
         confidence = arguments.pop("confidence", None)
         if not isinstance(confidence, int | float) or isinstance(confidence, bool):

@@ -9,20 +9,79 @@ A circuit breaker keeps an LLM outage from slowing every message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import msgspec
 
-from dispatch.catalog import ActionSpec, FieldSpec
-from gateway.settings import LlmSettings
+from dispatch.config import PREFIX, setting
+from dispatch.errors import SettingsError
+from dispatch.specs import ActionSpec, FieldSpec
 
-__all__ = ["PROMPT_VERSION", "CircuitBreaker", "LlmClient", "LlmUnavailable", "Proposal"]
+__all__ = [
+    "PROMPT_VERSION",
+    "CircuitBreaker",
+    "LlmClient",
+    "LlmSettings",
+    "LlmUnavailable",
+    "Proposal",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmSettings:
+    """The LLM fallback for text no rule understood. Enabled when the base URL is set."""
+
+    base_url: str | None = setting(
+        None,
+        "LLM_BASE_URL",
+        "OpenAI-compatible base URL (https://api.openai.com/v1, http://localhost:11434/v1 for "
+        "Ollama, ...); requests go to {base}/chat/completions.",
+    )
+    model: str = setting("gpt-4o-mini", "LLM_MODEL", "Model name sent with each request.")
+    api_key: str | None = setting(
+        None, "LLM_API_KEY", "Bearer token, if the server wants one.", secret=True
+    )
+    timeout_s: float = setting(8.0, "LLM_TIMEOUT_S", "Timeout of one LLM request.")
+    max_retries: int = setting(1, "LLM_MAX_RETRIES", "Retries after a timeout, 429 or 5xx.")
+    confidence_floor: float = setting(
+        0.6, "LLM_CONFIDENCE_FLOOR", "Proposals the model rates below this are not acted on."
+    )
+    history_turns: int = setting(
+        6, "LLM_HISTORY_TURNS", "Earlier messages of the conversation sent for context."
+    )
+    breaker_failures: int = setting(
+        3, "LLM_BREAKER_FAILURES", "Consecutive failures that open the circuit breaker."
+    )
+    breaker_cooldown_s: float = setting(
+        30.0, "LLM_BREAKER_COOLDOWN_S", "How long an open breaker skips the LLM entirely."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.base_url is not None
+
+    def __post_init__(self) -> None:
+        if self.base_url is not None and urlparse(self.base_url).scheme not in {"http", "https"}:
+            raise SettingsError(PREFIX + "LLM_BASE_URL", "must be an http(s) URL")
+        if self.timeout_s <= 0 or self.max_retries < 0 or self.history_turns < 0:
+            raise SettingsError(PREFIX + "LLM_TIMEOUT_S", "timeouts positive, counts >= 0")
+        if not 0 <= self.confidence_floor <= 1:
+            raise SettingsError(PREFIX + "LLM_CONFIDENCE_FLOOR", "must be between 0 and 1")
+        if self.breaker_failures < 1 or self.breaker_cooldown_s <= 0:
+            raise SettingsError(PREFIX + "LLM_BREAKER_FAILURES", "must be positive")
+
 
 PROMPT_VERSION = "intent-v1"
+MAX_ANSWER_BYTES = 256 * 1024
+"""A longer answer is not read: a model that writes that much is not proposing an action."""
+MAX_ARGUMENTS_CHARS = 16 * 1024
+"""Longest tool-call arguments kept; longer ones are refused as malformed."""
 SYSTEM_PROMPT = (
     "You route chat messages to the one tool that does what the user asks. "
     "Call at most one tool, only if the message clearly asks for what it does, filling its "
@@ -41,6 +100,11 @@ _JSON_TYPES = {
     "email": {"type": "string"},
     "id": {"type": "integer"},
 }
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (Python's parser takes them; a database does not)."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 class LlmUnavailable(RuntimeError):
@@ -167,6 +231,9 @@ class LlmClient:
             if response.status_code >= 400:
                 last = f"HTTP {response.status_code}"
                 break
+            if len(response.content) > MAX_ANSWER_BYTES:
+                self.breaker.failure()
+                raise LlmUnavailable(f"answer of {len(response.content)} bytes is too large")
             try:
                 proposal = self._parse(response.json(), started)
             except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -187,10 +254,13 @@ class LlmClient:
         function = calls[0]["function"]
         arguments = function.get("arguments")
         if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                arguments = {"__malformed__": arguments[:500]}
+            if len(arguments) > MAX_ARGUMENTS_CHARS:
+                arguments = {"__malformed__": f"{len(arguments)} characters of arguments"}
+            else:
+                try:
+                    arguments = json.loads(arguments, parse_constant=_not_json)
+                except ValueError:
+                    arguments = {"__malformed__": arguments[:500]}
         return Proposal(
             tool=str(function["name"]), arguments=arguments, raw=message, latency_ms=latency_ms
         )

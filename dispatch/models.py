@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -28,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "UNDISPATCHED",
     "Activity",
     "ActivityEvent",
     "ActivityStatus",
@@ -37,6 +39,7 @@ __all__ = [
     "Conversation",
     "ConversationState",
     "Delivery",
+    "DeploymentSecret",
     "Direction",
     "Message",
     "MessageState",
@@ -138,8 +141,14 @@ class MessageState(enum.StrEnum):
     """Processing state of an inbound message."""
 
     RECEIVED = "received"  # stored and acknowledged; not yet dispatched
+    DISPATCHING = "dispatching"  # claimed by one dispatch (until ``claimed_until``)
     DISPATCHED = "dispatched"  # its activity exists
     IGNORED = "ignored"  # nothing to do (e.g. an update kind we do not handle)
+    FAILED = "failed"  # its dispatch failed too often; the sender was told
+
+
+# A message in one of these states holds back the later messages of its conversation.
+UNDISPATCHED = (MessageState.RECEIVED, MessageState.DISPATCHING)
 
 
 class Delivery(enum.StrEnum):
@@ -223,6 +232,7 @@ class Message(Base):
         # At most one reply per (activity, part): the at-most-once guard for replies.
         UniqueConstraint("activity_id", "part", name="uq_message_activity_part"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        Index("ix_messages_state_conversation", "state", "conversation_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -240,6 +250,9 @@ class Message(Base):
     delivery_error: Mapped[str | None] = mapped_column(Text)
     activity_id: Mapped[int | None] = mapped_column(ForeignKey("agent_activities.id"), index=True)
     part: Mapped[int | None] = mapped_column(Integer)
+    # Dispatch claims (inbound): how many were made, and until when the current one holds.
+    dispatch_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    claimed_until: Mapped[dt.datetime | None] = mapped_column()
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -345,3 +358,14 @@ class ApiToken(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class DeploymentSecret(Base):
+    """A key generated once for this deployment and shared by all its processes (it signs web
+    chat sessions); kept here so no one has to configure it."""
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch.clean import clean_text
 from dispatch.models import ActivityStatus, Delivery, Direction, Message
 from dispatch.sql import insert_or_get
 
-__all__ = ["add_reply", "payload_text", "reply_text"]
+__all__ = ["add_reply", "failure_reason", "failure_text", "payload_text", "reply_text"]
 
 
 def payload_text(payload: dict[str, Any]) -> str:
@@ -29,16 +30,41 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+_FAILURES = {
+    "forbidden": "Sorry, you are not allowed to do that (request #{id}).",
+    "timeout": "Sorry, request #{id} took too long and was stopped.",
+    "no_approver": "Sorry, request #{id} needs an approval that no one can give right now.",
+    "dispatch_failed": "Sorry, I could not make sense of your message (request #{id}).",
+}
+_FAILED = "Sorry, request #{id} could not be completed."
+_REASONS = {
+    "forbidden": "not allowed",
+    "timeout": "took too long",
+    "no_approver": "no approver",
+    "dispatch_failed": "not understood",
+}
+
+
+def failure_text(activity_id: int, error: Any) -> str:
+    """What a person is told of a failure: its kind and the request number, never the detail
+    (exception text, a service's answer), which stays on the activity."""
+    reason = error.get("reason") if isinstance(error, dict) else None
+    return _FAILURES.get(str(reason), _FAILED).format(id=activity_id)
+
+
+def failure_reason(error: Any) -> str:
+    """A few words on why something failed, for people (``status 12``)."""
+    reason = error.get("reason") if isinstance(error, dict) else None
+    return _REASONS.get(str(reason), "could not be completed")
+
+
 def reply_text(activity_id: int, status: str, details: dict[str, Any]) -> str | None:
     """What to tell the requester about a finished activity (None: nothing to say)."""
     if status == ActivityStatus.COMPLETED:
         result = details.get("result") or {}
         return str(result.get("text") or f"Request #{activity_id} done.")
     if status == ActivityStatus.FAILED:
-        error = details.get("error") or {}
-        if error.get("reason") == "forbidden":
-            return f"Sorry, you are not allowed to do that (request #{activity_id})."
-        return f"Sorry, request #{activity_id} failed: {error.get('message', 'unknown error')}"
+        return failure_text(activity_id, details.get("error"))
     return None
 
 
@@ -75,7 +101,7 @@ async def add_reply(
                 "external_id": None,
                 "conversation_id": conversation_id,
                 "sender": "switchboard",
-                "text": text,
+                "text": clean_text(text),
                 # Attachments go with the first part.
                 "media": (media or []) if offset == 0 else [],
                 # Offered answers go with the last part, under which buttons make sense.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatch.catalog import ActionSpec
+from dispatch.specs import ActionSpec
 
 __all__ = ["ADMIN_ROLE", "may_request"]
 

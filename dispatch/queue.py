@@ -7,19 +7,93 @@ queue loses no work: recovery re-drives it (``workers.recovery``).
 from __future__ import annotations
 
 import abc
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import msgspec
 
+from dispatch.config import PREFIX, setting
 from dispatch.constants import (
+    AGAIN,
     DISPATCH_MESSAGE,
     RUN_ACTIVITY,
     dispatch_job_id,
     queue_name,
     run_job_id,
 )
+from dispatch.errors import SettingsError
+from dispatch.outage import Outage
 
-__all__ = ["ArqQueue", "DispatchJob", "JobQueue", "RunJob", "job_deserializer", "job_serializer"]
+__all__ = [
+    "ArqQueue",
+    "DispatchJob",
+    "JobQueue",
+    "QueueSettings",
+    "RetryLater",
+    "RunJob",
+    "job_deserializer",
+    "job_serializer",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueSettings:
+    """The job transport. Redis is only a transport: the database is the record."""
+
+    redis_url: str | None = setting(
+        None, "REDIS_URL", "redis://host:port/db. Unset: jobs run in-process (embedded mode)."
+    )
+    prefix: str = setting(
+        "switchboard",
+        "REDIS_PREFIX",
+        "Prefix of the queue name, job ids and pub/sub channels, so several gateways can share "
+        "one Redis.",
+    )
+
+    redis_timeout_s: float = setting(
+        2.0,
+        "REDIS_TIMEOUT_S",
+        "How long one Redis call may take, connecting included, before Redis counts as down "
+        "(work goes on from the database; webhooks are still acknowledged).",
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.redis_timeout_s <= 60:
+            raise SettingsError(PREFIX + "REDIS_TIMEOUT_S", "must be in (0, 60]")
+        if self.redis_url is not None and urlparse(self.redis_url).scheme not in {
+            "redis",
+            "rediss",
+            "unix",
+        }:
+            raise SettingsError(PREFIX + "REDIS_URL", "must start with redis:// or rediss://")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.prefix):
+            raise SettingsError(
+                PREFIX + "REDIS_PREFIX", "1-64 characters of letters, digits, _ . -"
+            )
+
+
+def redis_client(settings: QueueSettings) -> Any:
+    """An arq Redis client whose every call gives up after ``redis_timeout_s`` (connecting
+    included): a frozen Redis is an outage callers carry on through, not a hang."""
+    from arq.connections import ArqRedis
+    from redis.asyncio import ConnectionPool
+
+    if not settings.redis_url:
+        raise ValueError("no Redis configured")
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        default_queue_name=queue_name(settings.prefix),
+    )
 
 
 class DispatchJob(msgspec.Struct, frozen=True):
@@ -46,25 +120,67 @@ def job_deserializer(data: bytes) -> Any:
     return _decoder.decode(data)
 
 
-class JobQueue(abc.ABC):
-    """Where dispatch puts work. ``enqueue_*`` return False when that job id is already queued."""
+class RetryLater(Exception):
+    """A job asks to be run again after ``defer_s`` (its attempt failed, not for good)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, defer_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.defer_s = defer_s
+
+
+class JobQueue(abc.ABC):
+    """Where work is put. A queue carries ids only: the database says what is to be done.
+
+    ``enqueue_*`` *wake* a job: it will run after now. A job already queued is not queued twice;
+    one running at this moment (it may have looked before the change that woke it) is asked to
+    run once more after it ends.
+    """
+
+    def __init__(self, prefix: str, outage: Outage | None = None) -> None:
         self.prefix = prefix
+        self.outage = outage or Outage("the job queue")
+        """What callers that carry on without the queue know of its health."""
 
     @abc.abstractmethod
-    async def _enqueue(self, function: str, job: msgspec.Struct, job_id: str) -> bool: ...
+    async def _enqueue(
+        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+    ) -> bool:
+        """Queue it unless that id is queued or running; True if queued now."""
 
-    async def enqueue_dispatch(self, message_id: int, *, reason: str = "") -> bool:
-        return await self._enqueue(
-            DISPATCH_MESSAGE,
-            DispatchJob(message_id),
-            dispatch_job_id(self.prefix, message_id, reason),
-        )
+    @abc.abstractmethod
+    async def _running(self, job_id: str) -> bool:
+        """Whether the job with that id is running at this moment."""
 
-    async def enqueue_run(self, activity_id: int, *, reason: str = "") -> bool:
-        return await self._enqueue(
-            RUN_ACTIVITY, RunJob(activity_id), run_job_id(self.prefix, activity_id, reason)
+    async def wake(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
+        if await self._enqueue(function, job, job_id):
+            return True
+        if await self._running(job_id):
+            return await self._enqueue(function, job, job_id + AGAIN)
+        return False
+
+    async def enqueue_dispatch(self, message_id: int) -> bool:
+        job_id = dispatch_job_id(self.prefix, message_id)
+        return await self.wake(DISPATCH_MESSAGE, DispatchJob(message_id), job_id)
+
+    async def enqueue_run(self, activity_id: int) -> bool:
+        job_id = run_job_id(self.prefix, activity_id)
+        return await self.wake(RUN_ACTIVITY, RunJob(activity_id), job_id)
+
+    async def try_enqueue(
+        self, enqueue: Callable[[int], Awaitable[bool]], target: int, **extra: Any
+    ) -> bool:
+        """``enqueue(target)`` (e.g. ``self.enqueue_run``) unless the queue is down; an outage is
+        reported, not raised: what was not woken now is re-driven from the database."""
+
+        async def woken() -> bool:
+            await enqueue(target)
+            return True
+
+        async def not_now() -> bool:
+            return False
+
+        return await self.outage.call(
+            woken, not_now, "work stays stored; recovery re-drives it", **extra
         )
 
     async def close(self, *, grace_s: float = 10.0) -> None:  # noqa: B027 - optional hook
@@ -74,33 +190,37 @@ class JobQueue(abc.ABC):
 class ArqQueue(JobQueue):
     """Enqueue on arq with deterministic job ids and msgspec (msgpack) job bodies."""
 
-    def __init__(self, pool: Any, prefix: str) -> None:
-        super().__init__(prefix)
+    def __init__(self, pool: Any, prefix: str, *, timeout_s: float | None = None) -> None:
+        super().__init__(prefix, Outage("Redis", timeout_s=timeout_s))
         self._pool = pool
         self.queue_name = queue_name(prefix)
 
     @classmethod
-    async def connect(cls, redis_url: str, prefix: str) -> ArqQueue:
-        from arq import create_pool
-        from arq.connections import RedisSettings
-
-        pool = await create_pool(
-            RedisSettings.from_dsn(redis_url),
-            job_serializer=job_serializer,
-            job_deserializer=job_deserializer,
-            default_queue_name=queue_name(prefix),
-        )
-        return cls(pool, prefix)
+    async def connect(cls, settings: QueueSettings) -> ArqQueue:
+        pool = redis_client(settings)
+        await pool.ping()
+        return cls(pool, settings.prefix, timeout_s=settings.redis_timeout_s)
 
     @property
     def redis(self) -> Any:
         return self._pool
 
-    async def _enqueue(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
+    async def _enqueue(
+        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+    ) -> bool:
         enqueued = await self._pool.enqueue_job(
-            function, msgspec.to_builtins(job), _job_id=job_id, _queue_name=self.queue_name
+            function,
+            msgspec.to_builtins(job),
+            _job_id=job_id,
+            _queue_name=self.queue_name,
+            _defer_by=defer_s or None,
         )
         return enqueued is not None
+
+    async def _running(self, job_id: str) -> bool:
+        from arq.constants import in_progress_key_prefix
+
+        return bool(await self._pool.exists(in_progress_key_prefix + job_id))
 
     async def close(self, *, grace_s: float = 10.0) -> None:
         await self._pool.aclose()

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from dispatch.errors import InvalidInput
+from dispatch.phone import to_e164
 from dispatch.text import normalize
 
 __all__ = ["SlotError", "coerce", "parse_date", "parse_number"]
@@ -136,9 +138,6 @@ def _amount(text: str, _today: dt.date) -> dict[str, Any]:
 
 
 def _phone(text: str, _today: dt.date) -> str:
-    from channels.phone import to_e164
-    from gateway.errors import InvalidInput
-
     try:
         return to_e164(text)
     except InvalidInput as exc:

@@ -9,7 +9,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["insert_or_get"]
+__all__ = ["insert_ignore", "insert_or_get"]
 
 
 async def insert_or_get(
@@ -23,17 +23,25 @@ async def insert_or_get(
     ``INSERT ... ON CONFLICT DO NOTHING`` makes concurrent duplicates wait for the first writer
     and then do nothing, on both backends, so exactly one caller sees ``created=True``.
     """
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(table)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=list(conflict))
-        .returning(table.c.id)
-    )
+    stmt = _insert(session, table, values, conflict).returning(table.c.id)
     new_id = (await session.execute(stmt)).scalar_one_or_none()
     if new_id is not None:
         return int(new_id), True
     where = [table.c[name] == values[name] for name in conflict]
     existing = (await session.execute(select(table.c.id).where(*where))).scalar_one()
     return int(existing), False
+
+
+async def insert_ignore(
+    session: AsyncSession, table: Table, values: dict[str, Any], conflict: Sequence[str]
+) -> None:
+    """Insert a row unless one with the same ``conflict`` columns exists (then do nothing)."""
+    await session.execute(_insert(session, table, values, conflict))
+
+
+def _insert(
+    session: AsyncSession, table: Table, values: dict[str, Any], conflict: Sequence[str]
+) -> Any:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(table).values(**values).on_conflict_do_nothing(index_elements=list(conflict))

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
-from channels.messages import Choice, InboundMessage
+from dispatch.activities import SENDING_STALE, ActivityLog
+from dispatch.claims import MESSAGES
+from dispatch.clean import clean_json, clean_text, fit
+from dispatch.errors import ForbiddenError, RateLimited
+from dispatch.messages import Choice, InboundMessage, Media, StatusReport
 from dispatch.models import (
+    UNDISPATCHED,
     Activity,
     Conversation,
     Delivery,
@@ -21,11 +28,22 @@ from dispatch.models import (
     UserIdentity,
     utcnow,
 )
+from dispatch.outbox import add_reply
 from dispatch.sql import insert_or_get
 
 __all__ = ["Accepted", "MessageStore", "MessageView"]
 
+log = logging.getLogger("switchboard.store")
+
 GUEST_ROLE = "guest"
+ANONYMOUS = "web visitor"
+UNCERTAIN = (
+    "outcome unknown: the process handing this reply to the channel stopped before it could "
+    "record the answer; not sent again"
+)
+KEY_CHARS = 255
+"""Width of the columns that key messages, conversations and identities."""
+NAME_CHARS = 200
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,8 +51,10 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
 
     message_id: int
     conversation_id: int
-    user_id: int
+    user_id: int | None
     duplicate: bool
+    over_backlog: bool = False
+    """Its conversation owed too many messages already: kept, not to be acted on."""
 
 
 class MessageView(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,16 +91,37 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+def _storable(message: InboundMessage) -> InboundMessage:
+    """The message as the columns can hold it (see :mod:`dispatch.clean`)."""
+    return msgspec.structs.replace(
+        message,
+        external_id=fit(message.external_id, KEY_CHARS),
+        conversation_key=fit(message.conversation_key, KEY_CHARS),
+        sender=fit(message.sender, KEY_CHARS),
+        sender_name=None if message.sender_name is None else fit(message.sender_name, NAME_CHARS),
+        text=clean_text(message.text),
+        media=tuple(
+            Media(url=clean_text(m.url), content_type=fit(m.content_type, KEY_CHARS))
+            for m in message.media
+        ),
+        raw=clean_json(message.raw),
+    )
+
+
 class MessageStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def accept(self, message: InboundMessage) -> Accepted:
+    async def accept(
+        self, message: InboundMessage, *, backlog: int | None = None, refuse: bool = False
+    ) -> Accepted:
         """Store an inbound message with its sender and conversation, in one transaction.
 
         A second message with the same (channel, external_id) stores nothing new and comes back
-        with ``duplicate=True`` and the first one's ids.
+        with ``duplicate=True`` and the first one's ids. An ignored message (something a
+        provider sent that nobody acts on) is kept, but makes no one a guest.
         """
+        message = _storable(message)
         async with self._sessions.begin() as session:
             user_id = await self._identify(session, message)
             conversation_id, _ = await insert_or_get(
@@ -89,6 +130,19 @@ class MessageStore:
                 {"channel": message.channel, "key": message.conversation_key, "user_id": user_id},
                 ("channel", "key"),
             )
+            over = (
+                backlog is not None
+                and not message.ignored
+                and await self._owed(session, conversation_id) >= backlog
+            )
+            if over and refuse:
+                raise RateLimited(
+                    f"this conversation has {backlog} messages waiting to be read; "
+                    "send again once they are answered",
+                    retry_after_s=5,
+                )
+            if over:
+                message = msgspec.structs.replace(message, ignored="conversation backlog full")
             message_id, created = await insert_or_get(
                 session,
                 Message.__table__,  # type: ignore[arg-type]
@@ -107,7 +161,7 @@ class MessageStore:
                 },
                 ("channel", "external_id"),
             )
-            if created:
+            if created and not message.ignored:
                 await session.execute(
                     update(Conversation)
                     .where(Conversation.id == conversation_id)
@@ -118,38 +172,77 @@ class MessageStore:
                 conversation_id=conversation_id,
                 user_id=user_id,
                 duplicate=not created,
+                over_backlog=over and created,
             )
 
-    async def _identify(self, session: AsyncSession, message: InboundMessage) -> int:
-        """The sender's user id; an unknown sender becomes a guest user."""
-        existing = await self._identity_owner(session, message)
-        if existing is not None:
-            return int(existing)
+    async def ignore(self, message_id: int, reason: str) -> bool:
+        """A stored message not to be acted on after all (its sender went over the rate)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.state == MessageState.RECEIVED.value)
+                .values(state=MessageState.IGNORED.value)
+                .execution_options(synchronize_session=False)
+            )
+            log.info("message not acted on", extra={"message_id": message_id, "reason": reason})
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    @staticmethod
+    async def _owed(session: AsyncSession, conversation_id: int) -> int:
+        """Messages of the conversation not interpreted yet."""
+        owed = await session.scalar(
+            select(func.count())
+            .select_from(Message)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.state.in_([s.value for s in UNDISPATCHED]),
+            )
+        )
+        return int(owed or 0)
+
+    async def _identify(self, session: AsyncSession, message: InboundMessage) -> int | None:
+        """The sender's user id; an unknown sender becomes a guest user (unless ignored)."""
+        if message.as_user is not None:
+            return message.as_user
+        kind, address = message.identity
+        existing = await self._identity_owner(session, kind, address)
+        if existing is not None and message.guests_only:
+            role = await session.scalar(select(User.role).where(User.id == existing))
+            if role != GUEST_ROLE:
+                raise ForbiddenError(
+                    f"{address!r} is a {role}'s address; a token acting for no user speaks only "
+                    "for guests (create one with `switchboard tokens create --user ...`)",
+                    extra={"field": "sender"},
+                )
+        if existing is not None or message.ignored:
+            return existing
         async with session.begin_nested() as savepoint:
-            user = User(name=message.sender_name or message.sender, role=GUEST_ROLE)
+            shown = message.sender_name or (ANONYMOUS if message.anonymous else address)
+            user = User(name=fit(shown, NAME_CHARS), role=GUEST_ROLE)
             session.add(user)
             await session.flush()
+            if not message.sender_name and message.anonymous:
+                user.name = f"{ANONYMOUS} #{user.id}"
             _, created = await insert_or_get(
                 session,
                 UserIdentity.__table__,  # type: ignore[arg-type]
-                {"user_id": user.id, "channel": message.channel, "address": message.sender},
+                {"user_id": user.id, "channel": kind, "address": address},
                 ("channel", "address"),
             )
             if created:
                 return user.id
             # Another request registered this sender first: keep theirs, drop ours.
             await savepoint.rollback()
-        winner = await self._identity_owner(session, message)
+        winner = await self._identity_owner(session, kind, address)
         assert winner is not None
         return winner
 
     @staticmethod
-    async def _identity_owner(session: AsyncSession, message: InboundMessage) -> int | None:
+    async def _identity_owner(session: AsyncSession, kind: str, address: str) -> int | None:
         owner = (
             await session.execute(
                 select(UserIdentity.user_id).where(
-                    UserIdentity.channel == message.channel,
-                    UserIdentity.address == message.sender,
+                    UserIdentity.channel == kind, UserIdentity.address == address
                 )
             )
         ).scalar_one_or_none()
@@ -162,6 +255,13 @@ class MessageStore:
     async def conversation(self, conversation_id: int) -> Conversation | None:
         async with self._sessions() as session:
             return await session.get(Conversation, conversation_id)
+
+    async def conversation_by_key(self, channel: str, key: str) -> Conversation | None:
+        async with self._sessions() as session:
+            found: Conversation | None = await session.scalar(
+                select(Conversation).where(Conversation.channel == channel, Conversation.key == key)
+            )
+            return found
 
     async def list_messages(
         self, conversation_id: int, *, after_id: int = 0, limit: int = 100
@@ -217,6 +317,92 @@ class MessageStore:
             )
             return list(rows.scalars())
 
+    # -- dispatch claims ------------------------------------------------------------------
+
+    async def claim_message(self, message_id: int, *, lease_s: float) -> int | None:
+        """Take a stored message to interpret: from ``received``, or from a ``dispatching``
+        whose claim ran out. One caller wins and gets the attempt number (or None)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(MESSAGES.claim(message_id, lease_s=lease_s))
+            attempt = result.scalar_one_or_none()
+            return None if attempt is None else int(attempt)
+
+    async def release_message(self, message_id: int, *, attempt: int) -> bool:
+        """Give a claimed message back to be interpreted again (its attempt failed)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                MESSAGES.update_held(
+                    message_id, attempt, state=MessageState.RECEIVED.value, claimed_until=None
+                )
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def earlier_undispatched(self, message: Message) -> bool:
+        """Whether an earlier message of the conversation still awaits its dispatch."""
+        async with self._sessions() as session:
+            return bool(
+                (
+                    await session.execute(
+                        select(
+                            exists().where(
+                                Message.conversation_id == message.conversation_id,
+                                Message.direction == Direction.INBOUND.value,
+                                Message.state.in_([s.value for s in UNDISPATCHED]),
+                                Message.id < message.id,
+                            )
+                        )
+                    )
+                ).scalar_one()
+            )
+
+    async def next_undispatched(self, conversation_id: int, *, after_id: int) -> int | None:
+        """The next message of the conversation awaiting its dispatch, if any."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(Message.id)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Message.direction == Direction.INBOUND.value,
+                    Message.state.in_([s.value for s in UNDISPATCHED]),
+                    Message.id > after_id,
+                )
+                .order_by(Message.id)
+                .limit(1)
+            )
+            return None if found is None else int(found)
+
+    async def undispatched_heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """For recovery: each conversation's first message awaiting dispatch (unclaimed, or
+        whose claim ran out), received before ``older_than``."""
+        now = utcnow()
+        earlier = aliased(Message)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Message.id)
+                .where(
+                    Message.direction == Direction.INBOUND.value,
+                    Message.received_at < older_than,
+                    or_(
+                        Message.state == MessageState.RECEIVED.value,
+                        and_(
+                            Message.state == MessageState.DISPATCHING.value,
+                            Message.claimed_until < now,
+                        ),
+                    ),
+                    ~exists().where(
+                        earlier.conversation_id == Message.conversation_id,
+                        earlier.direction == Direction.INBOUND.value,
+                        earlier.state.in_([s.value for s in UNDISPATCHED]),
+                        earlier.id < Message.id,
+                    ),
+                )
+                .order_by(Message.id)
+                .limit(limit)
+            )
+            return [int(r) for r in rows.scalars()]
+
+    # -- replies ---------------------------------------------------------------------------
+
     async def claim_reply(self, message_id: int) -> bool:
         """pending → sending for exactly one caller: the at-most-once gate of a reply."""
         async with self._sessions.begin() as session:
@@ -234,35 +420,109 @@ class MessageStore:
         *,
         external_id: str | None = None,
         error: str | None = None,
+        event: tuple[int, str] | None = None,
     ) -> bool:
         """Move an outbound message's delivery status forward; an older status is ignored.
 
         Provider callbacks arrive out of order and may overtake our own record of the send, so
-        each update is a compare-and-set on the current status. ``external_id`` (the provider's
-        message id) is recorded whatever the status outcome.
+        the update only applies over a lower-ranked status (one conditional statement).
+        ``external_id`` (the provider's message id) is recorded whatever the status outcome,
+        unless another message of the channel has it already (ids a provider re-uses must not
+        cost the status: the send happened), and ``event`` ((activity id, kind):
+        ``reply_sent``, ``reply_failed``) in the same transaction, so the record never shows a
+        delivery without its event.
         """
+        rank = case(*((Message.delivery == d.value, d.rank) for d in Delivery), else_=len(Delivery))
         async with self._sessions.begin() as session:
             if external_id is not None:
+                other = aliased(Message)
                 await session.execute(
                     update(Message)
-                    .where(Message.id == message_id, Message.external_id.is_(None))
+                    .where(
+                        Message.id == message_id,
+                        Message.external_id.is_(None),
+                        ~exists().where(
+                            other.channel == Message.channel, other.external_id == external_id
+                        ),
+                    )
                     .values(external_id=external_id)
+                    .execution_options(synchronize_session=False)
                 )
-        for _ in range(5):
-            async with self._sessions.begin() as session:
-                current = (
-                    await session.execute(select(Message.delivery).where(Message.id == message_id))
-                ).scalar_one_or_none()
-                if current is None or Delivery(current).rank >= status.rank:
-                    return False
-                result = await session.execute(
+            result = await session.execute(
+                update(Message)
+                .where(Message.id == message_id, rank < status.rank)
+                .values(delivery=status.value, delivery_error=error, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if event is not None:
+                activity_id, kind = event
+                ActivityLog.add_event(
+                    session,
+                    activity_id,
+                    kind,
+                    data={"message_id": message_id, "delivery": status.value, "error": error},
+                )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def touch_sending(self, message_id: int) -> None:
+        """The sender of this reply is alive and still handing it over (a heartbeat)."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.delivery == Delivery.SENDING.value)
+                .values(updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def resolve_stale_sending(self, *, limit: int = 500) -> list[int]:
+        """Replies whose sender died while handing them over: marked failed with the outcome
+        unknown (never sent again: a reply goes out at most once), each with an event. Returns
+        their activities, whose requesters are to be told."""
+        stale_before = utcnow() - SENDING_STALE
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Message.id, Message.activity_id, Message.conversation_id, Message.channel
+                    )
+                    .where(
+                        Message.delivery == Delivery.SENDING.value,
+                        Message.updated_at < stale_before,
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for message_id, activity_id, conversation_id, channel in rows:
+                await session.execute(
                     update(Message)
-                    .where(Message.id == message_id, Message.delivery == current)
-                    .values(delivery=status.value, delivery_error=error, updated_at=utcnow())
+                    .where(Message.id == message_id, Message.delivery == Delivery.SENDING.value)
+                    .values(
+                        delivery=Delivery.FAILED.value,
+                        delivery_error=UNCERTAIN,
+                        updated_at=utcnow(),
+                    )
+                    .execution_options(synchronize_session=False)
                 )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    return True
-        return False
+                if activity_id is not None:
+                    ActivityLog.add_event(
+                        session,
+                        activity_id,
+                        "reply_uncertain",
+                        data={"message_id": message_id, "error": UNCERTAIN},
+                    )
+                    note = (
+                        f"I may not have been able to send you part of my answer to request "
+                        f'#{activity_id}. Send "status {activity_id}" to see where it stands.'
+                    )
+                    await add_reply(
+                        session,
+                        activity_id=activity_id,
+                        conversation_id=conversation_id,
+                        channel=channel,
+                        parts=[note],
+                    )
+        return sorted({int(row[1]) for row in rows if row[1] is not None})
 
     async def history(
         self, conversation_id: int, *, before_id: int, limit: int
@@ -303,7 +563,19 @@ class MessageStore:
         choices = msgspec.convert((row[0] or {}).get("choices") or [], list[Choice])
         return str(row[1]), choices
 
-    async def outbound_by_external_id(self, channel: str, external_id: str) -> int | None:
+    async def apply_status(self, channel: str, report: StatusReport) -> bool:
+        """A provider's status report on one of our messages on ``channel``: its delivery
+        status moves forward only; a report on a message we do not know changes nothing."""
+        message_id = report.message_id or await self._outbound_by_external_id(
+            channel, report.external_id
+        )
+        if message_id is None:
+            return False
+        return await self.update_delivery(
+            message_id, Delivery(report.status), external_id=report.external_id, error=report.error
+        )
+
+    async def _outbound_by_external_id(self, channel: str, external_id: str) -> int | None:
         async with self._sessions() as session:
             found = (
                 await session.execute(

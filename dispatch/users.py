@@ -7,15 +7,39 @@ moving an address a guest already used over to the named user.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
+
 import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from channels.phone import to_e164
+from dispatch.errors import InvalidInput, NotFoundError
 from dispatch.models import Conversation, Role, User, UserIdentity
-from gateway.errors import InvalidInput, NotFoundError
 
-__all__ = ["IdentityView", "UserDirectory", "UserView", "normalize_address"]
+__all__ = ["IdentityKind", "IdentityView", "UserDirectory", "UserView"]
+
+HIDDEN = "(not shown)"
+MAX_CHARS = 200
+"""Longest name or address (the columns' width)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityKind:
+    """A kind of address people are known by: ``whatsapp`` (E.164 numbers, whichever WhatsApp
+    provider carries them), ``telegram`` (numeric user ids), ... Each channel declares its own;
+    the channel registry fills in ``channels``."""
+
+    name: str
+    normalize: Callable[[str], str]
+    """The address as inbound messages carry it, so a link made by hand matches them; raises
+    ``InvalidInput`` for one that cannot be of this kind."""
+    help: str
+    """What such an address looks like, for people (the CLI's option help)."""
+    channels: tuple[str, ...] = ()
+    """The channels whose senders are known by this kind of address."""
+    hidden: bool = False
+    """Addresses of this kind are never shown (a web chat session id)."""
 
 
 class IdentityView(msgspec.Struct, frozen=True):
@@ -31,18 +55,11 @@ class UserView(msgspec.Struct, frozen=True, kw_only=True):
     identities: list[IdentityView] = []
 
 
-def normalize_address(channel: str, address: str) -> str:
-    """The address as the channel's inbound messages carry it (so a link matches them)."""
-    address = address.strip()
-    if not address:
-        raise InvalidInput("the address is empty")
-    if channel == "whatsapp":
-        return to_e164(address)
-    if channel == "telegram":
-        if not address.lstrip("-").isdigit():
-            raise InvalidInput("a Telegram address is the numeric user id")
-        return str(int(address))
-    return address
+def _printable(value: str, field: str) -> None:
+    if "\x00" in value or len(value) > MAX_CHARS:
+        raise InvalidInput(
+            f"the {field} must be under {MAX_CHARS} characters, without NUL", extra={"field": field}
+        )
 
 
 def _role(role: str) -> str:
@@ -55,12 +72,25 @@ def _role(role: str) -> str:
 
 
 class UserDirectory:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], kinds: Mapping[str, IdentityKind]
+    ) -> None:
         self._sessions = sessions
+        self._kinds = kinds
+
+    def _kind(self, name: str) -> IdentityKind:
+        kind = self._kinds.get(name)
+        if kind is None:
+            raise InvalidInput(
+                f"unknown channel {name!r}; one of: {', '.join(sorted(self._kinds))}",
+                extra={"field": "channel"},
+            )
+        return kind
 
     async def add(self, name: str, role: str) -> UserView:
         if not name.strip():
             raise InvalidInput("the name is empty")
+        _printable(name, "name")
         async with self._sessions.begin() as session:
             user = User(name=name.strip(), role=_role(role), active=True)
             session.add(user)
@@ -90,8 +120,13 @@ class UserDirectory:
             return await self._view(session, user)
 
     async def link(self, ref: str, channel: str, address: str) -> tuple[UserView, int | None]:
-        """Give ``ref`` the identity (channel, address); returns it and the previous owner."""
-        address = normalize_address(channel, address)
+        """Give ``ref`` the identity (``channel``: an identity kind, address); returns the user
+        and the identity's previous owner."""
+        kind = self._kind(channel)
+        if not address.strip():
+            raise InvalidInput("the address is empty", extra={"field": "address"})
+        _printable(address, "address")
+        address = kind.normalize(address.strip())
         async with self._sessions.begin() as session:
             user = await self._find(session, ref)
             identity = await session.scalar(
@@ -107,7 +142,7 @@ class UserDirectory:
                 identity.user_id = user.id
             await session.execute(
                 update(Conversation)
-                .where(Conversation.channel == channel, Conversation.key == address)
+                .where(Conversation.channel.in_(kind.channels), Conversation.key == address)
                 .values(user_id=user.id)
             )
             await session.flush()
@@ -123,8 +158,11 @@ class UserDirectory:
             raise NotFoundError(f"no user {ref!r}")
         return user
 
-    @staticmethod
-    async def _view(session: AsyncSession, user: User) -> UserView:
+    def _shown(self, kind: str, address: str) -> str:
+        known = self._kinds.get(kind)
+        return HIDDEN if known is not None and known.hidden else address
+
+    async def _view(self, session: AsyncSession, user: User) -> UserView:
         identities = await session.scalars(
             select(UserIdentity).where(UserIdentity.user_id == user.id).order_by(UserIdentity.id)
         )
@@ -133,5 +171,7 @@ class UserDirectory:
             name=user.name,
             role=user.role,
             active=user.active,
-            identities=[IdentityView(i.channel, i.address) for i in identities],
+            identities=[
+                IdentityView(i.channel, self._shown(i.channel, i.address)) for i in identities
+            ],
         )

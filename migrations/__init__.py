@@ -9,7 +9,9 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["SCRIPT_LOCATION", "alembic_config", "upgrade"]
+from dispatch.db import DatabaseSettings, create_engine
+
+__all__ = ["SCRIPT_LOCATION", "alembic_config", "prepare", "upgrade"]
 
 SCRIPT_LOCATION = Path(__file__).resolve().parent
 
@@ -31,3 +33,15 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(_run)
+
+
+async def prepare(settings: DatabaseSettings) -> None:
+    """Apply migrations if the settings ask for it at start-up (the embedded default does;
+    PostgreSQL is migrated by ``switchboard migrate`` as a release step)."""
+    if not settings.should_auto_migrate:
+        return
+    engine = create_engine(settings, migrating=True)
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()

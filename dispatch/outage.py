@@ -1,0 +1,129 @@
+"""Telling a dependency's outage (the database, Redis) from a mistake: the former is answered
+"unavailable, try again" (503), the latter is a bug (500) or the caller's (4xx)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+__all__ = ["Outage", "is_unavailable"]
+
+log = logging.getLogger("switchboard.outage")
+T = TypeVar("T")
+
+_DOWN = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # connecting or a statement's answer took too long
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PoolTimeoutError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says a dependency is down, not that a request or
+    Switchboard is wrong."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, _DOWN) or (
+            isinstance(seen, DBAPIError) and seen.connection_invalidated
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Outage:
+    """A dependency that callers can carry on without (Redis: the work is in the database), as
+    they see it fail and recover.
+
+    The logs get one warning when calls start failing and one when it answers again, instead of
+    a line or a traceback per call; what is not an outage (:func:`is_unavailable`) is logged
+    every time with its traceback, since that is a bug to see.
+
+    It is also a circuit breaker: while it is down, :meth:`call` does not try it, except for
+    one probe at a time after a pause (1 s, doubling up to ``MAX_PAUSE_S``), so that while it
+    hangs, requests do not each wait for its timeout: webhooks are acknowledged all the same.
+    """
+
+    FIRST_PAUSE_S = 1.0
+    MAX_PAUSE_S = 5.0
+
+    def __init__(self, what: str, *, timeout_s: float | None = None) -> None:
+        self._what = what
+        self._timeout_s = timeout_s
+        self._since: float | None = None
+        self._last_failure = 0.0
+        self._pause_s = self.FIRST_PAUSE_S
+        self._probing = False
+
+    def down(self) -> bool:
+        """Whether callers should not try it now (down, and no probe due)."""
+        if self._since is None:
+            return False
+        return self._probing or time.monotonic() - self._last_failure < self._pause_s
+
+    def failed(self, exc: BaseException, meanwhile: str, **extra: Any) -> None:
+        if not is_unavailable(exc):
+            log.error("%s failed; %s", self._what, meanwhile, exc_info=exc, extra=extra)
+            return
+        if self._since is not None:
+            self._pause_s = min(self.MAX_PAUSE_S, self._pause_s * 2)
+        self._last_failure = time.monotonic()
+        if self._since is None:
+            self._since = self._last_failure
+            log.warning(
+                "%s unreachable (%s: %s); %s",
+                self._what,
+                type(exc).__name__,
+                exc,
+                meanwhile,
+                extra=extra,
+            )
+
+    async def call(
+        self,
+        attempt: Callable[[], Awaitable[T]],
+        fallback: Callable[[], Awaitable[T]],
+        meanwhile: str,
+        **extra: Any,
+    ) -> T:
+        """``attempt()``; ``fallback()`` instead while down, or when the attempt fails or takes
+        over ``timeout_s`` (all of it: a client's own timeouts apply per step, and its steps
+        may queue, e.g. behind a connection pool's lock while a connection attempt hangs)."""
+        if self.down():
+            return await fallback()
+        probe = self._since is not None
+        self._probing = probe
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await attempt()
+        except Exception as exc:
+            self.failed(exc, meanwhile, **extra)
+            return await fallback()
+        finally:
+            if probe:
+                self._probing = False
+        self.answered()
+        return result
+
+    def answered(self) -> None:
+        if self._since is not None:
+            log.warning(
+                "%s reachable again after %.1f s", self._what, time.monotonic() - self._since
+            )
+            self._since = None
+            self._pause_s = self.FIRST_PAUSE_S

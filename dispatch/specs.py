@@ -1,0 +1,124 @@
+"""The catalog's schema: agents, actions, payload fields, approval policies and rules.
+
+Plain msgspec Structs decoded from the catalog file; :mod:`dispatch.catalog` validates them and
+compiles the rules, and :mod:`dispatch.control` declares the built-in ``system`` agent with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from dispatch.models import Priority
+
+__all__ = [
+    "ActionSpec",
+    "AgentSpec",
+    "ApprovalSpec",
+    "CatalogFile",
+    "FallbackSpec",
+    "FieldSpec",
+    "FieldType",
+    "HttpCallSpec",
+    "RuleSpec",
+]
+
+FieldType = Literal[
+    "string", "integer", "number", "boolean", "amount", "date", "phone", "email", "id"
+]
+
+
+class FieldSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: FieldType = "string"
+    required: bool = True
+    description: str = ""
+    max_length: int | None = None
+    question: str = ""
+    """Asked when a request lacks this (required) field; default built from the description."""
+
+    def ask(self, name: str) -> str:
+        return self.question or f"What is {self.description or name.replace('_', ' ')}?"
+
+
+class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the ``http_call`` handler POSTs the payload."""
+
+    url: str
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    headers: dict[str, str] = {}
+    reply_field: str | None = None
+    """Field of the JSON answer to reply with; default: a text answer or the JSON itself."""
+
+
+class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A human must say yes before the action runs."""
+
+    approvers: tuple[str, ...] = ("supervisor", "admin")
+    """Roles that may decide."""
+    quorum: int = 1
+    """Approvals needed; one rejection is final."""
+    self_approval: bool = False
+    """Whether the requester may approve their own request."""
+    ttl_s: float = 3600.0
+    """After this the request expires, and the requester is told."""
+    auto_run: bool = True
+    """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
+
+
+class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    description: str
+    handler: str
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    priority: Priority = Priority.NORMAL
+    payload: dict[str, FieldSpec] = {}
+    examples: tuple[str, ...] = ()
+    http: HttpCallSpec | None = None
+    templates: dict[str, dict[str, Any]] = {}
+    """Per channel name, a provider-approved template sent instead of a free-form reply the
+    channel may not send (WhatsApp outside its 24-hour window). Opaque here: each channel
+    checks its own entry's shape when the gateway starts."""
+    whatsapp_template: dict[str, Any] | None = None
+    """The older spelling of ``templates.whatsapp`` (Twilio's Content template)."""
+    approval: ApprovalSpec | None = None
+    """Set: the action waits in ``awaiting_approval`` until approved."""
+    internal: bool = False
+    """Reached only through the gateway's own rules or logic: never offered to the LLM, never
+    listed in help (clarifying questions, approval decisions)."""
+    overtakes: bool = False
+    """Runs at once, ahead of its conversation's earlier requests (the control intents: a
+    user can cancel, ask about or decide on a request while another one runs)."""
+
+
+class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actions: dict[str, ActionSpec]
+    description: str = ""
+
+
+class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    agent: str
+    action: str
+    patterns: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    payload: dict[str, Any] = {}
+    text_field: str | None = None
+    """A payload field that receives the whole message (e.g. a ticket's summary)."""
+
+
+class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The action a message no rule understood becomes (it must reply something useful)."""
+
+    agent: str
+    action: str
+
+
+class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    agents: dict[str, AgentSpec]
+    fallback: FallbackSpec
+    rules: tuple[RuleSpec, ...] = ()
+    version: int = 1
