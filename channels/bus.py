@@ -10,6 +10,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from dispatch.outage import Outage
+
 __all__ = ["RedisBus", "ReplyBus"]
 
 log = logging.getLogger("switchboard.bus")
@@ -53,15 +55,25 @@ class ReplyBus:
 class RedisBus(ReplyBus):
     """Publishes through Redis; one pattern subscription per process feeds local subscribers."""
 
-    def __init__(self, redis: Any, pattern: str) -> None:
+    def __init__(self, redis: Any, pattern: str, outage: Outage) -> None:
         super().__init__()
         self._redis = redis
         self._pattern = pattern
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._outage = outage
 
     async def publish(self, topic: str, frame: bytes) -> int:
-        return int(await self._redis.publish(topic, frame))
+        """Listeners reached; none while Redis is away (the reply stays stored, and a page
+        reads it back from the history)."""
+
+        async def published() -> int:
+            return int(await self._redis.publish(topic, frame))
+
+        async def nobody() -> int:
+            return 0
+
+        return await self._outage.call(published, nobody, "replies are read from the history")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="switchboard-reply-bus")
@@ -74,6 +86,7 @@ class RedisBus(ReplyBus):
             try:
                 await pubsub.psubscribe(self._pattern)
                 self._ready.set()
+                self._outage.answered()
                 backoff_s = 0.5
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -84,9 +97,9 @@ class RedisBus(ReplyBus):
                     self._deliver(topic, message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 # Replies stay stored; sockets get them again only via history. Reconnect.
-                log.exception("reply bus lost Redis; reconnecting in %.1f s", backoff_s)
+                self._outage.failed(exc, "replies are read from the history")
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, 30.0)
             finally:

@@ -10,11 +10,16 @@ Lua script, Redis's own clock), shared by all workers; in-process, a dict.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from dispatch.outage import Outage
+
 __all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
+
+log = logging.getLogger("switchboard.ratelimit")
 
 # Slots are spaced 10 % wider than 1/rate: the provider counts arrivals, and arrival times
 # jitter by a few tens of milliseconds, which would let two sends bunch into one window.
@@ -67,12 +72,22 @@ return slot - now_us
 
 
 class RedisRateLimiter(RateLimiter):
-    def __init__(self, redis: Any, prefix: str) -> None:
+    """Slots in Redis, shared by every process; while Redis is unreachable, this process paces
+    on its own (a reply is not failed because the pacing store is away)."""
+
+    def __init__(self, redis: Any, prefix: str, outage: Outage) -> None:
         self._prefix = prefix
         self._script = redis.register_script(_RESERVE)
+        self._fallback = LocalRateLimiter()
+        self._outage = outage
 
     async def _reserve(self, paces: Sequence[Pace]) -> float:
         keys = [f"{self._prefix}:rate:{key}" for key, _ in paces]
         intervals = [max(1, round(MARGIN * 1_000_000 / rate)) for _, rate in paces]
-        wait_us = int(await self._script(keys=keys, args=intervals))
-        return wait_us / 1_000_000
+
+        async def shared() -> float:
+            return int(await self._script(keys=keys, args=intervals)) / 1_000_000
+
+        return await self._outage.call(
+            shared, lambda: self._fallback._reserve(paces), "replies are paced per process"
+        )

@@ -7,10 +7,11 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from channels.base import ChannelAdapter
-from channels.messages import Delivered, InboundMessage, Media, OutboundMessage
+from channels.base import Channel, ChannelContext
 from channels.validation import decode_body, require_text
+from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.models import Delivery
+from dispatch.users import IdentityKind
 
 __all__ = ["RestChannel", "RestMessageIn"]
 
@@ -30,15 +31,15 @@ class RestMessageIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     media: tuple[Media, ...] = ()
 
 
-class RestChannel(ChannelAdapter):
+REST = IdentityKind(name="rest", normalize=str.strip, help="the sender name an API client uses")
+
+
+class RestChannel(Channel):
     name: ClassVar[str] = "rest"
+    identity: ClassVar[IdentityKind] = REST
 
-    def __init__(self, *, max_text_chars: int) -> None:
-        self._max_text_chars = max_text_chars
-
-    async def parse(self, request: Any) -> InboundMessage:
-        body: bytes = await request.body()
-        return self.parse_body(body)
+    def __init__(self, settings: Any, context: ChannelContext) -> None:
+        self._max_text_chars = context.core.max_text_chars
 
     def parse_body(self, body: bytes) -> InboundMessage:
         data = decode_body(body, RestMessageIn)

@@ -14,67 +14,133 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
-import time
-from collections.abc import Awaitable, Callable
+import re
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 import msgspec
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.request import HTTPXRequest
 
-from channels.base import ChannelAdapter, RawRequest
-from channels.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
-from channels.ratelimit import RateLimiter
+from channels import base
+from channels.choices import ChoiceTokens
+from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.validation import require_text
+from dispatch.config import PREFIX, setting
+from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.models import Delivery
-from gateway.errors import ForbiddenError, InvalidInput
-from gateway.settings import TelegramSettings
+from dispatch.users import IdentityKind
 
-__all__ = ["ALLOWED_UPDATES", "TelegramChannel"]
+__all__ = ["ALLOWED_UPDATES", "TelegramChannel", "TelegramSettings"]
 
 log = logging.getLogger("switchboard.telegram")
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name
 ALLOWED_UPDATES = ("message", "callback_query")
 STALE_BUTTON = "This button is no longer valid."
-_SIG_CHARS = 16
-
-# (conversation key, offered choices) of one of our outbound messages, by its id.
-ChoiceLookup = Callable[[int], Awaitable[tuple[str, list[Choice]] | None]]
 
 
-def _b36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = digits[rest] + out
-        if number == 0:
-            return out
+@dataclasses.dataclass(frozen=True)
+class TelegramSettings(base.ChannelSettings):
+    """Telegram Bot API. Enabled when the bot token is set."""
+
+    bot_token: str | None = setting(
+        None, "TELEGRAM_BOT_TOKEN", "Bot token from @BotFather.", secret=True
+    )
+    secret_token: str | None = setting(
+        None,
+        "TELEGRAM_SECRET_TOKEN",
+        "Secret Telegram sends in X-Telegram-Bot-Api-Secret-Token (1-256 of A-Z a-z 0-9 _ -). "
+        "Unset: derived from the bot token, so set-webhook and the gateway always agree on one.",
+        secret=True,
+    )
+    api_url: str = setting(
+        "https://api.telegram.org",
+        "TELEGRAM_API_URL",
+        "Base URL of the Bot API; calls go to {url}/bot<token>/<method>.",
+    )
+    chat_rate_per_s: float = setting(
+        1.0, "TELEGRAM_CHAT_RATE_PER_S", "Most messages per second to one chat."
+    )
+    global_rate_per_s: float = setting(
+        30.0, "TELEGRAM_GLOBAL_RATE_PER_S", "Most messages per second overall (all workers)."
+    )
+    max_retries: int = setting(
+        3, "TELEGRAM_MAX_RETRIES", "Retries of a send refused with 429 (after retry_after) or 5xx."
+    )
+    max_retry_after_s: float = setting(
+        60.0, "TELEGRAM_MAX_RETRY_AFTER_S", "Longest retry_after the sender waits before giving up."
+    )
+    callback_ttl_s: float = setting(
+        86400.0, "TELEGRAM_CALLBACK_TTL_S", "How long an inline button stays valid."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None
+
+    @property
+    def webhook_secret(self) -> str:
+        """The configured secret, or one derived from the bot token (stable, URL-safe)."""
+        if self.secret_token is not None:
+            return self.secret_token
+        assert self.bot_token is not None
+        digest = hmac.new(self.bot_token.encode(), b"switchboard-webhook", hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+    def __post_init__(self) -> None:
+        if self.secret_token is not None and not re.fullmatch(
+            r"[A-Za-z0-9_-]{1,256}", self.secret_token
+        ):
+            raise SettingsError(
+                PREFIX + "TELEGRAM_SECRET_TOKEN",
+                "Telegram accepts 1-256 characters of A-Z a-z 0-9 _ - only",
+            )
+        if not self.enabled:
+            return
+        if not re.fullmatch(r"\d+:[A-Za-z0-9_-]{30,}", self.bot_token or ""):
+            raise SettingsError(
+                PREFIX + "TELEGRAM_BOT_TOKEN", "does not look like a bot token (123456:ABC...)"
+            )
+        if urlparse(self.api_url).scheme not in {"http", "https"}:
+            raise SettingsError(PREFIX + "TELEGRAM_API_URL", "must be an http(s) URL")
+        if self.chat_rate_per_s <= 0 or self.global_rate_per_s <= 0:
+            raise SettingsError(PREFIX + "TELEGRAM_CHAT_RATE_PER_S", "rates must be positive")
+        if self.max_retries < 0 or self.max_retry_after_s < 0 or self.callback_ttl_s <= 0:
+            raise SettingsError(PREFIX + "TELEGRAM_MAX_RETRIES", "must not be negative")
 
 
-class TelegramChannel(ChannelAdapter):
+def _user_id(address: str) -> str:
+    if not address.lstrip("-").isdigit():
+        raise InvalidInput("a Telegram address is the numeric user id")
+    return str(int(address))
+
+
+TELEGRAM = IdentityKind(name="telegram", normalize=_user_id, help="Telegram numeric user id")
+
+
+class TelegramChannel(base.WebhookChannel):
     name: ClassVar[str] = "telegram"
+    identity: ClassVar[IdentityKind] = TELEGRAM
     max_text_chars: ClassVar[int | None] = 4096
+    settings_type: ClassVar[type[base.ChannelSettings] | None] = TelegramSettings
+    webhook_paths: ClassVar[tuple[str, ...]] = ("/webhooks/telegram",)
 
-    def __init__(
-        self,
-        *,
-        settings: TelegramSettings,
-        limiter: RateLimiter,
-        lookup: ChoiceLookup,
-        max_text_chars: int,
-    ) -> None:
+    def __init__(self, settings: TelegramSettings, context: base.ChannelContext) -> None:
         assert settings.bot_token is not None
         self._settings = settings
         self._secret = settings.webhook_secret.encode()
-        self._limiter = limiter
-        self._lookup = lookup
-        self._max_inbound_chars = max_text_chars
+        self._limiter = context.limiter
+        self._max_inbound_chars = context.core.max_text_chars
+        self._buttons = ChoiceTokens(
+            self._secret, ttl_s=settings.callback_ttl_s, lookup=context.choices
+        )
         self._bot: Bot | None = None
         self._bot_lock = asyncio.Lock()
 
@@ -100,14 +166,17 @@ class TelegramChannel(ChannelAdapter):
 
     # -- inbound ---------------------------------------------------------------------------
 
-    async def verify(self, request: RawRequest) -> None:
+    async def verify(self, request: base.RawRequest) -> None:
         given = request.headers.get(SECRET_HEADER)
         if given is None:
             raise ForbiddenError("missing X-Telegram-Bot-Api-Secret-Token")
         if not hmac.compare_digest(given.encode(), self._secret):
             raise ForbiddenError("wrong X-Telegram-Bot-Api-Secret-Token")
 
-    async def parse(self, request: RawRequest) -> InboundMessage:
+    def acknowledgement(self) -> base.WebhookReply:
+        return base.WebhookReply(body='{"ok":true}', media_type="application/json")
+
+    async def parse(self, request: base.RawRequest) -> base.Received:
         try:
             data = msgspec.json.decode(request.body)
         except msgspec.DecodeError as exc:
@@ -124,19 +193,22 @@ class TelegramChannel(ChannelAdapter):
         message = update.message
         if message is None:
             kind = next((k for k in data if k != "update_id"), "empty")
-            return self._ignored(external_id, data, f"unhandled update kind: {kind}")
+            return base.Received(
+                messages=(self.ignored(external_id, data, f"unhandled update kind: {kind}"),)
+            )
         user = message.from_user
         chat_id = str(message.chat.id)
         sender = str(user.id) if user else chat_id
         media = self._media(message)
         text = message.text or message.caption or ""
         if not text.strip() and not media:
-            return self._ignored(external_id, data, "unsupported message content", chat_id)
+            ignored = self.ignored(external_id, data, "unsupported message content", chat_id)
+            return base.Received(messages=(ignored,))
         if text.startswith("/"):
             # "/help@my_bot args" → "/help args": commands work in groups too.
             command, _, rest = text.partition(" ")
             text = command.split("@", 1)[0] + (f" {rest}" if rest else "")
-        return InboundMessage(
+        inbound = InboundMessage(
             channel=self.name,
             external_id=external_id,
             conversation_key=chat_id,
@@ -146,6 +218,7 @@ class TelegramChannel(ChannelAdapter):
             media=media,
             raw=data,
         )
+        return base.Received(messages=(inbound,))
 
     @staticmethod
     def _media(message: Any) -> tuple[Media, ...]:
@@ -158,82 +231,40 @@ class TelegramChannel(ChannelAdapter):
             return (Media(url=f"telegram-file:{document.file_id}", content_type=content_type),)
         return ()
 
-    def _ignored(
-        self, external_id: str, data: dict[str, Any], reason: str, chat_id: str = "unknown"
-    ) -> InboundMessage:
-        return InboundMessage(
-            channel=self.name,
-            external_id=external_id,
-            conversation_key=chat_id,
-            sender=chat_id,
-            text="",
-            raw=data,
-            ignored=reason,
-        )
-
     async def _callback(
         self, update: Update, external_id: str, data: dict[str, Any]
-    ) -> InboundMessage:
+    ) -> base.Received:
         query = update.callback_query
         assert query is not None
         chat_id = (
             str(query.message.chat.id) if query.message is not None else str(query.from_user.id)
         )
-        text = await self._resolve(query.data or "", chat_id)
-        if text is None:
-            return self._ignored(external_id, data, "forged or stale button", chat_id)
-        return InboundMessage(
-            channel=self.name,
-            external_id=external_id,
-            conversation_key=chat_id,
-            sender=str(query.from_user.id),
-            sender_name=query.from_user.full_name,
-            text=text,
-            raw=data,
+        text = await self._buttons.resolve(query.data or "", chat_id)
+        inbound = (
+            self.ignored(external_id, data, "forged or stale button", chat_id)
+            if text is None
+            else InboundMessage(
+                channel=self.name,
+                external_id=external_id,
+                conversation_key=chat_id,
+                sender=str(query.from_user.id),
+                sender_name=query.from_user.full_name,
+                text=text,
+                raw=data,
+            )
         )
 
-    @staticmethod
-    def callback_query_id(message: InboundMessage) -> str | None:
-        query = message.raw.get("callback_query")
-        return str(query["id"]) if isinstance(query, dict) and "id" in query else None
+        async def stop_spinner() -> None:
+            # After Telegram has its answer, never before; a failure only costs a spinner.
+            try:
+                bot = await self.bot()
+                await bot.answer_callback_query(
+                    query.id, text=STALE_BUTTON if text is None else None
+                )
+            except TelegramError:
+                log.warning("answerCallbackQuery failed", exc_info=True)
 
-    async def answer_callback(self, query_id: str, text: str | None) -> None:
-        """Stop the button's spinner; a failure here only costs the user a spinner."""
-        try:
-            bot = await self.bot()
-            await bot.answer_callback_query(query_id, text=text or None)
-        except TelegramError:
-            log.warning("answerCallbackQuery failed", exc_info=True)
-
-    # -- buttons ---------------------------------------------------------------------------
-
-    def _sign(self, chat_id: str, payload: str) -> str:
-        mac = hmac.new(self._secret, f"{chat_id}|{payload}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).decode()[:_SIG_CHARS]
-
-    def callback_data(self, chat_id: str, message_id: int, index: int) -> str:
-        """``<message>.<choice>.<minute issued>.<signature>``, all base36 but the signature."""
-        payload = f"{_b36(message_id)}.{_b36(index)}.{_b36(int(time.time() // 60))}"
-        return f"{payload}.{self._sign(chat_id, payload)}"
-
-    async def _resolve(self, data: str, chat_id: str) -> str | None:
-        """The chosen text, if the button is ours, for this chat, fresh and still on record."""
-        parts = data.split(".")
-        if len(parts) != 4:
-            return None
-        payload, signature = ".".join(parts[:3]), parts[3]
-        if not hmac.compare_digest(signature.encode(), self._sign(chat_id, payload).encode()):
-            return None
-        try:
-            message_id, index, minute = (int(p, 36) for p in parts[:3])
-        except ValueError:
-            return None
-        if time.time() - minute * 60 > self._settings.callback_ttl_s:
-            return None
-        found = await self._lookup(message_id)
-        if found is None or found[0] != chat_id or index >= len(found[1]):
-            return None
-        return found[1][index].text
+        return base.Received(messages=(inbound,), follow_up=stop_spinner)
 
     # -- outbound --------------------------------------------------------------------------
 
@@ -246,7 +277,7 @@ class TelegramChannel(ChannelAdapter):
                     [
                         InlineKeyboardButton(
                             choice.label[:64],
-                            callback_data=self.callback_data(chat_id, message.message_id, n),
+                            callback_data=self._buttons.issue(chat_id, message.message_id, n),
                         )
                     ]
                     for n, choice in enumerate(message.choices)
@@ -272,8 +303,8 @@ class TelegramChannel(ChannelAdapter):
 
     async def _call(self, chat: str, method: str, **params: Any) -> Delivered:
         bot = await self.bot()
-        attempt = 0
-        while True:
+
+        async def attempt() -> Delivered | TryAgain:
             await self._limiter.acquire(
                 (f"telegram:chat:{chat}", self._settings.chat_rate_per_s),
                 ("telegram:global", self._settings.global_rate_per_s),
@@ -281,52 +312,46 @@ class TelegramChannel(ChannelAdapter):
             try:
                 sent = await getattr(bot, method)(**params)
             except RetryAfter as exc:
-                wait_s = _seconds(exc.retry_after)
-                if (
-                    attempt >= self._settings.max_retries
-                    or wait_s > self._settings.max_retry_after_s
-                ):
-                    return Delivered(status=Delivery.FAILED.value, error=f"telegram 429: {exc}")
-                await asyncio.sleep(wait_s)
+                return TryAgain(f"telegram 429: {exc}", after_s=_seconds(exc.retry_after))
             except (BadRequest, Forbidden) as exc:
                 code = 403 if isinstance(exc, Forbidden) else 400
                 return Delivered(
                     status=Delivery.FAILED.value, error=f"telegram {code}: {exc.message}"
                 )
-            except TimedOut:
-                # The request may have been delivered: retrying could send it twice.
-                return Delivered(
-                    status=Delivery.FAILED.value, error="telegram: timed out, not retried"
-                )
+            except TimedOut as exc:
+                return unknown_outcome(exc)
             except NetworkError as exc:
-                if attempt >= self._settings.max_retries:
-                    return Delivered(status=Delivery.FAILED.value, error=f"telegram: {exc.message}")
-                await asyncio.sleep(0.5 * 2**attempt)
-            else:
-                return Delivered(status=Delivery.SENT.value, external_id=str(sent.message_id))
-            attempt += 1
+                return TryAgain(f"telegram: {exc.message}")
+            # A message id is unique within its chat only.
+            return Delivered(status=Delivery.SENT.value, external_id=f"{chat}:{sent.message_id}")
+
+        return await with_retries(
+            attempt,
+            retries=self._settings.max_retries,
+            backoff_s=0.5,
+            max_wait_s=self._settings.max_retry_after_s,
+        )
 
     # -- webhook management (the CLI) ------------------------------------------------------
 
-    async def set_webhook(self, url: str, *, drop_pending_updates: bool) -> bool:
+    async def set_webhook(self, url: str, *, drop_pending_updates: bool) -> str:
         bot = await self.bot()
-        return bool(
-            await bot.set_webhook(
-                url,
-                secret_token=self._settings.webhook_secret,
-                allowed_updates=list(ALLOWED_UPDATES),
-                drop_pending_updates=drop_pending_updates,
-            )
+        await bot.set_webhook(
+            url,
+            secret_token=self._settings.webhook_secret,
+            allowed_updates=list(ALLOWED_UPDATES),
+            drop_pending_updates=drop_pending_updates,
         )
+        return f"secret token set; updates: {', '.join(ALLOWED_UPDATES)}"
 
     async def webhook_info(self) -> dict[str, Any]:
         bot = await self.bot()
         info = await bot.get_webhook_info()
         return dict(info.to_dict())
 
-    async def delete_webhook(self, *, drop_pending_updates: bool) -> bool:
+    async def delete_webhook(self, *, drop_pending_updates: bool) -> None:
         bot = await self.bot()
-        return bool(await bot.delete_webhook(drop_pending_updates=drop_pending_updates))
+        await bot.delete_webhook(drop_pending_updates=drop_pending_updates)
 
 
 def _seconds(value: Any) -> float:

@@ -3,48 +3,60 @@
 Inbound: ``X-Twilio-Signature`` is checked with twilio's own ``RequestValidator`` against the URL
 Twilio called, rebuilt from ``SWITCHBOARD_PUBLIC_URL`` + path + query (so it holds behind a
 TLS-terminating proxy), and the ``AccountSid`` must be ours. Single senders and Messaging
-Services both sign the same way, so both pass.
+Services both sign the same way, so both pass. Status callbacks arrive on their own path.
 
 Outbound: ``messages.create`` through ``AsyncTwilioHttpClient`` with the API base URL from
 settings; 429 and 5xx are retried with exponential backoff and jitter, other 4xx are final; sends
-are paced per sender; outside WhatsApp's 24-hour window a configured template is sent instead of
-free-form text, or the reply fails with that reason.
+are paced per sender; outside WhatsApp's 24-hour window the action's template (a Content SID and
+its variables) is sent instead of free-form text, or the reply fails with that reason.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
+import functools
 import hmac
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode, urlparse
 
 import aiohttp
+import msgspec
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from channels.backoff import backoff
-from channels.base import ChannelAdapter, RawRequest
-from channels.messages import Delivered, InboundMessage, Media, OutboundMessage, Template
-from channels.phone import to_e164
-from channels.ratelimit import RateLimiter
+from channels import base
+from channels.retry import TryAgain, unknown_outcome, with_retries
+from channels.templates import fill_template
 from channels.validation import require_text
+from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
+from dispatch.config import PREFIX, CoreSettings, setting
+from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage, StatusReport
 from dispatch.models import Delivery
-from gateway.errors import ForbiddenError, InvalidInput
-from gateway.settings import TwilioSettings
+from dispatch.phone import to_e164
+from dispatch.users import IdentityKind
 
-__all__ = ["TwilioChannel", "TwilioStatus", "twiml_empty"]
+__all__ = ["TwilioChannel", "TwilioSettings", "TwilioTemplate"]
 
 log = logging.getLogger("switchboard.twilio")
 
-WINDOW = dt.timedelta(hours=24)
 OUTSIDE_WINDOW = 63016
 MAX_MEDIA = 10
 SIGNATURE_HEADER = "x-twilio-signature"
+WHATSAPP_PREFIX = "whatsapp:"
+"""How Twilio writes a WhatsApp address: ``whatsapp:+34600111222``."""
+INBOUND_PATH = "/webhooks/twilio"
+STATUS_PATH = "/webhooks/twilio/status"
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+
+_SID = re.compile(r"(SM|MM)[0-9a-f]{32}")
+_REQUIRED = ("AccountSid", "From", "To", "NumMedia")
 
 # Twilio's MessageStatus values → ours.
 _STATUS = {
@@ -60,8 +72,96 @@ _STATUS = {
 }
 
 
-def twiml_empty() -> str:
-    return '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+@dataclasses.dataclass(frozen=True)
+class TwilioSettings(base.ChannelSettings):
+    """WhatsApp through Twilio. Enabled when the account SID is set."""
+
+    account_sid: str | None = setting(None, "TWILIO_ACCOUNT_SID", "Twilio account SID (AC...).")
+    auth_token: str | None = setting(
+        None,
+        "TWILIO_AUTH_TOKEN",
+        "Twilio auth token: signs webhooks, authenticates API calls.",
+        secret=True,
+    )
+    whatsapp_from: str | None = setting(
+        None,
+        "TWILIO_WHATSAPP_FROM",
+        "Sender for replies, whatsapp:+E164 (e.g. the sandbox number).",
+    )
+    messaging_service_sid: str | None = setting(
+        None,
+        "TWILIO_MESSAGING_SERVICE_SID",
+        "Send replies through this Messaging Service (MG...) instead of a single sender.",
+    )
+    api_url: str = setting(
+        "https://api.twilio.com",
+        "TWILIO_API_URL",
+        "Base URL of Twilio's REST API; calls go to {url}/2010-04-01/Accounts/...",
+    )
+    rate_per_s: float = setting(
+        10.0, "TWILIO_RATE_PER_S", "Most messages per second sent from one sender (all workers)."
+    )
+    max_retries: int = setting(
+        4, "TWILIO_MAX_RETRIES", "Retries of a send refused with 429 or 5xx (4xx is final)."
+    )
+    backoff_s: float = setting(
+        0.5, "TWILIO_BACKOFF_S", "First retry delay; doubles each retry, with jitter."
+    )
+    timeout_s: float = setting(10.0, "TWILIO_TIMEOUT_S", "Timeout of one API call.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.account_sid is not None
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.account_sid or ""):
+            raise SettingsError(PREFIX + "TWILIO_ACCOUNT_SID", "must be AC followed by 32 hex")
+        if not self.auth_token:
+            raise SettingsError(PREFIX + "TWILIO_AUTH_TOKEN", "is required with an account SID")
+        if self.whatsapp_from is None and self.messaging_service_sid is None:
+            raise SettingsError(
+                PREFIX + "TWILIO_WHATSAPP_FROM",
+                "set it (or SWITCHBOARD_TWILIO_MESSAGING_SERVICE_SID) to send replies",
+            )
+        if self.whatsapp_from is not None and not _is_whatsapp_address(self.whatsapp_from):
+            raise SettingsError(PREFIX + "TWILIO_WHATSAPP_FROM", "must be whatsapp:+E164")
+        if self.messaging_service_sid is not None and not re.fullmatch(
+            r"MG[0-9a-fA-F]{32}", self.messaging_service_sid
+        ):
+            raise SettingsError(
+                PREFIX + "TWILIO_MESSAGING_SERVICE_SID", "must be MG followed by 32 hex"
+            )
+        if urlparse(self.api_url).scheme not in {"http", "https"}:
+            raise SettingsError(PREFIX + "TWILIO_API_URL", "must be an http(s) URL")
+        if self.rate_per_s <= 0:
+            raise SettingsError(PREFIX + "TWILIO_RATE_PER_S", "must be positive")
+        if self.max_retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
+            raise SettingsError(PREFIX + "TWILIO_MAX_RETRIES", "retries, backoff, timeout >= 0")
+
+    def check(self, core: CoreSettings) -> None:
+        if self.enabled and core.public_url is None:
+            raise SettingsError(
+                PREFIX + "PUBLIC_URL",
+                "is required with Twilio: webhook signatures are checked against it",
+            )
+
+
+def _is_whatsapp_address(value: str) -> bool:
+    number = value.removeprefix(WHATSAPP_PREFIX)
+    try:
+        return value.startswith(WHATSAPP_PREFIX) and to_e164(number) == number
+    except InvalidInput:
+        return False
+
+
+class TwilioTemplate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A Content template (``templates.whatsapp`` of a catalog action): its Content SID and
+    its variables, format strings over ``{text}`` (the reply) and ``{activity_id}``."""
+
+    content_sid: str
+    variables: dict[str, str] = {}
 
 
 class _Params(dict[str, list[str]]):
@@ -71,47 +171,35 @@ class _Params(dict[str, list[str]]):
         return self[name]
 
 
-class TwilioStatus:
-    """A parsed status callback."""
-
-    def __init__(self, message_id: int | None, sid: str, status: Delivery, error: str | None):
-        self.message_id = message_id
-        self.sid = sid
-        self.status = status
-        self.error = error
-
-
-class TwilioChannel(ChannelAdapter):
+class TwilioChannel(base.WebhookChannel):
     name: ClassVar[str] = "whatsapp"
+    identity: ClassVar[IdentityKind] = WHATSAPP
     max_text_chars: ClassVar[int | None] = 1600
+    settings_type: ClassVar[type[base.ChannelSettings] | None] = TwilioSettings
+    template_type: ClassVar[type[msgspec.Struct] | None] = TwilioTemplate
+    webhook_paths: ClassVar[tuple[str, ...]] = (INBOUND_PATH, STATUS_PATH)
 
-    def __init__(
-        self,
-        *,
-        settings: TwilioSettings,
-        public_url: str,
-        limiter: RateLimiter,
-        max_text_chars: int,
-    ) -> None:
+    def __init__(self, settings: TwilioSettings, context: base.ChannelContext) -> None:
         assert settings.account_sid is not None
         assert settings.auth_token is not None
+        assert context.core.public_url is not None  # TwilioSettings.check
         self._settings = settings
         self._account_sid = settings.account_sid
-        self._public_url = public_url.rstrip("/")
+        self._public_url = context.core.public_url.rstrip("/")
         self._validator = RequestValidator(settings.auth_token)
-        self._limiter = limiter
-        self._max_inbound_chars = max_text_chars
+        self._limiter = context.limiter
+        self._max_inbound_chars = context.core.max_text_chars
         self._http: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
 
     # -- inbound ---------------------------------------------------------------------------
 
-    def public_url_of(self, request: RawRequest) -> str:
+    def public_url_of(self, request: base.RawRequest) -> str:
         """The URL Twilio signed: our public base URL + the path and query it called."""
         query = f"?{request.query}" if request.query else ""
         return f"{self._public_url}{request.path}{query}"
 
-    async def verify(self, request: RawRequest) -> None:
+    async def verify(self, request: base.RawRequest) -> None:
         signature = request.headers.get(SIGNATURE_HEADER)
         if not signature:
             raise ForbiddenError("missing X-Twilio-Signature")
@@ -122,37 +210,39 @@ class TwilioChannel(ChannelAdapter):
         if not hmac.compare_digest(account.encode(), self._account_sid.encode()):
             raise ForbiddenError("AccountSid is not this gateway's account")
 
-    async def parse(self, request: RawRequest) -> InboundMessage:
-        form = request.form()
-        fields = {key: values[0] for key, values in form.items()}
-        sid = fields.get("MessageSid") or fields.get("SmsMessageSid")
-        if not sid:
-            raise InvalidInput("MessageSid is missing")
-        sender_raw = fields.get("From", "")
-        if not sender_raw.startswith("whatsapp:"):
+    def acknowledgement(self) -> base.WebhookReply:
+        return base.WebhookReply(body=TWIML_EMPTY, media_type="application/xml")
+
+    async def parse(self, request: base.RawRequest) -> base.Received:
+        fields = {key: values[0] for key, values in request.form().items()}
+        if request.path == STATUS_PATH:
+            report = self._status(request, fields)
+            return base.Received(statuses=(report,) if report else ())
+        sid = _checked_shape(fields)
+        sender_raw = fields["From"]
+        if not sender_raw.startswith(WHATSAPP_PREFIX):
             # SMS or another product pointed at this webhook: keep it, answer nothing.
-            return InboundMessage(
-                channel=self.name,
-                external_id=sid,
-                conversation_key=sender_raw or "unknown",
-                sender=sender_raw or "unknown",
-                text=fields.get("Body", ""),
-                raw=fields,
-                ignored="not a WhatsApp message",
-            )
-        number = to_e164(sender_raw)
+            ignored = self.ignored(sid, fields, "not a WhatsApp message", sender_raw or "unknown")
+            return base.Received(messages=(ignored,))
+        number = to_e164(sender_raw.removeprefix(WHATSAPP_PREFIX))
         media = self._media(fields)
+        if not fields.get("Body", "").strip() and not media:
+            # A shared location, a contact card: kept as it came, nothing to act on.
+            ignored = self.ignored(sid, fields, "unsupported message content", number)
+            return base.Received(messages=(ignored,))
         text = require_text(fields.get("Body", ""), self._max_inbound_chars, has_media=bool(media))
-        return InboundMessage(
+        inbound = InboundMessage(
             channel=self.name,
             external_id=sid,
             conversation_key=number,
             sender=number,
             sender_name=fields.get("ProfileName") or None,
+            identity_kind=self.identity.name,
             text=text,
             media=media,
             raw=fields,
         )
+        return base.Received(messages=(inbound,))
 
     @staticmethod
     def _media(fields: Mapping[str, str]) -> tuple[Media, ...]:
@@ -171,21 +261,21 @@ class TwilioChannel(ChannelAdapter):
             media.append(Media(url=url, content_type=content_type))
         return tuple(media)
 
-    def parse_status(self, request: RawRequest) -> TwilioStatus | None:
+    @staticmethod
+    def _status(request: base.RawRequest, fields: Mapping[str, str]) -> StatusReport | None:
         """A status callback, or None for one that reports nothing we track."""
-        form = request.form()
-        fields = {key: values[0] for key, values in form.items()}
         status = _STATUS.get(fields.get("MessageStatus", "").lower())
         sid = fields.get("MessageSid") or ""
-        if status is None or not sid:
+        if status is None or not _SID.fullmatch(sid):
             return None
-        message_id = None
-        ours = parse_qs(request.query).get("m", [""])[0]
-        if ours.isdigit():
-            message_id = int(ours)
+        ours = request.params().get("m", [""])[0]
         code = fields.get("ErrorCode")
-        error = f"twilio {code}" if code else None
-        return TwilioStatus(message_id, sid, status, error)
+        return StatusReport(
+            external_id=sid,
+            status=status.value,
+            message_id=int(ours) if ours.isdigit() else None,
+            error=f"twilio {code}" if code else None,
+        )
 
     # -- outbound --------------------------------------------------------------------------
 
@@ -203,95 +293,88 @@ class TwilioChannel(ChannelAdapter):
         return self._settings.messaging_service_sid or self._settings.whatsapp_from or ""
 
     def _base_params(self, message: OutboundMessage) -> dict[str, Any]:
-        params: dict[str, Any] = {"to": f"whatsapp:{message.conversation_key}"}
+        params: dict[str, Any] = {"to": f"{WHATSAPP_PREFIX}{message.conversation_key}"}
         if self._settings.messaging_service_sid:
             params["messaging_service_sid"] = self._settings.messaging_service_sid
         else:
             params["from_"] = self._settings.whatsapp_from
         if message.message_id is not None:
-            params["status_callback"] = (
-                f"{self._public_url}/webhooks/twilio/status?{urlencode({'m': message.message_id})}"
-            )
+            query = urlencode({"m": message.message_id})
+            params["status_callback"] = f"{self._public_url}{STATUS_PATH}?{query}"
         return params
 
     @staticmethod
-    def _template_params(message: OutboundMessage, template: Template) -> dict[str, Any]:
-        values = {"text": message.text, "activity_id": message.activity_id or ""}
-        variables = {key: value.format(**values) for key, value in template.variables.items()}
+    def _template_params(message: OutboundMessage) -> dict[str, Any]:
+        template = msgspec.convert(message.template, TwilioTemplate)
+        variables = fill_template(template.variables, message)
         return {"content_sid": template.content_sid, "content_variables": json.dumps(variables)}
 
     async def send(self, message: OutboundMessage) -> Delivered:
-        base = self._base_params(message)
-        outside = message.last_inbound_at is not None and (
-            dt.datetime.now(dt.UTC) - message.last_inbound_at > WINDOW
-        )
-        if outside:
-            if message.template is None:
-                return Delivered(
-                    status=Delivery.FAILED.value,
-                    error="outside WhatsApp's 24-hour window and no template is configured "
-                    "for this reply",
-                )
-            return await self._create({**base, **self._template_params(message, message.template)})
+        base_params = self._base_params(message)
         media = [m.url for m in message.media]
-        first: dict[str, Any] = {**base, "body": message.text}
-        if media:
-            first["media_url"] = media[:1]  # WhatsApp carries one attachment per message
-        delivered = await self._create(first, template_fallback=message)
-        for url in media[1:]:
-            if delivered.status == Delivery.FAILED:
-                break
-            extra = await self._create({**base, "media_url": [url]})
-            if extra.status == Delivery.FAILED:
-                return extra
-        return delivered
+        # WhatsApp carries one attachment per message: the first goes with the text.
+        first = {**base_params, "body": message.text, **({"media_url": media[:1]} if media else {})}
+        parts = [first, *({**base_params, "media_url": [url]} for url in media[1:])]
+        template = {**base_params, **self._template_params(message)} if message.template else {}
+        return await send_in_window(
+            message,
+            [functools.partial(self._create, part) for part in parts],
+            template=functools.partial(self._create, template),
+        )
 
-    async def _create(
-        self, params: dict[str, Any], *, template_fallback: OutboundMessage | None = None
-    ) -> Delivered:
+    async def _create(self, params: dict[str, Any]) -> Delivered:
         client = self._api()
-        attempt = 0
-        while True:
+
+        async def attempt() -> Delivered | TryAgain:
             await self._limiter.acquire((f"twilio:{self._sender_key}", self._settings.rate_per_s))
             try:
                 created = await client.messages.create_async(**params)
             except TwilioRestException as exc:
-                retryable = exc.status == 429 or exc.status >= 500
-                if retryable and attempt < self._settings.max_retries:
-                    await backoff(attempt, self._settings.backoff_s)
-                    attempt += 1
-                    continue
-                if (
-                    exc.code == OUTSIDE_WINDOW
-                    and template_fallback is not None
-                    and template_fallback.template is not None
-                ):
-                    # Twilio knows the window better than our clock: switch to the template.
-                    fallback = {k: v for k, v in params.items() if k not in {"body", "media_url"}}
-                    fallback.update(
-                        self._template_params(template_fallback, template_fallback.template)
-                    )
-                    return await self._create(fallback)
-                return Delivered(status=Delivery.FAILED.value, error=_describe(exc))
+                return _refused(exc)
             except aiohttp.ClientConnectorError as exc:
-                # Nothing reached Twilio: safe to try again.
-                if attempt < self._settings.max_retries:
-                    await backoff(attempt, self._settings.backoff_s)
-                    attempt += 1
-                    continue
-                return Delivered(status=Delivery.FAILED.value, error=f"cannot reach Twilio: {exc}")
+                return TryAgain(f"cannot reach Twilio: {exc}")  # nothing reached Twilio
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The request may have reached Twilio: retrying could send it twice.
-                return Delivered(
-                    status=Delivery.FAILED.value,
-                    error=f"outcome unknown, not retried ({type(exc).__name__})",
-                )
+                return unknown_outcome(exc)
             status = _STATUS.get(str(created.status or "queued"), Delivery.QUEUED)
             return Delivered(status=status.value, external_id=created.sid)
+
+        return await with_retries(
+            attempt, retries=self._settings.max_retries, backoff_s=self._settings.backoff_s
+        )
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+
+def _checked_shape(fields: Mapping[str, str]) -> str:
+    """The MessageSid, once Twilio's fields have the shape Twilio gives them.
+
+    The signature joins names and values with no separator, so a captured request can be
+    re-cut (``MessageSid=<sid>NumMedia0`` with ``NumMedia`` removed) and still verify: the
+    shape check after it is what refuses such a request as a new message.
+    """
+    sid = fields.get("MessageSid", "")
+    if not _SID.fullmatch(sid):
+        raise InvalidInput("MessageSid is not a Twilio message SID")
+    for alias in ("SmsMessageSid", "SmsSid"):
+        if alias in fields and fields[alias] != sid:
+            raise InvalidInput(f"{alias} does not match MessageSid")
+    missing = [name for name in _REQUIRED if not fields.get(name)]
+    if missing:
+        raise InvalidInput(f"missing {', '.join(missing)}")
+    if not fields["NumMedia"].isdigit():
+        raise InvalidInput("NumMedia is not a number")
+    return sid
+
+
+def _refused(exc: TwilioRestException) -> Delivered | TryAgain:
+    if exc.status == 429 or exc.status >= 500:
+        return TryAgain(_describe(exc))
+    if exc.code == OUTSIDE_WINDOW:
+        raise WindowClosed(_describe(exc))  # Twilio knows the window better than our clock
+    return Delivered(status=Delivery.FAILED.value, error=_describe(exc))
 
 
 def _describe(exc: TwilioRestException) -> str:

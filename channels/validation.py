@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
-from gateway.errors import InvalidInput
+from dispatch.errors import InvalidInput
 
-__all__ = ["decode_body", "require_text"]
+__all__ = ["decode_body", "refuse_nul", "require_text"]
 
 T = TypeVar("T")
 
@@ -18,11 +18,35 @@ def decode_body(body: bytes, type_: type[T]) -> T:
     if not body.strip():
         raise InvalidInput("the request body is empty; expected a JSON object")
     try:
-        return msgspec.json.decode(body, type=type_)
+        decoded = msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
         raise InvalidInput(f"invalid field: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput("the body is not valid UTF-8") from None
+    refuse_nul(decoded)
+    return decoded
+
+
+def refuse_nul(value: Any, field: str = "") -> None:
+    """Refuse a NUL character anywhere in what a client sent (the database cannot keep one),
+    naming the field it is in."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(
+                f"{field or 'the body'} contains a NUL character", extra={"field": field}
+            )
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            refuse_nul(getattr(value, name), f"{field}.{name}" if field else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key, field)
+            refuse_nul(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            refuse_nul(item, f"{field}[{index}]")
 
 
 def require_text(text: str, max_chars: int, *, has_media: bool = False) -> str:

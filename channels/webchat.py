@@ -1,42 +1,132 @@
 """The web chat channel: JSON frames over the WebSocket at ``/chat/ws``.
 
+Sessions are the server's: a new visitor gets one in the ``hello`` frame, a token the page
+keeps (``localStorage``) and offers again when it reconnects, in the WebSocket handshake's
+``Sec-WebSocket-Protocol`` header (``switchboard, session.<token>``), never in a URL. A token is
+signed with this deployment's key, expires (``SWITCHBOARD_WEBCHAT_SESSION_TTL_S``) and is
+renewed each time it is used; a session id is never shown to anyone (a visitor is "web visitor
+#N", or the name they gave). Only pages of ``SWITCHBOARD_WIDGET_ORIGINS`` (default: the
+gateway's own origin) may open a socket.
+
 Client → server: ``{"id": "<client message id>", "text": "..."}``.
-Server → client: ``{"type": "hello", "session": ...}``, ``{"type": "ack", "id": ...,
-"message_id": ...}``, ``{"type": "reply", "text": ..., "in_reply_to": ...}``,
-``{"type": "error", "error": ..., "detail": ...}``.
+Server → client: ``{"type": "hello", "session": <token>, "history": [...]}``, ``{"type": "ack",
+"id", "message_id", ...}``, ``{"type": "reply", "text", "in_reply_to", "choices", ...}``,
+``{"type": "error", "error", "detail", "id"}``.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import hashlib
+import hmac
 import secrets
-from typing import Annotated, Any, ClassVar
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
+from urllib.parse import urlparse
 
 import msgspec
 
-from channels.base import ChannelAdapter
+from channels.base import Channel, ChannelContext, ChannelSettings
 from channels.bus import ReplyBus
-from channels.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
 from channels.validation import decode_body, require_text
+from dispatch.config import PREFIX, setting
 from dispatch.constants import reply_channel
+from dispatch.errors import ClientError, InvalidInput, PayloadTooLarge, SettingsError
+from dispatch.keys import derive
+from dispatch.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.models import Delivery
-from gateway.errors import InvalidInput, PayloadTooLarge
+from dispatch.outage import is_unavailable
+from dispatch.throttle import Throttle, ThrottleSettings
+from dispatch.users import IdentityKind
+
+if TYPE_CHECKING:
+    from dispatch.service import DispatchService
+    from dispatch.store import MessageStore
 
 __all__ = [
     "AckFrame",
     "ClientFrame",
+    "Connection",
     "ErrorFrame",
     "HelloFrame",
     "ReplyFrame",
     "WebChatChannel",
+    "WebChatSettings",
 ]
 
-_SESSION = re.compile(r"[A-Za-z0-9_-]{16,64}")
+SUBPROTOCOL = "switchboard"
+TOKEN_PROTOCOL = "session."  # noqa: S105 - a prefix, not a secret
+HISTORY_MESSAGES = 50
+MAX_REFUSED_FRAMES = 200
+"""Frames refused for their rate before the socket is closed (policy violation)."""
+WS_POLICY_VIOLATION = 1008
+_SIG_CHARS = 22
+
+
+@dataclasses.dataclass(frozen=True)
+class WebChatSettings(ChannelSettings):
+    """The web chat (always on)."""
+
+    widget_origins: str | None = setting(
+        None,
+        "WIDGET_ORIGINS",
+        "Comma-separated origins (https://shop.example.com) whose pages may open the web chat. "
+        "Unset: only pages of the gateway's own origin.",
+    )
+    session_ttl_s: float = setting(
+        30 * 86400.0,
+        "WEBCHAT_SESSION_TTL_S",
+        "How long a web chat session lasts unused (each visit renews it).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return True
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(_origin(o) for o in (self.widget_origins or "").split(",") if o.strip())
+
+    def __post_init__(self) -> None:
+        for origin in (self.widget_origins or "").split(","):
+            if origin.strip() and not _origin(origin):
+                raise SettingsError(
+                    PREFIX + "WIDGET_ORIGINS",
+                    f"{origin.strip()!r} is not an origin like https://host",
+                )
+        if self.session_ttl_s <= 0:
+            raise SettingsError(PREFIX + "WEBCHAT_SESSION_TTL_S", "must be positive")
+
+
+def _origin(value: str) -> str:
+    """``scheme://host[:port]``, lower-cased, or "" for something that is not an origin."""
+    parsed = urlparse(value.strip().rstrip("/").lower())
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.path:
+        return ""
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+class Connection(Protocol):
+    """The socket, as the channel needs it (the gateway adapts its framework's)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next frame, or None once the client is gone."""
+        ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 class ClientFrame(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     text: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    """What the visitor wants to be called (otherwise they are "web visitor #N")."""
 
 
 class PastMessage(msgspec.Struct, frozen=True):
@@ -49,6 +139,7 @@ class PastMessage(msgspec.Struct, frozen=True):
 
 class HelloFrame(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
     session: str
+    """The session token to keep and offer again on reconnecting (renewed each time)."""
     history: tuple[PastMessage, ...] = ()
     """The session's latest messages, oldest first (empty for a new session)."""
 
@@ -76,28 +167,134 @@ class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
     id: str | None = None
 
 
-class WebChatChannel(ChannelAdapter):
-    name: ClassVar[str] = "webchat"
+WEB_SESSION = IdentityKind(
+    name="webchat", normalize=str.strip, help="web chat session id", hidden=True
+)
 
-    def __init__(self, *, bus: ReplyBus, prefix: str, max_frame_bytes: int, max_text_chars: int):
-        self._bus = bus
-        self._prefix = prefix
-        self._max_frame_bytes = max_frame_bytes
-        self._max_text_chars = max_text_chars
+
+class WebChatChannel(Channel):
+    name: ClassVar[str] = "webchat"
+    identity: ClassVar[IdentityKind] = WEB_SESSION
+    settings_type: ClassVar[type[ChannelSettings] | None] = WebChatSettings
+
+    def __init__(self, settings: WebChatSettings, context: ChannelContext) -> None:
+        self._settings = settings
+        self._bus: ReplyBus = context.bus
+        self._prefix = context.prefix
+        self._max_frame_bytes = context.core.max_body_bytes
+        self._max_text_chars = context.core.max_text_chars
+        self._own_origin = _origin(context.core.public_url or "")
+        self._key = derive(context.secret, "webchat-sessions")
+
+    # -- who may connect, and as whom ---------------------------------------------------------
+
+    def allows(self, origin: str | None, host: str | None) -> bool:
+        """Whether a page of ``origin`` may open a socket (a client that sends no Origin is not
+        a browser page: it cannot be a cross-site request)."""
+        if origin is None:
+            return True
+        origin = _origin(origin)
+        if origin in self._settings.origins or origin == self._own_origin:
+            return True
+        return bool(host) and urlparse(origin).netloc == (host or "").lower()
 
     @staticmethod
-    def session_for(requested: str | None) -> str:
-        """Resume a well-formed session id, or start a new one."""
-        if requested and _SESSION.fullmatch(requested):
-            return requested
-        return secrets.token_urlsafe(18)
+    def offered_token(subprotocols: list[str]) -> str | None:
+        for offered in subprotocols:
+            if offered.startswith(TOKEN_PROTOCOL):
+                return offered.removeprefix(TOKEN_PROTOCOL)
+        return None
+
+    def _sign(self, payload: str) -> str:
+        mac = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")[:_SIG_CHARS]
+
+    def issue(self, session: str | None = None) -> tuple[str, str]:
+        """(session id, token): a new session, or a renewed token for ``session``."""
+        session = session or secrets.token_urlsafe(18)
+        expires = int(time.time() + self._settings.session_ttl_s)
+        payload = f"{session}.{expires}"
+        return session, f"{payload}.{self._sign(payload)}"
+
+    def resume(self, token: str | None) -> str | None:
+        """The session a token stands for, if it is ours and has not expired."""
+        parts = (token or "").split(".")
+        if len(parts) != 3 or not parts[1].isdigit():
+            return None
+        session, expires, signature = parts
+        if not hmac.compare_digest(signature, self._sign(f"{session}.{expires}")):
+            return None
+        return session if int(expires) > time.time() else None
 
     def topic(self, session: str) -> str:
         return reply_channel(self._prefix, self.name, session)
 
-    async def parse(self, request: Any) -> InboundMessage:
-        session, frame = request
-        return self.parse_frame(session, frame)
+    # -- a socket's life ----------------------------------------------------------------------
+
+    async def serve(
+        self,
+        connection: Connection,
+        token: str | None,
+        *,
+        dispatcher: DispatchService,
+        store: MessageStore,
+        limits: ThrottleSettings,
+    ) -> None:
+        """One socket, one conversation. Frames are validated one by one: a bad frame gets an
+        error frame and the socket stays open; nothing of it is stored. Frames beyond the
+        socket's rate are refused the same way, and a socket that keeps pushing is closed."""
+        session, token = self.issue(self.resume(token))
+        async with self._bus.subscribe(self.topic(session)) as replies:
+            past = await store.recent(self.name, session, limit=HISTORY_MESSAGES)
+            history = tuple(
+                PastMessage(direction=m.direction, text=m.text, message_id=m.id)
+                for m in past
+                if m.direction == "inbound" or m.delivery not in {"pending", "sending"}
+            )
+            await connection.send(msgspec.json.encode(HelloFrame(session=token, history=history)))
+            async with _forwarding(connection, replies):
+                frames = Throttle()
+                refused = 0
+                while (frame := await connection.receive()) is not None:
+                    wait_s = await frames.take(
+                        "frames", rate_per_s=limits.socket_frames_per_s, burst=limits.socket_burst
+                    )
+                    if wait_s > 0:
+                        refused += 1
+                        if refused > MAX_REFUSED_FRAMES:
+                            await connection.close(WS_POLICY_VIOLATION, "too many frames")
+                            return
+                        await _error(
+                            connection,
+                            "rate_limited",
+                            f"slow down: try again in {wait_s:.1f} s",
+                            frame,
+                        )
+                        continue
+                    await self._take(connection, session, frame, dispatcher)
+
+    async def _take(
+        self, connection: Connection, session: str, frame: str | bytes, dispatcher: DispatchService
+    ) -> None:
+        try:
+            inbound = self.parse_frame(session, frame)
+            accepted = await dispatcher.ingest(inbound, client=True)
+        except ClientError as exc:
+            await _error(connection, exc.code, exc.detail, frame)
+            return
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            # Not stored: the page keeps the message and sends it again.
+            await _error(connection, "unavailable", "not stored; try again in a few seconds", frame)
+            return
+        ack = AckFrame(
+            id=inbound.external_id.partition(":")[2],
+            message_id=accepted.message_id,
+            conversation_id=accepted.conversation_id,
+            duplicate=accepted.duplicate,
+        )
+        await connection.send(msgspec.json.encode(ack))
 
     def parse_frame(self, session: str, frame: str | bytes) -> InboundMessage:
         data = frame.encode() if isinstance(frame, str) else frame
@@ -114,6 +311,8 @@ class WebChatChannel(ChannelAdapter):
             external_id=f"{session}:{parsed.id}",
             conversation_key=session,
             sender=session,
+            sender_name=parsed.name,
+            anonymous=True,
             text=text,
             raw=msgspec.json.decode(data),
         )
@@ -136,3 +335,33 @@ class WebChatChannel(ChannelAdapter):
         # Stored either way: a client that was away reads it back from the history.
         status = Delivery.DELIVERED if listeners else Delivery.SENT
         return Delivered(status=status.value)
+
+
+@contextlib.asynccontextmanager
+async def _forwarding(connection: Connection, replies: Any) -> AsyncIterator[None]:
+    """Replies published for this session go to the socket while it is open."""
+
+    async def forward() -> None:
+        while True:
+            await connection.send(await replies.get())
+
+    task = asyncio.create_task(forward())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+async def _error(connection: Connection, code: str, detail: str, frame: str | bytes) -> None:
+    error = ErrorFrame(error=code, detail=detail, id=_frame_id(frame))
+    await connection.send(msgspec.json.encode(error))
+
+
+def _frame_id(frame: str | bytes) -> str | None:
+    with contextlib.suppress(Exception):
+        value = msgspec.json.decode(frame)
+        if isinstance(value, dict) and isinstance(value.get("id"), str):
+            return str(value["id"])[:128]
+    return None
