@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from channels.backoff import backoff
-from channels.messages import Choice, Media
 from dispatch.activities import ActivityView
 from dispatch.approvals import Decision
-from dispatch.outbox import payload_text
+from dispatch.backoff import backoff
+from dispatch.messages import Choice, Media
+from dispatch.outbox import failure_reason, payload_text
 from dispatch.permissions import may_request
 from workers.registry import Handler, HandlerContext, HandlerResult
 
@@ -30,6 +30,10 @@ __all__ = [
 ]
 
 MAX_REPLY_CHARS = 4000
+MAX_ANSWER_BYTES = 1024 * 1024
+"""A service's answer longer than this fails the call: it is not a reply to a chat."""
+MAX_KEPT_BYTES = 16 * 1024
+"""Up to this much of a service's JSON answer is kept on the activity; beyond, its size."""
 MAX_CHOICES = 6
 
 
@@ -109,9 +113,8 @@ class StatusHandler(Handler):
         text = (
             f"Request #{found.id} ({found.action_description or found.action_type}): {found.status}"
         )
-        error = found.details.get("error")
-        if isinstance(error, dict) and error.get("message"):
-            text += f" — {error['message']}"
+        if found.status == "failed":
+            text += f" ({failure_reason(found.details.get('error'))})"
         return HandlerResult(
             text=text, data={"found": True, "activity_id": found.id, "status": found.status}
         )
@@ -248,6 +251,8 @@ class HttpCallHandler(Handler):
                 continue
             if response.status_code >= 400:
                 raise HttpCallError(f"HTTP {response.status_code}: {response.text[:200]}")
+            if len(response.content) > MAX_ANSWER_BYTES:
+                raise HttpCallError(f"the answer is {len(response.content)} bytes; too large")
             return self._result(response, spec.reply_field, attempt + 1)
         raise HttpCallError(f"gave up after {spec.retries + 1} attempts: {last_error}")
 
@@ -265,7 +270,8 @@ class HttpCallHandler(Handler):
                     media = msgspec.convert(answer["media"], tuple[Media, ...])
                 except msgspec.ValidationError as exc:
                     raise HttpCallError(f"bad media in the answer: {exc}") from None
-            data["response"] = answer
+            kept = len(response.content) <= MAX_KEPT_BYTES
+            data["response"] = answer if kept else {"omitted_bytes": len(response.content)}
             if reply_field and isinstance(answer, dict) and reply_field in answer:
                 text = str(answer[reply_field])
             elif isinstance(answer, dict) and isinstance(answer.get("reply"), str):

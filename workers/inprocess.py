@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY
-from dispatch.queue import DispatchJob, JobQueue, RunJob
+from dispatch.queue import DispatchJob, JobQueue, RetryLater, RunJob
 from workers import jobs
 from workers.recovery import recover, recover_forever
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from workers.runtime import Runtime
 
 __all__ = ["InProcessQueue"]
 
@@ -32,46 +32,65 @@ class InProcessQueue(JobQueue):
         self._concurrency = concurrency
         self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
         self._pending: set[str] = set()
+        """Ids queued, deferred or running."""
+        self._active: set[str] = set()
+        """Ids running now."""
         self._tasks: list[asyncio.Task[None]] = []
-        self._services: Services | None = None
+        self._runtime: Runtime | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = 0
         self._closed = False
 
-    async def _enqueue(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
+    async def _enqueue(
+        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+    ) -> bool:
         if self._closed or job_id in self._pending:
             return False
         self._pending.add(job_id)
         self._idle.clear()
-        self._queue.put_nowait((function, job_id, job))
+        if defer_s > 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(defer_s, self._queue.put_nowait, (function, job_id, job))
+        else:
+            self._queue.put_nowait((function, job_id, job))
         return True
 
-    async def start(self, services: Services) -> None:
-        self._services = services
+    async def _running(self, job_id: str) -> bool:
+        return job_id in self._active
+
+    async def start(self, runtime: Runtime) -> None:
+        self._runtime = runtime
         self._tasks = [
             asyncio.create_task(self._work(), name=f"switchboard-job-{n}")
             for n in range(self._concurrency)
         ]
-        self._tasks.append(asyncio.create_task(recover_forever(services), name="recovery"))
-        await recover(services, older_than_s=0)
+        self._tasks.append(asyncio.create_task(recover_forever(runtime), name="recovery"))
+        await recover(runtime, older_than_s=0)
 
     async def _work(self) -> None:
-        assert self._services is not None
+        assert self._runtime is not None
         while True:
             function, job_id, job = await self._queue.get()
             self._busy += 1
+            self._active.add(job_id)
+            retry: RetryLater | None = None
             try:
                 if function == DISPATCH_MESSAGE and isinstance(job, DispatchJob):
-                    await jobs.dispatch_message(self._services, job.message_id)
+                    await jobs.dispatch_message(self._runtime, job.message_id)
                 elif function == RUN_ACTIVITY and isinstance(job, RunJob):
-                    await jobs.run_activity(self._services, job.activity_id)
+                    await jobs.run_activity(self._runtime, job.activity_id)
                 else:
                     log.error("unknown job %s", function)
+            except RetryLater as later:
+                retry = later
             except Exception:
                 log.exception("job failed", extra={"job_id": job_id})
             finally:
+                self._active.discard(job_id)
                 self._pending.discard(job_id)
+                if retry is not None and not self._closed:
+                    await self._enqueue(function, job, job_id, defer_s=retry.defer_s)
                 self._busy -= 1
                 self._queue.task_done()
                 if not self._pending and self._busy == 0:

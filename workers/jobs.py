@@ -1,7 +1,14 @@
 """The job bodies, shared by the arq worker and the in-process runner.
 
-Every job is safe to run twice (arq is at-least-once): it re-reads the database, claims the
-activity with a conditional update, and replies through the at-most-once reservation.
+Every job is safe to run twice, and at the same time on two workers: it re-reads the database,
+claims what it works on with a conditional update (the attempt number fences every later
+write), and replies through the at-most-once reservation.
+
+An ordinary message takes one job: ``dispatch_message`` interprets it and, when it is its
+conversation's turn, runs the activity in the same job, then carries the conversation on (the
+next activity that was waiting runs in this job too, a few at most, then in a job of its own).
+What has to wait is woken when what held it back ends: the next message when this one is
+dispatched, the next activity when this one finishes, or goes to wait for a person.
 """
 
 from __future__ import annotations
@@ -13,116 +20,202 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dispatch.logs import bind
 from dispatch.models import ActivityStatus as S
 from dispatch.models import User
 from dispatch.outbox import reply_text
 from dispatch.permissions import may_request
-from gateway.logging import bind
+from dispatch.queue import RetryLater
+from dispatch.service import DispatchFailed
+from workers.lease import Lease, LeaseLost
 from workers.registry import HandlerContext, UnknownAction
 
 if TYPE_CHECKING:
     from dispatch.activities import ActivityView
-    from gateway.services import Services
+    from workers.runtime import Runtime
 
-__all__ = ["dispatch_message", "run_activity"]
+__all__ = ["JobOutcome", "dispatch_message", "run_activity"]
 
 log = logging.getLogger("switchboard.jobs")
 
+INLINE_RUNS = 8
+"""Activities one job runs for its conversation before handing the rest to a job of their own
+(so a busy conversation does not hold a worker's slot for long)."""
+RETRY_DEFER_S = (1.0, 5.0)
+"""Delay before the second and third attempt of a message's dispatch."""
 
-async def dispatch_message(services: Services, message_id: int) -> dict[str, Any]:
+
+class JobOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a job did (arq keeps no result: this is what it logs)."""
+
+    outcome: str
+    message_id: int | None = None
+    activity_id: int | None = None
+    ran: int = 0
+    """Activities run (claimed and executed) by this job."""
+
+
+async def dispatch_message(runtime: Runtime, message_id: int) -> JobOutcome:
     bind(message_id=message_id)
-    dispatched = await services.dispatcher.dispatch_message(message_id)
+    try:
+        dispatched = await runtime.dispatcher.dispatch_message(
+            message_id, lease_s=runtime.settings.worker.lease_s
+        )
+    except DispatchFailed as failed:
+        defer_s = RETRY_DEFER_S[min(failed.attempt, len(RETRY_DEFER_S)) - 1]
+        raise RetryLater(defer_s, str(failed)) from failed
     if dispatched is None:
-        return {"message_id": message_id, "outcome": "missing"}
-    return {"message_id": message_id, "activity_id": dispatched.activity_id, "outcome": "ok"}
+        return JobOutcome(outcome="missing", message_id=message_id)
+    if dispatched.outcome in {"recorded", "failed"} and dispatched.conversation_id is not None:
+        # Later messages of the conversation waited for this one to be understood.
+        following = await runtime.store.next_undispatched(
+            dispatched.conversation_id, after_id=message_id
+        )
+        if following is not None:
+            await runtime.queue.try_enqueue(runtime.queue.enqueue_dispatch, following)
+    if dispatched.activity_id is None:
+        return JobOutcome(outcome=dispatched.outcome, message_id=message_id)
+    ran = await _advance(runtime, dispatched.activity_id)
+    return JobOutcome(
+        outcome=dispatched.outcome,
+        message_id=message_id,
+        activity_id=dispatched.activity_id,
+        ran=ran,
+    )
 
 
-async def run_activity(services: Services, activity_id: int) -> dict[str, Any]:
-    """Run one activity if it is its conversation's turn; then reply and wake the next one."""
+async def run_activity(runtime: Runtime, activity_id: int) -> JobOutcome:
+    """Run an activity if it is its turn, send what it owes, and carry its conversation on."""
+    ran = await _advance(runtime, activity_id)
+    return JobOutcome(outcome="advanced", activity_id=activity_id, ran=ran)
+
+
+async def _advance(runtime: Runtime, activity_id: int) -> int:
+    """Step this activity, then the ones its end lets run, a few in this job; returns runs."""
+    ran = 0
+    current: int | None = activity_id
+    for _ in range(INLINE_RUNS):
+        if current is None:
+            return ran
+        step = await _step(runtime, current)
+        ran += step.ran
+        if step.held:
+            return ran
+        current = step.following
+    if current is not None:
+        await runtime.queue.try_enqueue(runtime.queue.enqueue_run, current)
+    return ran
+
+
+class _Step(msgspec.Struct, frozen=True, kw_only=True):
+    held: bool
+    """Not this job's to continue: held back by something earlier, or running elsewhere."""
+    following: int | None = None
+    """The next activity of the conversation, now that this one holds nothing back."""
+    ran: int = 0
+
+
+async def _step(runtime: Runtime, activity_id: int) -> _Step:
     bind(activity_id=activity_id)
-    activities = services.activities
+    activities = runtime.activities
     activity = await activities.get(activity_id)
     if activity is None:
         log.warning("run of unknown activity", extra={"activity_id": activity_id})
-        return {"activity_id": activity_id, "outcome": "missing"}
-    blocker = await activities.blocker(activity)
-    if blocker is not None:
-        # Its turn comes when the blocker finishes: that run enqueues this one.
-        return {"activity_id": activity_id, "outcome": "waiting", "behind": blocker}
-
-    outcome = "already_finished"
-    runnable = activity.status in (S.QUEUED, S.IN_PROGRESS)
-    if runnable:
-        action = services.catalog.action(activity.agent_name, activity.action_type)
-        timeout_s = action.timeout_s if action else 30.0
-        if not await activities.claim(
-            activity_id, lease_s=timeout_s + services.settings.worker.lease_grace_s
-        ):
-            return {"activity_id": activity_id, "outcome": "claimed_elsewhere"}
-        outcome = await _execute(services, activity)
+        return _Step(held=True)
+    ran = 0
+    if activity.status in (S.QUEUED, S.IN_PROGRESS):
+        action = runtime.catalog.action(activity.agent_name, activity.action_type)
+        overtakes = action is not None and action.overtakes
+        if await activities.blocker(activity, overtakes=overtakes) is not None:
+            return _Step(held=True)  # what holds it back wakes it when it ends
+        claimed_at = time.monotonic()
+        attempt = await activities.claim(activity_id, lease_s=runtime.settings.worker.lease_s)
+        if attempt is None:
+            return _Step(held=True)  # running elsewhere; that job carries the conversation on
+        await _execute(runtime, activity, attempt, claimed_at)
+        ran = 1
         activity = await activities.get(activity_id)
         assert activity is not None
-
-    sent = await services.replies.deliver(activity)
-    if not runnable and not S(activity.status).is_terminal:
-        # Waiting for a human (approval, or a RUN): what it had to say meanwhile (approval
-        # requests, decisions so far) is sent, and the conversation moves on without it.
-        return {
-            "activity_id": activity_id,
-            "outcome": f"not_runnable:{activity.status}",
-            "replied": sent,
-        }
+    await runtime.replies.deliver(activity)
+    if activity.status in (S.QUEUED, S.IN_PROGRESS):
+        return _Step(held=True, ran=ran)  # given back, or taken over: another run follows
+    following = None
     if activity.conversation_id is not None and activity.order_key is not None:
+        # Finished, or waiting for a person (approval, RUN): either way it holds nothing back.
         following = await activities.next_in_conversation(
             activity.conversation_id, activity.order_key
         )
-        if following is not None:
-            await services.queue.enqueue_run(following, reason=f"after:{activity_id}")
-    return {"activity_id": activity_id, "outcome": outcome, "replied": sent}
+    return _Step(held=False, following=following, ran=ran)
 
 
-async def _execute(services: Services, activity: ActivityView) -> str:
-    """Resolve, re-check, run with a timeout, and persist the result or the error."""
-    activities = services.activities
+async def _execute(
+    runtime: Runtime, activity: ActivityView, attempt: int, claimed_at: float
+) -> str:
+    """Resolve, re-check, run under the lease with a timeout, and persist the result (only if
+    this attempt still holds the claim)."""
     started = time.perf_counter()
     try:
-        action, handler = services.handlers.resolve(
-            services.catalog, activity.agent_name, activity.action_type
+        action, handler = runtime.handlers.resolve(
+            runtime.catalog, activity.agent_name, activity.action_type
         )
     except UnknownAction as exc:
-        await _fail(services, activity, "unknown_action", str(exc), started)
-        return "failed"
+        return await _fail(
+            runtime, activity, attempt, reason="unknown_action", message=str(exc), started=started
+        )
 
-    role, active = await _role_of(services, activity.actor_user_id)
+    role, active = await _role_of(runtime, activity.actor_user_id)
     if not may_request(role, active, action):
-        await _fail(services, activity, "forbidden", "not allowed any more", started)
-        return "failed"
+        return await _fail(
+            runtime,
+            activity,
+            attempt,
+            reason="forbidden",
+            message="not allowed any more",
+            started=started,
+        )
 
-    payload = activity.details.get("payload") or {}
+    lease = Lease(
+        runtime.activities,
+        activity.id,
+        attempt=attempt,
+        lease_s=runtime.settings.worker.lease_s,
+        claimed_at=claimed_at,
+    )
     try:
-        payload = services.catalog.validate_payload(
-            activity.agent_name, activity.action_type, payload
+        payload = runtime.catalog.validate_payload(
+            activity.agent_name, activity.action_type, activity.details.get("payload") or {}
         )
         ctx = HandlerContext(
             activity=activity,
             action=action,
             payload=payload,
-            catalog=services.catalog,
-            activities=activities,
-            http=services.http,
+            catalog=runtime.catalog,
+            activities=runtime.activities,
+            http=runtime.http,
             role=role,
-            approvals=services.approvals,
+            approvals=runtime.approvals,
         )
-        result = await asyncio.wait_for(handler.run(ctx), timeout=action.timeout_s)
+        result = await lease.run(handler.run(ctx), timeout_s=action.timeout_s)
+    except LeaseLost:
+        log.warning("run stopped: its lease was lost", extra={"attempt": attempt})
+        return "lease_lost"
+    except asyncio.CancelledError:
+        # The worker is stopping: give the activity back to be run at once elsewhere.
+        await asyncio.shield(
+            runtime.activities.release(activity.id, attempt=attempt, reason="worker stopping")
+        )
+        raise
     except TimeoutError:
-        await _fail(
-            services, activity, "timeout", f"no answer within {action.timeout_s:g} s", started
+        message = f"no answer within {action.timeout_s:g} s"
+        return await _fail(
+            runtime, activity, attempt, reason="timeout", message=message, started=started
         )
-        return "failed"
     except Exception as exc:
         log.exception("handler failed", extra={"activity_id": activity.id})
-        await _fail(services, activity, "handler_error", str(exc) or type(exc).__name__, started)
-        return "failed"
+        message = str(exc) or type(exc).__name__
+        return await _fail(
+            runtime, activity, attempt, reason="handler_error", message=message, started=started
+        )
 
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     result_doc: dict[str, Any] = {"text": result.text, "data": result.data}
@@ -131,47 +224,56 @@ async def _execute(services: Services, activity: ActivityView) -> str:
     if result.choices:
         result_doc["choices"] = msgspec.to_builtins(result.choices)
     details = {**activity.details, "result": result_doc}
-    moved = await activities.finish(
+    moved = await runtime.activities.finish(
         activity,
         S.COMPLETED,
+        attempt=attempt,
         kind="completed",
         details=details,
         metrics={**activity.metrics, "duration_ms": duration_ms},
-        reply=_reply_parts(services, activity, S.COMPLETED, details),
-        data={"duration_ms": duration_ms, "handler": handler.name},
+        reply=_reply_parts(runtime, activity, S.COMPLETED, details),
+        data={"duration_ms": duration_ms, "handler": handler.name, "attempt": attempt},
     )
-    return "completed" if moved else "lost_claim"
+    return "completed" if moved else "stale"
 
 
 async def _fail(
-    services: Services, activity: ActivityView, reason: str, message: str, started: float
-) -> None:
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    *,
+    reason: str,
+    message: str,
+    started: float,
+) -> str:
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     error = {"reason": reason, "message": message}
     details = {**activity.details, "error": error}
-    await services.activities.finish(
+    moved = await runtime.activities.finish(
         activity,
         S.FAILED,
+        attempt=attempt,
         kind="failed",
         details=details,
         metrics={**activity.metrics, "duration_ms": duration_ms},
-        reply=_reply_parts(services, activity, S.FAILED, details),
-        data=error,
+        reply=_reply_parts(runtime, activity, S.FAILED, details),
+        data={**error, "attempt": attempt},
     )
+    return "failed" if moved else "stale"
 
 
 def _reply_parts(
-    services: Services, activity: ActivityView, status: S, details: dict[str, Any]
+    runtime: Runtime, activity: ActivityView, status: S, details: dict[str, Any]
 ) -> list[str]:
     text = reply_text(activity.id, status.value, details)
     if text is None or activity.source_channel is None:
         return []
-    return services.channels.split(activity.source_channel, text)
+    return runtime.channels.split(activity.source_channel, text)
 
 
-async def _role_of(services: Services, user_id: int | None) -> tuple[str | None, bool]:
+async def _role_of(runtime: Runtime, user_id: int | None) -> tuple[str | None, bool]:
     if user_id is None:
         return None, True
-    async with services.sessions() as session:
+    async with runtime.sessions() as session:
         user = await session.get(User, user_id)
     return (user.role, user.active) if user else (None, False)

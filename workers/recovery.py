@@ -1,9 +1,12 @@
 """Re-driving work from the database: Redis may lose everything, the record may not.
 
-Finds messages stored but never dispatched, activities queued but never run, activities whose
-worker died mid-run (lease expired), and finished activities whose reply was never reserved, and
-enqueues each again. Every job is idempotent, so re-driving something that is in fact still
-queued costs one no-op run.
+One pass (``recover``) runs per tick across the cluster: an arq cron job that only one worker
+takes (``unique``), or the embedded runner's loop. It re-drives only what is neither queued nor
+running nor waiting its turn: each conversation's first message still awaiting dispatch and its
+first activity still queued (or running past its lease), activities with a reply written but
+never handed over, and approvals that ran out. Job ids are deterministic, so what is in fact
+still queued or running is not queued again. It also resolves replies whose sender died while
+handing them over (marked failed, outcome unknown; the recipient is told).
 """
 
 from __future__ import annotations
@@ -13,64 +16,47 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
-from dispatch.models import Message, MessageState, utcnow
+from dispatch.models import utcnow
 
 if TYPE_CHECKING:
-    from gateway.services import Services
+    from workers.runtime import Runtime
 
 __all__ = ["recover", "recover_forever"]
 
 log = logging.getLogger("switchboard.recovery")
 
 
-async def recover(services: Services, *, older_than_s: float | None = None) -> dict[str, int]:
-    """Enqueue everything unfinished that is older than ``older_than_s`` (default: setting)."""
-    age_s = services.settings.worker.recover_after_s if older_than_s is None else older_than_s
+async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dict[str, int]:
+    """One pass over what is unfinished and older than ``older_than_s`` (default: setting)."""
+    age_s = runtime.settings.worker.recover_after_s if older_than_s is None else older_than_s
     cutoff = utcnow() - dt.timedelta(seconds=age_s)
-    # Recovery passes get distinct job ids (one per pass) so arq accepts them even though an
-    # earlier job id for the same message or activity may still hold a kept (failed) result.
-    pass_id = f"recover:{int(utcnow().timestamp())}"
-    async with services.sessions() as session:
-        messages = [
-            int(m)
-            for m in (
-                await session.execute(
-                    select(Message.id)
-                    .where(
-                        Message.state == MessageState.RECEIVED.value,
-                        Message.received_at < cutoff,
-                    )
-                    .order_by(Message.id)
-                    .limit(500)
-                )
-            ).scalars()
-        ]
+    messages = await runtime.store.undispatched_heads(older_than=cutoff)
     for message_id in messages:
-        await services.queue.enqueue_dispatch(message_id, reason=pass_id)
-    expired = await services.approvals.expire_due()
-    stale = await services.activities.stale(older_than=cutoff)
-    unanswered = await services.activities.unanswered(older_than=cutoff)
-    for activity_id in sorted({*stale, *unanswered}):
-        await services.queue.enqueue_run(activity_id, reason=pass_id)
+        await runtime.queue.enqueue_dispatch(message_id)
+    expired = await runtime.approvals.expire_due()
+    uncertain = await runtime.store.resolve_stale_sending()
+    heads = await runtime.activities.heads(older_than=cutoff)
+    unanswered = await runtime.activities.unanswered(older_than=cutoff)
+    for activity_id in sorted({*heads, *unanswered, *uncertain}):
+        await runtime.queue.enqueue_run(activity_id)
     counts = {
         "messages": len(messages),
-        "activities": len(stale),
+        "activities": len(heads),
         "replies": len(unanswered),
+        "uncertain": len(uncertain),
         "expired": len(expired),
     }
     if any(counts.values()):
-        log.info("recovered unfinished work", extra=counts)
+        log.info("re-driven from the database", extra=counts)
     return counts
 
 
-async def recover_forever(services: Services) -> None:
-    """Re-drive unfinished work every ``recover_every_s`` until cancelled."""
-    every_s = services.settings.worker.recover_every_s
+async def recover_forever(runtime: Runtime) -> None:
+    """The embedded runner's recovery: a pass every ``recover_every_s`` until cancelled."""
+    every_s = runtime.settings.worker.recover_every_s
     while True:
         await asyncio.sleep(every_s)
         try:
-            await recover(services)
+            await recover(runtime)
         except Exception:
             log.exception("recovery pass failed")

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from channels.messages import Choice, Media
+from dispatch.messages import Choice, Media
 
 if TYPE_CHECKING:
     import httpx
 
     from dispatch.activities import ActivityLog, ActivityView
     from dispatch.approvals import ApprovalService
-    from dispatch.catalog import ActionSpec, Catalog
+    from dispatch.catalog import Catalog
+    from dispatch.specs import ActionSpec
 
 __all__ = ["Handler", "HandlerContext", "HandlerRegistry", "HandlerResult", "UnknownAction"]
 

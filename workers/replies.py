@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
 
-from channels.messages import Choice, Media, OutboundMessage
 from channels.registry import ChannelRegistry
-from dispatch.activities import ActivityLog, ActivityView
+from dispatch.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
 from dispatch.catalog import Catalog
+from dispatch.messages import Choice, Media, OutboundMessage
 from dispatch.models import Delivery
 from dispatch.store import MessageStore
 
@@ -51,7 +52,7 @@ class ReplySender:
             source = await self._store.get(activity.source_message_id)
             in_reply_to = source.external_id if source else None
         action = self._catalog.action(activity.agent_name, activity.action_type)
-        template = action.whatsapp_template if action else None
+        templates = action.templates if action else {}
         sent = 0
         failed_part: dict[int, int] = {}  # per conversation: the part that failed
         for row in pending:
@@ -75,7 +76,7 @@ class ReplySender:
                 in_reply_to=in_reply_to if own else None,
                 last_inbound_at=conversation.last_inbound_at,
                 # The action's template stands in for its reply to the requester only.
-                template=template if own else None,
+                template=templates.get(row.channel) if own else None,
                 choices=msgspec.convert((row.raw or {}).get("choices") or [], tuple[Choice, ...]),
             )
             if await self._send(outbound, row.id) == Delivery.FAILED and row.part is not None:
@@ -86,6 +87,7 @@ class ReplySender:
     async def _send(self, outbound: OutboundMessage, message_id: int) -> Delivery:
         external_id: str | None
         error: str | None
+        heartbeat = asyncio.create_task(self._still_sending(message_id))
         try:
             delivered = await self._channels.get(outbound.channel).send(outbound)
         except Exception as exc:
@@ -95,11 +97,25 @@ class ReplySender:
         else:
             status = Delivery(delivered.status)
             external_id, error = delivered.external_id, delivered.error
-        await self._store.update_delivery(message_id, status, external_id=external_id, error=error)
+        finally:
+            heartbeat.cancel()
         assert outbound.activity_id is not None
-        await self._activities.record(
-            outbound.activity_id,
-            "reply_failed" if status == Delivery.FAILED else "reply_sent",
-            data={"message_id": message_id, "delivery": status.value, "error": error},
+        kind = "reply_failed" if status == Delivery.FAILED else "reply_sent"
+        await self._store.update_delivery(
+            message_id,
+            status,
+            external_id=external_id,
+            error=error,
+            event=(outbound.activity_id, kind),
         )
         return status
+
+    async def _still_sending(self, message_id: int) -> None:
+        """While a channel takes its time (retries, rate limits), the reply is marked as still
+        being sent, so it keeps holding its conversation; a dead sender's stops doing so."""
+        while True:
+            await asyncio.sleep(SENDING_HEARTBEAT_S)
+            try:
+                await self._store.touch_sending(message_id)
+            except Exception:
+                log.warning("could not mark a reply as still sending", exc_info=True)

@@ -1,7 +1,14 @@
 """The arq worker: ``switchboard worker``.
 
-Builds the same :class:`~gateway.services.Services` as the gateway once at start-up and keeps it
-in arq's ctx under one key; job bodies are the shared ones in ``workers.jobs``.
+Builds the same :class:`~workers.runtime.Runtime` as the gateway once at start-up
+(``workers.compose``) and keeps it in arq's ctx under one key; job bodies are the shared ones in
+``workers.jobs``. Recovery is a cron job only one worker takes per tick (``unique``).
+
+On SIGTERM the worker takes no new jobs and lets running ones finish for
+``SWITCHBOARD_WORKER_SHUTDOWN_GRACE_S``; what is still running then is cancelled, and each
+cancelled run gives its activity back at once (``workers.jobs``), for arq to hand to another
+worker. A Redis outage does not stop the worker: polling backs off and resumes, running jobs
+go on (the database is their record), and recovery re-drives whatever Redis lost.
 """
 
 from __future__ import annotations
@@ -11,76 +18,173 @@ import contextlib
 import logging
 from typing import Any
 
-from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY, queue_name
-from dispatch.queue import job_deserializer, job_serializer
-from gateway.services import Services, build_services
-from gateway.settings import Settings
+import msgspec
+
+from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY, queue_name, recover_job_id
+from dispatch.queue import RetryLater, job_deserializer, job_serializer, redis_client
 from workers import jobs
-from workers.recovery import recover, recover_forever
+from workers.compose import open_runtime
+from workers.recovery import recover
+from workers.runtime import Runtime, RuntimeSettings
 
 __all__ = ["create_worker"]
 
 log = logging.getLogger("switchboard.worker")
-SERVICES = "switchboard_services"
+RUNTIME = "switchboard_runtime"
+MAX_OUTAGE_BACKOFF_S = 5.0
+FINISH_PATIENCE_S = 60.0
 
 
-def _services(ctx: dict[str, Any]) -> Services:
-    services: Services = ctx[SERVICES]
-    return services
+def _runtime(ctx: dict[str, Any]) -> Runtime:
+    runtime: Runtime = ctx[RUNTIME]
+    return runtime
+
+
+async def _job(name: str, outcome: Any) -> dict[str, Any]:
+    """Await a job body; one INFO line per job run (``bench/faults.py`` counts them)."""
+    from arq import Retry
+
+    try:
+        done: jobs.JobOutcome = await outcome
+    except RetryLater as later:
+        log.info("job %s: retry in %.1f s", name, later.defer_s, extra={"reason": str(later)})
+        raise Retry(defer=later.defer_s) from later
+    result: dict[str, Any] = msgspec.to_builtins(done)
+    log.info("job %s: %s", name, done.outcome, extra={"ran": done.ran})
+    return result
 
 
 async def dispatch_message_job(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    return await jobs.dispatch_message(_services(ctx), int(job["message_id"]))
+    return await _job(
+        DISPATCH_MESSAGE, jobs.dispatch_message(_runtime(ctx), int(job["message_id"]))
+    )
 
 
 async def run_activity_job(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    return await jobs.run_activity(_services(ctx), int(job["activity_id"]))
+    return await _job(RUN_ACTIVITY, jobs.run_activity(_runtime(ctx), int(job["activity_id"])))
 
 
-def create_worker(settings: Settings, *, burst: bool = False) -> Any:
+async def recover_job(ctx: dict[str, Any]) -> dict[str, int]:
+    return await recover(_runtime(ctx))
+
+
+async def _patiently(call: Any, *args: Any, **kwargs: Any) -> None:
+    """Retry a Redis bookkeeping ``call`` through an outage, for up to ``FINISH_PATIENCE_S``;
+    then leave it: a job left in the queue runs again later and finds its work done."""
+    from redis.exceptions import RedisError
+
+    waited_s, pause_s = 0.0, 0.1
+    while True:
+        try:
+            await call(*args, **kwargs)
+            return
+        except (RedisError, OSError):
+            if waited_s >= FINISH_PATIENCE_S:
+                log.warning("Redis unreachable for %.0f s; a finished job stays queued", waited_s)
+                return
+            await asyncio.sleep(pause_s)
+            waited_s += pause_s
+            pause_s = min(MAX_OUTAGE_BACKOFF_S, pause_s * 2)
+
+
+def _ticks(every_s: float) -> tuple[set[int] | None, set[int]]:
+    """arq cron (minute, second) for a pass every ``every_s`` seconds (rounded to a divisor of
+    the clock's minute or hour)."""
+    if every_s < 60:
+        return None, set(range(0, 60, max(1, round(every_s))))
+    return set(range(0, 60, max(1, round(every_s / 60)))), {0}
+
+
+def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
     """An arq ``Worker`` wired to ``settings`` (Redis must be configured)."""
-    from arq import func
-    from arq.connections import RedisSettings
+    from arq import cron, func
     from arq.worker import Worker
+    from redis.exceptions import RedisError
 
     if not settings.queue.redis_url:
         raise RuntimeError("SWITCHBOARD_REDIS_URL is not set: the embedded mode needs no worker")
 
+    class ResilientWorker(Worker):
+        """arq's worker, made to live through Redis outages.
+
+        A poll that cannot reach Redis waits (backing off) and tries again instead of ending
+        the worker; a job slot taken for a job Redis then failed to start is given back (arq
+        keeps it, so a worker that lived through a few outages would take no more jobs); and a
+        finished job's bookkeeping waits for Redis to answer (for a while) instead of failing
+        the poll loop. Running jobs go on meanwhile: their record is the database.
+        """
+
+        _outage_s = 0.0
+
+        async def _poll_iteration(self) -> None:
+            try:
+                await super()._poll_iteration()
+            except (RedisError, OSError):
+                self._outage_s = min(MAX_OUTAGE_BACKOFF_S, max(0.1, self._outage_s * 2))
+                log.warning("Redis unreachable; polling again in %.1f s", self._outage_s)
+                await asyncio.sleep(self._outage_s)
+            else:
+                self._outage_s = 0.0
+
+        async def start_jobs(self, job_ids: list[bytes]) -> None:
+            for job_id in job_ids:
+                try:
+                    await super().start_jobs([job_id])
+                except (RedisError, OSError):
+                    # arq counted the slot before asking Redis whether the job may start.
+                    self.job_counter -= 1
+                    self.sem.release()
+                    raise
+
+        async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+            await _patiently(super().finish_job, *args, **kwargs)
+
+        async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+            await _patiently(super().finish_failed_job, *args, **kwargs)
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
-        services = await stack.enter_async_context(build_services(settings, role="worker"))
-        ctx[SERVICES] = services
+        ctx[RUNTIME] = await stack.enter_async_context(open_runtime(settings, role="worker"))
         ctx["switchboard_stack"] = stack
-        await recover(services)
-        ctx["switchboard_recovery"] = asyncio.create_task(recover_forever(services))
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        task = ctx.get("switchboard_recovery")
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         stack = ctx.get("switchboard_stack")
         if stack is not None:
             await stack.aclose()
 
-    max_timeout_s = 60.0
-    return Worker(
+    # arq's own timeout is only a backstop: handlers have per-action timeouts and leases.
+    backstop_s = 3600
+    minute, second = _ticks(settings.worker.recover_every_s)
+    return ResilientWorker(
         functions=[
-            func(dispatch_message_job, name=DISPATCH_MESSAGE, max_tries=10),
-            # arq's own timeout is only a backstop: handlers have per-action timeouts.
-            func(run_activity_job, name=RUN_ACTIVITY, max_tries=10, timeout=3600),
+            func(dispatch_message_job, name=DISPATCH_MESSAGE, max_tries=10, timeout=backstop_s),
+            func(run_activity_job, name=RUN_ACTIVITY, max_tries=10, timeout=backstop_s),
         ],
-        redis_settings=RedisSettings.from_dsn(settings.queue.redis_url),
+        cron_jobs=[
+            cron(
+                recover_job,
+                # arq's job keys are global: several deployments may share one Redis.
+                name=recover_job_id(settings.queue.prefix),
+                unique=True,
+                run_at_startup=True,
+                timeout=max(60.0, settings.worker.recover_every_s * 3),
+                minute=minute,
+                second=second,
+            )
+        ],
+        # Our client, not one arq makes from settings: every call is bounded by a timeout.
+        redis_pool=redis_client(settings.queue),
         queue_name=queue_name(settings.queue.prefix),
         max_jobs=settings.worker.max_jobs,
         poll_delay=settings.worker.poll_delay_s,
-        job_timeout=max_timeout_s,
-        keep_result=3600,
+        job_timeout=backstop_s,
+        # No results kept: a deterministic job id can be enqueued again once it has run.
+        keep_result=0,
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,
         on_startup=on_startup,
         on_shutdown=on_shutdown,
+        job_completion_wait=round(settings.worker.shutdown_grace_s),
         burst=burst,
         handle_signals=not burst,
     )

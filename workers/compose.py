@@ -1,0 +1,163 @@
+"""The composition root: :func:`open_runtime` builds a process's :class:`Runtime` once.
+
+The gateway, the arq worker and the CLI all start here; nothing else constructs services. The
+schema is not its business: entry points apply migrations first where the settings ask for it
+(``migrations.prepare``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import httpx
+
+from channels.base import ChannelContext
+from channels.bus import RedisBus, ReplyBus
+from channels.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
+from channels.registry import ChannelRegistry, check_templates, identity_kinds
+from dispatch.activities import ActivityLog
+from dispatch.approvals import ApprovalService
+from dispatch.catalog import Catalog, load_catalog
+from dispatch.constants import reply_channel
+from dispatch.db import create_engine, create_sessionmaker
+from dispatch.intents import IntentParser
+from dispatch.interpret import Interpreter
+from dispatch.keys import deployment_secret
+from dispatch.llm import LlmClient
+from dispatch.metrics import Counters, RedisCounters
+from dispatch.queue import ArqQueue, JobQueue
+from dispatch.service import DispatchService
+from dispatch.store import MessageStore
+from dispatch.throttle import RedisThrottle, Throttle
+from dispatch.users import UserDirectory
+from workers.handlers import BUILTIN_HANDLERS
+from workers.inprocess import InProcessQueue
+from workers.registry import HandlerRegistry
+from workers.replies import ReplySender
+from workers.runtime import Runtime, RuntimeSettings
+
+__all__ = ["Role", "load_checked_catalog", "open_runtime"]
+
+log = logging.getLogger("switchboard")
+
+Role = Literal["gateway", "worker", "cli"]
+
+
+def load_checked_catalog(settings: RuntimeSettings) -> Catalog:
+    """The catalog, its handlers and its channel templates checked (CatalogError if not)."""
+    catalog = load_catalog(settings.core.catalog_path, HandlerRegistry(BUILTIN_HANDLERS).names())
+    check_templates(catalog)
+    return catalog
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterator[Runtime]:
+    """Open everything a process needs and close it all on exit.
+
+    ``role`` decides who runs jobs: with Redis, the gateway and CLI only enqueue and the arq
+    worker runs them; without Redis, every role runs them in-process.
+    """
+    handlers = HandlerRegistry(BUILTIN_HANDLERS)
+    catalog = load_checked_catalog(settings)
+    engine = create_engine(settings.database)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(engine.dispose)
+        sessions = create_sessionmaker(engine)
+        prefix = settings.queue.prefix
+        queue: JobQueue
+        bus: ReplyBus
+        limiter: RateLimiter
+        counters: Counters
+        throttle: Throttle
+        if settings.queue.redis_url:
+            arq_queue = await ArqQueue.connect(settings.queue)
+            stack.push_async_callback(arq_queue.close)
+            queue = arq_queue
+            # One Redis, one view of its health: what fails one user is skipped by all.
+            redis, outage = arq_queue.redis, arq_queue.outage
+            bus = RedisBus(redis, reply_channel(prefix, "*", "*"), outage)
+            limiter = RedisRateLimiter(redis, prefix, outage)
+            counters = RedisCounters(redis, prefix, outage)
+            throttle = RedisThrottle(redis, prefix, outage)
+        else:
+            queue = InProcessQueue(prefix, concurrency=settings.worker.max_jobs)
+            bus = ReplyBus()
+            limiter = LocalRateLimiter()
+            counters = Counters()
+            throttle = Throttle()
+        http = httpx.AsyncClient(follow_redirects=False)
+        stack.push_async_callback(http.aclose)
+        store = MessageStore(sessions)
+        context = ChannelContext(
+            core=settings.core,
+            prefix=prefix,
+            limiter=limiter,
+            bus=bus,
+            choices=store.choices_of,
+            secret=await deployment_secret(sessions),
+        )
+        channels = ChannelRegistry.create(settings.channel, context)
+        stack.push_async_callback(channels.close)
+        activities = ActivityLog(sessions)
+        approvals = ApprovalService(
+            sessions=sessions, catalog=catalog, queue=queue, routing=channels
+        )
+        runtime = Runtime(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            catalog=catalog,
+            handlers=handlers,
+            store=store,
+            activities=activities,
+            dispatcher=DispatchService(
+                sessions=sessions,
+                store=store,
+                activities=activities,
+                catalog=catalog,
+                interpreter=Interpreter(
+                    catalog=catalog,
+                    parser=IntentParser(catalog),
+                    llm=LlmClient(settings.llm, http) if settings.llm.enabled else None,
+                    counters=counters,
+                    confidence_floor=settings.llm.confidence_floor,
+                ),
+                queue=queue,
+                routing=channels,
+                history_turns=settings.llm.history_turns,
+                clarify_timeout_s=settings.core.clarify_timeout_s,
+                approvals=approvals,
+                throttle=throttle,
+                limits=settings.throttle,
+            ),
+            approvals=approvals,
+            users=UserDirectory(sessions, identity_kinds()),
+            queue=queue,
+            bus=bus,
+            channels=channels,
+            replies=ReplySender(
+                store=store, channels=channels, activities=activities, catalog=catalog
+            ),
+            http=http,
+            counters=counters,
+        )
+        if role == "gateway" and settings.queue.redis_url:
+            await bus.start()
+            stack.push_async_callback(bus.close)
+        if isinstance(queue, InProcessQueue):
+            await queue.start(runtime)
+            stack.push_async_callback(queue.close)
+        log.info(
+            "runtime ready",
+            extra={
+                "role": role,
+                "database": settings.database.url.split("@")[-1],
+                "jobs": "arq" if settings.queue.redis_url else "in-process",
+                "channels": ",".join(channels.channels()),
+                "catalog": catalog.source,
+            },
+        )
+        yield runtime

@@ -1,0 +1,173 @@
+"""What a process runs with: its settings, and the typed, frozen set of services built from them.
+
+:class:`RuntimeSettings` gathers the settings groups a gateway or worker reads at start-up, each
+declared beside its owner (the database in ``dispatch.db``, each channel in its module, the
+worker's here). :class:`Runtime` is the one dependencies object: built by
+:func:`workers.compose.open_runtime`, kept in arq's ctx by the worker and in the app state by the
+gateway, which hands each route only the service it uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+
+from channels.registry import settings_types
+from dispatch.config import (
+    PREFIX,
+    CoreSettings,
+    Environment,
+    SettingView,
+    describe_group,
+    read_group,
+    setting,
+)
+from dispatch.db import DatabaseSettings
+from dispatch.errors import SettingsError
+from dispatch.llm import LlmSettings
+from dispatch.queue import QueueSettings
+from dispatch.throttle import ThrottleSettings
+
+if TYPE_CHECKING:
+    import httpx
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+    from channels.bus import ReplyBus
+    from channels.registry import ChannelRegistry
+    from dispatch.activities import ActivityLog
+    from dispatch.approvals import ApprovalService
+    from dispatch.catalog import Catalog
+    from dispatch.metrics import Counters
+    from dispatch.queue import JobQueue
+    from dispatch.service import DispatchService
+    from dispatch.store import MessageStore
+    from dispatch.users import UserDirectory
+    from workers.registry import HandlerRegistry
+    from workers.replies import ReplySender
+
+__all__ = ["Runtime", "RuntimeSettings", "WorkerSettings"]
+
+S = TypeVar("S")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSettings:
+    """How jobs run, in the arq worker or in-process."""
+
+    max_jobs: int = setting(32, "WORKER_MAX_JOBS", "Jobs one worker runs at a time.")
+    poll_delay_s: float = setting(
+        0.05,
+        "WORKER_POLL_DELAY_S",
+        "Seconds between queue polls (arq's default of 0.5 s adds up to half a second per hop).",
+    )
+    lease_s: float = setting(
+        30.0,
+        "WORKER_LEASE_S",
+        "How long a claim on a running activity or a message being interpreted holds without "
+        "renewal; a live run renews it every third of that, so a dead worker's work is run "
+        "again within it (and a run that cannot renew stops itself before it runs out).",
+    )
+    shutdown_grace_s: float = setting(
+        30.0,
+        "WORKER_SHUTDOWN_GRACE_S",
+        "On SIGTERM, how long a worker lets running jobs finish (taking no new ones) before it "
+        "gives the rest back to be run at once elsewhere.",
+    )
+    recover_every_s: float = setting(
+        10.0,
+        "WORKER_RECOVER_EVERY_S",
+        "How often stored-but-unfinished messages and activities are re-driven from the database.",
+    )
+    recover_after_s: float = setting(
+        5.0,
+        "WORKER_RECOVER_AFTER_S",
+        "Age a stored message or queued activity must reach before recovery re-drives it.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_jobs < 1:
+            raise SettingsError(PREFIX + "WORKER_MAX_JOBS", "must be at least 1")
+        if not 0 < self.poll_delay_s <= 10:
+            raise SettingsError(PREFIX + "WORKER_POLL_DELAY_S", "must be in (0, 10]")
+        if self.shutdown_grace_s < 0:
+            raise SettingsError(PREFIX + "WORKER_SHUTDOWN_GRACE_S", "must not be negative")
+        for name, value in (
+            ("WORKER_LEASE_S", self.lease_s),
+            ("WORKER_RECOVER_EVERY_S", self.recover_every_s),
+            ("WORKER_RECOVER_AFTER_S", self.recover_after_s),
+        ):
+            if value <= 0:
+                raise SettingsError(PREFIX + name, "must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeSettings:
+    """The settings a gateway or worker reads once at start-up; build with :meth:`from_env`."""
+
+    GROUPS: ClassVar[dict[str, type[Any]]] = {
+        "core": CoreSettings,
+        "database": DatabaseSettings,
+        "queue": QueueSettings,
+        "llm": LlmSettings,
+        "worker": WorkerSettings,
+        "throttle": ThrottleSettings,
+    }
+
+    core: CoreSettings = dataclasses.field(default_factory=CoreSettings)
+    database: DatabaseSettings = dataclasses.field(default_factory=DatabaseSettings)
+    queue: QueueSettings = dataclasses.field(default_factory=QueueSettings)
+    llm: LlmSettings = dataclasses.field(default_factory=LlmSettings)
+    worker: WorkerSettings = dataclasses.field(default_factory=WorkerSettings)
+    throttle: ThrottleSettings = dataclasses.field(default_factory=ThrottleSettings)
+    channels: Mapping[type[Any], Any] = dataclasses.field(default_factory=dict, compare=False)
+    """Each channel's settings group, by its type (see :meth:`channel`)."""
+    env: Environment = dataclasses.field(default_factory=Environment, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for kind in settings_types():
+            self.channel(kind).check(self.core)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | Environment | None = None) -> Self:
+        """Read every group from ``env`` (default: ``.env`` overlaid by the environment)."""
+        if isinstance(env, Environment):
+            environment = env
+        else:
+            environment = Environment.read() if env is None else Environment(dict(env))
+        groups = {name: read_group(kind, environment) for name, kind in cls.GROUPS.items()}
+        channels = {kind: read_group(kind, environment) for kind in settings_types()}
+        return cls(**groups, channels=channels, env=environment)
+
+    def channel(self, kind: type[S]) -> S:
+        """The settings group ``kind`` of a channel (its defaults when not read)."""
+        found = self.channels.get(kind)
+        return found if isinstance(found, kind) else kind()
+
+    def describe(self) -> list[SettingView]:
+        """Every setting with its value in effect and where it came from (secrets masked)."""
+        groups = [getattr(self, name) for name in self.GROUPS]
+        groups += [self.channel(kind) for kind in settings_types()]
+        return [row for group in groups for row in describe_group(group, self.env)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Everything a process's jobs and routes use, built once (see ``workers.compose``)."""
+
+    settings: RuntimeSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    catalog: Catalog
+    handlers: HandlerRegistry
+    store: MessageStore
+    activities: ActivityLog
+    dispatcher: DispatchService
+    approvals: ApprovalService
+    users: UserDirectory
+    queue: JobQueue
+    bus: ReplyBus
+    channels: ChannelRegistry
+    replies: ReplySender
+    http: httpx.AsyncClient
+    counters: Counters
