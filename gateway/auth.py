@@ -24,11 +24,12 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
 from dispatch.models import ApiToken, User, utcnow
-from gateway.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
 
 __all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "require"]
 
+NAME_CHARS = 200
 TOKEN_PREFIX = "sb_"  # noqa: S105 - a prefix that makes leaked tokens greppable, not a secret
 
 
@@ -78,6 +79,8 @@ class TokenStore:
             ) from None
         if not name.strip():
             raise InvalidInput("a token needs a name")
+        if "\x00" in name or len(name) > NAME_CHARS:
+            raise InvalidInput(f"a token's name is under {NAME_CHARS} characters, without NUL")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         async with self._sessions.begin() as session:
             if user_id is not None and await session.get(User, user_id) is None:
@@ -141,7 +144,7 @@ def require(role: ApiRole) -> Any:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("send 'Authorization: Bearer <token>'")
-        tokens: TokenStore = connection.app.state.services.tokens
+        tokens: TokenStore = connection.app.state.tokens
         caller = await tokens.identify(token.strip())
         if caller is None:
             raise UnauthorizedError("unknown or revoked token")

@@ -12,8 +12,10 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from channels.base import RegistersWebhook, WebhookChannel
+from channels.registry import CHANNEL_TYPES, identity_kinds
+from dispatch.errors import NotFoundError, SwitchboardError
 from dispatch.models import Role
-from gateway.errors import NotFoundError, SwitchboardError
 from gateway.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -32,16 +34,18 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level="warning",
-        ws_max_size=settings.http.max_body_bytes * 2,
+        ws_max_size=settings.core.max_body_bytes * 2,
     )
     return 0
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.logging import configure_logging
+    from dispatch.logs import configure_logging
+    from migrations import prepare
     from workers.worker import create_worker
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.core.log_level)
+    asyncio.run(prepare(settings.database))
     worker = create_worker(settings, burst=args.burst)
     worker.run()
     return 0
@@ -52,7 +56,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     from migrations import upgrade
 
     async def run() -> None:
-        engine = create_engine(settings.database)
+        engine = create_engine(settings.database, migrating=True)
         try:
             await upgrade(engine)
         finally:
@@ -63,25 +67,34 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.asynccontextmanager
+async def _runtime(settings: Settings) -> AsyncIterator[Any]:
+    from migrations import prepare
+    from workers.compose import open_runtime
+
+    await prepare(settings.database)
+    async with open_runtime(settings, role="cli") as runtime:
+        yield runtime
+
+
 async def _send_async(settings: Settings, text: str, sender: str, timeout_s: float) -> int:
-    from channels.messages import InboundMessage
     from channels.rest import RestChannel
     from channels.validation import require_text
-    from gateway.services import build_services
+    from dispatch.messages import InboundMessage
 
-    async with build_services(settings, role="cli") as services:
+    async with _runtime(settings) as runtime:
         inbound = InboundMessage(
             channel=RestChannel.name,
             external_id=f"cli-{uuid.uuid4()}",
             conversation_key=sender,
             sender=sender,
-            text=require_text(text, settings.http.max_text_chars),
+            text=require_text(text, settings.core.max_text_chars),
             raw={"text": text, "via": "cli"},
         )
-        accepted = await services.dispatcher.ingest(inbound)
+        accepted = await runtime.dispatcher.ingest(inbound)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            replies = await services.store.replies_to(accepted.message_id)
+            replies = await runtime.store.replies_to(accepted.message_id)
             if replies and all(r.delivery not in {"pending", "sending"} for r in replies):
                 print("\n".join(r.text for r in replies))
                 return 0
@@ -92,32 +105,35 @@ async def _send_async(settings: Settings, text: str, sender: str, timeout_s: flo
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.logging import configure_logging
+    from dispatch.logs import configure_logging
 
     configure_logging("WARNING")
     return asyncio.run(_send_async(settings, args.text, args.sender, args.timeout))
 
 
-def _telegram(settings: Settings, args: argparse.Namespace) -> int:
+def _webhook(settings: Settings, args: argparse.Namespace) -> int:
+    """``switchboard <channel> set-webhook | webhook-info | delete-webhook``."""
     import json
 
-    from channels.telegram import TelegramChannel
-    from gateway.services import build_services
-
-    if not settings.telegram.enabled:
-        print("switchboard: SWITCHBOARD_TELEGRAM_BOT_TOKEN is not set", file=sys.stderr)
+    kind = next(k for k in CHANNEL_TYPES if k.name == args.channel)
+    if kind.settings_type is not None and not settings.channel(kind.settings_type).enabled:
+        print(f"switchboard: the {kind.name} channel is not configured", file=sys.stderr)
         return 2
 
     async def run() -> int:
-        async with build_services(settings, role="cli") as services:
-            channel: TelegramChannel = services.telegram
+        async with _runtime(settings) as runtime:
+            channel = runtime.channels.get(kind.name)
+            assert isinstance(channel, WebhookChannel)
+            assert isinstance(channel, RegistersWebhook)
             if args.action == "set-webhook":
-                if settings.http.public_url is None:
+                if settings.core.public_url is None:
                     print("switchboard: set SWITCHBOARD_PUBLIC_URL first", file=sys.stderr)
                     return 2
-                url = settings.http.public_url.rstrip("/") + "/webhooks/telegram"
-                await channel.set_webhook(url, drop_pending_updates=args.drop_pending_updates)
-                print(f"webhook set: {url} (secret token set; updates: message, callback_query)")
+                url = settings.core.public_url.rstrip("/") + channel.webhook_paths[0]
+                done = await channel.set_webhook(
+                    url, drop_pending_updates=args.drop_pending_updates
+                )
+                print(f"webhook set: {url} ({done})")
             elif args.action == "webhook-info":
                 print(json.dumps(await channel.webhook_info(), indent=2, sort_keys=True))
             else:
@@ -133,16 +149,15 @@ def _open_directory(settings: Settings) -> Any:
     from dispatch.db import create_engine, create_sessionmaker
     from dispatch.users import UserDirectory
     from gateway.auth import TokenStore
-    from migrations import upgrade
+    from migrations import prepare
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[tuple[UserDirectory, TokenStore]]:
+        await prepare(settings.database)
         engine = create_engine(settings.database)
         try:
-            if settings.database.should_auto_migrate:
-                await upgrade(engine)
             sessions = create_sessionmaker(engine)
-            yield UserDirectory(sessions), TokenStore(sessions, None)
+            yield UserDirectory(sessions, identity_kinds()), TokenStore(sessions, None)
         finally:
             await engine.dispose()
 
@@ -164,10 +179,10 @@ def _users(settings: Settings, args: argparse.Namespace) -> int:
                 return 0
             if args.action == "add":
                 user = await users.add(args.name, args.role)
-                for channel in ("whatsapp", "telegram", "webchat"):
-                    address = getattr(args, channel)
+                for kind in identity_kinds():
+                    address = getattr(args, kind)
                     if address:
-                        user, _ = await users.link(str(user.id), channel, address)
+                        user, _ = await users.link(str(user.id), kind, address)
                 _print_user(user)
                 return 0
             if args.action == "set-role":
@@ -210,8 +225,13 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
-    for variable, default, doc in settings.describe():
-        print(f"{variable} (default {default})\n    {doc}")
+    """Every setting: the value in effect, where it came from, and what it means."""
+    for row in settings.describe():
+        value = "(unset)" if row.value is None else row.value
+        origin = row.source
+        if row.source != "default" and not row.secret:
+            origin += f"; default {'(unset)' if row.default is None else row.default}"
+        print(f"{row.variable} = {value}  [{origin}]\n    {row.doc}")
     return 0
 
 
@@ -234,17 +254,21 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--sender", default=f"cli:{getpass.getuser()}", help="sender identity")
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
     send.set_defaults(run=_send)
-    telegram = sub.add_parser("telegram", help="manage the Telegram bot's webhook")
-    telegram.add_argument("action", choices=["set-webhook", "webhook-info", "delete-webhook"])
-    telegram.add_argument(
-        "--drop-pending-updates",
-        action="store_true",
-        help="discard updates Telegram queued while no webhook answered",
-    )
-    telegram.set_defaults(run=_telegram)
+    for kind in CHANNEL_TYPES:
+        if issubclass(kind, WebhookChannel) and issubclass(kind, RegistersWebhook):
+            hook = sub.add_parser(kind.name, help=f"manage the {kind.name} webhook")
+            hook.add_argument("action", choices=["set-webhook", "webhook-info", "delete-webhook"])
+            hook.add_argument(
+                "--drop-pending-updates",
+                action="store_true",
+                help="discard what the provider queued while no webhook answered",
+            )
+            hook.set_defaults(run=_webhook, channel=kind.name)
     _user_commands(sub)
     _token_commands(sub)
-    show = sub.add_parser("settings", help="list every setting with its default")
+    show = sub.add_parser(
+        "settings", help="list every setting: its value, where it came from, what it means"
+    )
     show.set_defaults(run=_settings)
     return parser
 
@@ -256,9 +280,9 @@ def _user_commands(sub: Any) -> None:
     add = actions.add_parser("add", help="add a user")
     add.add_argument("name")
     add.add_argument("--role", choices=roles, default="guest")
-    add.add_argument("--whatsapp", help="WhatsApp number, E.164 (+34600111222)")
-    add.add_argument("--telegram", help="Telegram numeric user id")
-    add.add_argument("--webchat", help="web chat session id")
+    kinds = identity_kinds()
+    for kind in kinds.values():
+        add.add_argument(f"--{kind.name}", help=kind.help)
     actions.add_parser("list", help="list users")
     set_role = actions.add_parser("set-role", help="change a user's role")
     set_role.add_argument("user", help="id or name")
@@ -267,9 +291,7 @@ def _user_commands(sub: Any) -> None:
     deactivate.add_argument("user", help="id or name")
     link = actions.add_parser("link", help="give a user an address on a channel")
     link.add_argument("user", help="id or name")
-    link.add_argument(
-        "--channel", required=True, choices=["whatsapp", "telegram", "webchat", "rest"]
-    )
+    link.add_argument("--channel", required=True, choices=list(kinds), help="the kind of address")
     link.add_argument("--address", required=True)
     users.set_defaults(run=_users)
 

@@ -38,9 +38,8 @@ import httpx  # noqa: E402
 from dispatch.catalog import load_catalog  # noqa: E402
 from dispatch.intents import Intent, IntentParser  # noqa: E402
 from dispatch.interpret import Interpreter  # noqa: E402
-from dispatch.llm import LlmClient  # noqa: E402
+from dispatch.llm import LlmClient, LlmSettings  # noqa: E402
 from dispatch.metrics import Counters  # noqa: E402
-from gateway.settings import LlmSettings  # noqa: E402
 from workers.handlers import BUILTIN_HANDLER_NAMES  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "intent_eval.jsonl"

@@ -6,12 +6,11 @@ from typing import Any
 
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
 
-from dispatch.approvals import Decision, Outcome
+from dispatch.approvals import ApprovalService, Decision, Outcome
+from dispatch.errors import ConflictError, ForbiddenError
 from gateway.auth import ApiRole, caller_of, require
-from gateway.errors import ConflictError, ForbiddenError
-from gateway.services import Services
+from gateway.params import Id
 
 __all__ = ["ApprovalsController"]
 
@@ -35,9 +34,9 @@ def _answer(outcome: Outcome) -> Outcome:
 
 
 async def _decide(
-    request: Request[Any, Any, Any], services: Services, code: int, decision: Decision
+    request: Request[Any, Any, Any], approvals: ApprovalService, code: int, decision: Decision
 ) -> Outcome:
-    outcome = await services.approvals.decide(
+    outcome = await approvals.decide(
         user_id=_acting_user(request), code=code, decision=decision, channel=API_CHANNEL
     )
     return _answer(outcome)
@@ -52,31 +51,31 @@ class ApprovalsController(Controller):
     async def approve(
         self,
         request: Request[Any, Any, Any],
-        services: NamedDependency[Services],
-        activity_id: FromPath[int],
+        approvals: NamedDependency[ApprovalService],
+        activity_id: Id,
     ) -> Outcome:
         """Approve as the token's user (who must be an eligible approver); 409 if not counted."""
-        return await _decide(request, services, activity_id, Decision.APPROVE)
+        return await _decide(request, approvals, activity_id, Decision.APPROVE)
 
     @post("/reject", status_code=200)
     async def reject(
         self,
         request: Request[Any, Any, Any],
-        services: NamedDependency[Services],
-        activity_id: FromPath[int],
+        approvals: NamedDependency[ApprovalService],
+        activity_id: Id,
     ) -> Outcome:
         """Reject as the token's user; 409 if the decision was not counted."""
-        return await _decide(request, services, activity_id, Decision.REJECT)
+        return await _decide(request, approvals, activity_id, Decision.REJECT)
 
     @post("/run", status_code=200)
     async def run(
         self,
         request: Request[Any, Any, Any],
-        services: NamedDependency[Services],
-        activity_id: FromPath[int],
+        approvals: NamedDependency[ApprovalService],
+        activity_id: Id,
     ) -> Outcome:
         """Run an approved request that waits to be run; 409 if it is not waiting."""
-        outcome = await services.approvals.run(
+        outcome = await approvals.run(
             user_id=_acting_user(request), code=activity_id, channel=API_CHANNEL
         )
         return _answer(outcome)

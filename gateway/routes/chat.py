@@ -1,23 +1,25 @@
-"""The web chat: a page at ``/`` and the WebSocket at ``/chat/ws``."""
+"""The web chat: a page at ``/`` and the WebSocket at ``/chat/ws`` (see ``channels.webchat``)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from importlib import resources
 
-import msgspec
 from litestar import MediaType, WebSocket, get, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
-from channels.webchat import AckFrame, ErrorFrame, HelloFrame, PastMessage
-from gateway.errors import ClientError
-from gateway.services import Services
+from channels.webchat import SUBPROTOCOL, WebChatChannel
+from dispatch.outage import is_unavailable
+from dispatch.service import DispatchService
+from dispatch.store import MessageStore
+from gateway.exceptions import RETRY_AFTER_S
+from gateway.settings import Settings
 
 __all__ = ["chat_socket", "index"]
 
-HISTORY_MESSAGES = 50
+WS_TRY_AGAIN_LATER = 1013
+WS_FORBIDDEN = 4403
 
 
 @get("/", media_type=MediaType.HTML, include_in_schema=False)
@@ -25,58 +27,54 @@ async def index() -> str:
     return resources.files("gateway").joinpath("static/index.html").read_text(encoding="utf-8")
 
 
-@websocket("/chat/ws")
-async def chat_socket(socket: WebSocket, services: NamedDependency[Services]) -> None:  # type: ignore[type-arg]
-    """One socket, one conversation. Frames are validated one by one: a bad frame gets an error
-    frame and the socket stays open; nothing of it is stored."""
-    channel = services.webchat
-    await socket.accept()
-    session = channel.session_for(socket.query_params.get("session"))
-    async with services.bus.subscribe(channel.topic(session)) as replies:
-        past = await services.store.recent(channel.name, session, limit=HISTORY_MESSAGES)
-        history = tuple(
-            PastMessage(direction=m.direction, text=m.text, message_id=m.id)
-            for m in past
-            if m.direction == "inbound" or m.delivery not in {"pending", "sending"}
-        )
-        hello = HelloFrame(session=session, history=history)
-        await socket.send_data(msgspec.json.encode(hello), mode="text")
-        forward = asyncio.create_task(_forward(socket, replies))
+class _Socket:
+    """Litestar's WebSocket as the channel's ``Connection``."""
+
+    def __init__(self, socket: WebSocket) -> None:  # type: ignore[type-arg]
+        self._socket = socket
+
+    async def receive(self) -> str | bytes | None:
         try:
-            while True:
-                try:
-                    frame = await socket.receive_data(mode="text")
-                except WebSocketDisconnect:
-                    return
-                try:
-                    inbound = channel.parse_frame(session, frame)
-                    accepted = await services.dispatcher.ingest(inbound)
-                except ClientError as exc:
-                    error = ErrorFrame(error=exc.code, detail=exc.detail, id=_frame_id(frame))
-                    await socket.send_data(msgspec.json.encode(error), mode="text")
-                    continue
-                ack = AckFrame(
-                    id=inbound.external_id.partition(":")[2],
-                    message_id=accepted.message_id,
-                    conversation_id=accepted.conversation_id,
-                    duplicate=accepted.duplicate,
-                )
-                await socket.send_data(msgspec.json.encode(ack), mode="text")
-        finally:
-            forward.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await forward
+            frame: str | bytes = await self._socket.receive_data(mode="text")
+        except WebSocketDisconnect:
+            return None
+        return frame
+
+    async def send(self, data: bytes) -> None:
+        await self._socket.send_data(data, mode="text")
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._socket.close(code=code, reason=reason)
 
 
-async def _forward(socket: WebSocket, replies: asyncio.Queue[bytes]) -> None:  # type: ignore[type-arg]
-    while True:
-        frame = await replies.get()
-        await socket.send_data(frame, mode="text")
-
-
-def _frame_id(frame: str | bytes) -> str | None:
-    with contextlib.suppress(Exception):
-        value = msgspec.json.decode(frame)
-        if isinstance(value, dict) and isinstance(value.get("id"), str):
-            return str(value["id"])[:128]
-    return None
+@websocket("/chat/ws")
+async def chat_socket(
+    socket: WebSocket,  # type: ignore[type-arg]
+    webchat: NamedDependency[WebChatChannel],
+    store: NamedDependency[MessageStore],
+    dispatcher: NamedDependency[DispatchService],
+    settings: NamedDependency[Settings],
+) -> None:
+    """A page of an allowed origin opens one conversation; the session token, if any, comes in
+    ``Sec-WebSocket-Protocol`` (``switchboard, session.<token>``), never in the URL."""
+    if not webchat.allows(socket.headers.get("origin"), socket.headers.get("host")):
+        await socket.close(code=WS_FORBIDDEN, reason="origin not allowed")
+        return
+    offered = list(socket.scope.get("subprotocols") or [])
+    await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    try:
+        await webchat.serve(
+            _Socket(socket),
+            webchat.offered_token(offered),
+            dispatcher=dispatcher,
+            store=store,
+            limits=settings.throttle,
+        )
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        # Nothing of the frame in hand was stored; the page sends it again after reconnecting.
+        with contextlib.suppress(Exception):
+            await socket.close(
+                code=WS_TRY_AGAIN_LATER, reason=f"unavailable; retry in {RETRY_AFTER_S} s"
+            )

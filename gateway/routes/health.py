@@ -6,8 +6,9 @@ import msgspec
 from litestar import get
 from litestar.di import NamedDependency
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.services import Services
+from gateway.settings import Settings
 
 __all__ = ["health"]
 
@@ -19,11 +20,13 @@ class Health(msgspec.Struct, frozen=True):
 
 
 @get("/healthz", tags=["health"])
-async def health(services: NamedDependency[Services]) -> Health:
-    async with services.engine.connect() as conn:
+async def health(
+    engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
+) -> Health:
+    async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
     return Health(
         status="ok",
-        database=services.engine.dialect.name,
-        jobs="arq" if services.settings.queue.redis_url else "in-process",
+        database=engine.dialect.name,
+        jobs="arq" if settings.queue.redis_url else "in-process",
     )

@@ -7,14 +7,16 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, Parameter
+from litestar.params import Parameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from dispatch.activities import ActivityView
-from dispatch.store import MessageView
-from gateway.auth import ApiRole, require
-from gateway.errors import NotFoundError
-from gateway.services import Services
+from channels.rest import RestChannel
+from dispatch.activities import ActivityLog, ActivityView
+from dispatch.errors import NotFoundError
+from dispatch.service import DispatchService
+from dispatch.store import MessageStore, MessageView
+from gateway.auth import ApiRole, caller_of, require
+from gateway.params import Id, IdOrZero
 
 __all__ = ["MessagesController"]
 
@@ -33,11 +35,22 @@ class MessagesController(Controller):
 
     @post("/messages", status_code=HTTP_202_ACCEPTED, guards=[require(ApiRole.OPERATOR)])
     async def post_message(
-        self, request: Request[Any, Any, Any], services: NamedDependency[Services]
+        self,
+        request: Request[Any, Any, Any],
+        rest: NamedDependency[RestChannel],
+        dispatcher: NamedDependency[DispatchService],
     ) -> MessageAccepted:
-        """Accept a message; a repeated ``id`` is acknowledged again and processed only once."""
-        inbound = services.rest.parse_body(await request.body())
-        accepted = await services.dispatcher.ingest(inbound)
+        """Accept a message; a repeated ``id`` is acknowledged again and processed only once.
+
+        A token acting for a user speaks as that user, whatever ``sender`` says; a token acting
+        for no user speaks only for senders who are guests (403 otherwise)."""
+        inbound = rest.parse_body(await request.body())
+        user_id = caller_of(request).user_id
+        if user_id is None:
+            inbound = msgspec.structs.replace(inbound, guests_only=True)
+        else:
+            inbound = msgspec.structs.replace(inbound, as_user=user_id)
+        accepted = await dispatcher.ingest(inbound, client=True)
         return MessageAccepted(
             message_id=accepted.message_id,
             conversation_id=accepted.conversation_id,
@@ -48,22 +61,22 @@ class MessagesController(Controller):
     @get("/conversations/{conversation_id:int}/messages")
     async def list_messages(
         self,
-        services: NamedDependency[Services],
-        conversation_id: FromPath[int],
-        after: Annotated[int, Parameter(ge=0)] = 0,
+        store: NamedDependency[MessageStore],
+        conversation_id: Id,
+        after: IdOrZero = 0,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
     ) -> list[MessageView]:
         """The conversation's messages, inbound and outbound, oldest first, after id ``after``."""
-        if await services.store.conversation(conversation_id) is None:
+        if await store.conversation(conversation_id) is None:
             raise NotFoundError(f"no conversation {conversation_id}")
-        return await services.store.list_messages(conversation_id, after_id=after, limit=limit)
+        return await store.list_messages(conversation_id, after_id=after, limit=limit)
 
     @get("/activities/{activity_id:int}")
     async def get_activity(
-        self, services: NamedDependency[Services], activity_id: FromPath[int]
+        self, activities: NamedDependency[ActivityLog], activity_id: Id
     ) -> ActivityView:
         """An activity with its full event history."""
-        found = await services.activities.get(activity_id, with_events=True)
+        found = await activities.get(activity_id, with_events=True)
         if found is None:
             raise NotFoundError(f"no activity {activity_id}")
         return found

@@ -1,23 +1,31 @@
-"""Provider webhooks: verify, store, acknowledge at once; the work happens in jobs."""
+"""Every provider webhook, one route: find the channel by path, verify, store, acknowledge.
+
+The channel decides what its paths mean (``channels.base.WebhookChannel``); the work happens in
+jobs. A path no configured channel takes is a 404; a GET on a path whose channel takes no
+subscription check is a 405.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import MediaType, Request, Response, post
+from litestar import Request, Response, get, post
 from litestar.background_tasks import BackgroundTask
 from litestar.di import NamedDependency
+from litestar.exceptions import MethodNotAllowedException
 
-from channels.base import RawRequest
-from channels.telegram import STALE_BUTTON
-from gateway.errors import NotFoundError
-from gateway.services import Services
+from channels.base import RawRequest, WebhookReply
+from channels.registry import ChannelRegistry
+from dispatch.service import DispatchService
 
-__all__ = ["raw_request", "telegram_inbound", "twilio_inbound", "twilio_status"]
+__all__ = ["webhook_get", "webhook_post"]
+
+PATH = "/webhooks/{hook:path}"
 
 
-async def raw_request(request: Request[Any, Any, Any]) -> RawRequest:
+async def _raw(request: Request[Any, Any, Any]) -> RawRequest:
     return RawRequest(
+        method=request.method,
         path=request.url.path,
         query=request.scope.get("query_string", b"").decode("latin-1"),
         headers={k.lower(): v for k, v in request.headers.items()},
@@ -25,66 +33,38 @@ async def raw_request(request: Request[Any, Any, Any]) -> RawRequest:
     )
 
 
-def _twiml() -> Response[str]:
-    from channels.twilio import twiml_empty
+def _response(reply: WebhookReply, background: BackgroundTask | None = None) -> Response[str]:
+    return Response(
+        reply.body,
+        media_type=reply.media_type,
+        status_code=reply.status_code,
+        background=background,
+    )
 
-    return Response(twiml_empty(), media_type=MediaType.XML, status_code=200)
 
-
-@post("/webhooks/twilio", tags=["webhooks"], status_code=200)
-async def twilio_inbound(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
+@post(PATH, tags=["webhooks"], status_code=200, include_in_schema=False)
+async def webhook_post(
+    request: Request[Any, Any, Any],
+    channels: NamedDependency[ChannelRegistry],
+    dispatcher: NamedDependency[DispatchService],
 ) -> Response[str]:
-    """Twilio's incoming-message webhook: 403 unless signed by our account; 200 and an empty
-    TwiML response as soon as the message is stored (a retry of the same MessageSid is a no-op)."""
-    if "whatsapp" not in services.channels:
-        raise NotFoundError("the WhatsApp channel is not configured")
-    raw = await raw_request(request)
-    channel = services.twilio
-    await channel.verify(raw)
-    await services.dispatcher.ingest(await channel.parse(raw))
-    return _twiml()
+    """403 unless the provider really sent it; 2xx as soon as everything it carries is stored
+    (a provider's retry of the same message stores nothing more)."""
+    raw = await _raw(request)
+    channel = channels.webhook(raw.path)
+    received = await channel.receive(raw)
+    await dispatcher.ingest_all(channel.name, received.messages, received.statuses)
+    background = BackgroundTask(received.follow_up) if received.follow_up else None
+    return _response(channel.acknowledgement(), background)
 
 
-@post("/webhooks/twilio/status", tags=["webhooks"], status_code=200)
-async def twilio_status(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
+@get(PATH, tags=["webhooks"], include_in_schema=False)
+async def webhook_get(
+    request: Request[Any, Any, Any], channels: NamedDependency[ChannelRegistry]
 ) -> Response[str]:
-    """Twilio's status callback: moves the outbound message's delivery status forward only."""
-    if "whatsapp" not in services.channels:
-        raise NotFoundError("the WhatsApp channel is not configured")
-    raw = await raw_request(request)
-    channel = services.twilio
-    await channel.verify(raw)
-    report = channel.parse_status(raw)
-    if report is not None:
-        message_id = report.message_id or await services.store.outbound_by_external_id(
-            channel.name, report.sid
-        )
-        if message_id is not None:
-            await services.store.update_delivery(
-                message_id, report.status, external_id=report.sid, error=report.error
-            )
-    return _twiml()
-
-
-@post("/webhooks/telegram", tags=["webhooks"], status_code=200)
-async def telegram_inbound(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> Response[dict[str, bool]]:
-    """Telegram's webhook: 403 without our secret token; 200 once stored, for every update
-    (ones we do not handle are kept as ignored, so Telegram never retries them)."""
-    if "telegram" not in services.channels:
-        raise NotFoundError("the Telegram channel is not configured")
-    raw = await raw_request(request)
-    channel = services.telegram
-    await channel.verify(raw)
-    inbound = await channel.parse(raw)
-    await services.dispatcher.ingest(inbound)
-    query_id = channel.callback_query_id(inbound)
-    background = None
-    if query_id is not None:
-        # Stop the button's spinner after answering Telegram, never before.
-        text = STALE_BUTTON if inbound.ignored else None
-        background = BackgroundTask(channel.answer_callback, query_id, text)
-    return Response({"ok": True}, status_code=200, background=background)
+    """A provider's subscription check (Meta's ``hub.challenge``)."""
+    raw = await _raw(request)
+    reply = channels.webhook(raw.path).handshake(raw)
+    if reply is None:
+        raise MethodNotAllowedException(detail=f"{raw.path} takes POST only")
+    return _response(reply)
