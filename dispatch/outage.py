@@ -69,6 +69,7 @@ class Outage:
         self._last_failure = 0.0
         self._pause_s = self.FIRST_PAUSE_S
         self._probing = False
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     def down(self) -> bool:
         """Whether callers should not try it now (down, and no probe due)."""
@@ -109,8 +110,7 @@ class Outage:
         probe = self._since is not None
         self._probing = probe
         try:
-            async with asyncio.timeout(self._timeout_s):
-                result = await attempt()
+            result = await self._bounded(attempt)
         except Exception as exc:
             self.failed(exc, meanwhile, **extra)
             return await fallback()
@@ -119,6 +119,31 @@ class Outage:
                 self._probing = False
         self.answered()
         return result
+
+    async def _bounded(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()``, given up after ``timeout_s`` without waiting for its clean-up: a
+        cancelled client call may clean up by talking to the server again (redis-py's
+        pipeline sends UNWATCH on exit), which, on a frozen server, waits out one more
+        timeout. The abandoned call ends by itself in the background."""
+        if self._timeout_s is None:
+            return await attempt()
+        task = asyncio.ensure_future(attempt())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._timeout_s)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        raise TimeoutError(f"{self._what} did not answer within {self._timeout_s:g} s")
+
+    def _forget(self, task: asyncio.Future[Any]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its outage is already reported
 
     def answered(self) -> None:
         if self._since is not None:
