@@ -125,6 +125,13 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
                 await asyncio.sleep(self._outage_s)
             else:
                 self._outage_s = 0.0
+            # A stop (arq cancels this task once) must not be lost on the way: under a socket
+            # timeout redis-py sends with asyncio.wait_for, which on Python 3.11 swallows a
+            # cancellation that arrives as the send completes (CPython gh-86296), and the
+            # worker would poll on, never stopping. The request is still counted on the task.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
         async def start_jobs(self, job_ids: list[bytes]) -> None:
             for job_id in job_ids:
