@@ -19,13 +19,18 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.services import Services, build_services
 from gateway.settings import Settings
-
-PG_ADMIN_DSN = os.environ.get(
-    "SWITCHBOARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.support.runtime import runtime_for
+from tests.support.services import (
+    REDIS_BASE,
+    claim_redis_db,
+    create_database,
+    drop_database,
+    own_database,
+    release_redis_db,
 )
-REDIS_BASE = os.environ.get("SWITCHBOARD_TEST_REDIS", "redis://127.0.0.1:6379")
+from workers.runtime import Runtime
+
 REQUIRE = os.environ.get("SWITCHBOARD_REQUIRE_SERVICES") == "1"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,51 +50,23 @@ def _unavailable(what: str, exc: BaseException) -> None:
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped afterwards."""
     name = f"switchboard_test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        url = asyncio.run(create_database(name))
     except (OSError, asyncpg.PostgresError) as exc:
         _unavailable("PostgreSQL", exc)
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield url
+    asyncio.run(drop_database(name))
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A Redis db number of our own for this run (claimed with a lock key), flushed after."""
-
-    async def claim() -> int:
-        client = aioredis.from_url(f"{REDIS_BASE}/0", socket_timeout=5)
-        try:
-            for db in range(15, 0, -1):
-                if await client.set(f"switchboard-test-db-lock:{db}", "1", nx=True, ex=3600):
-                    return db
-            raise RuntimeError("every Redis db 1-15 is claimed by another test run")
-        finally:
-            await client.aclose()
-
-    async def release(db: int) -> None:
-        client = aioredis.from_url(f"{REDIS_BASE}/{db}")
-        await client.flushdb()
-        await client.aclose()
-        lock = aioredis.from_url(f"{REDIS_BASE}/0")
-        await lock.delete(f"switchboard-test-db-lock:{db}")
-        await lock.aclose()
-
     try:
-        db = asyncio.run(claim())
+        db = asyncio.run(claim_redis_db())
     except (OSError, aioredis.ConnectionError) as exc:
         _unavailable("Redis", exc)
     yield f"{REDIS_BASE}/{db}"
-    asyncio.run(release(db))
+    asyncio.run(release_redis_db(db))
 
 
 @pytest.fixture
@@ -109,8 +86,7 @@ def make_env(prefix: str) -> Callable[..., dict[str, str]]:
     def make(**values: Any) -> dict[str, str]:
         env = {
             "SWITCHBOARD_REDIS_PREFIX": prefix,
-            "SWITCHBOARD_WORKER_RECOVER_EVERY_S": "1",
-            "SWITCHBOARD_WORKER_RECOVER_AFTER_S": "1",
+            # Recovery keeps its defaults (a pass every 10 s): nothing may wait for it to move on.
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
             "SWITCHBOARD_ADMIN_TOKEN": ADMIN_TOKEN,
         }
@@ -133,16 +109,23 @@ def make_settings(make_env: Callable[..., dict[str, str]]) -> Callable[..., Sett
 @pytest.fixture
 async def embedded(
     make_settings: Callable[..., Settings], sqlite_url: str
-) -> AsyncIterator[Services]:
-    """Services on the embedded default: SQLite file, in-process jobs."""
-    async with build_services(make_settings(database_url=sqlite_url), role="gateway") as services:
+) -> AsyncIterator[Runtime]:
+    """Runtime on the embedded default: SQLite file, in-process jobs."""
+    async with runtime_for(make_settings(database_url=sqlite_url), role="gateway") as services:
         yield services
 
 
 @pytest.fixture
+async def own_pg(pg_url: str) -> AsyncIterator[str]:
+    """A migrated PostgreSQL database of this test's own (for figures counted over a whole
+    database), dropped afterwards. (``pg_url`` first: it skips or fails without PostgreSQL.)"""
+    async with own_database("switchboard_test") as url:
+        yield url
+
+
+@pytest.fixture
 async def pg_migrated(pg_url: str) -> str:
-    from dispatch.db import create_engine
-    from gateway.settings import DatabaseSettings
+    from dispatch.db import DatabaseSettings, create_engine
     from migrations import upgrade
 
     engine = create_engine(DatabaseSettings(url=pg_url))
@@ -154,8 +137,7 @@ async def pg_migrated(pg_url: str) -> str:
 @contextlib.asynccontextmanager
 async def open_db(url: str) -> AsyncIterator[Any]:
     """A session factory on its own engine, in the test's event loop, for assertions."""
-    from dispatch.db import create_engine, create_sessionmaker
-    from gateway.settings import DatabaseSettings
+    from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
 
     engine = create_engine(DatabaseSettings(url=url))
     try:

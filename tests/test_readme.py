@@ -11,7 +11,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encodi
 
 
 def test_every_setting_is_in_the_readme() -> None:
-    missing = [name for name, _, _ in Settings().describe() if f"`{name}`" not in README]
+    missing = [row.variable for row in Settings().describe() if f"`{row.variable}`" not in README]
     assert missing == []
 
 

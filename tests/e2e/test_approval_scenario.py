@@ -20,9 +20,10 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN, free_port
-from tests.e2e.test_processes import SWITCHBOARD, _env, gateway_and_worker
+from tests.e2e.test_processes import gateway_and_worker
 from tests.support.approvals import REFUND_CATALOG
 from tests.support.flow import wait_for
+from tests.support.processes import SWITCHBOARD, child_env
 from tests.support.twilio_api import SentMessage, TwilioApi
 from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, signed, twilio_env
 
@@ -76,7 +77,7 @@ async def test_guest_request_approved_then_rejected_over_whatsapp(
             subprocess.run,
             [*SWITCHBOARD, "users", "add", "Sofía", "--role", "supervisor", "--whatsapp",
              SUPERVISOR.removeprefix("whatsapp:")],
-            env=_env(env, tmp_path), cwd=tmp_path, capture_output=True, text=True, check=False,
+            env=child_env(env), cwd=tmp_path, capture_output=True, text=True, check=False,
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
         assert "supervisor" in added.stdout

@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from tests.conftest import ADMIN, free_port
+from dispatch.models import Message
+from tests.conftest import ADMIN, free_port, open_db
+from tests.support import whatsapp_cloud_webhook as meta
 from tests.support.flow import outbound, post, wait_for
+from tests.support.graph_api import GraphApi
+from tests.support.processes import SWITCHBOARD, child_env, process, wait_healthy
 from tests.support.telegram_api import TelegramApi
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
 from tests.support.twilio_api import TwilioApi
@@ -30,46 +31,6 @@ from tests.support.twilio_webhook import (
     signed,
     twilio_env,
 )
-
-SWITCHBOARD = [str(Path(sys.executable).parent / "switchboard")]
-
-
-def _env(values: dict[str, str], cwd: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
-    return {**env, **values, "PYTHONUNBUFFERED": "1"}
-
-
-@contextlib.contextmanager
-def process(
-    args: list[str], env: dict[str, str], cwd: Path, log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            SWITCHBOARD + args, env=_env(env, cwd), cwd=cwd, stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def wait_healthy(
-    base: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"gateway exited {proc.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"gateway not healthy in {timeout_s} s:\n{log.read_text()}")
 
 
 @contextlib.asynccontextmanager
@@ -154,6 +115,48 @@ async def test_whatsapp_webhook_to_reply_through_a_worker_process(
 
 
 @pytest.mark.services
+async def test_whatsapp_cloud_webhook_to_reply_through_a_worker_process(
+    make_env: Callable[..., dict[str, str]], pg_migrated: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Meta's subscription check, then a signed webhook → arq worker process → reply at the
+    Graph API server, and its status report moves the reply forward."""
+    port = free_port()
+    with GraphApi() as api:
+        env = make_env(
+            database_url=pg_migrated, redis_url=redis_url, port=port, **meta.cloud_env(api.url)
+        )
+        async with (
+            gateway_and_worker(env, tmp_path) as base,
+            httpx.AsyncClient(base_url=base, timeout=10, headers=ADMIN) as client,
+        ):
+            check = await client.get(
+                meta.PATH,
+                params={
+                    "hub.mode": "subscribe",
+                    "hub.verify_token": meta.VERIFY_TOKEN,
+                    "hub.challenge": "424242",
+                },
+            )
+            assert (check.status_code, check.text) == (200, "424242")
+            payload = meta.notification(meta.messages(meta.text("echo desde Meta")))
+            body, headers = meta.signed(payload)
+            assert (await client.post(meta.PATH, content=body, headers=headers)).status_code == 200
+            [reply] = await asyncio.to_thread(api.wait_sent, 1, 30)
+            ours = int(reply["biz_opaque_callback_data"].removeprefix("sb:"))
+            report = meta.status("wamid.e2e", "read", ours=ours)
+            body, headers = meta.signed(meta.notification({"statuses": [report]}))
+            assert (await client.post(meta.PATH, content=body, headers=headers)).status_code == 200
+        async with open_db(pg_migrated) as sessions, sessions() as session:
+            row = await session.get(Message, ours)
+        assert reply["text"]["body"] == "desde Meta"
+        assert row is not None
+        assert (row.channel, row.delivery) == ("whatsapp_cloud", "read")
+        assert row.external_id is not None
+        assert row.external_id.startswith("wamid.")  # the send's, which a report never replaces
+        assert api.unexpected == []
+
+
+@pytest.mark.services
 async def test_telegram_update_to_reply_through_a_worker_process(
     make_env: Callable[..., dict[str, str]], pg_migrated: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -203,7 +206,7 @@ def test_telegram_webhook_commands(make_env: Callable[..., dict[str, str]], tmp_
 def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SWITCHBOARD, *args],
-        env=_env(env, cwd),
+        env=child_env(env),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -229,3 +232,25 @@ def test_bad_setting_fails_at_start_with_a_clear_message(tmp_path: Path) -> None
     result = run_cli(["send", "help"], tmp_path, SWITCHBOARD_MAX_BODY_BYTES="huge")
     assert result.returncode == 2
     assert result.stderr.startswith("switchboard: SWITCHBOARD_MAX_BODY_BYTES:")
+
+
+def test_settings_command_shows_every_value_and_its_source(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "SWITCHBOARD_PORT=9000\nSWITCHBOARD_TELEGRAM_BOT_TOKEN=123456:" + "A" * 35 + "\n"
+    )
+    result = run_cli(["settings"], tmp_path, SWITCHBOARD_LLM_MODEL="local-model")
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" = ")[0]: line for line in result.stdout.splitlines() if " = " in line}
+    assert lines["SWITCHBOARD_PORT"] == "SWITCHBOARD_PORT = 9000  [.env; default 8000]"
+    assert lines["SWITCHBOARD_LLM_MODEL"] == (
+        "SWITCHBOARD_LLM_MODEL = local-model  [env; default gpt-4o-mini]"
+    )
+    assert lines["SWITCHBOARD_HOST"] == "SWITCHBOARD_HOST = 127.0.0.1  [default]"
+    assert lines["SWITCHBOARD_TELEGRAM_BOT_TOKEN"] == (
+        "SWITCHBOARD_TELEGRAM_BOT_TOKEN = ********  [.env]"
+    )
+    assert lines["SWITCHBOARD_WHATSAPP_CLOUD_ACCESS_TOKEN"].endswith("= (unset)  [default]")
+    assert "A" * 35 not in result.stdout
+    # Every group, wherever it is declared, is listed.
+    for owner in ("DATABASE_URL", "WORKER_MAX_JOBS", "TWILIO_ACCOUNT_SID", "ADMIN_TOKEN"):
+        assert f"SWITCHBOARD_{owner}" in lines

@@ -13,15 +13,17 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from channels.messages import InboundMessage
 from dispatch.activities import ActivityView
 from dispatch.approvals import Decision
+from dispatch.messages import InboundMessage
 from dispatch.models import Activity, ActivityStatus, Conversation, Message
 from gateway.app import create_app
-from gateway.services import Services, build_services
+from gateway.auth import TokenStore
 from gateway.settings import Settings
 from tests.conftest import ADMIN
 from tests.support.flow import wait_for
+from tests.support.runtime import runtime_for
+from workers.runtime import Runtime
 
 CATALOG = """
 [fallback]
@@ -124,27 +126,27 @@ def catalog_path(tmp_path: Path) -> Path:
 def make_services(
     make_settings: Callable[..., Settings], sqlite_url: str, catalog_path: Path
 ) -> Callable[..., Any]:
-    def make(database_url: str = sqlite_url) -> Any:
-        settings = make_settings(database_url=database_url, catalog=catalog_path)
-        return build_services(settings, role="gateway")
+    def make(database_url: str = sqlite_url, **extra: Any) -> Any:
+        settings = make_settings(database_url=database_url, catalog=catalog_path, **extra)
+        return runtime_for(settings, "gateway")
 
     return make
 
 
 @pytest.fixture
-async def services(make_services: Callable[..., Any]) -> AsyncIterator[Services]:
+async def services(make_services: Callable[..., Any]) -> AsyncIterator[Runtime]:
     async with make_services() as built:
         yield built
 
 
-async def person(services: Services, name: str, role: str) -> int:
+async def person(services: Runtime, name: str, role: str) -> int:
     """A named user with a REST identity ``name`` (their conversation key too)."""
     user = await services.users.add(name, role)
     await services.users.link(str(user.id), "rest", name)
     return user.id
 
 
-async def say(services: Services, sender: str, text: str) -> ActivityView:
+async def say(services: Runtime, sender: str, text: str) -> ActivityView:
     """``sender`` writes ``text``; returns the activity once it has settled."""
     accepted = await services.dispatcher.ingest(
         InboundMessage(
@@ -172,7 +174,7 @@ async def say(services: Services, sender: str, text: str) -> ActivityView:
     return activity
 
 
-async def unsent(services: Services, activity_id: int) -> int:
+async def unsent(services: Runtime, activity_id: int) -> int:
     async with services.sessions() as session:
         rows = await session.scalars(
             select(Message.id).where(
@@ -182,7 +184,7 @@ async def unsent(services: Services, activity_id: int) -> int:
         return len(list(rows))
 
 
-async def inbox(services: Services, who: str) -> list[str]:
+async def inbox(services: Runtime, who: str) -> list[str]:
     """Every message sent to ``who`` so far, oldest first (once delivered)."""
     async with services.sessions() as session:
         rows = await session.scalars(
@@ -194,7 +196,7 @@ async def inbox(services: Services, who: str) -> list[str]:
         return [m.text for m in rows if m.delivery not in {"pending", "sending"}]
 
 
-async def settled(services: Services, activity_id: int, *statuses: str) -> ActivityView:
+async def settled(services: Runtime, activity_id: int, *statuses: str) -> ActivityView:
     async def ready() -> ActivityView | None:
         found = await services.activities.get(activity_id, with_events=True)
         if found is None or found.status not in statuses:
@@ -209,7 +211,7 @@ def kinds(activity: ActivityView) -> list[str]:
     return [e.kind for e in activity.events]
 
 
-async def test_guest_request_waits_for_a_supervisor_then_runs(services: Services) -> None:
+async def test_guest_request_waits_for_a_supervisor_then_runs(services: Runtime) -> None:
     sup = await person(services, "sup", "supervisor")
     await person(services, "other-sup", "supervisor")
     request = await say(services, "guest-1", "refund #12")
@@ -249,7 +251,7 @@ async def test_guest_request_waits_for_a_supervisor_then_runs(services: Services
     ]
 
 
-async def test_rejection_tells_the_requester_and_nothing_runs(services: Services) -> None:
+async def test_rejection_tells_the_requester_and_nothing_runs(services: Runtime) -> None:
     await person(services, "sup", "supervisor")
     request = await say(services, "guest-2", "refund 7")
     decision = await say(services, "sup", f"RECHAZAR {request.id}")
@@ -263,7 +265,7 @@ async def test_rejection_tells_the_requester_and_nothing_runs(services: Services
     )
 
 
-async def test_who_may_not_decide_changes_nothing(services: Services) -> None:
+async def test_who_may_not_decide_changes_nothing(services: Runtime) -> None:
     """A guest, the requester (no self-approval), an unknown code: same answer, an event each."""
     await person(services, "sup", "supervisor")
     asker = await person(services, "sup-asker", "supervisor")
@@ -288,14 +290,14 @@ async def test_who_may_not_decide_changes_nothing(services: Services) -> None:
     ]
 
 
-async def test_self_approval_where_the_policy_allows_it(services: Services) -> None:
+async def test_self_approval_where_the_policy_allows_it(services: Runtime) -> None:
     await person(services, "boss", "supervisor")
     request = await say(services, "boss", "petty 5")
     await say(services, "boss", f"yes {request.id}")
     assert (await settled(services, request.id, "completed")).status == "completed"
 
 
-async def test_quorum_of_two_and_a_double_approval(services: Services) -> None:
+async def test_quorum_of_two_and_a_double_approval(services: Runtime) -> None:
     await person(services, "sup-a", "supervisor")
     await person(services, "adm-b", "admin")
     request = await say(services, "guest-4", "payout 9")
@@ -319,7 +321,15 @@ async def test_quorum_of_two_and_a_double_approval(services: Services) -> None:
     assert told[-1] == "payout: invoice=9"
 
 
-async def test_expiry_moves_to_expired_and_tells_the_requester(services: Services) -> None:
+async def test_expiry_moves_to_expired_and_tells_the_requester(
+    make_services: Callable[..., Any],
+) -> None:
+    # The periodic sweep would race the expiry this test makes by hand.
+    async with make_services(worker_recover_every_s=3600) as services:
+        await expire_and_tell(services)
+
+
+async def expire_and_tell(services: Runtime) -> None:
     await person(services, "sup", "supervisor")
     request = await say(services, "guest-5", "quick 1")
     await asyncio.sleep(0.6)
@@ -336,7 +346,7 @@ async def test_expiry_moves_to_expired_and_tells_the_requester(services: Service
 
 
 async def test_approve_without_auto_run_then_run_and_a_role_change_before_it(
-    services: Services,
+    services: Runtime,
 ) -> None:
     await person(services, "sup", "supervisor")
     operator = await person(services, "op", "operator")
@@ -364,7 +374,7 @@ async def test_approve_without_auto_run_then_run_and_a_role_change_before_it(
     assert (await settled(services, second.id, "completed")).status == "completed"
 
 
-async def test_a_guest_may_not_ask_for_a_role_restricted_action(services: Services) -> None:
+async def test_a_guest_may_not_ask_for_a_role_restricted_action(services: Runtime) -> None:
     await person(services, "sup", "supervisor")
     denied = await say(services, "guest-6", "wire 1")
     assert (denied.status, denied.details["error"]["reason"]) == ("failed", "forbidden")
@@ -372,12 +382,12 @@ async def test_a_guest_may_not_ask_for_a_role_restricted_action(services: Servic
     assert await inbox(services, "sup") == []
 
 
-async def test_no_reachable_approver_fails_at_once(services: Services) -> None:
+async def test_no_reachable_approver_fails_at_once(services: Runtime) -> None:
     failed = await say(services, "guest-7", "refund 2")
     assert (failed.status, failed.details["error"]["reason"]) == ("failed", "no_approver")
 
 
-async def test_a_deactivated_approver_cannot_decide(services: Services) -> None:
+async def test_a_deactivated_approver_cannot_decide(services: Runtime) -> None:
     sup = await person(services, "sup", "supervisor")
     await person(services, "sup2", "supervisor")
     request = await say(services, "guest-8", "refund 8")
@@ -389,7 +399,7 @@ async def test_a_deactivated_approver_cannot_decide(services: Services) -> None:
     assert still.status == "awaiting_approval"
 
 
-async def test_bare_yes_decides_only_when_exactly_one_request_waits(services: Services) -> None:
+async def test_bare_yes_decides_only_when_exactly_one_request_waits(services: Runtime) -> None:
     await person(services, "sup", "supervisor")
     first = await say(services, "guest-9", "refund 1")
     only = await say(services, "sup", "Yes")
@@ -422,7 +432,7 @@ async def test_concurrent_yes_from_two_approvers_runs_once_on_postgres(
         await concurrent_approvals(services)
 
 
-async def concurrent_approvals(services: Services) -> None:
+async def concurrent_approvals(services: Runtime) -> None:
     """Four decisions at once from two approvers (each twice): one counts, one run."""
     one = await person(services, "sup-1", "supervisor")
     two = await person(services, "sup-2", "supervisor")
@@ -442,12 +452,16 @@ async def concurrent_approvals(services: Services) -> None:
     assert done.attempts == 1
 
 
-async def test_the_api_decides_as_the_tokens_user(services: Services, catalog_path: Path) -> None:
+async def test_the_api_decides_as_the_tokens_user(services: Runtime, catalog_path: Path) -> None:
     sup = await person(services, "sup", "supervisor")
-    operator_token, _ = await services.tokens.create(name="sup", role="operator", user_id=sup)
-    unbound, _ = await services.tokens.create(name="bot", role="operator")
-    read_only, _ = await services.tokens.create(name="gpt", role="actions")
+    tokens = TokenStore(services.sessions, None)
+    operator_token, _ = await tokens.create(name="sup", role="operator", user_id=sup)
+    unbound, _ = await tokens.create(name="bot", role="operator")
+    read_only, _ = await tokens.create(name="gpt", role="actions")
     request = await say(services, "guest-api", "refund 4")
+    # The second app's start (on the same SQLite file) blocks this loop: nothing may be
+    # mid-transaction in it then.
+    await services.queue.drain()  # type: ignore[attr-defined]
     app = create_app(services.settings)
     async with AsyncTestClient(app) as client:
         url = f"/api/v1/activities/{request.id}/approve"
@@ -476,8 +490,69 @@ async def test_the_api_decides_as_the_tokens_user(services: Services, catalog_pa
     assert (approved.actor, approved.data["channel"]) == (f"user:{sup}", "api")
 
 
+async def test_a_token_cannot_speak_for_someone_elses_rest_address(
+    services: Runtime, catalog_path: Path
+) -> None:
+    """The attack: an operator token acting for no user posts ``YES <code>`` as the REST
+    address linked to a supervisor. Refused; a token acting for a user speaks as that user."""
+    await person(services, "sup-rest", "supervisor")
+    await person(services, "boss-rest", "admin")
+    deputy = await person(services, "deputy", "supervisor")
+    tokens = TokenStore(services.sessions, None)
+    unbound, _ = await tokens.create(name="bot", role="operator")
+    own, _ = await tokens.create(name="deputy", role="operator", user_id=deputy)
+    request = await say(services, "guest-rest", "refund 5")
+    # The second app's start (on the same SQLite file) blocks this loop: nothing may be
+    # mid-transaction in it then.
+    await services.queue.drain()  # type: ignore[attr-defined]
+    app = create_app(services.settings)
+    async with AsyncTestClient(app) as client:
+        bot = {"Authorization": f"Bearer {unbound}"}
+        for n, sender in enumerate(["sup-rest", "boss-rest"]):
+            posted = await client.post(
+                "/api/v1/messages",
+                json={
+                    "id": f"imp-{n}",
+                    "conversation": sender,
+                    "sender": sender,
+                    "text": f"YES {request.id}",
+                },
+                headers=bot,
+            )
+            assert posted.status_code == 403
+            assert "speaks only for guests" in posted.json()["detail"]
+        guest = await client.post(
+            "/api/v1/messages",
+            json={"id": "imp-g", "conversation": "g", "sender": "new-guest", "text": "help"},
+            headers=bot,
+        )
+        assert guest.status_code == 202
+        assert (await services.activities.get(request.id)).status == "awaiting_approval"  # type: ignore[union-attr]
+        # Whatever ``sender`` says, a token acting for a user speaks as that user.
+        mine = await client.post(
+            "/api/v1/messages",
+            json={
+                "id": "imp-own",
+                "conversation": "boss-console",
+                "sender": "sup-rest",
+                "text": f"SI {request.id}",
+            },
+            headers={"Authorization": f"Bearer {own}"},
+        )
+        assert mine.status_code == 202
+    done = await settled(services, request.id, "completed")
+    approved = next(e for e in done.events if e.kind == "approved")
+    assert approved.actor == f"user:{deputy}"
+    async with services.sessions() as session:
+        imp = await session.scalar(select(Message).where(Message.external_id == "imp-own"))
+        refused = await session.scalar(select(Message).where(Message.external_id == "imp-0"))
+    assert imp is not None
+    assert imp.user_id == deputy
+    assert refused is None  # a refused message leaves nothing stored
+
+
 async def test_a_decision_after_the_deadline_expires_the_request_instead(
-    services: Services,
+    services: Runtime,
 ) -> None:
     """Before the sweeper gets there, a late YES finds the deadline passed: expired, not run."""
     await person(services, "sup", "supervisor")

@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from channels.messages import InboundMessage
+from dispatch.messages import InboundMessage
 from dispatch.models import Conversation, ConversationState
-from gateway.services import Services, build_services
 from gateway.settings import Settings
-from tests.support.flow import ask
+from tests.support.flow import ask, wait_for
 from tests.support.llm_api import LlmApi, tool_call
+from tests.support.runtime import runtime_for
+from workers import jobs
+from workers.runtime import Runtime
 
 CATALOG = Path(__file__).resolve().parent.parent / "data" / "eval_catalog.toml"
 TOMORROW = (dt.date.today() + dt.timedelta(days=1)).isoformat()
@@ -37,18 +39,18 @@ def make_services(
         settings = make_settings(
             database_url=sqlite_url, catalog=CATALOG, llm_base_url=llm.base_url, **values
         )
-        return build_services(settings, role="gateway")
+        return runtime_for(settings, "gateway")
 
     return make
 
 
 @pytest.fixture
-async def services(make_services: Callable[..., Any]) -> AsyncIterator[Services]:
+async def services(make_services: Callable[..., Any]) -> AsyncIterator[Runtime]:
     async with make_services() as built:
         yield built
 
 
-async def open_state(services: Services, sender: str) -> ConversationState | None:
+async def open_state(services: Runtime, sender: str) -> ConversationState | None:
     async with services.sessions() as session:
         state: ConversationState | None = await session.scalar(
             select(ConversationState)
@@ -58,7 +60,7 @@ async def open_state(services: Services, sender: str) -> ConversationState | Non
     return state
 
 
-async def test_missing_slot_is_asked_for_and_the_answer_fills_it(services: Services) -> None:
+async def test_missing_slot_is_asked_for_and_the_answer_fills_it(services: Runtime) -> None:
     question, text = await ask(services, "create an invoice", sender="ana")
     assert (question.agent_name, question.action_type) == ("system", "clarify")
     assert text.startswith("Which client is the invoice for?")
@@ -79,7 +81,7 @@ async def test_missing_slot_is_asked_for_and_the_answer_fills_it(services: Servi
     assert await open_state(services, "ana") is None
 
 
-async def test_two_missing_slots_are_asked_one_after_the_other(services: Services) -> None:
+async def test_two_missing_slots_are_asked_one_after_the_other(services: Runtime) -> None:
     _, text = await ask(services, "agenda una reunión", sender="bea")
     assert text.startswith("Who is the meeting with?")
     _, text = await ask(services, "Carlos", sender="bea")
@@ -90,7 +92,7 @@ async def test_two_missing_slots_are_asked_one_after_the_other(services: Service
 
 
 async def test_an_answer_that_does_not_fit_is_asked_again_then_given_up(
-    services: Services,
+    services: Runtime,
 ) -> None:
     _, text = await ask(services, "send the invoice", sender="cai")
     assert text.startswith("Which invoice number?")
@@ -109,7 +111,7 @@ async def test_an_answer_that_does_not_fit_is_asked_again_then_given_up(
 
 
 async def test_ambiguous_match_offers_the_options_and_a_number_picks_one(
-    services: Services,
+    services: Runtime,
 ) -> None:
     question, text = await ask(services, "the invoice please", sender="dan")
     assert text.splitlines() == [
@@ -138,7 +140,7 @@ async def test_ambiguous_match_offers_the_options_and_a_number_picks_one(
 
 
 async def test_abort_a_new_request_or_a_control_intent_while_a_question_is_open(
-    services: Services,
+    services: Runtime,
 ) -> None:
     await ask(services, "create an invoice", sender="eva")
     _, text = await ask(services, "olvídalo", sender="eva")
@@ -173,7 +175,7 @@ async def test_questions_are_per_conversation_and_time_out(
 
 
 async def test_an_llm_proposal_lacking_a_required_field_gets_a_question(
-    services: Services, llm: LlmApi
+    services: Runtime, llm: LlmApi
 ) -> None:
     llm.scenario = lambda body: tool_call("crm__find_client", {"confidence": 0.9})
     question, text = await ask(services, "I'm looking for someone we work with", sender="hal")
@@ -188,7 +190,7 @@ async def test_an_llm_proposal_lacking_a_required_field_gets_a_question(
     assert len(llm.requests) == 1  # the answer is not sent to the model
 
 
-async def test_an_answer_dispatched_before_its_question_waits_for_it(services: Services) -> None:
+async def test_an_answer_dispatched_before_its_question_waits_for_it(services: Runtime) -> None:
     """Conversation order holds for understanding too: dispatching message 2 first dispatches
     message 1 (which asks the question) and then reads 2 as the answer."""
     accepted = [
@@ -203,20 +205,27 @@ async def test_an_answer_dispatched_before_its_question_waits_for_it(services: S
         )
         for n, text in enumerate(["find client", "Initech"])
     ]
-    second = await services.dispatcher.dispatch_message(accepted[1].message_id)
+    second = await services.dispatcher.dispatch_message(accepted[1].message_id, lease_s=30)
     assert second is not None
-    activity = await services.activities.get(second.activity_id)
+    assert (second.outcome, second.activity_id) == ("waiting", None)
+    # Message 1 asks its question, then wakes message 2, which is read as the answer.
+    await jobs.dispatch_message(services, accepted[0].message_id)
+
+    async def answered() -> Any:
+        again = await services.dispatcher.dispatch_message(accepted[1].message_id, lease_s=30)
+        return again if again is not None and again.activity_id is not None else None
+
+    done = await wait_for(answered)
+    activity = await services.activities.get(done.activity_id)
     assert activity is not None
     assert (activity.action_type, activity.details["payload"]) == (
         "find_client",
         {"query": "Initech"},
     )
-    first = await services.dispatcher.dispatch_message(accepted[0].message_id)
-    assert first is not None
-    assert not first.created
+    assert not done.created  # the wake-up recorded it; asking again finds it
 
 
-async def test_approval_keywords_are_reserved_before_catalog_rules(services: Services) -> None:
+async def test_approval_keywords_are_reserved_before_catalog_rules(services: Runtime) -> None:
     """ "YES 123" is a decision, never a catalog action nor the answer to an open question;
     with no approval gate configured, nothing awaits this sender's decision."""
     await ask(services, "create an invoice", sender="jon")

@@ -28,7 +28,7 @@ async def client(
 
 
 async def count(client: AsyncTestClient[Any], model: Any) -> int:
-    async with open_db(client.app.state.services.settings.database.url) as sessions:
+    async with open_db(client.app.state.runtime.settings.database.url) as sessions:
         return await count_rows(sessions, model)
 
 
@@ -225,9 +225,12 @@ async def test_websocket_session_resumes_the_conversation(client: AsyncTestClien
         first = [socket.receive_json(), socket.receive_json()]
     conversation_id = next(f for f in first if f["type"] == "ack")["conversation_id"]
     await outbound(client, conversation_id)  # the reply's delivery is recorded
-    with await client.websocket_connect(f"/chat/ws?session={session}") as socket:
+    with await client.websocket_connect(
+        "/chat/ws", subprotocols=["switchboard", f"session.{session}"]
+    ) as socket:
         hello = socket.receive_json()
-        assert hello["session"] == session
+        # The same session, its token renewed: the conversation goes on.
+        assert hello["session"].split(".")[0] == session.split(".")[0]
         # What the page shows again after a reload: the conversation so far.
         assert [(m["direction"], m["text"]) for m in hello["history"]] == [
             ("inbound", "echo first"),

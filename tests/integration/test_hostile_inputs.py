@@ -18,10 +18,9 @@ import pytest
 from dispatch.catalog import decode_catalog
 from dispatch.intents import IntentParser
 from dispatch.interpret import Interpreter
-from dispatch.llm import LlmClient
+from dispatch.llm import LlmClient, LlmSettings
 from dispatch.metrics import Counters
 from dispatch.permissions import may_request
-from gateway.settings import LlmSettings
 from tests.support.llm_api import LlmApi, tool_call
 from workers.handlers import BUILTIN_HANDLER_NAMES
 

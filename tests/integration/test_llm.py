@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,11 @@ from typing import Any
 import pytest
 
 from dispatch.activities import ActivityView
-from gateway.services import Services, build_services
 from gateway.settings import Settings
 from tests.support import flow
 from tests.support.llm_api import LlmApi, text_only, tool_call
+from tests.support.runtime import runtime_for
+from workers.runtime import Runtime
 
 CATALOG = """
 [fallback]
@@ -57,7 +59,7 @@ def llm() -> Iterator[LlmApi]:
 @pytest.fixture
 async def services(
     make_settings: Callable[..., Settings], sqlite_url: str, tmp_path: Path, llm: LlmApi
-) -> AsyncIterator[Services]:
+) -> AsyncIterator[Runtime]:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
     settings = make_settings(
@@ -70,15 +72,15 @@ async def services(
         llm_breaker_failures="2",
         llm_breaker_cooldown_s="60",
     )
-    async with build_services(settings, role="gateway") as built:
+    async with runtime_for(settings, "gateway") as built:
         yield built
 
 
-async def ask(services: Services, text: str, sender: str = "lucia") -> tuple[ActivityView, str]:
+async def ask(services: Runtime, text: str, sender: str = "lucia") -> tuple[ActivityView, str]:
     return await flow.ask(services, text, sender=sender)
 
 
-async def test_a_well_formed_proposal_becomes_the_activity(services: Services, llm: LlmApi) -> None:
+async def test_a_well_formed_proposal_becomes_the_activity(services: Runtime, llm: LlmApi) -> None:
     llm.scenario = lambda body: tool_call(
         "billing__invoice_create", {"text": "diseño web", "amount": "1.200 €", "confidence": 0.92}
     )
@@ -117,7 +119,7 @@ async def test_a_well_formed_proposal_becomes_the_activity(services: Services, l
     assert llm.headers[0]["Authorization"] == "Bearer sk-test-key"
 
 
-async def test_rules_first_the_llm_is_not_asked(services: Services, llm: LlmApi) -> None:
+async def test_rules_first_the_llm_is_not_asked(services: Runtime, llm: LlmApi) -> None:
     activity, _ = await ask(services, "ayuda")
     assert activity.details["provenance"] == {
         "parser": "rules",
@@ -130,7 +132,7 @@ async def test_rules_first_the_llm_is_not_asked(services: Services, llm: LlmApi)
 
 
 async def test_the_conversation_so_far_goes_with_the_request(
-    services: Services, llm: LlmApi
+    services: Runtime, llm: LlmApi
 ) -> None:
     llm.scenario = lambda body: text_only("I am not sure")
     await ask(services, "hola", sender="con-historia")
@@ -187,7 +189,7 @@ async def test_the_conversation_so_far_goes_with_the_request(
     ],
 )
 async def test_bad_proposals_are_refused_and_the_user_gets_help(
-    services: Services, llm: LlmApi, answer: Any, reason: str
+    services: Runtime, llm: LlmApi, answer: Any, reason: str
 ) -> None:
     llm.scenario = answer
     activity, text = await ask(services, "something the rules don't know")
@@ -200,7 +202,7 @@ async def test_bad_proposals_are_refused_and_the_user_gets_help(
 
 
 async def test_slow_or_failing_llm_falls_back_and_the_breaker_opens(
-    services: Services, llm: LlmApi
+    services: Runtime, llm: LlmApi
 ) -> None:
     llm.scenario = lambda body: (200, {}, 1.0)  # slower than the 0.5 s timeout
     activity, text = await ask(services, "first unknown thing")
@@ -223,9 +225,81 @@ async def test_slow_or_failing_llm_falls_back_and_the_breaker_opens(
 
 
 async def test_an_answer_of_the_wrong_shape_is_treated_as_unavailable(
-    services: Services, llm: LlmApi
+    services: Runtime, llm: LlmApi
 ) -> None:
     llm.scenario = lambda body: (200, {"choices": []}, 0.0)
     activity, _ = await ask(services, "whatever")
     assert activity.details["provenance"]["outcome"] == "unavailable"
     assert activity.details["provenance"]["reason"].startswith("unexpected answer")
+
+
+POISONED_CATALOG = """
+[fallback]
+agent = "assistant"
+action = "help"
+
+[agents.assistant.actions.help]
+description = "List what you can ask"
+handler = "help"
+public = true
+
+[agents.shop.actions.order]
+description = "Order some units of a product"
+handler = "echo"
+public = true
+[agents.shop.actions.order.payload]
+text = { type = "string", description = "the product" }
+quantity = { type = "number", required = false }
+
+[[rules]]
+id = "echo"
+agent = "shop"
+action = "order"
+patterns = ['^echo (?P<text>.+)$']
+"""
+
+POISON = {
+    "NaN": ('{"text": "x", "quantity": NaN, "confidence": 0.9}', "rejected"),
+    "Infinity": ('{"text": "x", "quantity": -Infinity, "confidence": 0.9}', "rejected"),
+    "NUL": (json.dumps({"text": "a\u0000b", "confidence": 0.9}), "rejected"),
+    "5 MB": (json.dumps({"text": "x" * 5_000_000, "confidence": 0.9}), "unavailable"),
+}
+
+
+@pytest.mark.services
+async def test_a_poisoned_proposal_is_refused_and_the_conversation_goes_on(
+    make_settings: Callable[..., Settings], pg_migrated: str, tmp_path: Path, llm: LlmApi
+) -> None:
+    """What PostgreSQL cannot store (NaN, infinities, NUL) or should not (5 MB) in a model's
+    answer never becomes an activity: the sender gets help, the attempt is recorded small, and
+    the conversation's next messages run as usual."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(POISONED_CATALOG)
+    settings = make_settings(
+        database_url=pg_migrated,
+        catalog=catalog,
+        llm_base_url=llm.base_url,
+        llm_timeout_s="5",
+        llm_breaker_failures="10",
+    )
+
+    def scenario(body: dict[str, Any]) -> tuple[int, Any, float]:
+        # By the message's text: leftovers of other tests in the shared database may be here.
+        text = body["messages"][-1]["content"]
+        for name, (arguments, _) in POISON.items():
+            if f"({name})" in text:
+                return tool_call("shop__order", arguments)
+        return text_only("no idea")
+
+    llm.scenario = scenario
+    async with runtime_for(settings, "gateway") as services:
+        for name, (_, outcome) in POISON.items():
+            sender = f"poisoned-{name}"
+            activity, text = await ask(services, f"an order please ({name})", sender=sender)
+            provenance = activity.details["provenance"]
+            assert provenance["outcome"] == outcome, name
+            assert text.startswith("I didn't understand that."), name
+            assert len(json.dumps(activity.details)) < 2000, name
+            for n in range(2):
+                _, echoed = await ask(services, f"echo next {n}", sender=sender)
+                assert echoed == f"next {n}", name

@@ -9,9 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from dispatch.db import create_engine
+from dispatch.db import DatabaseSettings, create_engine
 from dispatch.models import Base
-from gateway.settings import DatabaseSettings
 from migrations import upgrade
 
 

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
 
-from channels.messages import InboundMessage
+from dispatch.messages import InboundMessage
 from dispatch.models import Activity, ActivityStatus, Message
 from gateway.app import create_app
-from gateway.services import build_services
 from gateway.settings import Settings
 from tests.conftest import ADMIN, count_rows, open_db
 from tests.support.flow import outbound, post, wait_for
+from tests.support.runtime import running_worker, runtime_for
 from workers import jobs
 from workers.recovery import recover
-from workers.worker import create_worker
 
 pytestmark = pytest.mark.services
 
@@ -37,22 +35,6 @@ def rest_message(external_id: str, text: str) -> InboundMessage:
         sender=f"sender-{external_id}",
         text=text,
     )
-
-
-@contextlib.asynccontextmanager
-async def running_worker(settings: Settings) -> AsyncIterator[Any]:
-    worker = create_worker(settings)
-    task = asyncio.create_task(worker.async_run())
-    try:
-        yield worker
-    finally:
-        # Stop the poll loop before closing the pool it polls with: closing first races a
-        # poll in flight ("Connection lost"), since arq's close() only cancels the main task
-        # when the worker does not handle signals itself.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()
 
 
 @pytest.fixture
@@ -119,27 +101,24 @@ async def test_websocket_reply_crosses_processes_through_redis(
 async def test_same_activity_enqueued_twice_runs_once_and_replies_once(
     settings: Settings,
 ) -> None:
-    async with build_services(settings, role="gateway") as services:
+    async with runtime_for(settings, "gateway") as services:
         accepted = await services.store.accept(rest_message("twice-1", "echo twice"))
-        dispatched = await services.dispatcher.dispatch_message(accepted.message_id)
+        dispatched = await services.dispatcher.dispatch_message(accepted.message_id, lease_s=30)
         assert dispatched is not None
         assert dispatched.created
-        # The dispatcher enqueued run:<id>; the same job id again is refused by arq.
+        assert dispatched.activity_id is not None
+        # Woken twice: the same job id while it is queued is not queued again.
+        assert await services.queue.enqueue_run(dispatched.activity_id) is True
         assert await services.queue.enqueue_run(dispatched.activity_id) is False
         # Two deliveries of the job at once (at-least-once), straight into the job body.
         results = await asyncio.gather(
             jobs.run_activity(services, dispatched.activity_id),
             jobs.run_activity(services, dispatched.activity_id),
         )
-        outcomes = sorted(r["outcome"] for r in results)
-        assert "completed" in outcomes
+        assert sorted(r.ran for r in results) == [0, 1]
         # And once more after it finished: nothing runs, nothing is sent.
         again = await jobs.run_activity(services, dispatched.activity_id)
-        assert again == {
-            "activity_id": dispatched.activity_id,
-            "outcome": "already_finished",
-            "replied": False,
-        }
+        assert again.ran == 0
         activity = await services.activities.get(dispatched.activity_id, with_events=True)
         assert activity is not None
         assert activity.status == ActivityStatus.COMPLETED
@@ -152,7 +131,7 @@ async def test_same_activity_enqueued_twice_runs_once_and_replies_once(
 async def test_work_lost_by_redis_is_redriven_from_postgres(settings: Settings) -> None:
     """Redis forgets everything between accept and work: recovery finds it in the record."""
 
-    async with build_services(settings, role="gateway") as services:
+    async with runtime_for(settings, "gateway") as services:
         accepted = await services.store.accept(rest_message("lost-1", "echo recovered"))
         await services.queue.redis.flushdb()  # everything queued is gone
         async with running_worker(settings):

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 from sqlalchemy import update
 
-from channels.messages import InboundMessage
+from dispatch.messages import InboundMessage
 from dispatch.models import Activity, ActivityStatus
-from gateway.services import build_services
 from gateway.settings import Settings
 from tests.support.flow import wait_for
+from tests.support.runtime import runtime_for
 from workers.recovery import recover
 
 
@@ -18,27 +18,29 @@ async def test_stored_message_and_queued_activity_resume_after_restart(
     make_settings: Callable[..., Settings], sqlite_url: str
 ) -> None:
     settings = make_settings(database_url=sqlite_url)
-    async with build_services(settings, role="gateway") as services:
+    async with runtime_for(settings, "gateway") as services:
         # Stored and acknowledged, then the process died before any job ran.
         first = await services.store.accept(
             InboundMessage(
                 channel="rest", external_id="r-1", conversation_key="k", sender="s", text="echo uno"
             )
         )
-        second = await services.store.accept(
+        await services.store.accept(
             InboundMessage(
                 channel="rest", external_id="r-2", conversation_key="k", sender="s", text="echo dos"
             )
         )
-        # The second got as far as its activity, also left queued.
-        await services.dispatcher.dispatch_message(second.message_id)
+        # The first got as far as its activity, left queued; the second was never looked at.
+        dispatched = await services.dispatcher.dispatch_message(first.message_id, lease_s=30)
+        assert dispatched is not None
+        assert dispatched.created
         await services.queue.close(grace_s=0)  # "crash": the in-process queue dies with its jobs
         async with services.sessions.begin() as session:
             await session.execute(
                 update(Activity).values(status=ActivityStatus.QUEUED.value, started_at=None)
             )
 
-    async with build_services(settings, role="gateway") as services:
+    async with runtime_for(settings, "gateway") as services:
 
         async def both() -> list[str] | None:
             messages = await services.store.list_messages(first.conversation_id)
@@ -55,7 +57,7 @@ async def test_a_message_is_acknowledged_even_when_the_queue_is_down(
 ) -> None:
     """Store first: a broken transport costs latency, never the message."""
     settings = make_settings(database_url=sqlite_url)
-    async with build_services(settings, role="gateway") as services:
+    async with runtime_for(settings, "gateway") as services:
         queue = services.queue
 
         async def broken(*_args: object, **_kwargs: object) -> bool:

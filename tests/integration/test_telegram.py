@@ -10,6 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
+from channels.telegram import TelegramChannel
 from dispatch.models import Activity, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
@@ -85,6 +86,19 @@ async def test_update_with_the_secret_is_answered_on_its_chat(
     [row] = await outbound_rows(client, 1)
     assert row.delivery == "sent"
     assert row.external_id is not None
+
+
+async def test_replies_in_two_chats_with_the_same_message_id_are_both_recorded_sent(
+    client: AsyncTestClient[Any], api: TelegramApi
+) -> None:
+    """Telegram numbers messages per chat: the first reply in every chat has the same id."""
+    for update_id, chat_id in ((11, 801), (12, 802)):
+        await post_update(client, text_update(update_id, "echo hola", chat_id=chat_id))
+    sent = await calls(api, "sendMessage", 2)
+    assert sorted(c.params["chat_id"] for c in sent) == ["801", "802"]
+    rows = await outbound_rows(client, 2)
+    assert [r.delivery for r in rows] == ["sent", "sent"]
+    assert sorted(r.external_id for r in rows) == ["801:1", "802:1"]
 
 
 @pytest.mark.parametrize(("secret", "detail"), [(None, "missing"), ("wrong-secret", "wrong")])
@@ -206,14 +220,52 @@ async def test_updates_we_do_not_handle_get_200_and_are_recorded_as_ignored(
     assert reason  # the reason is logged; the row keeps the raw update for audit
 
 
-async def test_malformed_update_is_a_400_naming_the_problem(client: AsyncTestClient[Any]) -> None:
-    response = await client.post(
-        "/webhooks/telegram",
-        content=b'{"message": {}}',
-        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET, "content-type": "application/json"},
-    )
-    assert response.status_code == 400
-    assert "update_id" in response.json()["detail"]
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"message": {}}',
+        b"not json at all",
+        b'{"update_id": "seven"}',
+        b"\xff\xfe bad utf-8",
+        b'{"update_id": 1, "message": "a string"}',
+        b'{"update_id": 2, "callback_query": {"id": "q", "data": 7}}',
+    ],
+    ids=[
+        "no update_id",
+        "not json",
+        "update_id not a number",
+        "invalid utf-8",
+        "message not an object",
+        "callback of the wrong shape",
+    ],
+)
+async def test_a_verified_update_that_cannot_be_read_is_kept_and_answered_200(
+    client: AsyncTestClient[Any], api: TelegramApi, body: bytes
+) -> None:
+    """Telegram retries anything but a 2xx: what it sends with our secret is stored, once."""
+    headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "content-type": "application/json"}
+    for _ in range(2):
+        response = await client.post("/webhooks/telegram", content=body, headers=headers)
+        assert response.status_code == 200
+        assert response.json() == {"ok": True}
+    async with db_session(client) as session:
+        [row] = (await session.execute(select(Message))).scalars().all()
+    assert row.state == "ignored"
+    assert row.external_id is not None
+    assert row.external_id.startswith("unreadable:")
+    assert row.raw["body"] == body.decode("utf-8", "replace")
+    assert await stored(client, User) == 0
+    await asyncio.sleep(0.2)
+    assert await stored(client, Activity) == 0
+    assert api.calls_to("sendMessage") == []
+
+
+async def test_an_unreadable_update_without_the_secret_is_refused(
+    client: AsyncTestClient[Any],
+) -> None:
+    response = await client.post("/webhooks/telegram", content=b"not json at all")
+    assert response.status_code == 403
+    assert await stored(client, Message) == 0
 
 
 async def test_fifty_concurrent_resends_of_one_update(
@@ -358,7 +410,7 @@ async def test_sends_are_paced_per_chat_and_overall(
     settings = settings_for(telegram_chat_rate_per_s="1", telegram_global_rate_per_s="10")
     async with AsyncTestClient(create_app(settings)) as client:
         client.headers.update(ADMIN)
-        released = record_releases(client.app.state.services.telegram._limiter)
+        released = record_releases(client.app.state.runtime.channels.of(TelegramChannel)._limiter)
         for n in range(3):
             await post_update(client, text_update(200 + n, f"echo mismo chat {n}", chat_id=42))
         for n in range(15):
@@ -429,7 +481,7 @@ async def test_an_approver_decides_with_buttons_and_a_replayed_button_is_refused
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(REFUND_CATALOG)
     async with AsyncTestClient(create_app(settings_for(catalog=catalog))) as client:
-        services = client.app.state.services
+        services = client.app.state.runtime
         supervisor = await services.users.add("Sup", "supervisor")
         await services.users.link(str(supervisor.id), "telegram", "7007")
         await post_update(client, text_update(300, "refund 5", chat_id=6006))

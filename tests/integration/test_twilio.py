@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import msgspec
 import pytest
@@ -15,8 +16,10 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select, update
 
 from channels.base import RawRequest
-from channels.messages import Media, OutboundMessage, Template
+from channels.twilio import TwilioChannel
+from dispatch.messages import Media, OutboundMessage
 from dispatch.models import Activity, Conversation, Message, User, UserIdentity
+from dispatch.outage import Outage
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
@@ -24,6 +27,7 @@ from tests.support.approvals import REFUND_CATALOG
 from tests.support.db import db_session, outbound_rows, stored
 from tests.support.flow import record_releases, wait_for
 from tests.support.http_server import Answer, ScriptedServer
+from tests.support.runtime import runtime_for
 from tests.support.twilio_api import TwilioApi
 from tests.support.twilio_webhook import (
     ACCOUNT_SID,
@@ -32,6 +36,7 @@ from tests.support.twilio_webhook import (
     SERVICE_SID,
     WHATSAPP_FROM,
     inbound_form,
+    message_sid,
     signed,
     twilio_env,
 )
@@ -178,6 +183,25 @@ async def test_forged_requests_are_refused_and_nothing_is_stored(
     assert api.attempts == []
 
 
+async def test_a_captured_request_re_cut_between_fields_is_not_a_new_message(
+    client: AsyncTestClient[Any], api: TwilioApi
+) -> None:
+    """Twilio signs names and values joined with no separator: moving ``NumMedia`` + ``0`` into
+    the MessageSid keeps a captured signature valid. It must not run the action again."""
+    form = inbound_form("echo una sola vez", sid="SMreplay")
+    target, body, headers = signed(form)
+    assert (await client.post(target, content=body, headers=headers)).status_code == 200
+    await sent_to_twilio(api)
+    shifted = {k: v for k, v in form.items() if k != "NumMedia"}
+    shifted["MessageSid"] = form["MessageSid"] + "NumMedia0"
+    replay = await client.post(target, content=urlencode(shifted).encode(), headers=headers)
+    assert replay.status_code == 200  # it verifies, so it is kept; it is not a message
+    await asyncio.sleep(0.3)
+    assert len(api.attempts) == 1
+    assert await stored(client, Activity) == 1
+    assert await stored(client, Message, Message.state == "ignored") == 1
+
+
 async def test_missing_signature_is_refused(client: AsyncTestClient[Any]) -> None:
     target, body, headers = signed(inbound_form("echo hi", sid="SMnosig"))
     del headers["x-twilio-signature"]
@@ -252,6 +276,62 @@ async def test_sms_on_the_whatsapp_webhook_is_kept_but_not_answered(
     assert await stored(client, Message, Message.state == "ignored") == 1
     assert await stored(client, Activity) == 0
     assert api.attempts == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (
+            {
+                "Body": "",
+                "Latitude": "40.4168",
+                "Longitude": "-3.7038",
+                "Address": "Puerta del Sol",
+                "MessageType": "location",
+            },
+            "location",
+        ),
+        ({"Body": ""}, "empty"),
+        ({"NumMedia": "lots"}, "unreadable"),
+        ({"NumMedia": "1"}, "unreadable"),
+    ],
+    ids=["shared location", "empty body", "bad NumMedia", "missing MediaUrl0"],
+)
+async def test_whatever_a_signed_webhook_carries_is_kept_and_answered_200(
+    client: AsyncTestClient[Any], api: TwilioApi, extra: dict[str, str], reason: str
+) -> None:
+    """Twilio retries a 4xx; a shared location or a contact card is not an error."""
+    form = inbound_form("", sid="SMloc", **extra)
+    for _ in range(2):
+        response = await deliver(client, form)
+        assert response.status_code == 200
+        assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    async with db_session(client) as session:
+        [row] = (await session.execute(select(Message))).scalars().all()
+    assert row.state == "ignored"
+    if reason == "unreadable":
+        assert row.external_id is not None
+        assert row.external_id.startswith("unreadable:")
+    else:
+        assert row.external_id == message_sid("SMloc")
+        assert row.raw.get("Latitude") == extra.get("Latitude")
+    await asyncio.sleep(0.2)
+    assert await stored(client, Activity) == 0
+    assert api.attempts == []
+
+
+async def test_webhook_paths_nobody_takes_are_404_and_a_get_is_405(
+    client: AsyncTestClient[Any],
+) -> None:
+    unknown = await client.post("/webhooks/nowhere", content=b"{}")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"] == "not_found"
+    unconfigured = await client.post("/webhooks/telegram", content=b"{}")
+    assert unconfigured.status_code == 404
+    get = await client.get("/webhooks/twilio")
+    assert get.status_code == 405
+    assert get.json()["error"] == "method_not_allowed"
+    assert await stored(client, Message) == 0
 
 
 # -- media ---------------------------------------------------------------------------------
@@ -384,6 +464,29 @@ async def test_63016_falls_back_to_the_template(
     assert message.body is None
 
 
+async def test_63016_sends_the_template_alone_not_the_rest_of_the_reply(
+    settings_for: Callable[..., Settings], api: TwilioApi
+) -> None:
+    api.errors.append(63016)
+    async with runtime_for(settings_for(), "cli") as services:
+        done = await services.channels.of(TwilioChannel).send(
+            OutboundMessage(
+                channel="whatsapp",
+                conversation_key="+34600111222",
+                conversation_id=1,
+                text="dos adjuntos",
+                activity_id=4,
+                media=(Media(url="https://x/1.png"), Media(url="https://x/2.png")),
+                template={"content_sid": "HXabc", "variables": {"1": "{text}"}},
+            )
+        )
+    assert done.status == "queued"
+    assert len(api.attempts) == 2  # the text with the first image (63016), then the template
+    [template] = api.sent
+    assert template.one("ContentSid") == "HXabc"
+    assert template.media == []
+
+
 async def test_63016_without_a_template_fails_with_the_reason_on_the_activity(
     client: AsyncTestClient[Any], api: TwilioApi
 ) -> None:
@@ -401,10 +504,10 @@ async def test_63016_without_a_template_fails_with_the_reason_on_the_activity(
 async def test_outside_the_24_hour_window_no_free_form_reply_is_attempted(
     settings_for: Callable[..., Settings], api: TwilioApi
 ) -> None:
-    from gateway.services import build_services
+    from tests.support.runtime import runtime_for
 
-    async with build_services(settings_for(), role="cli") as services:
-        channel = services.twilio
+    async with runtime_for(settings_for(), "cli") as services:
+        channel = services.channels.of(TwilioChannel)
         old = dt.datetime.now(dt.UTC) - dt.timedelta(hours=25)
         base = OutboundMessage(
             channel="whatsapp",
@@ -420,7 +523,7 @@ async def test_outside_the_24_hour_window_no_free_form_reply_is_attempted(
             "outside WhatsApp's 24-hour window and no template is configured for this reply"
         )
         assert api.attempts == []
-        template = Template(content_sid="HXabc", variables={"1": "{text}"})
+        template = {"content_sid": "HXabc", "variables": {"1": "{text}"}}
         sent = await channel.send(msgspec.structs.replace(base, template=template))
         assert sent.status == "queued"
         [message] = api.sent
@@ -439,12 +542,12 @@ async def test_outside_the_24_hour_window_no_free_form_reply_is_attempted(
 async def test_a_stale_conversation_gets_the_failure_recorded_on_its_activity(
     settings_for: Callable[..., Settings], api: TwilioApi
 ) -> None:
-    from gateway.services import build_services
+    from tests.support.runtime import runtime_for
     from workers import jobs
 
-    async with build_services(settings_for(), role="cli") as services:
+    async with runtime_for(settings_for(), "cli") as services:
         await services.queue.close(grace_s=0)
-        inbound = await services.twilio.parse(
+        received = await services.channels.of(TwilioChannel).parse(
             RawRequest(
                 path="/webhooks/twilio",
                 query="",
@@ -452,6 +555,7 @@ async def test_a_stale_conversation_gets_the_failure_recorded_on_its_activity(
                 body=signed(inbound_form("hola", sid="SMold"))[1],
             )
         )
+        [inbound] = received.messages
         accepted = await services.dispatcher.ingest(inbound)
         async with services.sessions.begin() as session:
             await session.execute(
@@ -459,8 +563,9 @@ async def test_a_stale_conversation_gets_the_failure_recorded_on_its_activity(
                     last_inbound_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
                 )
             )
-        dispatched = await services.dispatcher.dispatch_message(accepted.message_id)
+        dispatched = await services.dispatcher.dispatch_message(accepted.message_id, lease_s=30)
         assert dispatched is not None
+        assert dispatched.activity_id is not None
         await jobs.run_activity(services, dispatched.activity_id)
         activity = await services.activities.get(dispatched.activity_id, with_events=True)
     assert activity is not None
@@ -526,7 +631,7 @@ async def test_status_callback_reports_failure_with_error_code(
 
 
 async def test_unsigned_status_callback_is_refused(client: AsyncTestClient[Any]) -> None:
-    form = {"MessageSid": "SMx", "MessageStatus": "failed", "AccountSid": ACCOUNT_SID}
+    form = {"MessageSid": message_sid("SMx"), "MessageStatus": "failed", "AccountSid": ACCOUNT_SID}
     target, body, headers = signed(form, path="/webhooks/twilio/status", token="wrong")
     response = await client.post(target, content=body, headers=headers)
     assert response.status_code == 403
@@ -546,7 +651,7 @@ async def test_outbound_rate_per_sender_is_never_exceeded(
     settings = settings_for(twilio_rate_per_s="10")
     async with AsyncTestClient(create_app(settings)) as client:
         client.headers.update(ADMIN)
-        released = record_releases(client.app.state.services.twilio._limiter)
+        released = record_releases(client.app.state.runtime.channels.of(TwilioChannel)._limiter)
         await asyncio.gather(
             *(
                 deliver(
@@ -571,7 +676,7 @@ async def test_workers_sharing_redis_share_one_sender_budget(redis_url: str, pre
 
     clients = [aioredis.from_url(redis_url), aioredis.from_url(redis_url)]
     try:
-        limiters = [RedisRateLimiter(client, prefix) for client in clients]
+        limiters = [RedisRateLimiter(client, prefix, Outage("Redis")) for client in clients]
         loop = asyncio.get_running_loop()
         starts: list[float] = []
 
@@ -606,7 +711,7 @@ async def test_an_approval_request_never_goes_out_as_the_actions_template(
     catalog.write_text(TEMPLATED_APPROVAL_CATALOG)
     settings = make_settings(database_url=sqlite_url, catalog=catalog, **twilio_env(api.url))
     async with AsyncTestClient(create_app(settings)) as client:
-        services = client.app.state.services
+        services = client.app.state.runtime
         supervisor = await services.users.add("Sup", "supervisor")
         await services.users.link(str(supervisor.id), "whatsapp", "+34600999888")
         api.errors.append(63016)  # the first send is the approver's request

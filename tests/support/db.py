@@ -14,7 +14,7 @@ from tests.support.flow import wait_for
 
 
 def _url(client: Any) -> str:
-    return str(client.app.state.services.settings.database.url)
+    return str(client.app.state.runtime.settings.database.url)
 
 
 @contextlib.asynccontextmanager

@@ -55,7 +55,7 @@ async def post(
 async def ask(services: Any, text: str, *, sender: str) -> tuple[Any, str]:
     """Send ``text`` as ``sender`` on the REST channel straight into ``services``; wait for the
     settled reply. Returns (the activity with its events, the reply text)."""
-    from channels.messages import InboundMessage
+    from dispatch.messages import InboundMessage
 
     accepted = await services.dispatcher.ingest(
         InboundMessage(
@@ -79,17 +79,19 @@ async def ask(services: Any, text: str, *, sender: str) -> tuple[Any, str]:
 
 
 def record_releases(limiter: Any) -> list[tuple[float, tuple[Any, ...]]]:
-    """Record (when, paces) each time ``limiter`` lets a send go: the pace our code promises.
+    """Record (slot, paces) each time ``limiter`` lets a send go: the slot it reserved, which
+    is the pace our code promises.
 
-    Arrival times at a local test server add its thread scheduling on a loaded machine, so
-    pacing is asserted where it is enforced.
+    Arrival times at a local test server add its thread scheduling, and even a waiter's wake-up
+    adds the event loop's lag on a loaded machine, so pacing is asserted where it is decided.
     """
     released: list[tuple[float, tuple[Any, ...]]] = []
     acquire = limiter.acquire
 
     async def recording(*paces: Any) -> float:
+        asked = time.monotonic()
         waited: float = await acquire(*paces)
-        released.append((time.monotonic(), paces))
+        released.append((asked + waited, paces))
         return waited
 
     limiter.acquire = recording

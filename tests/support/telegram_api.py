@@ -60,7 +60,7 @@ class TelegramApi(LocalServer):
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids = itertools.count(1000)
+        self._ids: dict[str, itertools.count[int]] = {}  # message ids count per chat
         api = self
         path = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>\w+)$")
 
@@ -111,7 +111,9 @@ class TelegramApi(LocalServer):
             }
         if method in {"sendMessage", "sendPhoto", "sendDocument"}:
             message: dict[str, Any] = {
-                "message_id": next(self._ids),
+                "message_id": next(
+                    self._ids.setdefault(str(params["chat_id"]), itertools.count(1))
+                ),
                 "date": int(time.time()),
                 "chat": {"id": int(params["chat_id"]), "type": "private"},
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,9 +29,17 @@ def twilio_env(api_url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def message_sid(label: str) -> str:
+    """A real-shaped MessageSid (``SM`` and 32 hex digits) standing for ``label``."""
+    if re.fullmatch(r"(SM|MM)[0-9a-f]{32}", label):
+        return label
+    return "SM" + hashlib.md5(label.encode()).hexdigest()
+
+
 def inbound_form(
     text: str, *, sid: str, sender: str = "whatsapp:+34600111222", **extra: str
 ) -> dict[str, str]:
+    sid = message_sid(sid)
     form = {
         "SmsMessageSid": sid,
         "NumMedia": "0",

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dispatch.catalog import decode_catalog, load_catalog
-from gateway.errors import CatalogError
+from dispatch.errors import CatalogError
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 HANDLERS = BUILTIN_HANDLER_NAMES

@@ -4,8 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import SettingsError
-from gateway.settings import DEFAULT_SQLITE_URL, Settings, read_dotenv
+from channels.telegram import TelegramSettings
+from channels.twilio import TwilioSettings
+from dispatch.config import Environment, read_dotenv
+from dispatch.db import DEFAULT_SQLITE_URL
+from dispatch.errors import SettingsError
+from gateway.settings import Settings
 
 
 def test_defaults_are_the_embedded_mode() -> None:
@@ -13,8 +17,8 @@ def test_defaults_are_the_embedded_mode() -> None:
     assert settings.database.url == DEFAULT_SQLITE_URL
     assert settings.database.should_auto_migrate
     assert settings.queue.redis_url is None
-    assert settings.http.max_body_bytes == 65536
-    assert settings.catalog_path is None
+    assert settings.core.max_body_bytes == 65536
+    assert settings.core.catalog_path is None
 
 
 def test_values_are_typed() -> None:
@@ -28,10 +32,10 @@ def test_values_are_typed() -> None:
             "SWITCHBOARD_CATALOG": "/tmp/c.toml",
         }
     )
-    assert settings.http.max_body_bytes == 1024
+    assert settings.core.max_body_bytes == 1024
     assert settings.worker.poll_delay_s == 0.2
     assert settings.database.should_auto_migrate is True
-    assert settings.catalog_path == Path("/tmp/c.toml")
+    assert settings.core.catalog_path == Path("/tmp/c.toml")
     assert not settings.database.is_sqlite
 
 
@@ -74,14 +78,15 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 def test_every_setting_is_documented() -> None:
     rows = Settings().describe()
-    names = {name for name, _, _ in rows}
+    names = {row.variable for row in rows}
     assert {
         "SWITCHBOARD_DATABASE_URL",
         "SWITCHBOARD_REDIS_URL",
         "SWITCHBOARD_CATALOG",
         "SWITCHBOARD_MAX_BODY_BYTES",
     } <= names
-    assert all(doc for _, _, doc in rows)
+    assert all(row.doc for row in rows)
+    assert len(names) == len(rows)
 
 
 def test_twilio_needs_its_credentials_and_the_public_url() -> None:
@@ -104,11 +109,71 @@ def test_twilio_needs_its_credentials_and_the_public_url() -> None:
 def test_telegram_secret_is_derived_from_the_token_when_unset() -> None:
     token = "123456:" + "A" * 35
     settings = Settings.from_env({"SWITCHBOARD_TELEGRAM_BOT_TOKEN": token})
-    secret = settings.telegram.webhook_secret
+    secret = settings.channel(TelegramSettings).webhook_secret
     assert (
         secret
-        == Settings.from_env({"SWITCHBOARD_TELEGRAM_BOT_TOKEN": token}).telegram.webhook_secret
+        == Settings.from_env({"SWITCHBOARD_TELEGRAM_BOT_TOKEN": token})
+        .channel(TelegramSettings)
+        .webhook_secret
     )
     assert 1 <= len(secret) <= 256
     assert all(c.isalnum() or c in "_-" for c in secret)
     assert token not in repr(settings)
+
+
+def test_settings_show_their_value_and_where_it_came_from(tmp_path: Path) -> None:
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        "SWITCHBOARD_PORT=9000\nSWITCHBOARD_LLM_MODEL=from-file\n"
+        "SWITCHBOARD_TWILIO_AUTH_TOKEN=file-secret-0123456789\n"
+    )
+    settings = Settings.from_env(Environment.read({"SWITCHBOARD_LLM_MODEL": "from-env"}, dotenv))
+    rows = {row.variable: row for row in settings.describe()}
+    assert (rows["SWITCHBOARD_PORT"].value, rows["SWITCHBOARD_PORT"].source) == ("9000", ".env")
+    assert (rows["SWITCHBOARD_LLM_MODEL"].value, rows["SWITCHBOARD_LLM_MODEL"].source) == (
+        "from-env",
+        "env",
+    )
+    assert (rows["SWITCHBOARD_HOST"].value, rows["SWITCHBOARD_HOST"].source) == (
+        "127.0.0.1",
+        "default",
+    )
+    assert rows["SWITCHBOARD_TWILIO_ACCOUNT_SID"].value is None
+    secret = rows["SWITCHBOARD_TWILIO_AUTH_TOKEN"]
+    assert (secret.value, secret.source, secret.secret, secret.default) == (
+        "********",
+        ".env",
+        True,
+        None,
+    )
+    assert "file-secret" not in repr(rows)
+
+
+def test_each_channel_declares_its_own_settings_with_the_same_names() -> None:
+    settings = Settings.from_env(
+        {
+            "SWITCHBOARD_TELEGRAM_BOT_TOKEN": "123456:" + "A" * 35,
+            "SWITCHBOARD_TELEGRAM_CHAT_RATE_PER_S": "2.5",
+        }
+    )
+    assert settings.channel(TelegramSettings).chat_rate_per_s == 2.5
+    assert settings.channel(TelegramSettings).enabled
+    assert not settings.channel(TwilioSettings).enabled
+    owners = {row.variable: row for row in settings.describe()}
+    assert owners["SWITCHBOARD_TELEGRAM_CHAT_RATE_PER_S"].value == "2.5"
+
+
+def test_passwords_inside_urls_are_masked() -> None:
+    settings = Settings.from_env(
+        {
+            "SWITCHBOARD_DATABASE_URL": "postgresql+asyncpg://app:s3cr3t@db:5432/switchboard",
+            "SWITCHBOARD_REDIS_URL": "redis://:r3d1s@cache:6379/0",
+        }
+    )
+    rows = {row.variable: row.value for row in settings.describe()}
+    assert rows["SWITCHBOARD_DATABASE_URL"] == (
+        "postgresql+asyncpg://app:********@db:5432/switchboard"
+    )
+    assert rows["SWITCHBOARD_REDIS_URL"] == "redis://:********@cache:6379/0"
+    assert "s3cr3t" not in repr(rows)
+    assert "r3d1s" not in repr(rows)

@@ -1,0 +1,111 @@
+"""PostgreSQL refusing connections, or frozen: every request is answered 503 with Retry-After
+within 5 s (Twilio gives up after 15), nothing unstored is ever answered 2xx, and the gateway
+recovers by itself. A proxy stands between the app and the real server, which is never touched."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from dispatch.models import Message
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.conftest import ADMIN, open_db
+from tests.support.proxy import FaultProxy
+from tests.support.twilio_webhook import inbound_form, signed, twilio_env
+
+pytestmark = pytest.mark.services
+
+BUDGET_S = 5.0
+
+
+@pytest.fixture
+def proxy(pg_migrated: str) -> Iterator[FaultProxy]:
+    upstream = urlparse(pg_migrated.replace("postgresql+asyncpg", "postgresql"))
+    with FaultProxy(upstream.hostname or "127.0.0.1", upstream.port or 5432) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(
+    make_settings: Callable[..., Settings], pg_migrated: str, proxy: FaultProxy
+) -> Settings:
+    host_port = urlparse(pg_migrated.replace("postgresql+asyncpg", "postgresql")).netloc
+    through = pg_migrated.replace(host_port.split("@")[-1], f"127.0.0.1:{proxy.port}")
+    return make_settings(database_url=through, **twilio_env("http://127.0.0.1:9"))
+
+
+async def _requests(client: AsyncTestClient[Any]) -> dict[str, Any]:
+    """One of each kind of request, timed: (status, seconds, response)."""
+    key = uuid.uuid4().hex[:8]
+    target, body, headers = signed(inbound_form("hola", sid=f"SMout{key}"))
+    calls = {
+        "rest": lambda: client.post(
+            "/api/v1/messages",
+            json={"id": f"out-{key}", "conversation": "out", "sender": "out", "text": "hola"},
+        ),
+        "webhook": lambda: client.post(target, content=body, headers=headers),
+        "read": lambda: client.get("/api/v1/activities/1"),
+        "health": lambda: client.get("/healthz"),
+    }
+    seen = {}
+    for name, call in calls.items():
+        started = time.monotonic()
+        response = await call()
+        seen[name] = (response.status_code, time.monotonic() - started, response)
+    return {"key": key, **seen}
+
+
+def _all_unavailable(seen: dict[str, Any]) -> None:
+    for name in ("rest", "webhook", "read", "health"):
+        status, took_s, response = seen[name]
+        assert status == 503, (name, response.text)
+        assert took_s < BUDGET_S, (name, took_s)
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["error"] == "unavailable"
+
+
+async def _until_accepted(client: AsyncTestClient[Any]) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < 15:
+        response = await client.post(
+            "/api/v1/messages",
+            json={"id": uuid.uuid4().hex, "conversation": "back", "sender": "back", "text": "hi"},
+        )
+        if response.status_code == 202:
+            return time.monotonic() - started
+        assert response.status_code == 503, response.text
+    raise AssertionError("the gateway did not recover within 15 s")
+
+
+async def _nothing_stored(url: str, key: str) -> None:
+    async with open_db(url) as sessions, sessions() as session:
+        found = await session.scalar(select(Message.id).where(Message.external_id == f"out-{key}"))
+    assert found is None
+
+
+@pytest.mark.parametrize("fault", ["refuse", "freeze"])
+async def test_an_unreachable_database_is_503_within_seconds_and_recovers(
+    settings: Settings, proxy: FaultProxy, pg_migrated: str, fault: str
+) -> None:
+    async with AsyncTestClient(create_app(settings)) as client:
+        client.headers.update(ADMIN)
+        healthy = await _requests(client)
+        assert healthy["rest"][0] == 202
+        getattr(proxy, fault)()
+        try:
+            down = await _requests(client)
+            _all_unavailable(down)
+        finally:
+            proxy.heal()
+        recovered_s = await _until_accepted(client)
+        await client.app.state.runtime.queue.drain()  # leave nothing half done in the shared db
+    assert recovered_s < 10
+    await _nothing_stored(pg_migrated, down["key"])

@@ -1,0 +1,171 @@
+"""Bad input never gets a 5xx: a client gets a 4xx naming the problem and nothing is stored; a
+verified provider gets its 2xx and what it sent is stored, cleaned. On PostgreSQL, which is what
+refuses NUL characters and integers beyond 64 bits."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import select
+
+from dispatch.models import Message, User
+from gateway.app import create_app
+from gateway.settings import Settings
+from tests.conftest import ADMIN
+from tests.support.db import db_session
+from tests.support.telegram_updates import SECRET, telegram_env, text_update
+from tests.support.twilio_webhook import inbound_form, message_sid, signed, twilio_env
+
+pytestmark = pytest.mark.services
+
+BIG = 2**64
+
+
+@pytest.fixture
+async def client(
+    make_settings: Callable[..., Settings], pg_migrated: str
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    # Provider APIs on a closed port: these tests are about what comes in.
+    providers = {**telegram_env("http://127.0.0.1:9"), **twilio_env("http://127.0.0.1:9")}
+    settings = make_settings(database_url=pg_migrated, **providers)
+    async with AsyncTestClient(create_app(settings)) as test_client:
+        test_client.headers.update(ADMIN)
+        yield test_client
+
+
+def _rest(**fields: Any) -> dict[str, Any]:
+    return {"id": "bad-1", "conversation": "bad", "sender": "bad-sender", "text": "hola", **fields}
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (_rest(sender="a\u0000b"), "sender contains a NUL character"),
+        (_rest(conversation="a\u0000b"), "conversation contains a NUL character"),
+        (_rest(sender_name="a\u0000b"), "sender_name contains a NUL character"),
+        (_rest(id="bad\u0000id"), "id contains a NUL character"),
+        (_rest(media=[{"url": "https://x/\u0000"}]), "media[0].url contains a NUL character"),
+        (_rest(text="a\u0000b"), "text contains a NUL character"),
+    ],
+    ids=["sender", "conversation", "sender_name", "id", "media url", "text"],
+)
+async def test_a_nul_in_a_rest_message_is_a_400_naming_the_field(
+    client: AsyncTestClient[Any], body: dict[str, Any], problem: str
+) -> None:
+    response = await client.post("/api/v1/messages", json=body)
+    assert response.status_code == 400
+    assert response.json()["detail"] == problem
+    ids = {body["id"].replace("\x00", "")}  # PostgreSQL cannot even be asked about a NUL
+    async with db_session(client) as session:
+        stored = await session.execute(select(Message).where(Message.external_id.in_(ids)))
+        assert stored.all() == []
+
+
+async def test_invalid_utf_8_is_a_400_for_clients(client: AsyncTestClient[Any]) -> None:
+    body = b'{"id": "\xff", "conversation": "c", "sender": "s", "text": "x"}'
+    rest = await client.post(
+        "/api/v1/messages", content=body, headers={"content-type": "application/json"}
+    )
+    assert (rest.status_code, rest.json()["detail"]) == (400, "the body is not valid UTF-8")
+    # Twilio's body is read before its signature can be checked.
+    target, _, headers = signed(inbound_form("x", sid="SMutf8"))
+    twilio = await client.post(target, content=b"Body=\xff\xfe", headers=headers)
+    assert (twilio.status_code, twilio.json()["detail"]) == (400, "the body is not valid UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/activities/99999999999999999999999", None),
+        ("GET", f"/api/v1/conversations/{BIG}/messages", None),
+        ("GET", f"/api/v1/conversations/1/messages?after={2**63}", None),
+        ("POST", f"/api/v1/activities/{BIG}/approve", None),
+        ("POST", f"/api/v1/users/{BIG}/role", {"role": "admin"}),
+        ("POST", f"/api/v1/users/{BIG}/identities", {"channel": "rest", "address": "x"}),
+        ("DELETE", f"/api/v1/tokens/{BIG}", None),
+    ],
+)
+async def test_integers_beyond_64_bits_are_a_400(
+    client: AsyncTestClient[Any], method: str, path: str, body: Any
+) -> None:
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_input"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/users", {"name": "a\u0000b"}),
+        ("/api/v1/users/1/identities", {"channel": "rest", "address": "a\u0000b"}),
+        ("/api/v1/tokens", {"name": "a\u0000b", "role": "actions"}),
+    ],
+)
+async def test_a_nul_in_an_admin_request_is_a_400(
+    client: AsyncTestClient[Any], path: str, body: dict[str, Any]
+) -> None:
+    if path.startswith("/api/v1/users/1/"):
+        assert (await client.post("/api/v1/users", json={"name": "Ana"})).status_code == 201
+    response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert "NUL" in response.json()["detail"]
+
+
+async def test_verified_providers_get_200_and_what_they_sent_is_stored_cleaned(
+    client: AsyncTestClient[Any],
+) -> None:
+    update = text_update(7001, "hola")
+    update["message"]["from"]["first_name"] = "An\u0000a"
+    telegram = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    assert (
+        await client.post("/webhooks/telegram", json=update, headers=telegram)
+    ).status_code == 200
+    deep = b'{"update_id": 7002, "message": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}"
+    assert (
+        await client.post("/webhooks/telegram", content=deep, headers=telegram)
+    ).status_code == 200
+    bad_utf8 = await client.post("/webhooks/telegram", content=b"\xff\xfe{", headers=telegram)
+    assert bad_utf8.status_code == 200
+    form = inbound_form(
+        "hola", sid="SMnulname", sender="whatsapp:+34611999000", ProfileName="Ma\u0000ría"
+    )
+    target, body, headers = signed(form)
+    assert (await client.post(target, content=body, headers=headers)).status_code == 200
+    async with db_session(client) as session:
+        names = set((await session.execute(select(User.name))).scalars())
+        kept = {
+            m.external_id: m
+            for m in (await session.execute(select(Message))).scalars()
+            if m.direction == "inbound"
+        }
+    assert {"Ana", "María"} <= names
+    assert kept["7001"].raw["message"]["from"]["first_name"] == "Ana"
+    assert kept[message_sid("SMnulname")].raw["ProfileName"] == "María"
+    bodies = {
+        m.raw["body"][:20]: m.state
+        for key, m in kept.items()
+        if key and key.startswith("unreadable:") and m.channel == "telegram"
+    }
+    # The deep one and the one that is not UTF-8: kept, not acted on.
+    assert bodies['{"update_id": 7002, '] == "ignored"
+    assert bodies["\ufffd\ufffd{"] == "ignored"
+
+
+async def test_a_web_chat_frame_with_a_nul_gets_an_error_frame_and_the_socket_lives(
+    client: AsyncTestClient[Any],
+) -> None:
+    with await client.websocket_connect("/chat/ws") as socket:
+        assert socket.receive_json()["type"] == "hello"
+        socket.send_json({"id": "w\u00001", "text": "hola"})
+        error = socket.receive_json()
+        assert (error["type"], error["error"], error["detail"]) == (
+            "error",
+            "invalid_input",
+            "id contains a NUL character",
+        )
+        socket.send_json({"id": "w2", "text": "echo sigo"})
+        frames = [socket.receive_json(), socket.receive_json()]
+        assert {f["type"] for f in frames} == {"ack", "reply"}

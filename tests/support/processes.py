@@ -1,0 +1,59 @@
+"""Real `switchboard` processes for end-to-end and fault tests (and ``bench/``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+__all__ = ["SWITCHBOARD", "child_env", "process", "wait_healthy"]
+
+SWITCHBOARD = [str(Path(sys.executable).parent / "switchboard")]
+
+
+def child_env(values: dict[str, str]) -> dict[str, str]:
+    """The caller's environment without its SWITCHBOARD_* values, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+    return {**env, **values, "PYTHONUNBUFFERED": "1"}
+
+
+@contextlib.contextmanager
+def process(
+    args: list[str], env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``switchboard <args>`` with its output in ``log``; stopped (SIGTERM, then SIGKILL after
+    10 s) on leaving, unless it has already ended."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            SWITCHBOARD + args, env=child_env(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_healthy(
+    base: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"gateway exited {proc.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"gateway not healthy in {timeout_s} s:\n{log.read_text()}")
