@@ -1,0 +1,548 @@
+"""Throughput, measured: how much traffic one gateway and its workers carry, as ratios to a
+bare litestar endpoint measured in the same run through the same client.
+
+Everything runs on loopback and is started here: a Redis instance of its own (so its command
+counts are ours), a fresh PostgreSQL database per phase, `switchboard serve` and `switchboard
+worker` processes, local Telegram and Twilio API servers, the bare endpoint
+(``bench/bare.py``), and the load generator (``bench/load.py``) in a process of its own.
+Messages are Telegram webhooks ``echo k<n>`` with unique ``update_id``s spread over many
+chats (and signed Twilio webhooks for the second acknowledgement figure); a message is
+answered end to end when its reply reaches the local Bot API server. Every feature stays on;
+the provider's own pacing is set far above the load (a local server has no such limit).
+
+Phases, each on a deployment of its own:
+
+- ``bare``: the bare endpoint at saturation (closed loop, 64 connections);
+- ``ack-telegram``, ``ack-twilio``: webhooks acknowledged per second with no worker running;
+- ``e2e``: the same load with the workers running, then until every accepted message is
+  answered: messages answered per second, PostgreSQL transactions (``pg_stat_database``,
+  commits and rollbacks) and Redis commands (``INFO commandstats``) per message;
+- ``open-<rate>``: an open loop at a fixed rate (100, 500, 1,000 messages/s): acknowledgement
+  and end-to-end latency p50/p99 from when each message was due, what was not answered within
+  ``--drain-s`` after the last one, and (for the ``--rss-rate`` phase, run ``--rss-s``) the
+  RSS of the gateway and each worker at its start and end.
+
+    python bench/throughput.py                        # every phase, prints a table
+    python bench/throughput.py --json bench.json      # and writes the figures
+    python bench/throughput.py --quick                # short phases, to try the harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from bench.load import Request, Result, run
+from dispatch.queue import queue_name
+from tests.support.processes import child_env, process, wait_healthy
+from tests.support.services import PG_ADMIN_DSN, own_database
+from tests.support.telegram_api import TelegramApi
+from tests.support.telegram_updates import SECRET, telegram_env, text_update
+from tests.support.twilio_api import TwilioApi
+from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, signed, twilio_env
+
+BARE = Path(__file__).resolve().parent / "bare.py"
+DRAIN_MAX_S = 90.0
+CHATS = 5000
+FIRST_CHAT = 800_000
+TARGETS = {
+    "ack_ratio": ">= 25 % of bare",
+    "ack_p99_1000": "< 25 ms",
+    "e2e_per_s": ">= 800",
+    "e2e_500_p50": "< 50 ms",
+    "e2e_500_p99": "< 250 ms",
+    "pg_xacts_per_message": "<= 4",
+    "redis_commands_per_message": "<= 8",
+    "rss_growth": "within 10 %",
+}
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 1)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+# -- traffic --------------------------------------------------------------------------------------
+
+
+def telegram_requests(count: int, *, first: int = 0) -> list[Request]:
+    headers = {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": SECRET}
+    requests = []
+    for n in range(first, first + count):
+        update = text_update(n + 1, f"echo k{n}", chat_id=FIRST_CHAT + n % CHATS)
+        requests.append(("/webhooks/telegram", headers, json.dumps(update).encode(), f"k{n}"))
+    return requests
+
+
+def twilio_requests(count: int) -> list[Request]:
+    requests = []
+    for n in range(count):
+        number = f"whatsapp:+3460{n % CHATS:07d}"
+        form = inbound_form(f"echo k{n}", sid=f"bench-{n}", sender=number)
+        path, body, headers = signed(form)
+        requests.append((path, headers, body, f"k{n}"))
+    return requests
+
+
+def load(port: int, requests: list[Request], **options: float) -> Result:
+    """One measurement by the load generator, in a process of its own."""
+    mode = "open" if "rate_per_s" in options else "closed"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(run, (mode, "127.0.0.1", port, requests, options))
+
+
+# -- what runs ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def redis_instance() -> Iterator[str]:
+    """A Redis server of its own (its command counts are this run's), on a free port."""
+    port = _free_port()
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(  # noqa: S603 - our own command line
+        [*command, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port, "redis-server")
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def redis_commands(redis_base: str) -> int:
+    client = aioredis.from_url(redis_base + "/0")
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+
+
+async def pg_xacts(db_url: str) -> int:
+    name = db_url.rsplit("/", 1)[1]
+    connection = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        value = await connection.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1", name
+        )
+    finally:
+        await connection.close()
+    return int(value or 0)
+
+
+@dataclass
+class Deployment:
+    """A gateway (and ``workers`` workers) on a fresh database and the bench's Redis."""
+
+    redis_base: str
+    workdir: Path
+    db: int
+    workers: int = 0
+    port: int = field(default_factory=_free_port)
+    telegram: TelegramApi = field(init=False)
+    gateway: subprocess.Popen[bytes] = field(init=False)
+    worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+    db_url: str = field(init=False)
+    twilio: TwilioApi = field(init=False)
+    _stack: contextlib.ExitStack = field(init=False)
+
+    def env(self, db_url: str) -> dict[str, str]:
+        values: dict[str, Any] = {
+            "database_url": db_url,
+            "redis_url": f"{self.redis_base}/{self.db}",
+            "redis_prefix": f"bench{secrets.token_hex(3)}",
+            "port": self.port,
+            "log_level": "WARNING",
+            "admin_token": secrets.token_urlsafe(32),
+            **telegram_env(
+                self.telegram.url,
+                telegram_chat_rate_per_s=1000,
+                telegram_global_rate_per_s=100000,
+            ),
+            **twilio_env(self.twilio.url, twilio_rate_per_s=1000),
+        }
+        return child_env({f"SWITCHBOARD_{k.upper()}": str(v) for k, v in values.items()})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Deployment]:
+        async with own_database("switchboard_bench") as db_url:
+            self.db_url = db_url
+            with contextlib.ExitStack() as stack:
+                self.telegram = stack.enter_context(TelegramApi())
+                self.twilio = stack.enter_context(TwilioApi(ACCOUNT_SID, AUTH_TOKEN))
+                env = self.env(db_url)
+                log = self.workdir / f"gateway-{self.port}.log"
+                self.gateway = stack.enter_context(process(["serve"], env, self.workdir, log))
+                await asyncio.to_thread(
+                    wait_healthy, f"http://127.0.0.1:{self.port}", self.gateway, log
+                )
+                for n in range(self.workers):
+                    log = self.workdir / f"worker-{self.port}-{n}.log"
+                    self.worker_processes.append(
+                        stack.enter_context(process(["worker"], env, self.workdir, log))
+                    )
+                if self.workers:
+                    await self._workers_ready(env["SWITCHBOARD_REDIS_URL"], env)
+                self._stack = stack
+                yield self
+
+    async def _workers_ready(self, redis_url: str, env: dict[str, str]) -> None:
+        """Until arq's health-check key is there (a worker polls), then a second more."""
+        key = queue_name(env["SWITCHBOARD_REDIS_PREFIX"]) + ":health-check"
+        client = aioredis.from_url(redis_url)
+        try:
+            deadline = time.monotonic() + 30
+            while not await client.exists(key):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no worker started")
+                await asyncio.sleep(0.1)
+        finally:
+            await client.aclose()
+        await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        """End the processes (their database sessions flush their statistics as they go)."""
+        await asyncio.to_thread(self._stack.close)
+        await asyncio.sleep(0.5)
+
+    def answered(self) -> dict[str, float]:
+        """When each message's reply reached the local Bot API server, by key."""
+        return {
+            str(call.params.get("text", "")): call.at
+            for call in list(self.telegram.calls)
+            if call.method == "sendMessage"
+        }
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    redis_base: str
+    workdir: Path
+    figures: dict[str, Any] = field(default_factory=dict)
+    _db: int = 0
+
+    def deployment(self, workers: int = 0) -> Deployment:
+        self._db += 1
+        return Deployment(self.redis_base, self.workdir, self._db % 16, workers)
+
+    async def bare(self) -> None:
+        port = _free_port()
+        request = ("/webhooks/bare", {"Content-Type": "application/json"}, b'{"n": 1}', "")
+        with _bare_endpoint(port, self.workdir / "bare.log"):
+            await asyncio.to_thread(_wait_port, port, "the bare endpoint")
+            result = await asyncio.to_thread(
+                load, port, [request] * 400_000, connections=64, duration_s=self.args.duration_s
+            )
+        self.figures["bare"] = _closed(result)
+
+    async def ack(self, kind: str) -> None:
+        requests = telegram_requests(200_000) if kind == "telegram" else twilio_requests(60_000)
+        async with self.deployment().running() as deployment:
+            result = await asyncio.to_thread(
+                load, deployment.port, requests, connections=64, duration_s=self.args.duration_s
+            )
+        self.figures[f"ack_{kind}"] = _closed(result)
+
+    async def e2e(self) -> None:
+        requests = telegram_requests(200_000)
+        deployment = self.deployment(self.args.workers)
+        async with deployment.running():
+            xacts_before = await pg_xacts(deployment.db_url)
+            commands_before = await redis_commands(self.redis_base)
+            result = await asyncio.to_thread(
+                load, deployment.port, requests, connections=64, duration_s=self.args.duration_s
+            )
+            accepted = [s for s in result.samples if s.status < 300]
+            answered = await _drain(deployment, len(accepted), self.args.e2e_drain_s)
+            # Counted once the processes have ended (a backend flushes its statistics then).
+            await deployment.stop()
+            xacts = await pg_xacts(deployment.db_url) - xacts_before
+        commands = await redis_commands(self.redis_base) - commands_before
+        keys = {s.key for s in accepted}
+        done = [at for key, at in answered.items() if key in keys]
+        span_s = (max(done) - result.started) if done else None
+        self.figures["e2e"] = {
+            "accepted": len(accepted),
+            "answered": len(done),
+            "messages_per_s": round(len(done) / span_s, 1) if span_s else 0.0,
+            "pg_xacts_per_message": round(xacts / max(1, len(done)), 1),
+            "redis_commands_per_message": round(commands / max(1, len(done)), 1),
+            "workers": len(deployment.worker_processes),
+        }
+
+    async def open_loop(self, rate: int) -> None:
+        rss = rate == self.args.rss_rate
+        duration_s = self.args.rss_s if rss else self.args.duration_s
+        requests = telegram_requests(round(rate * duration_s))
+        deployment = self.deployment(self.args.workers)
+        async with deployment.running():
+            pids = [deployment.gateway.pid] + [w.pid for w in deployment.worker_processes]
+            rss_start = [_rss_mb(pid) for pid in pids]
+            result = await asyncio.to_thread(
+                load, deployment.port, requests, rate_per_s=rate, duration_s=duration_s
+            )
+            rss_end = [_rss_mb(pid) for pid in pids]
+            accepted = [s for s in result.samples if s.status < 300]
+            answered = await _drain(deployment, len(accepted), self.args.drain_s)
+        acks = [s.ended - s.due for s in result.samples]
+        e2e = [answered[s.key] - s.due for s in accepted if s.key in answered]
+        row: dict[str, Any] = {
+            "rate_per_s": rate,
+            "duration_s": duration_s,
+            "sent": len(result.samples) + result.errors,
+            "accepted": len(accepted),
+            "refused": len(result.samples) - len(accepted) + result.errors,
+            "not_2xx": len(result.samples) - len(accepted),
+            "connection_errors": result.errors,
+            "ack_p50_ms": _ms(_pct(acks, 0.5)),
+            "ack_p99_ms": _ms(_pct(acks, 0.99)),
+            "e2e_p50_ms": _ms(_pct(e2e, 0.5)),
+            "e2e_p99_ms": _ms(_pct(e2e, 0.99)),
+            "unanswered": len(accepted) - len(e2e),
+        }
+        if rss:
+            row["rss_mb"] = {"start": rss_start, "end": rss_end}
+        self.figures[f"open_{rate}"] = row
+
+
+@contextlib.contextmanager
+def _bare_endpoint(port: int, log: Path) -> Iterator[None]:
+    with (
+        log.open("wb") as out,
+        subprocess.Popen(  # noqa: S603 - our own command line
+            [sys.executable, str(BARE), str(port)], stdout=out, stderr=subprocess.STDOUT
+        ) as server,
+    ):
+        try:
+            yield
+        finally:
+            server.terminate()
+
+
+def _wait_port(port: int, what: str) -> None:
+    """Until something listens on ``port`` (``what``, for the error if nothing does)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
+async def _drain(
+    deployment: Deployment, accepted: int, timeout_s: float, *, max_s: float = DRAIN_MAX_S
+) -> dict[str, float]:
+    """Wait until ``accepted`` replies arrived, ``timeout_s`` passed without progress, or
+    ``max_s`` passed: what is still unanswered then is reported as such."""
+    started = last_progress = time.monotonic()
+    last_count = -1
+    while True:
+        answered = deployment.answered()
+        if len(answered) >= accepted:
+            return answered
+        if len(answered) != last_count:
+            last_count, last_progress = len(answered), time.monotonic()
+        now = time.monotonic()
+        if now - last_progress > timeout_s or now - started > max_s:
+            return answered
+        await asyncio.sleep(0.2)
+
+
+def _closed(result: Result) -> dict[str, Any]:
+    ok = [s for s in result.samples if s.status < 300]
+    latencies = [s.ended - s.due for s in result.samples]
+    span_s = max(1e-9, result.ended - result.started)
+    return {
+        "requests": len(result.samples),
+        "ok": len(ok),
+        "errors": result.errors + len(result.samples) - len(ok),
+        "per_s": round(len(ok) / span_s, 1),
+        "p50_ms": _ms(_pct(latencies, 0.5)),
+        "p99_ms": _ms(_pct(latencies, 0.99)),
+    }
+
+
+def table(figures: dict[str, Any]) -> str:
+    bare = figures.get("bare", {}).get("per_s") or 0.0
+
+    def ratio(value: float | None) -> str:
+        return f"{100 * value / bare:.1f} %" if bare and value is not None else ""
+
+    rows = [("figure", "measured", "vs bare", "target")]
+    if "bare" in figures:
+        b = figures["bare"]
+        rows.append(
+            ("bare litestar POST → 200", f"{bare:,.0f} req/s (p99 {b['p99_ms']} ms)", "100 %", "")
+        )
+    for kind in ("telegram", "twilio"):
+        if f"ack_{kind}" in figures:
+            a = figures[f"ack_{kind}"]
+            rows.append(
+                (
+                    f"webhook acknowledged, {kind} (no worker)",
+                    f"{a['per_s']:,.0f} req/s, p50 {a['p50_ms']} ms, {a['errors']} not 2xx",
+                    ratio(a["per_s"]),
+                    TARGETS["ack_ratio"],
+                )
+            )
+    if "e2e" in figures:
+        e = figures["e2e"]
+        rows.append(
+            (
+                f"end to end at saturation ({e['workers']} worker(s))",
+                f"{e['messages_per_s']:,.1f} messages/s ({e['answered']}/{e['accepted']})",
+                ratio(e["messages_per_s"]),
+                TARGETS["e2e_per_s"],
+            )
+        )
+        rows.append(
+            (
+                "PostgreSQL transactions per message",
+                str(e["pg_xacts_per_message"]),
+                "",
+                TARGETS["pg_xacts_per_message"],
+            )
+        )
+        rows.append(
+            (
+                "Redis commands per message",
+                str(e["redis_commands_per_message"]),
+                "",
+                TARGETS["redis_commands_per_message"],
+            )
+        )
+    for key, row in figures.items():
+        if not key.startswith("open_"):
+            continue
+        rate = row["rate_per_s"]
+        target = {500: "e2e p50 < 50 ms, p99 < 250 ms", 1000: "ack p99 < 25 ms"}.get(rate, "")
+        rows.append(
+            (
+                f"open loop {rate} messages/s, {row['duration_s']:g} s",
+                f"ack p50 {row['ack_p50_ms']} / p99 {row['ack_p99_ms']} ms; e2e p50 "
+                f"{row['e2e_p50_ms']} / p99 {row['e2e_p99_ms']} ms; refused {row['refused']}, "
+                f"unanswered {row['unanswered']} of {row['accepted']}",
+                "",
+                target,
+            )
+        )
+        if "rss_mb" in row:
+            start, end = row["rss_mb"]["start"], row["rss_mb"]["end"]
+            rows.append(
+                (
+                    "RSS over that run (gateway, workers), MB",
+                    f"{start} → {end}",
+                    "",
+                    TARGETS["rss_growth"],
+                )
+            )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    lines = [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, redis_instance() as redis_base:
+        bench = Bench(args, redis_base, Path(tmp))
+        phases = args.phases or [
+            "bare",
+            "ack-telegram",
+            "ack-twilio",
+            "e2e",
+            *(f"open-{r}" for r in args.rates),
+        ]
+        for phase in phases:
+            started = time.monotonic()
+            if phase == "bare":
+                await bench.bare()
+            elif phase.startswith("ack-"):
+                await bench.ack(phase.removeprefix("ack-"))
+            elif phase == "e2e":
+                await bench.e2e()
+            elif phase.startswith("open-"):
+                await bench.open_loop(int(phase.removeprefix("open-")))
+            else:
+                raise SystemExit(f"unknown phase {phase}")
+            print(f"{phase}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        return {
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            **bench.figures,
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "phases", nargs="*", help="bare, ack-telegram, ack-twilio, e2e, open-<rate>"
+    )
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rates", type=int, nargs="*", default=[100, 500, 1000])
+    parser.add_argument("--rss-rate", type=int, default=500)
+    parser.add_argument("--rss-s", type=float, default=60.0)
+    parser.add_argument("--drain-s", type=float, default=15.0, help="wait for progress this long")
+    parser.add_argument("--e2e-drain-s", type=float, default=15.0)
+    parser.add_argument("--quick", action="store_true", help="3 s phases, RSS over 10 s")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.quick:
+        args.duration_s, args.rss_s = 3.0, 10.0
+    figures = asyncio.run(main_async(args))
+    print(table(figures))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
