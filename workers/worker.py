@@ -133,14 +133,28 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError
 
+        _ended = 0
+        """Jobs that gave their slot back (arq's completion callback)."""
+
+        def _release_sem_dec_counter_on_complete(self) -> None:
+            self._ended += 1
+            super()._release_sem_dec_counter_on_complete()
+
         async def start_jobs(self, job_ids: list[bytes]) -> None:
             for job_id in job_ids:
+                counted, ended = self.job_counter, self._ended
+                holder = self.tasks.get(job_id.decode())
                 try:
                     await super().start_jobs([job_id])
                 except (RedisError, OSError):
-                    # arq counted the slot before asking Redis whether the job may start.
-                    self.job_counter -= 1
-                    self.sem.release()
+                    # arq takes a slot before asking Redis whether the job may start, and keeps
+                    # it when Redis fails. Give it back, unless arq already did (the job runs
+                    # elsewhere; the error came from the pipeline's clean-up) or a task of the
+                    # job now holds it.
+                    kept = counted + 1 - (self._ended - ended)
+                    if self.job_counter == kept and self.tasks.get(job_id.decode()) is holder:
+                        self.job_counter -= 1
+                        self.sem.release()
                     raise
 
         async def finish_job(self, *args: Any, **kwargs: Any) -> None:
