@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from dispatch.messages import InboundMessage
-from dispatch.models import Conversation, ConversationState
+from dispatch.models import Activity, Conversation, ConversationState
 from gateway.settings import Settings
 from tests.support.flow import ask, wait_for
 from tests.support.llm_api import LlmApi, tool_call
@@ -211,18 +211,25 @@ async def test_an_answer_dispatched_before_its_question_waits_for_it(services: R
     # Message 1 asks its question, then wakes message 2, which is read as the answer.
     await jobs.dispatch_message(services, accepted[0].message_id)
 
-    async def answered() -> Any:
-        again = await services.dispatcher.dispatch_message(accepted[1].message_id, lease_s=30)
-        return again if again is not None and again.activity_id is not None else None
+    async def recorded() -> int | None:  # by the wake-up: nothing here dispatches it again
+        async with services.sessions() as session:
+            return await session.scalar(
+                select(Activity.id).where(Activity.source_message_id == accepted[1].message_id)
+            )
 
-    done = await wait_for(answered)
-    activity = await services.activities.get(done.activity_id)
+    activity_id = await wait_for(recorded)
+    activity = await services.activities.get(activity_id)
     assert activity is not None
     assert (activity.action_type, activity.details["payload"]) == (
         "find_client",
         {"query": "Initech"},
     )
-    assert not done.created  # the wake-up recorded it; asking again finds it
+
+    async def asked_again() -> Any:  # None while the wake-up still holds the message's claim
+        return await services.dispatcher.dispatch_message(accepted[1].message_id, lease_s=30)
+
+    again = await wait_for(asked_again)
+    assert (again.activity_id, again.created) == (activity_id, False)  # found, not made twice
 
 
 async def test_approval_keywords_are_reserved_before_catalog_rules(services: Runtime) -> None:
