@@ -37,22 +37,14 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis.asyncio as aioredis
 
 from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
 from tests.support.cluster import Cluster, Figures, redis_through
+from tests.support.processes import free_port
 from tests.support.proxy import FaultProxy
-from tests.support.services import REDIS_BASE, own_database, own_redis_db
+from tests.support.services import REDIS_BASE, flush_redis, own_database, own_redis_db
 
 SETTLE_S = 600.0
-
-
-def _free_port() -> int:
-    import socket
-
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager
@@ -66,7 +58,7 @@ async def deployment(
             "SWITCHBOARD_REDIS_URL": (
                 redis_url if redis_port is None else redis_through(redis_url, redis_port)
             ),
-            "SWITCHBOARD_PORT": str(_free_port()),
+            "SWITCHBOARD_PORT": str(free_port()),
             "SWITCHBOARD_REDIS_PREFIX": f"bench{secrets.token_hex(4)}",
             "SWITCHBOARD_ADMIN_TOKEN": secrets.token_urlsafe(32),
             "SWITCHBOARD_LOG_LEVEL": "WARNING",
@@ -133,11 +125,7 @@ async def redis_flushed(cluster: Cluster, redis_url: str, args: argparse.Namespa
         cluster.start_worker()
     sending = asyncio.create_task(cluster.send(args.messages, conversations=args.conversations))
     await _answered(cluster, args.messages // 5)
-    redis = aioredis.from_url(redis_url)
-    try:
-        await redis.flushdb()
-    finally:
-        await redis.aclose()
+    await flush_redis(redis_url)
     await sending
 
 

@@ -53,7 +53,7 @@ import redis.asyncio as aioredis
 
 from bench.load import Request, Result, run
 from dispatch.queue import queue_name
-from tests.support.processes import child_env, process, wait_healthy
+from tests.support.processes import child_env, free_port, process, wait_healthy
 from tests.support.services import PG_ADMIN_DSN, own_database
 from tests.support.telegram_api import TelegramApi
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
@@ -74,12 +74,6 @@ TARGETS = {
     "redis_commands_per_message": "<= 8",
     "rss_growth": "within 10 %",
 }
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -136,7 +130,7 @@ def load(port: int, requests: list[Request], **options: float) -> Result:
 @contextlib.contextmanager
 def redis_instance() -> Iterator[str]:
     """A Redis server of its own (its command counts are this run's), on a free port."""
-    port = _free_port()
+    port = free_port()
     command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port)]
     server = subprocess.Popen(  # noqa: S603 - our own command line
         [*command, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
@@ -178,7 +172,7 @@ class Deployment:
     workdir: Path
     db: int
     workers: int = 0
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     telegram: TelegramApi = field(init=False)
     gateway: subprocess.Popen[bytes] = field(init=False)
     worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -270,7 +264,7 @@ class Bench:
         return Deployment(self.redis_base, self.workdir, self._db % 16, workers)
 
     async def bare(self) -> None:
-        port = _free_port()
+        port = free_port()
         request = ("/webhooks/bare", {"Content-Type": "application/json"}, b'{"n": 1}', "")
         with _bare_endpoint(port, self.workdir / "bare.log"):
             await asyncio.to_thread(_wait_port, port, "the bare endpoint")

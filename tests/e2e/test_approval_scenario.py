@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN, free_port
+from tests.conftest import ADMIN
 from tests.e2e.test_processes import gateway_and_worker
 from tests.support.approvals import REFUND_CATALOG
 from tests.support.flow import wait_for
-from tests.support.processes import SWITCHBOARD, child_env
+from tests.support.processes import SWITCHBOARD, child_env, free_port
 from tests.support.twilio_api import SentMessage, TwilioApi
 from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, signed, twilio_env
 

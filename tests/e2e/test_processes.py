@@ -15,11 +15,11 @@ import pytest
 import websockets
 
 from dispatch.models import Message
-from tests.conftest import ADMIN, free_port, open_db
+from tests.conftest import ADMIN, open_db
 from tests.support import whatsapp_cloud_webhook as meta
 from tests.support.flow import outbound, post, wait_for
 from tests.support.graph_api import GraphApi
-from tests.support.processes import SWITCHBOARD, child_env, process, wait_healthy
+from tests.support.processes import SWITCHBOARD, child_env, free_port, process, wait_healthy
 from tests.support.telegram_api import TelegramApi
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
 from tests.support.twilio_api import TwilioApi

@@ -15,14 +15,15 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from dispatch.models import ActivityEvent
-from tests.conftest import free_port, open_db
+from tests.conftest import open_db
 from tests.support.cluster import Cluster, Figures, redis_through
 from tests.support.flow import wait_for
+from tests.support.processes import free_port
 from tests.support.proxy import FaultProxy
+from tests.support.services import flush_redis
 
 pytestmark = pytest.mark.services
 
@@ -150,11 +151,7 @@ async def test_redis_flushed_mid_flight_loses_nothing(
             return sum(cluster.replies().values()) >= 40
 
         await wait_for(under_way, timeout_s=60)
-        redis = aioredis.from_url(redis_url)
-        try:
-            await redis.flushdb()
-        finally:
-            await redis.aclose()
+        await flush_redis(redis_url)
         await sending
         figures = await _settled(cluster, sessions)
     _once_each(figures, 200)

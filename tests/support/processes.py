@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,9 +13,16 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["SWITCHBOARD", "child_env", "process", "wait_healthy"]
+__all__ = ["SWITCHBOARD", "child_env", "free_port", "process", "wait_healthy"]
 
 SWITCHBOARD = [str(Path(sys.executable).parent / "switchboard")]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on at this moment."""
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def child_env(values: dict[str, str]) -> dict[str, str]:

@@ -70,10 +70,17 @@ async def claim_redis_db() -> int:
         await client.aclose()
 
 
+async def flush_redis(url: str) -> None:
+    """Empty the Redis db at ``url`` (as if Redis had lost everything)."""
+    client = aioredis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
 async def release_redis_db(db: int) -> None:
-    client = aioredis.from_url(f"{REDIS_BASE}/{db}")
-    await client.flushdb()
-    await client.aclose()
+    await flush_redis(f"{REDIS_BASE}/{db}")
     lock = aioredis.from_url(f"{REDIS_BASE}/0")
     await lock.delete(f"switchboard-test-db-lock:{db}")
     await lock.aclose()
