@@ -300,52 +300,57 @@ class ActivityLog:
         if activity.conversation_id is None or order_key is None or overtakes:
             return None
         async with self._sessions() as session:
-            earlier_activity = (
-                await session.execute(
-                    select(Activity.id)
-                    .where(
-                        Activity.conversation_id == activity.conversation_id,
-                        Activity.order_key < order_key,
-                        Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-                    )
-                    .order_by(Activity.order_key)
-                    .limit(1)
+            return await self.blocking(session, activity.conversation_id, order_key)
+
+    @staticmethod
+    async def blocking(session: AsyncSession, conversation_id: int, order_key: int) -> str | None:
+        """What holds back an activity at ``order_key`` of its conversation (:meth:`blocker`)."""
+        earlier_activity = (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
                 )
-            ).scalar_one_or_none()
-            if earlier_activity is not None:
-                return f"activity {earlier_activity}"
-            earlier_message = (
-                await session.execute(
-                    select(
-                        exists().where(
-                            Message.conversation_id == activity.conversation_id,
-                            Message.id < order_key,
-                            Message.state.in_([s.value for s in UNDISPATCHED]),
-                        )
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if earlier_activity is not None:
+            return f"activity {earlier_activity}"
+        earlier_message = (
+            await session.execute(
+                select(
+                    exists().where(
+                        Message.conversation_id == conversation_id,
+                        Message.id < order_key,
+                        Message.state.in_([s.value for s in UNDISPATCHED]),
                     )
                 )
-            ).scalar_one()
-            if earlier_message:
-                return "an earlier message"
-            earlier_reply = (
-                await session.execute(
-                    select(Message.id)
-                    .join(Activity, Message.activity_id == Activity.id)
-                    .where(
-                        Message.conversation_id == activity.conversation_id,
-                        Activity.order_key < order_key,
-                        or_(
-                            Message.delivery == Delivery.PENDING.value,
-                            and_(
-                                Message.delivery == Delivery.SENDING.value,
-                                Message.updated_at > utcnow() - SENDING_STALE,
-                            ),
+            )
+        ).scalar_one()
+        if earlier_message:
+            return "an earlier message"
+        earlier_reply = (
+            await session.execute(
+                select(Message.id)
+                .join(Activity, Message.activity_id == Activity.id)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    or_(
+                        Message.delivery == Delivery.PENDING.value,
+                        and_(
+                            Message.delivery == Delivery.SENDING.value,
+                            Message.updated_at > utcnow() - SENDING_STALE,
                         ),
-                    )
-                    .limit(1)
+                    ),
                 )
-            ).scalar_one_or_none()
-            return None if earlier_reply is None else f"reply {earlier_reply}"
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        return None if earlier_reply is None else f"reply {earlier_reply}"
 
     async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
         """The next activity waiting its turn in a conversation, if any."""

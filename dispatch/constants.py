@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __all__ = [
     "AGAIN",
+    "DISPATCH_BATCH",
     "DISPATCH_MESSAGE",
     "RUN_ACTIVITY",
+    "batch_job_id",
     "dispatch_job_id",
     "queue_name",
     "recover_job_id",
@@ -14,6 +16,7 @@ __all__ = [
 ]
 
 DISPATCH_MESSAGE = "dispatch_message"
+DISPATCH_BATCH = "dispatch_batch"
 RUN_ACTIVITY = "run_activity"
 
 
@@ -25,6 +28,11 @@ def dispatch_job_id(prefix: str, message_id: int) -> str:
     """Deterministic: enqueuing it while it is queued or running is a no-op (see
     ``JobQueue.wake``); once it has run, it may be enqueued again."""
     return f"{prefix}:msg:{message_id}"
+
+
+def batch_job_id(prefix: str, first_message_id: int) -> str:
+    """Unique: a stored message is queued in a batch once, and its id names its batch only."""
+    return f"{prefix}:batch:{first_message_id}"
 
 
 def run_job_id(prefix: str, activity_id: int) -> str:

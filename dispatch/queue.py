@@ -9,7 +9,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -18,8 +19,10 @@ import msgspec
 from dispatch.config import PREFIX, setting
 from dispatch.constants import (
     AGAIN,
+    DISPATCH_BATCH,
     DISPATCH_MESSAGE,
     RUN_ACTIVITY,
+    batch_job_id,
     dispatch_job_id,
     queue_name,
     run_job_id,
@@ -28,7 +31,9 @@ from dispatch.errors import SettingsError
 from dispatch.outage import Outage
 
 __all__ = [
+    "JOB_MESSAGES",
     "ArqQueue",
+    "DispatchBatchJob",
     "DispatchJob",
     "JobQueue",
     "QueueSettings",
@@ -102,6 +107,17 @@ class DispatchJob(msgspec.Struct, frozen=True):
     message_id: int
 
 
+class DispatchBatchJob(msgspec.Struct, frozen=True):
+    """Dispatch newly stored messages, ``[conversation id, message id]`` in arrival order: each
+    conversation's in order, conversations side by side."""
+
+    messages: list[tuple[int, int]]
+
+
+JOB_MESSAGES = 16
+"""Messages one dispatch job carries at most (what a job costs in Redis is paid per job)."""
+
+
 class RunJob(msgspec.Struct, frozen=True):
     """Run an activity's handler and reply."""
 
@@ -151,6 +167,11 @@ class JobQueue(abc.ABC):
     async def _running(self, job_id: str) -> bool:
         """Whether the job with that id is running at this moment."""
 
+    async def _put(self, function: str, jobs: Sequence[tuple[str, msgspec.Struct]]) -> None:
+        """Queue (job id, job) pairs whose ids are new (never queued before)."""
+        for job_id, job in jobs:
+            await self._enqueue(function, job, job_id)
+
     async def wake(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
         if await self._enqueue(function, job, job_id):
             return True
@@ -158,9 +179,31 @@ class JobQueue(abc.ABC):
             return await self._enqueue(function, job, job_id + AGAIN)
         return False
 
-    async def enqueue_dispatch(self, message_id: int) -> bool:
+    async def enqueue_dispatch(self, message_id: int, *, defer_s: float = 0) -> bool:
         job_id = dispatch_job_id(self.prefix, message_id)
+        if defer_s > 0:
+            return await self._enqueue(
+                DISPATCH_MESSAGE, DispatchJob(message_id), job_id, defer_s=defer_s
+            )
         return await self.wake(DISPATCH_MESSAGE, DispatchJob(message_id), job_id)
+
+    async def enqueue_dispatches(self, messages: Sequence[tuple[int, int]]) -> None:
+        """Queue the dispatch of newly stored messages ((conversation id, message id), in
+        arrival order), up to ``JOB_MESSAGES`` per job, a conversation's together where they
+        fit; each message is queued this way once, when it is stored."""
+        conversations: dict[int, list[int]] = {}
+        for conversation_id, message_id in messages:
+            conversations.setdefault(conversation_id, []).append(message_id)
+        jobs: list[list[tuple[int, int]]] = [[]]
+        for conversation_id, ids in conversations.items():
+            for message_id in ids:
+                if len(jobs[-1]) >= JOB_MESSAGES:
+                    jobs.append([])
+                jobs[-1].append((conversation_id, message_id))
+        await self._put(
+            DISPATCH_BATCH,
+            [(batch_job_id(self.prefix, job[0][1]), DispatchBatchJob(job)) for job in jobs if job],
+        )
 
     async def enqueue_run(self, activity_id: int) -> bool:
         job_id = run_job_id(self.prefix, activity_id)
@@ -172,15 +215,20 @@ class JobQueue(abc.ABC):
         """``enqueue(target)`` (e.g. ``self.enqueue_run``) unless the queue is down; an outage is
         reported, not raised: what was not woken now is re-driven from the database."""
 
-        async def woken() -> bool:
-            await enqueue(target)
+        return await self.attempt(lambda: enqueue(target), **extra)
+
+    async def attempt(self, enqueue: Callable[[], Awaitable[Any]], **extra: Any) -> bool:
+        """``enqueue()`` unless the queue is down; False if it was not done."""
+
+        async def done() -> bool:
+            await enqueue()
             return True
 
         async def not_now() -> bool:
             return False
 
         return await self.outage.call(
-            woken, not_now, "work stays stored; recovery re-drives it", **extra
+            done, not_now, "work stays stored; recovery re-drives it", **extra
         )
 
     async def close(self, *, grace_s: float = 10.0) -> None:  # noqa: B027 - optional hook
@@ -216,6 +264,20 @@ class ArqQueue(JobQueue):
             _defer_by=defer_s or None,
         )
         return enqueued is not None
+
+    async def _put(self, function: str, jobs: Sequence[tuple[str, msgspec.Struct]]) -> None:
+        """One round trip for all: new ids need none of arq's check-and-set (its job format)."""
+        from arq.constants import job_key_prefix
+        from arq.jobs import serialize_job
+
+        now_ms = int(time.time() * 1000)
+        async with self._pool.pipeline(transaction=False) as pipe:
+            for job_id, job in jobs:
+                body = (msgspec.to_builtins(job),)
+                data = serialize_job(function, body, {}, None, now_ms, serializer=job_serializer)
+                pipe.psetex(job_key_prefix + job_id, self._pool.expires_extra_ms, data)
+                pipe.zadd(self.queue_name, {job_id: now_ms})
+            await pipe.execute()
 
     async def _running(self, job_id: str) -> bool:
         from arq.constants import in_progress_key_prefix

@@ -16,14 +16,16 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 
-from dispatch.activities import ActivityLog
+from dispatch.activities import RUNNER, ActivityLog, ActivityView
 from dispatch.approvals import ApprovalService, expiry
 from dispatch.catalog import Catalog
 from dispatch.claims import MESSAGES
 from dispatch.clarify import Clarifier, Pending
 from dispatch.control import NOTICE_ACTION, SYSTEM_AGENT
 from dispatch.errors import RateLimited
+from dispatch.intake import Arrival, Intake
 from dispatch.intents import Intent
 from dispatch.interpret import Interpreter
 from dispatch.messages import InboundMessage, StatusReport
@@ -32,6 +34,7 @@ from dispatch.models import (
     Activity,
     ActivityStatus,
     ConversationState,
+    Direction,
     Message,
     MessageState,
     User,
@@ -44,7 +47,13 @@ from dispatch.routing import ChannelRouting
 from dispatch.store import Accepted, MessageStore
 from dispatch.throttle import Throttle, ThrottleSettings
 
-__all__ = ["MAX_DISPATCH_ATTEMPTS", "DispatchFailed", "DispatchService", "Dispatched"]
+__all__ = [
+    "MAX_DISPATCH_ATTEMPTS",
+    "Claimed",
+    "DispatchFailed",
+    "DispatchService",
+    "Dispatched",
+]
 
 log = logging.getLogger("switchboard.dispatch")
 
@@ -60,6 +69,26 @@ MAX_DISPATCH_ATTEMPTS = 3
 """Interpretations of one message before it ends ``failed``."""
 
 
+def _sender(message: InboundMessage) -> str:
+    return ":".join(message.identity)
+
+
+def _not_dispatched(message: InboundMessage, accepted: Accepted) -> None:
+    log.info(
+        "message stored, not dispatched",
+        extra={"reason": message.ignored or "duplicate", "message_id": accepted.message_id},
+    )
+
+
+class Claimed(msgspec.Struct, frozen=True, kw_only=True):
+    """An activity claimed to run as it was recorded, its requester's permission checked."""
+
+    activity: ActivityView
+    attempt: int
+    role: str | None
+    active: bool
+
+
 class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     """What dispatching a message did: ``recorded`` its activity (``created``), found it
     already there, or recorded nothing yet (``waiting`` for an earlier message, ``busy`` being
@@ -70,6 +99,11 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     created: bool = False
     outcome: str = "recorded"
     conversation_id: int | None = None
+    running: Claimed | None = None
+    """The activity, claimed to run at once by the caller."""
+    looked_ahead: bool = False
+    following: int | None = None
+    """If ``looked_ahead``: the conversation's next message awaiting its dispatch."""
 
 
 class ClaimLost(Exception):
@@ -114,17 +148,19 @@ class DispatchService:
         self._approvals = approvals
         self._throttle = throttle
         self._limits = limits
+        self._intake = Intake(store, backlog=limits.conversation_backlog, after=self._after_stored)
 
     async def ingest(self, message: InboundMessage, *, client: bool = False) -> Accepted:
         """Store first, then queue the parsing; a duplicate is accepted and queues nothing.
 
         A sender over their rate, or a conversation owing too many messages, is held back: a
         ``client`` (REST, web chat) is refused (:class:`RateLimited`, nothing stored); a
-        verified provider's message is stored but not acted on. The sender is told to slow
-        down, once per window.
+        verified provider's message is stored but not acted on (:meth:`ingest_all`). The sender
+        is told to slow down, once per window.
         """
-        key = ":".join(message.identity)
-        wait_s = await self._over_rate(key) if client and not message.ignored else 0.0
+        if not client:
+            return (await self.ingest_all(message.channel, [message]))[0]
+        wait_s = await self._over_rate(_sender(message)) if not message.ignored else 0.0
         if wait_s > 0:
             raise RateLimited(
                 f"slow down: a sender may send {self._limits.sender_rate_per_s:g} messages per "
@@ -132,22 +168,13 @@ class DispatchService:
                 retry_after_s=wait_s,
             )
         accepted = await self._store.accept(
-            message, backlog=self._limits.conversation_backlog, refuse=client
+            message, backlog=self._limits.conversation_backlog, refuse=True
         )
         if message.ignored or accepted.duplicate:
-            log.info(
-                "message stored, not dispatched",
-                extra={"reason": message.ignored or "duplicate", "message_id": accepted.message_id},
-            )
+            _not_dispatched(message, accepted)
             return accepted
-        held = accepted.over_backlog
-        if not held and not client and await self._over_rate(key) > 0:
-            held = await self._store.ignore(accepted.message_id, "sender rate limit")
-        if held:
-            await self._slow_down(key, message, accepted)
-            return accepted
-        # Stored is accepted: the provider gets its 2xx, and if the queue is down, recovery
-        # dispatches the message from the database once it is back.
+        # Stored is accepted: if the queue is down, recovery dispatches the message from the
+        # database once it is back.
         await self._queue.try_enqueue(
             self._queue.enqueue_dispatch, accepted.message_id, message_id=accepted.message_id
         )
@@ -178,7 +205,7 @@ class DispatchService:
                 event=("slow_down", {"sender": key}),
                 text=SLOW_DOWN,
             )
-        await self._queue.enqueue_run(activity_id)
+        await self._queue.try_enqueue(self._queue.enqueue_run, activity_id)
 
     async def ingest_all(
         self,
@@ -186,15 +213,49 @@ class DispatchService:
         messages: Sequence[InboundMessage],
         statuses: Sequence[StatusReport] = (),
     ) -> list[Accepted]:
-        """What one verified webhook call carried: every message stored (and queued), every
-        delivery report applied to our message on ``channel``."""
-        accepted = [await self.ingest(message) for message in messages]
+        """What one verified webhook call carried: every message stored (with other requests'
+        in one transaction, see :mod:`dispatch.intake`) and queued after the commit, every
+        delivery report applied to our message on ``channel``. A sender over their rate is
+        kept but not acted on."""
+        arrivals = [
+            Arrival(
+                message=message,
+                over_rate=message.ignored is None and await self._over_rate(_sender(message)) > 0,
+            )
+            for message in messages
+        ]
+        accepted = await self._intake.submit(arrivals) if arrivals else []
         for report in statuses:
             await self._store.apply_status(channel, report)
         return accepted
 
-    async def dispatch_message(self, message_id: int, *, lease_s: float) -> Dispatched | None:
+    async def _after_stored(self, stored: Sequence[tuple[Arrival, Accepted]]) -> None:
+        """Once a batch is committed: queue the new messages to act on (a few per job), tell
+        senders held back to slow down."""
+        ready: list[tuple[int, int]] = []
+        for arrival, accepted in stored:
+            message = arrival.message
+            if message.ignored or accepted.duplicate:
+                _not_dispatched(message, accepted)
+            elif accepted.over_backlog or accepted.over_rate:
+                await self._slow_down(_sender(message), message, accepted)
+            else:
+                ready.append((accepted.conversation_id, accepted.message_id))
+        if ready:
+            await self._queue.attempt(lambda: self._queue.enqueue_dispatches(ready))
+
+    async def close(self) -> None:
+        """Let what is being stored commit and be queued."""
+        await self._intake.close()
+
+    async def dispatch_message(
+        self, message_id: int, *, lease_s: float, look_ahead: bool = False, claim: bool = False
+    ) -> Dispatched | None:
         """Turn a stored message into its activity, once, in its conversation's order.
+
+        With ``claim``, the activity comes back claimed to run (``running``) if it may run now;
+        with ``look_ahead`` the conversation's next message to dispatch (``following``): the
+        usual message costs two transactions to here.
 
         Safe to call any number of times, from any number of workers: the message is claimed
         (one interpretation at a time, fenced by the attempt number), an earlier message of the
@@ -203,6 +264,24 @@ class DispatchService:
         ``failed`` with a reply telling the sender. Raises :class:`DispatchFailed` for an
         attempt to retry later.
         """
+        loaded: tuple[Message, User | None, ConversationState | None] | None = None
+        async with self._sessions.begin() as session:
+            # The usual case in one transaction: it is this message's turn and no one holds it.
+            attempt = await session.scalar(
+                MESSAGES.claim(message_id, lease_s=lease_s).where(~self._earlier(message_id))
+            )
+            if attempt is not None:
+                claimed = await session.get(Message, message_id)
+                assert claimed is not None
+                user = await session.get(User, claimed.user_id) if claimed.user_id else None
+                loaded = claimed, user, await self._state(session, claimed)
+        if loaded is not None:
+            return await self._dispatch_claimed(
+                *loaded,
+                attempt=int(attempt),
+                lease_s=lease_s if claim else None,
+                look_ahead=look_ahead,
+            )
         async with self._sessions() as session:
             message = await session.get(Message, message_id)
             if message is None:
@@ -210,12 +289,23 @@ class DispatchService:
                 return None
             existing = await self._activity_of(session, message_id)
         not_now = await self._not_now(message, existing)
-        if not_now is not None:
-            return not_now
-        attempt = await self._store.claim_message(message_id, lease_s=lease_s)
-        if attempt is None:
-            return Dispatched(outcome="busy", conversation_id=message.conversation_id)
-        return await self._dispatch_claimed(message, attempt)
+        return not_now or Dispatched(outcome="busy", conversation_id=message.conversation_id)
+
+    @staticmethod
+    def _earlier(message_id: int) -> Any:
+        """An earlier message of the same conversation still awaits its dispatch."""
+        earlier, this = aliased(Message), aliased(Message)
+        return (
+            select(earlier.id)
+            .join(this, this.conversation_id == earlier.conversation_id)
+            .where(
+                this.id == message_id,
+                earlier.direction == Direction.INBOUND.value,
+                earlier.state.in_([s.value for s in UNDISPATCHED]),
+                earlier.id < message_id,
+            )
+            .exists()
+        )
 
     async def _answer_sender(
         self,
@@ -280,15 +370,29 @@ class DispatchService:
             return Dispatched(outcome="waiting", conversation_id=message.conversation_id)
         return None
 
-    async def _dispatch_claimed(self, message: Message, attempt: int) -> Dispatched:
+    async def _dispatch_claimed(
+        self,
+        message: Message,
+        user: User | None,
+        state: ConversationState | None,
+        *,
+        attempt: int,
+        lease_s: float | None,
+        look_ahead: bool,
+    ) -> Dispatched:
         try:
-            async with self._sessions() as session:
-                user = await session.get(User, message.user_id) if message.user_id else None
-                state = await self._state(session, message)
             started = time.perf_counter()
             intent, change = await self._understand(message, user, state)
             parse_us = round((time.perf_counter() - started) * 1e6, 1)
-            return await self._record(message, intent, parse_us, change, attempt=attempt)
+            return await self._record(
+                message,
+                intent,
+                parse_us,
+                change,
+                attempt=attempt,
+                lease_s=lease_s,
+                look_ahead=look_ahead,
+            )
         except ClaimLost:
             return Dispatched(outcome="busy", conversation_id=message.conversation_id)
         except Exception as exc:
@@ -414,7 +518,11 @@ class DispatchService:
         change: StateChange,
         *,
         attempt: int,
+        lease_s: float | None = None,
+        look_ahead: bool = False,
     ) -> Dispatched:
+        """Record the message's activity (fenced by its claim); with ``lease_s``, claim it to
+        run at once if nothing earlier holds it back (:meth:`ActivityLog.blocking`)."""
         action = self._catalog.action(intent.agent, intent.action_type)
         async with self._sessions.begin() as session:
             # Fenced: only the attempt holding the message's claim records its activity.
@@ -445,12 +553,26 @@ class DispatchService:
             approval = action.approval if allowed and action is not None else None
             if approval is not None:
                 status = ActivityStatus.AWAITING_APPROVAL
+            run_here = (
+                lease_s is not None
+                and action is not None
+                and status == ActivityStatus.QUEUED
+                and (
+                    action.overtakes
+                    or await ActivityLog.blocking(session, message.conversation_id, message.id)
+                    is None
+                )
+            )
+            now = utcnow()
             activity = Activity(
                 agent_name=intent.agent,
                 action_type=intent.action_type,
                 action_description=action.description if action else "",
                 details=details,
-                status=status.value,
+                status=ActivityStatus.IN_PROGRESS.value if run_here else status.value,
+                attempts=1 if run_here else 0,
+                started_at=now if run_here else None,
+                lease_expires_at=now + dt.timedelta(seconds=lease_s or 0) if run_here else None,
                 actor_user_id=message.user_id,
                 source_message_id=message.id,
                 source_channel=message.channel,
@@ -470,6 +592,14 @@ class DispatchService:
                 actor=f"user:{message.user_id}" if message.user_id else "system",
                 data={"payload": intent.payload, "provenance": provenance},
             )
+            if run_here:
+                self._activities.add_event(
+                    session,
+                    activity.id,
+                    "started",
+                    status=ActivityStatus.IN_PROGRESS.value,
+                    data={"attempt": 1, "runner": RUNNER},
+                )
             if approval is not None and action is not None:
                 asked = await self._approvals.request(session, activity, action, user)
                 if not asked:
@@ -511,9 +641,26 @@ class DispatchService:
                     "status": status.value,
                 },
             )
+            following = (
+                await MessageStore.next_undispatched_in(
+                    session, message.conversation_id, after_id=message.id
+                )
+                if look_ahead
+                else None
+            )
             return Dispatched(
                 activity_id=activity.id,
-                status=status.value,
+                status=activity.status,
                 created=True,
                 conversation_id=message.conversation_id,
+                running=Claimed(
+                    activity=ActivityView.of(activity),
+                    attempt=1,
+                    role=role,
+                    active=user.active if user else True,
+                )
+                if run_here
+                else None,
+                looked_ahead=look_ahead,
+                following=following,
             )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 from sqlalchemy import and_, case, exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from dispatch.activities import SENDING_STALE, ActivityLog
@@ -31,7 +33,7 @@ from dispatch.models import (
 from dispatch.outbox import add_reply
 from dispatch.sql import insert_or_get
 
-__all__ = ["Accepted", "MessageStore", "MessageView"]
+__all__ = ["Accepted", "MessageStore", "MessageView", "storable"]
 
 log = logging.getLogger("switchboard.store")
 
@@ -55,6 +57,8 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool
     over_backlog: bool = False
     """Its conversation owed too many messages already: kept, not to be acted on."""
+    over_rate: bool = False
+    """Its sender sent too fast: kept, not to be acted on."""
 
 
 class MessageView(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,7 +95,7 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def _storable(message: InboundMessage) -> InboundMessage:
+def storable(message: InboundMessage) -> InboundMessage:
     """The message as the columns can hold it (see :mod:`dispatch.clean`)."""
     return msgspec.structs.replace(
         message,
@@ -112,6 +116,12 @@ class MessageStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed on exit (for set-based Core statements)."""
+        async with self._sessions.begin() as session:
+            yield await session.connection()
+
     async def accept(
         self, message: InboundMessage, *, backlog: int | None = None, refuse: bool = False
     ) -> Accepted:
@@ -121,7 +131,7 @@ class MessageStore:
         with ``duplicate=True`` and the first one's ids. An ignored message (something a
         provider sent that nobody acts on) is kept, but makes no one a guest.
         """
-        message = _storable(message)
+        message = storable(message)
         async with self._sessions.begin() as session:
             user_id = await self._identify(session, message)
             conversation_id, _ = await insert_or_get(
@@ -317,6 +327,40 @@ class MessageStore:
             )
             return list(rows.scalars())
 
+    async def outbox(
+        self, activity_id: int, source_message_id: int | None
+    ) -> tuple[list[Message], dict[int, Conversation], str | None]:
+        """An activity's replies still to send, in order, with the conversations they go to
+        (mostly the requester's; approval requests go to approvers') and the external id of
+        the message they answer: one read."""
+        async with self._sessions() as session:
+            pending = list(
+                (
+                    await session.execute(
+                        select(Message)
+                        .where(
+                            Message.activity_id == activity_id,
+                            Message.delivery == Delivery.PENDING.value,
+                        )
+                        .order_by(Message.part)
+                    )
+                ).scalars()
+            )
+            if not pending:
+                return [], {}, None
+            rows = await session.execute(
+                select(Conversation).where(
+                    Conversation.id.in_(sorted({row.conversation_id for row in pending}))
+                )
+            )
+            conversations = {c.id: c for c in rows.scalars()}
+            in_reply_to = None
+            if source_message_id is not None:
+                in_reply_to = await session.scalar(
+                    select(Message.external_id).where(Message.id == source_message_id)
+                )
+            return pending, conversations, in_reply_to
+
     # -- dispatch claims ------------------------------------------------------------------
 
     async def claim_message(self, message_id: int, *, lease_s: float) -> int | None:
@@ -358,18 +402,24 @@ class MessageStore:
     async def next_undispatched(self, conversation_id: int, *, after_id: int) -> int | None:
         """The next message of the conversation awaiting its dispatch, if any."""
         async with self._sessions() as session:
-            found = await session.scalar(
-                select(Message.id)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Message.direction == Direction.INBOUND.value,
-                    Message.state.in_([s.value for s in UNDISPATCHED]),
-                    Message.id > after_id,
-                )
-                .order_by(Message.id)
-                .limit(1)
+            return await self.next_undispatched_in(session, conversation_id, after_id=after_id)
+
+    @staticmethod
+    async def next_undispatched_in(
+        session: AsyncSession, conversation_id: int, *, after_id: int
+    ) -> int | None:
+        found = await session.scalar(
+            select(Message.id)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.direction == Direction.INBOUND.value,
+                Message.state.in_([s.value for s in UNDISPATCHED]),
+                Message.id > after_id,
             )
-            return None if found is None else int(found)
+            .order_by(Message.id)
+            .limit(1)
+        )
+        return None if found is None else int(found)
 
     async def undispatched_heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
         """For recovery: each conversation's first message awaiting dispatch (unclaimed, or

@@ -97,7 +97,7 @@ local burst = tonumber(ARGV[2])
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(v[1]) or burst
 local at = tonumber(v[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate)
+tokens = math.min(burst, tokens + (now - at) * rate) - tonumber(ARGV[3])
 local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
@@ -107,8 +107,16 @@ return tostring(wait)
 
 
 class RedisThrottle(Throttle):
-    """Buckets in Redis, shared by every process; while Redis is unreachable, this process's
-    own buckets stand in (limits are kept per process rather than dropped)."""
+    """Buckets in Redis, shared by every process, asked only for senders near their limit.
+
+    Each process keeps its own bucket per sender too. While a sender has more than half the
+    burst left in this process's bucket, they are far below the limit and Redis is not asked;
+    past that, every message asks Redis, reporting the ones let through meanwhile, and Redis's
+    answer holds. So one process enforces the limit exactly; across N processes a sender whose
+    messages are spread evenly over all of them is held back once any one of them sees them
+    near the limit (at worst N times the rate). While Redis is unreachable, this process's own
+    buckets stand in (limits are kept per process rather than dropped).
+    """
 
     def __init__(self, redis: Any, prefix: str, outage: Outage) -> None:
         super().__init__()
@@ -116,19 +124,28 @@ class RedisThrottle(Throttle):
         self._prefix = prefix
         self._script = redis.register_script(_TAKE)
         self._outage = outage
+        self._unreported: dict[str, int] = {}
+        """Messages let through by this process's bucket alone, by sender."""
 
     async def take(self, key: str, *, rate_per_s: float, burst: int) -> float:
+        local_s = await Throttle.take(self, key, rate_per_s=rate_per_s, burst=burst)
+        if local_s == 0 and self._buckets[key][0] >= burst / 2:
+            self._unreported[key] = self._unreported.get(key, 0) + 1
+            if len(self._unreported) > 100_000:
+                self._unreported.clear()  # only counts of senders far below their limit
+            return 0.0
+        before = self._unreported.pop(key, 0)
+
         async def shared() -> float:
             wait = await self._script(
-                keys=[f"{self._prefix}:flood:{key}"], args=[rate_per_s, burst]
+                keys=[f"{self._prefix}:flood:{key}"], args=[rate_per_s, burst, before]
             )
             return float(wait.decode() if isinstance(wait, bytes) else wait)
 
-        return await self._outage.call(
-            shared,
-            lambda: Throttle.take(self, key, rate_per_s=rate_per_s, burst=burst),
-            "senders are limited per process",
-        )
+        async def alone() -> float:
+            return local_s
+
+        return await self._outage.call(shared, alone, "senders are limited per process")
 
     async def first_in_window(self, key: str, *, window_s: float) -> bool:
         async def shared() -> bool:

@@ -7,6 +7,7 @@ schema is not its business: entry points apply migrations first where the settin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -143,7 +144,9 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
             ),
             http=http,
             counters=counters,
+            slots=asyncio.Semaphore(settings.worker.max_jobs),
         )
+        stack.push_async_callback(runtime.dispatcher.close)
         if role == "gateway" and settings.queue.redis_url:
             await bus.start()
             stack.push_async_callback(bus.close)

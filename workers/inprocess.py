@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY
-from dispatch.queue import DispatchJob, JobQueue, RetryLater, RunJob
+from dispatch.constants import DISPATCH_BATCH, DISPATCH_MESSAGE, RUN_ACTIVITY
+from dispatch.queue import DispatchBatchJob, DispatchJob, JobQueue, RetryLater, RunJob
 from workers import jobs
 from workers.recovery import recover, recover_forever
 
@@ -78,6 +78,8 @@ class InProcessQueue(JobQueue):
             try:
                 if function == DISPATCH_MESSAGE and isinstance(job, DispatchJob):
                     await jobs.dispatch_message(self._runtime, job.message_id)
+                elif function == DISPATCH_BATCH and isinstance(job, DispatchBatchJob):
+                    await jobs.dispatch_batch(self._runtime, job.messages)
                 elif function == RUN_ACTIVITY and isinstance(job, RunJob):
                     await jobs.run_activity(self._runtime, job.activity_id)
                 else:

@@ -14,19 +14,21 @@ dispatched, the next activity when this one finishes, or goes to wait for a pers
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from dispatch.logs import bind
 from dispatch.models import ActivityStatus as S
-from dispatch.models import User
+from dispatch.models import User, utcnow
 from dispatch.outbox import reply_text
 from dispatch.permissions import may_request
 from dispatch.queue import RetryLater
-from dispatch.service import DispatchFailed
+from dispatch.service import Claimed, DispatchFailed
 from workers.lease import Lease, LeaseLost
 from workers.registry import HandlerContext, UnknownAction
 
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
     from dispatch.activities import ActivityView
     from workers.runtime import Runtime
 
-__all__ = ["JobOutcome", "dispatch_message", "run_activity"]
+__all__ = ["JobOutcome", "dispatch_batch", "dispatch_message", "run_activity"]
 
 log = logging.getLogger("switchboard.jobs")
 
@@ -55,27 +57,73 @@ class JobOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """Activities run (claimed and executed) by this job."""
 
 
-async def dispatch_message(runtime: Runtime, message_id: int) -> JobOutcome:
+async def dispatch_batch(runtime: Runtime, messages: Sequence[tuple[int, int]]) -> JobOutcome:
+    """Dispatch newly stored messages ((conversation id, message id)): each conversation's in
+    order, conversations side by side (no conversation waits for another's)."""
+    conversations: dict[int, list[int]] = {}
+    for conversation_id, message_id in messages:
+        conversations.setdefault(conversation_id, []).append(message_id)
+    ran = await asyncio.gather(*(_in_order(runtime, ids) for ids in conversations.values()))
+    return JobOutcome(outcome="dispatched", ran=sum(ran))
+
+
+async def _in_order(runtime: Runtime, message_ids: list[int]) -> int:
+    """One conversation's messages of a batch, one after the other; the last one wakes what
+    came after the batch. One that fails stops the rest: they wait for it, and its retry (or
+    recovery) wakes them."""
+    ran = 0
+    async with runtime.slots:
+        for n, message_id in enumerate(message_ids):
+            try:
+                done = await dispatch_message(
+                    runtime, message_id, wake_next=n == len(message_ids) - 1
+                )
+            except RetryLater as later:
+                retry = functools.partial(
+                    runtime.queue.enqueue_dispatch, message_id, defer_s=later.defer_s
+                )
+                await runtime.queue.attempt(retry)
+                return ran
+            except Exception:
+                log.exception(
+                    "dispatch failed; recovery re-drives it", extra={"message_id": message_id}
+                )
+                return ran
+            ran += done.ran
+    return ran
+
+
+async def dispatch_message(
+    runtime: Runtime, message_id: int, *, wake_next: bool = True
+) -> JobOutcome:
+    """Dispatch a stored message and run its activity when it is its turn; ``wake_next``: wake
+    the conversation's next message (the caller does not dispatch it next)."""
     bind(message_id=message_id)
     try:
         dispatched = await runtime.dispatcher.dispatch_message(
-            message_id, lease_s=runtime.settings.worker.lease_s
+            message_id, lease_s=runtime.settings.worker.lease_s, look_ahead=wake_next, claim=True
         )
     except DispatchFailed as failed:
         defer_s = RETRY_DEFER_S[min(failed.attempt, len(RETRY_DEFER_S)) - 1]
         raise RetryLater(defer_s, str(failed)) from failed
     if dispatched is None:
         return JobOutcome(outcome="missing", message_id=message_id)
-    if dispatched.outcome in {"recorded", "failed"} and dispatched.conversation_id is not None:
+    if (
+        wake_next
+        and dispatched.outcome in {"recorded", "failed"}
+        and dispatched.conversation_id is not None
+    ):
         # Later messages of the conversation waited for this one to be understood.
-        following = await runtime.store.next_undispatched(
-            dispatched.conversation_id, after_id=message_id
-        )
+        following = dispatched.following
+        if not dispatched.looked_ahead:
+            following = await runtime.store.next_undispatched(
+                dispatched.conversation_id, after_id=message_id
+            )
         if following is not None:
             await runtime.queue.try_enqueue(runtime.queue.enqueue_dispatch, following)
     if dispatched.activity_id is None:
         return JobOutcome(outcome=dispatched.outcome, message_id=message_id)
-    ran = await _advance(runtime, dispatched.activity_id)
+    ran = await _advance(runtime, dispatched.activity_id, dispatched.running)
     return JobOutcome(
         outcome=dispatched.outcome,
         message_id=message_id,
@@ -90,14 +138,16 @@ async def run_activity(runtime: Runtime, activity_id: int) -> JobOutcome:
     return JobOutcome(outcome="advanced", activity_id=activity_id, ran=ran)
 
 
-async def _advance(runtime: Runtime, activity_id: int) -> int:
-    """Step this activity, then the ones its end lets run, a few in this job; returns runs."""
+async def _advance(runtime: Runtime, activity_id: int, running: Claimed | None = None) -> int:
+    """Step this activity (``running``: already claimed for this job), then the ones its end
+    lets run, a few in this job; returns runs."""
     ran = 0
     current: int | None = activity_id
     for _ in range(INLINE_RUNS):
         if current is None:
             return ran
-        step = await _step(runtime, current)
+        step = await _step(runtime, current, running)
+        running = None
         ran += step.ran
         if step.held:
             return ran
@@ -115,15 +165,28 @@ class _Step(msgspec.Struct, frozen=True, kw_only=True):
     ran: int = 0
 
 
-async def _step(runtime: Runtime, activity_id: int) -> _Step:
+async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = None) -> _Step:
     bind(activity_id=activity_id)
     activities = runtime.activities
-    activity = await activities.get(activity_id)
+    ran = 0
+    activity: ActivityView | None
+    if running is not None:
+        # Claimed as it was recorded, its requester's permission checked then.
+        ended = await _execute(
+            runtime,
+            running.activity,
+            running.attempt,
+            time.monotonic(),
+            role=(running.role, running.active),
+        )
+        activity = ended or await activities.get(activity_id)
+        ran = 1
+    else:
+        activity = await activities.get(activity_id)
     if activity is None:
         log.warning("run of unknown activity", extra={"activity_id": activity_id})
         return _Step(held=True)
-    ran = 0
-    if activity.status in (S.QUEUED, S.IN_PROGRESS):
+    if running is None and activity.status in (S.QUEUED, S.IN_PROGRESS):
         action = runtime.catalog.action(activity.agent_name, activity.action_type)
         overtakes = action is not None and action.overtakes
         if await activities.blocker(activity, overtakes=overtakes) is not None:
@@ -132,9 +195,9 @@ async def _step(runtime: Runtime, activity_id: int) -> _Step:
         attempt = await activities.claim(activity_id, lease_s=runtime.settings.worker.lease_s)
         if attempt is None:
             return _Step(held=True)  # running elsewhere; that job carries the conversation on
-        await _execute(runtime, activity, attempt, claimed_at)
+        ended = await _execute(runtime, activity, attempt, claimed_at)
         ran = 1
-        activity = await activities.get(activity_id)
+        activity = ended or await activities.get(activity_id)
         assert activity is not None
     await runtime.replies.deliver(activity)
     if activity.status in (S.QUEUED, S.IN_PROGRESS):
@@ -149,10 +212,16 @@ async def _step(runtime: Runtime, activity_id: int) -> _Step:
 
 
 async def _execute(
-    runtime: Runtime, activity: ActivityView, attempt: int, claimed_at: float
-) -> str:
-    """Resolve, re-check, run under the lease with a timeout, and persist the result (only if
-    this attempt still holds the claim)."""
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    claimed_at: float,
+    *,
+    role: tuple[str | None, bool] | None = None,
+) -> ActivityView | None:
+    """Resolve, re-check (unless ``role``: (role, active) just checked), run under the lease
+    with a timeout, and persist the result (only if this attempt still holds the claim).
+    Returns the activity as it ended, or None if this attempt's result did not count."""
     started = time.perf_counter()
     try:
         action, handler = runtime.handlers.resolve(
@@ -163,8 +232,8 @@ async def _execute(
             runtime, activity, attempt, reason="unknown_action", message=str(exc), started=started
         )
 
-    role, active = await _role_of(runtime, activity.actor_user_id)
-    if not may_request(role, active, action):
+    role_now, active = role or await _role_of(runtime, activity.actor_user_id)
+    if not may_request(role_now, active, action):
         return await _fail(
             runtime,
             activity,
@@ -192,13 +261,13 @@ async def _execute(
             catalog=runtime.catalog,
             activities=runtime.activities,
             http=runtime.http,
-            role=role,
+            role=role_now,
             approvals=runtime.approvals,
         )
         result = await lease.run(handler.run(ctx), timeout_s=action.timeout_s)
     except LeaseLost:
         log.warning("run stopped: its lease was lost", extra={"attempt": attempt})
-        return "lease_lost"
+        return None
     except asyncio.CancelledError:
         # The worker is stopping: give the activity back to be run at once elsewhere.
         await asyncio.shield(
@@ -224,17 +293,15 @@ async def _execute(
     if result.choices:
         result_doc["choices"] = msgspec.to_builtins(result.choices)
     details = {**activity.details, "result": result_doc}
-    moved = await runtime.activities.finish(
+    return await _finish(
+        runtime,
         activity,
+        attempt,
         S.COMPLETED,
-        attempt=attempt,
-        kind="completed",
         details=details,
         metrics={**activity.metrics, "duration_ms": duration_ms},
-        reply=_reply_parts(runtime, activity, S.COMPLETED, details),
         data={"duration_ms": duration_ms, "handler": handler.name, "attempt": attempt},
     )
-    return "completed" if moved else "stale"
 
 
 async def _fail(
@@ -245,21 +312,47 @@ async def _fail(
     reason: str,
     message: str,
     started: float,
-) -> str:
+) -> ActivityView | None:
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     error = {"reason": reason, "message": message}
-    details = {**activity.details, "error": error}
-    moved = await runtime.activities.finish(
+    return await _finish(
+        runtime,
         activity,
+        attempt,
         S.FAILED,
-        attempt=attempt,
-        kind="failed",
-        details=details,
+        details={**activity.details, "error": error},
         metrics={**activity.metrics, "duration_ms": duration_ms},
-        reply=_reply_parts(runtime, activity, S.FAILED, details),
         data={**error, "attempt": attempt},
     )
-    return "failed" if moved else "stale"
+
+
+async def _finish(
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    to: S,
+    *,
+    details: dict[str, Any],
+    metrics: dict[str, Any],
+    data: dict[str, Any],
+) -> ActivityView | None:
+    """Persist the run's end with its reply; the activity as it ended, or None if this
+    attempt no longer held it (its result is discarded)."""
+    moved = await runtime.activities.finish(
+        activity,
+        to,
+        attempt=attempt,
+        kind=to.value,
+        details=details,
+        metrics=metrics,
+        reply=_reply_parts(runtime, activity, to, details),
+        data=data,
+    )
+    if not moved:
+        return None
+    return msgspec.structs.replace(
+        activity, status=to.value, details=details, metrics=metrics, completed_at=utcnow()
+    )
 
 
 def _reply_parts(

@@ -39,24 +39,17 @@ class ReplySender:
         Each reply is claimed (pending → sending) before the channel is called, so a crash in
         between loses that reply rather than ever sending it twice.
         """
-        pending = await self._store.pending_replies(activity.id)
+        pending, conversations, in_reply_to = await self._store.outbox(
+            activity.id, activity.source_message_id
+        )
         if not pending:
             return 0
-        # Most rows go to the requester's conversation; approval requests go to approvers'.
-        conversations = {
-            conversation_id: await self._store.conversation(conversation_id)
-            for conversation_id in {row.conversation_id for row in pending}
-        }
-        in_reply_to = None
-        if activity.source_message_id is not None:
-            source = await self._store.get(activity.source_message_id)
-            in_reply_to = source.external_id if source else None
         action = self._catalog.action(activity.agent_name, activity.action_type)
         templates = action.templates if action else {}
         sent = 0
         failed_part: dict[int, int] = {}  # per conversation: the part that failed
         for row in pending:
-            conversation = conversations[row.conversation_id]
+            conversation = conversations.get(row.conversation_id)
             if conversation is None or not await self._store.claim_reply(row.id):
                 continue
             if conversation.id in failed_part:

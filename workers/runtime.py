@@ -9,6 +9,7 @@ gateway, which hands each route only the service it uses.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -171,3 +172,5 @@ class Runtime:
     replies: ReplySender
     http: httpx.AsyncClient
     counters: Counters
+    slots: asyncio.Semaphore = dataclasses.field(default_factory=asyncio.Semaphore)
+    """Conversations this process works on at once (``max_jobs``; a job may carry several)."""

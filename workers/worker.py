@@ -20,7 +20,13 @@ from typing import Any
 
 import msgspec
 
-from dispatch.constants import DISPATCH_MESSAGE, RUN_ACTIVITY, queue_name, recover_job_id
+from dispatch.constants import (
+    DISPATCH_BATCH,
+    DISPATCH_MESSAGE,
+    RUN_ACTIVITY,
+    queue_name,
+    recover_job_id,
+)
 from dispatch.queue import RetryLater, job_deserializer, job_serializer, redis_client
 from workers import jobs
 from workers.compose import open_runtime
@@ -58,6 +64,11 @@ async def dispatch_message_job(ctx: dict[str, Any], job: dict[str, Any]) -> dict
     return await _job(
         DISPATCH_MESSAGE, jobs.dispatch_message(_runtime(ctx), int(job["message_id"]))
     )
+
+
+async def dispatch_batch_job(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    messages = [(int(c), int(m)) for c, m in job["messages"]]
+    return await _job(DISPATCH_BATCH, jobs.dispatch_batch(_runtime(ctx), messages))
 
 
 async def run_activity_job(ctx: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +191,7 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
         functions=[
             func(dispatch_message_job, name=DISPATCH_MESSAGE, max_tries=10, timeout=backstop_s),
             func(run_activity_job, name=RUN_ACTIVITY, max_tries=10, timeout=backstop_s),
+            func(dispatch_batch_job, name=DISPATCH_BATCH, max_tries=10, timeout=backstop_s),
         ],
         cron_jobs=[
             cron(
