@@ -1,8 +1,10 @@
 """Group commit: what verified providers send, stored in batches.
 
-Every webhook request hands its messages to :class:`Intake` and waits. One flush at a time
-takes everything waiting (up to ``MAX_BATCH``) and stores it in one transaction of a few
-set-based statements: senders, conversations, duplicates, backlogs, messages. Each request is
+Every webhook request hands its messages to :class:`Intake` and waits. A flush takes
+everything waiting (up to ``MAX_BATCH``) and stores it in one transaction of a few set-based
+statements over arrays (senders, conversations, duplicates, backlogs, messages), each one text
+whatever the batch size, so it is compiled and prepared once (PostgreSQL; the embedded SQLite
+stores a batch message by message). Each request is
 answered once its batch has committed, so a 2xx still means stored; while one batch commits,
 the next one fills. What the batch asks for next (queueing the new messages, telling a sender
 to slow down) runs after the commit, off the request path (``after``).
@@ -15,22 +17,20 @@ answered 503 and the provider retries).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Table, bindparam, delete, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dispatch.clean import fit
+from dispatch.clean import fit, storable_json
 from dispatch.messages import InboundMessage
-from dispatch.models import UNDISPATCHED, Conversation, Direction, Message, MessageState, User
-from dispatch.models import UserIdentity as Identity
+from dispatch.models import UNDISPATCHED, MessageState, utcnow
 from dispatch.outage import is_unavailable
-from dispatch.store import GUEST_ROLE, NAME_CHARS, Accepted, MessageStore, storable
+from dispatch.store import NAME_CHARS, Accepted, MessageStore, storable
 
 __all__ = ["Arrival", "Intake"]
 
@@ -38,12 +38,9 @@ log = logging.getLogger("switchboard.intake")
 
 MAX_BATCH = 500
 """Messages one transaction stores at most."""
+FLUSHES = 2
+"""Batches stored at once: while one waits for the database, the next is being built."""
 BACKLOG_FULL = "conversation backlog full"
-
-_users: Table = User.__table__  # type: ignore[assignment]
-_identities: Table = Identity.__table__  # type: ignore[assignment]
-_conversations: Table = Conversation.__table__  # type: ignore[assignment]
-_messages: Table = Message.__table__  # type: ignore[assignment]
 
 
 class Arrival(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,7 +61,7 @@ class Intake:
         self._backlog = backlog
         self._after = after
         self._waiting: list[tuple[Arrival, asyncio.Future[Accepted]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, arrivals: Sequence[Arrival]) -> list[Accepted]:
@@ -72,17 +69,16 @@ class Intake:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in arrivals]
         self._waiting.extend(zip(arrivals, futures, strict=True))
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush(), name="switchboard-intake")
+        if len(self._flushing) < FLUSHES:
+            task = asyncio.create_task(self._flush(), name="switchboard-intake")
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
         return list(await asyncio.gather(*futures))
 
     async def _flush(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                await self._commit(batch)
-        finally:
-            self._flushing = None
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[Arrival, asyncio.Future[Accepted]]]) -> None:
         arrivals = [arrival for arrival, _ in batch]
@@ -113,22 +109,90 @@ class Intake:
 
     async def close(self) -> None:
         """Wait for what is being stored and what follows it."""
-        if self._flushing is not None:
-            with contextlib.suppress(Exception):
-                await self._flushing
+        if self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _store_batch(self, arrivals: list[Arrival]) -> list[Accepted]:
         messages = [storable(a.message) for a in arrivals]
-        if any(m.guests_only or m.anonymous for m in messages):
-            # What a client sends on someone's behalf is checked message by message.
+        if not self._store.postgres or any(m.guests_only or m.anonymous for m in messages):
+            # Embedded (SQLite, one process), or a client speaking for someone: one by one.
             return [
-                await self._store.accept(arrival.message, backlog=self._backlog)
-                for arrival in arrivals
+                await self._store.accept(a.message, backlog=self._backlog, over_rate=a.over_rate)
+                for a in arrivals
             ]
         async with self._store.connection() as conn:
             return await _Batch(conn, messages, arrivals, self._backlog).store()
+
+
+def _sql(statement: str) -> TextClause:
+    return text(" ".join(statement.split()))
+
+
+# Fixed statements over arrays (unnest): one text whatever the batch size, so each is
+# compiled and prepared once per connection.
+_OWNERS = _sql("""
+    SELECT i.channel, i.address, i.user_id FROM user_identities AS i
+    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, address)
+    ON i.channel = w.channel AND i.address = w.address""")
+_GUESTS = _sql("""
+    INSERT INTO users (name, role, active, created_at)
+    SELECT w.name, 'guest', true, :now
+    FROM unnest(CAST(:names AS varchar[])) WITH ORDINALITY AS w(name, n) ORDER BY w.n
+    RETURNING id""")
+_REGISTER = _sql("""
+    INSERT INTO user_identities (user_id, channel, address, created_at)
+    SELECT w.user_id, w.channel, w.address, :now
+    FROM unnest(CAST(:users AS bigint[]), CAST(:a AS varchar[]), CAST(:b AS varchar[]))
+        AS w(user_id, channel, address)
+    ON CONFLICT (channel, address) DO NOTHING
+    RETURNING channel, address, user_id""")
+_DROP_USERS = _sql("DELETE FROM users WHERE id = ANY(CAST(:ids AS bigint[]))")
+_CONVERSATIONS = _sql("""
+    SELECT c.channel, c.key, c.id FROM conversations AS c
+    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, key)
+    ON c.channel = w.channel AND c.key = w.key""")
+_START = _sql("""
+    INSERT INTO conversations (channel, key, user_id, created_at)
+    SELECT w.channel, w.key, w.user_id, :now
+    FROM unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[]), CAST(:users AS bigint[]))
+        AS w(channel, key, user_id)
+    ON CONFLICT (channel, key) DO NOTHING
+    RETURNING channel, key, id""")
+_KNOWN = _sql("""
+    SELECT m.channel, m.external_id, m.id FROM messages AS m
+    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, external_id)
+    ON m.channel = w.channel AND m.external_id = w.external_id""")
+_OWED = _sql("""
+    SELECT conversation_id, count(*) FROM messages
+    WHERE conversation_id = ANY(CAST(:ids AS bigint[])) AND state = ANY(CAST(:states AS varchar[]))
+    GROUP BY conversation_id""")
+_INSERT = _sql("""
+    INSERT INTO messages (direction, channel, external_id, conversation_id, user_id, sender,
+        text, media, raw, state, received_at, dispatch_attempts, updated_at)
+    SELECT 'inbound', w.channel, w.external_id, w.conversation_id, w.user_id, w.sender,
+        w.text, w.media, w.raw, w.state, w.received_at, 0, :now
+    FROM unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[]), CAST(:conversations AS bigint[]),
+        CAST(:users AS bigint[]), CAST(:senders AS varchar[]), CAST(:texts AS text[]),
+        CAST(:media AS jsonb[]), CAST(:raws AS jsonb[]), CAST(:states AS varchar[]),
+        CAST(:received AS timestamptz[])) WITH ORDINALITY
+        AS w(channel, external_id, conversation_id, user_id, sender, text, media, raw, state,
+            received_at, n)
+    ORDER BY w.n
+    ON CONFLICT (channel, external_id) DO NOTHING
+    RETURNING channel, external_id, id""")
+_TOUCH = _sql("""
+    UPDATE conversations AS c SET last_inbound_at = w.at
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:ats AS timestamptz[])) AS w(id, at)
+    WHERE c.id = w.id""")
+
+Key = tuple[str, str]
+
+
+def _pairs(keys: Iterable[Key]) -> dict[str, list[str]]:
+    ordered = sorted(keys)
+    return {"a": [k[0] for k in ordered], "b": [k[1] for k in ordered]}
 
 
 class _Batch:
@@ -145,16 +209,16 @@ class _Batch:
         self.messages = messages
         self.arrivals = arrivals
         self.backlog = backlog
-        self.postgres = conn.dialect.name == "postgresql"
+        self.now = utcnow()
 
     async def store(self) -> list[Accepted]:
         owners = await self._senders()
         conversations = await self._conversations(owners)
         keys = [(m.channel, m.external_id) for m in self.messages]
-        ids = await self._ids(_messages, ("channel", "external_id"), set(keys))
+        ids = await self._find(_KNOWN, set(keys))
         owed = await self._owed(set(conversations.values())) if self.backlog is not None else {}
-        rows: list[dict[str, Any]] = []
-        first: dict[tuple[str, str], int] = {}  # a key's first occurrence in this batch
+        rows: list[tuple[Any, ...]] = []
+        first: dict[Key, int] = {}  # a key's first occurrence in this batch
         over: set[int] = set()
         for n, (m, arrival) in enumerate(zip(self.messages, self.arrivals, strict=True)):
             key = keys[n]
@@ -170,31 +234,31 @@ class _Batch:
                 else:
                     owed[conversation_id] = owed.get(conversation_id, 0) + 1
             rows.append(
-                {
-                    "direction": Direction.INBOUND.value,
-                    "channel": m.channel,
-                    "external_id": m.external_id,
-                    "conversation_id": conversation_id,
-                    "user_id": self._user(m, owners),
-                    "sender": m.sender,
-                    "text": m.text,
-                    "media": msgspec.to_builtins(m.media),
-                    "raw": m.raw,
-                    "state": (MessageState.IGNORED if ignored else MessageState.RECEIVED).value,
-                    "received_at": m.received_at,
-                }
+                (
+                    m.channel,
+                    m.external_id,
+                    conversation_id,
+                    self._user(m, owners),
+                    m.sender,
+                    m.text,
+                    storable_json(msgspec.to_builtins(m.media)),
+                    storable_json(m.raw),
+                    (MessageState.IGNORED if ignored else MessageState.RECEIVED).value,
+                    m.received_at,
+                )
             )
-        created = await self._insert(
-            _messages,
-            ("channel", "external_id"),
-            rows,
-            (_messages.c.channel, _messages.c.external_id),
-        )
+        created: dict[Key, int] = {}
+        if rows:
+            columns = list(zip(*rows, strict=True))
+            names = ("a", "b", "conversations", "users", "senders", "texts", "media", "raws")
+            params: dict[str, Any] = dict(zip(names, map(list, columns), strict=False))
+            params.update(states=list(columns[8]), received=list(columns[9]), now=self.now)
+            created = await self._pairs_to_ids(_INSERT, params)
         lost = {key for key in first if key not in created}
         if lost:  # stored meanwhile by another process: duplicates after all
-            ids.update(await self._ids(_messages, ("channel", "external_id"), lost))
+            ids.update(await self._find(_KNOWN, lost))
         ids.update(created)
-        await self._touch_conversations(created, conversations)
+        await self._touch(created, conversations)
         return [
             Accepted(
                 message_id=ids[key],
@@ -208,72 +272,51 @@ class _Batch:
         ]
 
     @staticmethod
-    def _user(m: InboundMessage, owners: dict[tuple[str, str], int]) -> int | None:
+    def _user(m: InboundMessage, owners: dict[Key, int]) -> int | None:
         return m.as_user if m.as_user is not None else owners.get(m.identity)
 
-    async def _senders(self) -> dict[tuple[str, str], int]:
+    async def _senders(self) -> dict[Key, int]:
         """Each sender's user; an unknown sender of a message to act on becomes a guest."""
-        wanted = {m.identity for m in self.messages if m.as_user is None}
-        owners = await self._ids(_identities, ("channel", "address"), wanted, _identities.c.user_id)
+        owners = await self._find(_OWNERS, {m.identity for m in self.messages if m.as_user is None})
         new = sorted(
             {m.identity for m in self.messages if m.as_user is None and m.ignored is None}
             - owners.keys()
         )
         if not new:
             return owners
-        names: dict[tuple[str, str], str] = {}
+        names: dict[Key, str] = {}
         for m in self.messages:
             names.setdefault(m.identity, fit(m.sender_name or m.sender, NAME_CHARS))
-        users = await self.conn.execute(
-            insert(_users).returning(_users.c.id, sort_by_parameter_order=True),
-            [{"name": names[key], "role": GUEST_ROLE} for key in new],
-        )
-        guests = dict(zip(new, (int(row[0]) for row in users), strict=True))
-        rows = [{"user_id": guests[k], "channel": k[0], "address": k[1]} for k in new]
-        registered = await self._insert(
-            _identities,
-            ("channel", "address"),
-            rows,
-            (_identities.c.channel, _identities.c.address),
-            _identities.c.user_id,
+        made = await self.conn.execute(_GUESTS, {"names": [names[k] for k in new], "now": self.now})
+        # Ids are drawn in the order rows are inserted (ORDER BY), as SQLAlchemy relies on too.
+        guests = dict(zip(new, sorted(int(row[0]) for row in made), strict=True))
+        registered = await self._pairs_to_ids(
+            _REGISTER, {**_pairs(new), "users": [guests[k] for k in new], "now": self.now}
         )
         owners.update(registered)
         lost = [key for key in new if key not in registered]
         if lost:
             # Another request registered these senders first: keep theirs, drop ours.
-            owners.update(
-                await self._ids(
-                    _identities, ("channel", "address"), set(lost), _identities.c.user_id
-                )
-            )
-            await self.conn.execute(
-                delete(_users).where(_users.c.id.in_([guests[k] for k in lost]))
-            )
+            owners.update(await self._find(_OWNERS, set(lost)))
+            await self.conn.execute(_DROP_USERS, {"ids": [guests[k] for k in lost]})
         return owners
 
-    async def _conversations(
-        self, owners: dict[tuple[str, str], int]
-    ) -> dict[tuple[str, str], int]:
+    async def _conversations(self, owners: dict[Key, int]) -> dict[Key, int]:
         keys = {(m.channel, m.conversation_key) for m in self.messages}
-        found = await self._ids(_conversations, ("channel", "key"), keys)
-        starter: dict[tuple[str, str], int | None] = {}
+        found = await self._find(_CONVERSATIONS, keys)
+        starter: dict[Key, int | None] = {}
         for m in self.messages:
             starter.setdefault((m.channel, m.conversation_key), self._user(m, owners))
-        rows = [
-            {"channel": k[0], "key": k[1], "user_id": starter[k]}
-            for k in sorted(keys - found.keys())
-        ]
-        if rows:
-            created = await self._insert(
-                _conversations,
-                ("channel", "key"),
-                rows,
-                (_conversations.c.channel, _conversations.c.key),
+        new = sorted(keys - found.keys())
+        if new:
+            found.update(
+                await self._pairs_to_ids(
+                    _START, {**_pairs(new), "users": [starter[k] for k in new], "now": self.now}
+                )
             )
-            found.update(created)
             lost = keys - found.keys()
             if lost:
-                found.update(await self._ids(_conversations, ("channel", "key"), lost))
+                found.update(await self._find(_CONVERSATIONS, lost))
         return found
 
     async def _owed(self, conversation_ids: set[int]) -> dict[int, int]:
@@ -281,67 +324,30 @@ class _Batch:
         if not conversation_ids:
             return {}
         rows = await self.conn.execute(
-            select(_messages.c.conversation_id, func.count())
-            .where(
-                _messages.c.conversation_id.in_(sorted(conversation_ids)),
-                _messages.c.state.in_([s.value for s in UNDISPATCHED]),
-            )
-            .group_by(_messages.c.conversation_id)
+            _OWED,
+            {"ids": sorted(conversation_ids), "states": [s.value for s in UNDISPATCHED]},
         )
         return {int(c): int(n) for c, n in rows}
 
-    async def _touch_conversations(
-        self, created: dict[tuple[str, str], int], conversations: dict[tuple[str, str], int]
-    ) -> None:
+    async def _touch(self, created: dict[Key, int], conversations: dict[Key, int]) -> None:
         """When the user last wrote (WhatsApp's 24-hour window), from the messages to act on."""
-        latest: dict[int, Any] = {}
+        latest: dict[int, dt.datetime] = {}
         for m in self.messages:
             if m.ignored is not None or (m.channel, m.external_id) not in created:
                 continue
             conversation_id = conversations[(m.channel, m.conversation_key)]
             latest[conversation_id] = max(latest.get(conversation_id, m.received_at), m.received_at)
         if latest:
+            ordered = sorted(latest.items())
             await self.conn.execute(
-                update(_conversations)
-                .where(_conversations.c.id == bindparam("cid"))
-                .values(last_inbound_at=bindparam("at")),
-                [{"cid": cid, "at": at} for cid, at in sorted(latest.items())],
+                _TOUCH, {"ids": [c for c, _ in ordered], "ats": [at for _, at in ordered]}
             )
 
-    async def _ids(
-        self,
-        table: Table,
-        key: tuple[str, str],
-        wanted: Iterable[tuple[str, str]],
-        value: Any = None,
-    ) -> dict[tuple[str, str], int]:
-        """{key: id (or ``value``)} of the rows of ``table`` whose two ``key`` columns are among
-        ``wanted``."""
-        wanted = sorted(wanted)
-        if not wanted:
-            return {}
-        a, b = table.c[key[0]], table.c[key[1]]
-        rows = await self.conn.execute(
-            select(a, b, table.c.id if value is None else value).where(tuple_(a, b).in_(wanted))
-        )
-        return {(str(x), str(y)): int(v) for x, y, v in rows}
+    async def _find(self, statement: TextClause, keys: Iterable[Key]) -> dict[Key, int]:
+        """{key: id} of the rows ``statement`` finds for ``keys`` (pairs of strings)."""
+        keys = set(keys)
+        return await self._pairs_to_ids(statement, _pairs(keys)) if keys else {}
 
-    async def _insert(
-        self,
-        table: Table,
-        conflict: tuple[str, str],
-        rows: list[dict[str, Any]],
-        key: tuple[Any, Any],
-        value: Any = None,
-    ) -> dict[tuple[str, str], int]:
-        """Insert ``rows`` but those whose ``conflict`` columns exist; {key: id} of the new ones."""
-        if not rows:
-            return {}
-        dialect = postgresql if self.postgres else sqlite
-        statement = (
-            dialect.insert(table)
-            .on_conflict_do_nothing(index_elements=list(conflict))
-            .returning(*key, table.c.id if value is None else value)
-        )
-        result = await self.conn.execute(statement, rows)
-        return {(str(x), str(y)): int(v) for x, y, v in result}
+    async def _pairs_to_ids(self, statement: TextClause, params: dict[str, Any]) -> dict[Key, int]:
+        rows = await self.conn.execute(statement, params)
+        return {(str(x), str(y)): int(v) for x, y, v in rows}

@@ -122,13 +122,23 @@ class MessageStore:
         async with self._sessions.begin() as session:
             yield await session.connection()
 
+    @property
+    def postgres(self) -> bool:
+        return bool(self._sessions.kw["bind"].dialect.name == "postgresql")
+
     async def accept(
-        self, message: InboundMessage, *, backlog: int | None = None, refuse: bool = False
+        self,
+        message: InboundMessage,
+        *,
+        backlog: int | None = None,
+        refuse: bool = False,
+        over_rate: bool = False,
     ) -> Accepted:
         """Store an inbound message with its sender and conversation, in one transaction.
 
         A second message with the same (channel, external_id) stores nothing new and comes back
-        with ``duplicate=True`` and the first one's ids. An ignored message (something a
+        with ``duplicate=True`` and the first one's ids. A message ``over_rate`` (its sender
+        sends too fast) is kept, not to be acted on. An ignored message (something a
         provider sent that nobody acts on) is kept, but makes no one a guest.
         """
         message = storable(message)
@@ -166,7 +176,9 @@ class MessageStore:
                     "text": message.text,
                     "media": msgspec.to_builtins(message.media),
                     "raw": message.raw,
-                    "state": MessageState.IGNORED if message.ignored else MessageState.RECEIVED,
+                    "state": MessageState.IGNORED
+                    if message.ignored or over_rate
+                    else MessageState.RECEIVED,
                     "received_at": message.received_at,
                 },
                 ("channel", "external_id"),
@@ -183,6 +195,7 @@ class MessageStore:
                 user_id=user_id,
                 duplicate=not created,
                 over_backlog=over and created,
+                over_rate=over_rate and created,
             )
 
     async def ignore(self, message_id: int, reason: str) -> bool:
