@@ -41,9 +41,9 @@ class Result:
     ended: float = 0.0
 
 
-def _encode(host: str, port: int, request: Request) -> bytes:
+def _encode(host: str, request: Request) -> bytes:
     path, headers, body, _ = request
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -71,14 +71,15 @@ async def _connect(host: str, port: int) -> _Connection:
 
 
 async def closed_loop(
-    host: str, port: int, requests: list[Request], *, connections: int, duration_s: float
+    host: str, ports: list[int], requests: list[Request], *, connections: int, duration_s: float
 ) -> Result:
-    raws = [(_encode(host, port, r), r[3]) for r in requests]
+    """Client ``i`` talks to ``ports[i % len(ports)]`` (several gateways share the load)."""
+    raws = [(_encode(host, r), r[3]) for r in requests]
     result = Result()
     position = 0
     deadline = 0.0
 
-    async def client() -> None:
+    async def client(port: int) -> None:
         nonlocal position
         connection = await _connect(host, port)
         try:
@@ -99,33 +100,34 @@ async def closed_loop(
 
     result.started = time.monotonic()
     deadline = result.started + duration_s
-    await asyncio.gather(*(client() for _ in range(connections)))
+    await asyncio.gather(*(client(ports[n % len(ports)]) for n in range(connections)))
     result.ended = time.monotonic()
     return result
 
 
 async def open_loop(
     host: str,
-    port: int,
+    ports: list[int],
     requests: list[Request],
     *,
     rate_per_s: float,
     duration_s: float,
     max_connections: int = 512,
 ) -> Result:
+    """Request ``n`` goes to ``ports[n % len(ports)]``."""
     count = min(len(requests), round(rate_per_s * duration_s))
-    raws = [(_encode(host, port, r), r[3]) for r in requests[:count]]
+    raws = [(_encode(host, r), r[3]) for r in requests[:count]]
     result = Result()
-    idle: list[_Connection] = []
+    idle: dict[int, list[_Connection]] = {port: [] for port in ports}
     opened = 0
     slots = asyncio.Semaphore(max_connections)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def one(raw: bytes, key: str, due: float) -> None:
+    async def one(port: int, raw: bytes, key: str, due: float) -> None:
         nonlocal opened
         async with slots:
-            if idle:
-                connection = idle.pop()
+            if idle[port]:
+                connection = idle[port].pop()
             else:
                 opened += 1
                 connection = await _connect(host, port)
@@ -136,7 +138,7 @@ async def open_loop(
                 connection.writer.close()
                 return
             result.samples.append(Sample(key, due, time.monotonic(), status))
-            idle.append(connection)
+            idle[port].append(connection)
 
     result.started = start = time.monotonic()
     for n, (raw, key) in enumerate(raws):
@@ -144,26 +146,26 @@ async def open_loop(
         wait_s = due - time.monotonic()
         if wait_s > 0:
             await asyncio.sleep(wait_s)
-        task = asyncio.create_task(one(raw, key, due))
+        task = asyncio.create_task(one(ports[n % len(ports)], raw, key, due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     while tasks:
         await asyncio.gather(*list(tasks))
     result.ended = time.monotonic()
-    for connection in idle:
+    for connection in (c for pool in idle.values() for c in pool):
         connection.writer.close()
     return result
 
 
 def run(
-    mode: str, host: str, port: int, requests: list[Request], options: dict[str, float]
+    mode: str, host: str, ports: list[int], requests: list[Request], options: dict[str, float]
 ) -> Result:
     """Entry point for a child process (``multiprocessing``): one measurement."""
     if mode == "closed":
         return asyncio.run(
             closed_loop(
                 host,
-                port,
+                ports,
                 requests,
                 connections=int(options["connections"]),
                 duration_s=options["duration_s"],
@@ -172,7 +174,7 @@ def run(
     return asyncio.run(
         open_loop(
             host,
-            port,
+            ports,
             requests,
             rate_per_s=options["rate_per_s"],
             duration_s=options["duration_s"],

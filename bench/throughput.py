@@ -116,12 +116,12 @@ def twilio_requests(count: int) -> list[Request]:
     return requests
 
 
-def load(port: int, requests: list[Request], **options: float) -> Result:
-    """One measurement by the load generator, in a process of its own."""
+def load(ports: list[int], requests: list[Request], **options: float) -> Result:
+    """One measurement by the load generator, in a process of its own, spread over ``ports``."""
     mode = "open" if "rate_per_s" in options else "closed"
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(run, (mode, "127.0.0.1", port, requests, options))
+        return pool.apply(run, (mode, "127.0.0.1", ports, requests, options))
 
 
 # -- what runs ----------------------------------------------------------------------------------
@@ -143,13 +143,18 @@ def redis_instance() -> Iterator[str]:
         server.wait(10)
 
 
-async def redis_commands(redis_base: str) -> int:
+async def redis_commands(redis_base: str) -> dict[str, int]:
+    """Calls so far by command (those Lua scripts make included)."""
     client = aioredis.from_url(redis_base + "/0")
     try:
         stats = await client.info("commandstats")
     finally:
         await client.aclose()
-    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_"))
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"])
+        for k, v in stats.items()
+        if k.startswith("cmdstat_")
+    }
 
 
 async def pg_xacts(db_url: str) -> int:
@@ -166,26 +171,32 @@ async def pg_xacts(db_url: str) -> int:
 
 @dataclass
 class Deployment:
-    """A gateway (and ``workers`` workers) on a fresh database and the bench's Redis."""
+    """``gateways`` gateways (and ``workers`` workers) on a fresh database and the bench's
+    Redis, sharing one queue."""
 
     redis_base: str
     workdir: Path
     db: int
     workers: int = 0
-    port: int = field(default_factory=free_port)
+    gateways: int = 1
+    ports: list[int] = field(init=False)
     telegram: TelegramApi = field(init=False)
-    gateway: subprocess.Popen[bytes] = field(init=False)
+    gateway_processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     worker_processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     db_url: str = field(init=False)
     twilio: TwilioApi = field(init=False)
     _stack: contextlib.ExitStack = field(init=False)
 
-    def env(self, db_url: str) -> dict[str, str]:
+    def __post_init__(self) -> None:
+        self.ports = [free_port() for _ in range(self.gateways)]
+        self._prefix = f"bench{secrets.token_hex(3)}"
+
+    def env(self, db_url: str, port: int) -> dict[str, str]:
         values: dict[str, Any] = {
             "database_url": db_url,
             "redis_url": f"{self.redis_base}/{self.db}",
-            "redis_prefix": f"bench{secrets.token_hex(3)}",
-            "port": self.port,
+            "redis_prefix": self._prefix,
+            "port": port,
             "log_level": "WARNING",
             "admin_token": secrets.token_urlsafe(32),
             **telegram_env(
@@ -204,14 +215,14 @@ class Deployment:
             with contextlib.ExitStack() as stack:
                 self.telegram = stack.enter_context(TelegramApi())
                 self.twilio = stack.enter_context(TwilioApi(ACCOUNT_SID, AUTH_TOKEN))
-                env = self.env(db_url)
-                log = self.workdir / f"gateway-{self.port}.log"
-                self.gateway = stack.enter_context(process(["serve"], env, self.workdir, log))
-                await asyncio.to_thread(
-                    wait_healthy, f"http://127.0.0.1:{self.port}", self.gateway, log
-                )
+                for port in self.ports:
+                    env = self.env(db_url, port)
+                    log = self.workdir / f"gateway-{port}.log"
+                    gateway = stack.enter_context(process(["serve"], env, self.workdir, log))
+                    self.gateway_processes.append(gateway)
+                    await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}", gateway, log)
                 for n in range(self.workers):
-                    log = self.workdir / f"worker-{self.port}-{n}.log"
+                    log = self.workdir / f"worker-{self.ports[0]}-{n}.log"
                     self.worker_processes.append(
                         stack.enter_context(process(["worker"], env, self.workdir, log))
                     )
@@ -261,7 +272,7 @@ class Bench:
 
     def deployment(self, workers: int = 0) -> Deployment:
         self._db += 1
-        return Deployment(self.redis_base, self.workdir, self._db % 16, workers)
+        return Deployment(self.redis_base, self.workdir, self._db % 16, workers, self.args.gateways)
 
     async def bare(self) -> None:
         port = free_port()
@@ -269,7 +280,7 @@ class Bench:
         with _bare_endpoint(port, self.workdir / "bare.log"):
             await asyncio.to_thread(_wait_port, port, "the bare endpoint")
             result = await asyncio.to_thread(
-                load, port, [request] * 400_000, connections=64, duration_s=self.args.duration_s
+                load, [port], [request] * 400_000, connections=64, duration_s=self.args.duration_s
             )
         self.figures["bare"] = _closed(result)
 
@@ -277,7 +288,7 @@ class Bench:
         requests = telegram_requests(200_000) if kind == "telegram" else twilio_requests(60_000)
         async with self.deployment().running() as deployment:
             result = await asyncio.to_thread(
-                load, deployment.port, requests, connections=64, duration_s=self.args.duration_s
+                load, deployment.ports, requests, connections=64, duration_s=self.args.duration_s
             )
         self.figures[f"ack_{kind}"] = _closed(result)
 
@@ -288,14 +299,17 @@ class Bench:
             xacts_before = await pg_xacts(deployment.db_url)
             commands_before = await redis_commands(self.redis_base)
             result = await asyncio.to_thread(
-                load, deployment.port, requests, connections=64, duration_s=self.args.duration_s
+                load, deployment.ports, requests, connections=64, duration_s=self.args.duration_s
             )
             accepted = [s for s in result.samples if s.status < 300]
             answered = await _drain(deployment, len(accepted), self.args.e2e_drain_s)
             # Counted once the processes have ended (a backend flushes its statistics then).
             await deployment.stop()
             xacts = await pg_xacts(deployment.db_url) - xacts_before
-        commands = await redis_commands(self.redis_base) - commands_before
+        after = await redis_commands(self.redis_base)
+        by_kind = {k: n - commands_before.get(k, 0) for k, n in after.items()}
+        by_kind = {k: n for k, n in sorted(by_kind.items(), key=lambda kv: -kv[1]) if n}
+        commands = sum(by_kind.values())
         keys = {s.key for s in accepted}
         done = [at for key, at in answered.items() if key in keys]
         span_s = (max(done) - result.started) if done else None
@@ -305,7 +319,11 @@ class Bench:
             "messages_per_s": round(len(done) / span_s, 1) if span_s else 0.0,
             "pg_xacts_per_message": round(xacts / max(1, len(done)), 1),
             "redis_commands_per_message": round(commands / max(1, len(done)), 1),
+            "redis_commands_per_message_by_kind": {
+                k: round(n / max(1, len(done)), 2) for k, n in by_kind.items()
+            },
             "workers": len(deployment.worker_processes),
+            "gateways": len(deployment.gateway_processes),
         }
 
     async def open_loop(self, rate: int) -> None:
@@ -314,10 +332,11 @@ class Bench:
         requests = telegram_requests(round(rate * duration_s))
         deployment = self.deployment(self.args.workers)
         async with deployment.running():
-            pids = [deployment.gateway.pid] + [w.pid for w in deployment.worker_processes]
+            pids = [g.pid for g in deployment.gateway_processes]
+            pids += [w.pid for w in deployment.worker_processes]
             rss_start = [_rss_mb(pid) for pid in pids]
             result = await asyncio.to_thread(
-                load, deployment.port, requests, rate_per_s=rate, duration_s=duration_s
+                load, deployment.ports, requests, rate_per_s=rate, duration_s=duration_s
             )
             rss_end = [_rss_mb(pid) for pid in pids]
             accepted = [s for s in result.samples if s.status < 300]
@@ -429,7 +448,8 @@ def table(figures: dict[str, Any]) -> str:
         e = figures["e2e"]
         rows.append(
             (
-                f"end to end at saturation ({e['workers']} worker(s))",
+                f"end to end at saturation ({e.get('gateways', 1)} gateway(s), "
+                f"{e['workers']} worker(s))",
                 f"{e['messages_per_s']:,.1f} messages/s ({e['answered']}/{e['accepted']})",
                 ratio(e["messages_per_s"]),
                 TARGETS["e2e_per_s"],
@@ -510,6 +530,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{phase}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         return {
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "deployment": {"gateways": args.gateways, "workers": args.workers},
             **bench.figures,
         }
 
@@ -521,6 +542,7 @@ def main() -> int:
     )
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes, one queue")
     parser.add_argument("--rates", type=int, nargs="*", default=[100, 500, 1000])
     parser.add_argument("--rss-rate", type=int, default=500)
     parser.add_argument("--rss-s", type=float, default=60.0)
