@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, case, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -46,6 +46,39 @@ UNCERTAIN = (
 KEY_CHARS = 255
 """Width of the columns that key messages, conversations and identities."""
 NAME_CHARS = 200
+
+
+def _delivery_statements() -> tuple[Any, Any]:
+    """Built once (building them costs more than running them): record a provider's id for
+    message ``:mid`` unless another message of its channel has it; move its delivery status
+    to ``:delivery`` (of ``:rank``) only from a lower-ranked one."""
+    messages: Any = Message.__table__
+    other = messages.alias("other")
+    mid: Any = bindparam("mid")
+    ext: Any = bindparam("ext")
+    record = (
+        update(messages)
+        .where(
+            messages.c.id == mid,
+            messages.c.external_id.is_(None),
+            ~exists().where(other.c.channel == messages.c.channel, other.c.external_id == ext),
+        )
+        .values(external_id=ext)
+    )
+    rank = case(*((messages.c.delivery == d.value, d.rank) for d in Delivery), else_=len(Delivery))
+    move = (
+        update(messages)
+        .where(messages.c.id == mid, rank < bindparam("rank"))
+        .values(
+            delivery=bindparam("delivery"),
+            delivery_error=bindparam("error"),
+            updated_at=bindparam("at"),
+        )
+    )
+    return record, move
+
+
+_RECORD_EXTERNAL_ID, _MOVE_DELIVERY = _delivery_statements()
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -495,27 +528,18 @@ class MessageStore:
         ``reply_sent``, ``reply_failed``) in the same transaction, so the record never shows a
         delivery without its event.
         """
-        rank = case(*((Message.delivery == d.value, d.rank) for d in Delivery), else_=len(Delivery))
         async with self._sessions.begin() as session:
             if external_id is not None:
-                other = aliased(Message)
-                await session.execute(
-                    update(Message)
-                    .where(
-                        Message.id == message_id,
-                        Message.external_id.is_(None),
-                        ~exists().where(
-                            other.channel == Message.channel, other.external_id == external_id
-                        ),
-                    )
-                    .values(external_id=external_id)
-                    .execution_options(synchronize_session=False)
-                )
+                await session.execute(_RECORD_EXTERNAL_ID, {"mid": message_id, "ext": external_id})
             result = await session.execute(
-                update(Message)
-                .where(Message.id == message_id, rank < status.rank)
-                .values(delivery=status.value, delivery_error=error, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+                _MOVE_DELIVERY,
+                {
+                    "mid": message_id,
+                    "rank": status.rank,
+                    "delivery": status.value,
+                    "error": error,
+                    "at": utcnow(),
+                },
             )
             if event is not None:
                 activity_id, kind = event
