@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -55,6 +55,8 @@ class JobOutcome(msgspec.Struct, frozen=True, kw_only=True):
     activity_id: int | None = None
     ran: int = 0
     """Activities run (claimed and executed) by this job."""
+    following: int | None = None
+    """The conversation's next message, for the caller to dispatch next."""
 
 
 async def dispatch_batch(runtime: Runtime, messages: Sequence[tuple[int, int]]) -> JobOutcome:
@@ -68,16 +70,19 @@ async def dispatch_batch(runtime: Runtime, messages: Sequence[tuple[int, int]]) 
 
 
 async def _in_order(runtime: Runtime, message_ids: list[int]) -> int:
-    """One conversation's messages of a batch, one after the other; the last one wakes what
-    came after the batch. One that fails stops the rest: they wait for it, and its retry (or
-    recovery) wakes them."""
+    """One conversation's messages of a batch, one after the other, then (a few at most) the
+    ones that came after the batch, before waking a job for the rest. One that fails stops the
+    rest: they wait for it, and its retry (or recovery) wakes them."""
     ran = 0
+    pending = list(message_ids)
+    carried = 0
     async with runtime.slots:
-        for n, message_id in enumerate(message_ids):
+        while pending:
+            message_id = pending.pop(0)
+            carry = not pending and carried < INLINE_RUNS
+            after: After = "leave" if pending else "return" if carry else "wake"
             try:
-                done = await dispatch_message(
-                    runtime, message_id, wake_next=n == len(message_ids) - 1
-                )
+                done = await dispatch_message(runtime, message_id, after=after)
             except RetryLater as later:
                 retry = functools.partial(
                     runtime.queue.enqueue_dispatch, message_id, defer_s=later.defer_s
@@ -90,26 +95,38 @@ async def _in_order(runtime: Runtime, message_ids: list[int]) -> int:
                 )
                 return ran
             ran += done.ran
+            if done.following is not None:
+                pending.append(done.following)
+                carried += 1
     return ran
 
 
+After = Literal["wake", "return", "leave"]
+
+
 async def dispatch_message(
-    runtime: Runtime, message_id: int, *, wake_next: bool = True
+    runtime: Runtime, message_id: int, *, after: After = "wake"
 ) -> JobOutcome:
-    """Dispatch a stored message and run its activity when it is its turn; ``wake_next``: wake
-    the conversation's next message (the caller does not dispatch it next)."""
+    """Dispatch a stored message and run its activity when it is its turn. ``after``: what
+    becomes of the conversation's next message awaiting dispatch once this one is understood:
+    woken (a job of its own), returned (``following``: the caller dispatches it next), or
+    left (the caller has it already)."""
     bind(message_id=message_id)
     try:
         dispatched = await runtime.dispatcher.dispatch_message(
-            message_id, lease_s=runtime.settings.worker.lease_s, look_ahead=wake_next, claim=True
+            message_id,
+            lease_s=runtime.settings.worker.lease_s,
+            look_ahead=after != "leave",
+            claim=True,
         )
     except DispatchFailed as failed:
         defer_s = RETRY_DEFER_S[min(failed.attempt, len(RETRY_DEFER_S)) - 1]
         raise RetryLater(defer_s, str(failed)) from failed
     if dispatched is None:
         return JobOutcome(outcome="missing", message_id=message_id)
+    following = None
     if (
-        wake_next
+        after != "leave"
         and dispatched.outcome in {"recorded", "failed"}
         and dispatched.conversation_id is not None
     ):
@@ -119,16 +136,18 @@ async def dispatch_message(
             following = await runtime.store.next_undispatched(
                 dispatched.conversation_id, after_id=message_id
             )
-        if following is not None:
+        if following is not None and after == "wake":
             await runtime.queue.try_enqueue(runtime.queue.enqueue_dispatch, following)
-    if dispatched.activity_id is None:
-        return JobOutcome(outcome=dispatched.outcome, message_id=message_id)
-    ran = await _advance(runtime, dispatched.activity_id, dispatched.running)
+            following = None
+    ran = 0
+    if dispatched.activity_id is not None:
+        ran = await _advance(runtime, dispatched.activity_id, dispatched.running)
     return JobOutcome(
         outcome=dispatched.outcome,
         message_id=message_id,
         activity_id=dispatched.activity_id,
         ran=ran,
+        following=following,
     )
 
 

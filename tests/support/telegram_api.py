@@ -30,6 +30,10 @@ def too_many(retry_after: int) -> tuple[int, str, int]:
     return 429, f"Too Many Requests: retry after {retry_after}", retry_after
 
 
+class BadRequest(Exception):
+    """What the Bot API answers 400 with (its ``description``)."""
+
+
 @dataclass
 class Call:
     method: str
@@ -97,7 +101,12 @@ class TelegramApi(LocalServer):
                         body["parameters"] = {"retry_after": error[2]}
                     self.send_json(error[0], body)
                     return
-                self.send_json(200, {"ok": True, "result": api.result(method, params)})
+                try:
+                    result = api.result(method, params)
+                except BadRequest as exc:
+                    self.send_json(400, {"ok": False, "error_code": 400, "description": str(exc)})
+                    return
+                self.send_json(200, {"ok": True, "result": result})
 
         self._serve(Handler)
 
@@ -110,6 +119,8 @@ class TelegramApi(LocalServer):
                 "username": "switchboard_test_bot",
             }
         if method in {"sendMessage", "sendPhoto", "sendDocument"}:
+            if "chat_id" not in params:  # e.g. a sender that died mid-request
+                raise BadRequest("Bad Request: chat_id is empty")
             message: dict[str, Any] = {
                 "message_id": next(
                     self._ids.setdefault(str(params["chat_id"]), itertools.count(1))
