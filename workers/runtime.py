@@ -56,7 +56,12 @@ S = TypeVar("S")
 class WorkerSettings:
     """How jobs run, in the arq worker or in-process."""
 
-    max_jobs: int = setting(32, "WORKER_MAX_JOBS", "Jobs one worker runs at a time.")
+    max_jobs: int = setting(
+        32,
+        "WORKER_MAX_JOBS",
+        "Jobs one worker runs at a time, and conversations it works on at once (a job may "
+        "carry up to 16 new messages).",
+    )
     poll_delay_s: float = setting(
         0.05,
         "WORKER_POLL_DELAY_S",
