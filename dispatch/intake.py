@@ -132,10 +132,15 @@ def _sql(statement: str) -> TextClause:
 
 # Fixed statements over arrays (unnest): one text whatever the batch size, so each is
 # compiled and prepared once per connection.
-_OWNERS = _sql("""
-    SELECT i.channel, i.address, i.user_id FROM user_identities AS i
-    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, address)
-    ON i.channel = w.channel AND i.address = w.address""")
+def _pairs_lookup(table: str, a: str, b: str, value: str) -> TextClause:
+    """``value`` of the rows of ``table`` whose (``a``, ``b``) are among arrays ``:a``, ``:b``."""
+    return _sql(f"""
+        SELECT t.{a}, t.{b}, t.{value} FROM {table} AS t
+        JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(a, b)
+        ON t.{a} = w.a AND t.{b} = w.b""")  # noqa: S608 - names are ours, values are bound
+
+
+_OWNERS = _pairs_lookup("user_identities", "channel", "address", "user_id")
 _GUESTS = _sql("""
     INSERT INTO users (name, role, active, created_at)
     SELECT w.name, 'guest', true, :now
@@ -149,10 +154,7 @@ _REGISTER = _sql("""
     ON CONFLICT (channel, address) DO NOTHING
     RETURNING channel, address, user_id""")
 _DROP_USERS = _sql("DELETE FROM users WHERE id = ANY(CAST(:ids AS bigint[]))")
-_CONVERSATIONS = _sql("""
-    SELECT c.channel, c.key, c.id FROM conversations AS c
-    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, key)
-    ON c.channel = w.channel AND c.key = w.key""")
+_CONVERSATIONS = _pairs_lookup("conversations", "channel", "key", "id")
 _START = _sql("""
     INSERT INTO conversations (channel, key, user_id, created_at)
     SELECT w.channel, w.key, w.user_id, :now
@@ -160,10 +162,7 @@ _START = _sql("""
         AS w(channel, key, user_id)
     ON CONFLICT (channel, key) DO NOTHING
     RETURNING channel, key, id""")
-_KNOWN = _sql("""
-    SELECT m.channel, m.external_id, m.id FROM messages AS m
-    JOIN unnest(CAST(:a AS varchar[]), CAST(:b AS varchar[])) AS w(channel, external_id)
-    ON m.channel = w.channel AND m.external_id = w.external_id""")
+_KNOWN = _pairs_lookup("messages", "channel", "external_id", "id")
 _OWED = _sql("""
     SELECT conversation_id, count(*) FROM messages
     WHERE conversation_id = ANY(CAST(:ids AS bigint[])) AND state = ANY(CAST(:states AS varchar[]))

@@ -304,10 +304,6 @@ class MessageStore:
         ).scalar_one_or_none()
         return None if owner is None else int(owner)
 
-    async def get(self, message_id: int) -> Message | None:
-        async with self._sessions() as session:
-            return await session.get(Message, message_id)
-
     async def conversation(self, conversation_id: int) -> Conversation | None:
         async with self._sessions() as session:
             return await session.get(Conversation, conversation_id)
