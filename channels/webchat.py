@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -38,7 +39,7 @@ from dispatch.constants import reply_channel
 from dispatch.errors import ClientError, InvalidInput, PayloadTooLarge, SettingsError
 from dispatch.keys import derive
 from dispatch.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
-from dispatch.models import Delivery
+from dispatch.models import Delivery, utcnow
 from dispatch.outage import is_unavailable
 from dispatch.throttle import Throttle, ThrottleSettings
 from dispatch.users import IdentityKind
@@ -127,6 +128,9 @@ class ClientFrame(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     text: str
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
     """What the visitor wants to be called (otherwise they are "web visitor #N")."""
+    lang: Annotated[str, msgspec.Meta(max_length=35)] | None = None
+    """The browser's language (``navigator.language``): replies' language when the text
+    does not show it."""
 
 
 class PastMessage(msgspec.Struct, frozen=True):
@@ -135,6 +139,8 @@ class PastMessage(msgspec.Struct, frozen=True):
     direction: str
     text: str
     message_id: int
+    at: dt.datetime | None = None
+    """When it was received (inbound) or written (a reply)."""
 
 
 class HelloFrame(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
@@ -158,7 +164,10 @@ class ReplyFrame(msgspec.Struct, frozen=True, tag="reply", tag_field="type"):
     message_id: int | None = None
     in_reply_to: str | None = None
     choices: tuple[Choice, ...] = ()
-    """Answers offered as buttons: a click sends the choice's ``text`` as the user's message."""
+    """Answers offered as buttons: a click sends the choice's ``label`` (or ``text``) as the
+    user's message."""
+    at: dt.datetime | None = None
+    """When it was sent."""
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
@@ -247,7 +256,7 @@ class WebChatChannel(Channel):
         async with self._bus.subscribe(self.topic(session)) as replies:
             past = await store.recent(self.name, session, limit=HISTORY_MESSAGES)
             history = tuple(
-                PastMessage(direction=m.direction, text=m.text, message_id=m.id)
+                PastMessage(direction=m.direction, text=m.text, message_id=m.id, at=m.received_at)
                 for m in past
                 if m.direction == "inbound" or m.delivery not in {"pending", "sending"}
             )
@@ -328,6 +337,7 @@ class WebChatChannel(Channel):
             message_id=message.message_id,
             in_reply_to=in_reply_to,
             choices=message.choices,
+            at=utcnow(),
         )
         listeners = await self._bus.publish(
             self.topic(message.conversation_key), msgspec.json.encode(frame)

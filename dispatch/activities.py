@@ -8,13 +8,14 @@ two workers can never both move an activity, and the events always agree with th
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
 import socket
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 import msgspec
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -27,9 +28,10 @@ from dispatch.models import (
     ActivityStatus,
     Delivery,
     Message,
+    User,
     utcnow,
 )
-from dispatch.outbox import add_reply
+from dispatch.outbox import Outbox, add_reply, read_outbox, reserve_replies
 
 __all__ = [
     "SENDING_HEARTBEAT_S",
@@ -37,6 +39,7 @@ __all__ = [
     "ActivityLog",
     "ActivityView",
     "EventView",
+    "Renewal",
 ]
 
 SENDING_HEARTBEAT_S = 5.0
@@ -79,6 +82,13 @@ class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
     started_at: dt.datetime | None
     completed_at: dt.datetime | None
+    cancel_requested_at: dt.datetime | None = None
+    """Set while it runs: an operator asked for it to be stopped."""
+    actor_name: str | None = None
+    """The requester's name (in listings)."""
+    workflow_run_id: int | None = None
+    """Set on a workflow's step: the run it belongs to (its step: ``workflow_step``)."""
+    workflow_step: str | None = None
     events: list[EventView] = []
 
     @classmethod
@@ -102,6 +112,9 @@ class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
             created_at=row.created_at,
             started_at=row.started_at,
             completed_at=row.completed_at,
+            cancel_requested_at=row.cancel_requested_at,
+            workflow_run_id=row.workflow_run_id,
+            workflow_step=row.workflow_step,
             events=[
                 EventView(
                     id=e.id, kind=e.kind, status=e.status, actor=e.actor, data=e.data, at=e.at
@@ -109,6 +122,25 @@ class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
                 for e in events
             ],
         )
+
+
+class Renewal(enum.StrEnum):
+    HELD = "held"
+    CANCEL = "cancel"
+    """Held, and an operator asked for the run to stop."""
+    LOST = "lost"
+
+
+class ActivityFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which activities a listing shows (every field optional, all must hold)."""
+
+    agent: str | None = None
+    action_type: str | None = None
+    status: ActivityStatus | None = None
+    actor_user_id: int | None = None
+    channel: str | None = None
+    since: dt.datetime | None = None
+    """Created at or after."""
 
 
 class ActivityLog:
@@ -172,44 +204,123 @@ class ActivityLog:
         metrics: dict[str, Any],
         reply: list[str],
         data: dict[str, Any] | None = None,
-    ) -> bool:
+        reserve: bool = False,
+    ) -> Outbox | None:
         """in_progress → completed/failed with its result, event and reply (``reply``: the
         parts to send), in one transaction; only for the attempt that holds the claim (a
-        stale attempt's result is refused: False, and an event says so)."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                ACTIVITIES.update_held(
-                    activity.id,
-                    attempt,
-                    status=to.value,
-                    details=details,
-                    metrics=metrics,
-                    completed_at=utcnow(),
-                    lease_expires_at=None,
-                )
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                self.add_event(
-                    session,
-                    activity.id,
-                    "stale_result",
-                    data={"attempt": attempt, "discarded": kind, "runner": RUNNER},
-                )
-                return False
-            self.add_event(session, activity.id, kind, status=to.value, data=data)
-            await add_reply(
-                session,
-                activity_id=activity.id,
-                conversation_id=activity.conversation_id,
-                channel=activity.source_channel,
-                parts=reply,
-                media=(details.get("result") or {}).get("media"),
-                choices=(details.get("result") or {}).get("choices"),
-            )
-            return True
+        stale attempt's result is refused: None, and an event says so).
 
-    async def cancel(self, activity_id: int, *, actor: str) -> bool:
-        """Withdraw an activity that has not started; False if it already has (or is done)."""
+        With ``reserve``, for a caller that hands the reply over at once, the activity's
+        replies still to send are read back in the same transaction, the first claimed
+        (``sending``, see :func:`~dispatch.outbox.reserve_replies`): the outbox returned;
+        without, they stay pending (an empty outbox)."""
+        async with self._sessions.begin() as session:
+            moved = await self._finish_in(
+                session,
+                activity,
+                to,
+                attempt=attempt,
+                kind=kind,
+                details=details,
+                metrics=metrics,
+                reply=reply,
+                data=data,
+            )
+            if not moved:
+                return None
+            if not reserve:
+                return Outbox(replies=[], conversations={})
+            replies, reserved = await reserve_replies(session, activity.id)
+            return await read_outbox(
+                session, replies, activity.source_message_id, reserved=reserved
+            )
+
+    async def _finish_in(
+        self,
+        session: AsyncSession,
+        activity: ActivityView,
+        to: ActivityStatus,
+        *,
+        attempt: int,
+        kind: str,
+        details: dict[str, Any],
+        metrics: dict[str, Any],
+        reply: list[str],
+        data: dict[str, Any] | None,
+    ) -> bool:
+        result = await session.execute(
+            ACTIVITIES.update_held(
+                activity.id,
+                attempt,
+                status=to.value,
+                details=details,
+                metrics=metrics,
+                completed_at=utcnow(),
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            self.add_event(
+                session,
+                activity.id,
+                "stale_result",
+                data={"attempt": attempt, "discarded": kind, "runner": RUNNER},
+            )
+            return False
+        self.add_event(session, activity.id, kind, status=to.value, data=data)
+        await add_reply(
+            session,
+            activity_id=activity.id,
+            conversation_id=activity.conversation_id,
+            channel=activity.source_channel,
+            parts=reply,
+            media=(details.get("result") or {}).get("media"),
+            choices=(details.get("result") or {}).get("choices"),
+        )
+        return True
+
+    async def page(
+        self, where: ActivityFilter, *, before_id: int | None, limit: int
+    ) -> list[ActivityView]:
+        """Activities ``where`` holds for, newest first, older than ``before_id`` (the last
+        one of the page before), without their events."""
+        conditions: list[ColumnElement[bool]] = []
+        if where.agent is not None:
+            conditions.append(Activity.agent_name == where.agent)
+        if where.action_type is not None:
+            conditions.append(Activity.action_type == where.action_type)
+        if where.status is not None:
+            conditions.append(Activity.status == where.status.value)
+        if where.actor_user_id is not None:
+            conditions.append(Activity.actor_user_id == where.actor_user_id)
+        if where.channel is not None:
+            conditions.append(Activity.source_channel == where.channel)
+        if where.since is not None:
+            conditions.append(Activity.created_at >= where.since)
+        if before_id is not None:
+            conditions.append(Activity.id < before_id)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Activity, User.name)
+                .outerjoin(User, User.id == Activity.actor_user_id)
+                .where(*conditions)
+                .order_by(Activity.id.desc())
+                .limit(limit)
+            )
+            return [
+                msgspec.structs.replace(ActivityView.of(row), actor_name=name) for row, name in rows
+            ]
+
+    async def cancel(
+        self,
+        activity_id: int,
+        *,
+        actor: str,
+        notice: Callable[[str], list[str]] | None = None,
+    ) -> bool:
+        """Withdraw an activity that has not started; False if it already has (or is done).
+        ``notice``: what its requester is told, cut for their channel (a reply queued in the
+        same transaction)."""
         waiting = [
             ActivityStatus.PENDING.value,
             ActivityStatus.QUEUED.value,
@@ -220,9 +331,11 @@ class ActivityLog:
                 update(Activity)
                 .where(Activity.id == activity_id, Activity.status.in_(waiting))
                 .values(status=ActivityStatus.CANCELLED.value, completed_at=utcnow())
+                .returning(Activity.conversation_id, Activity.source_channel)
                 .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            row = result.one_or_none()
+            if row is None:
                 return False
             self.add_event(
                 session,
@@ -231,19 +344,52 @@ class ActivityLog:
                 status=ActivityStatus.CANCELLED.value,
                 actor=actor,
             )
+            conversation_id, channel = row
+            # What it had yet to say (an approval request not yet sent) is withdrawn with it.
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.activity_id == activity_id,
+                    Message.delivery == Delivery.PENDING.value,
+                )
+                .values(
+                    delivery=Delivery.FAILED.value,
+                    delivery_error="withdrawn: the request was cancelled",
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if notice is not None and channel is not None:
+                await add_reply(
+                    session,
+                    activity_id=activity_id,
+                    conversation_id=conversation_id,
+                    channel=channel,
+                    parts=notice(channel),
+                )
             return True
 
     async def claim(self, activity_id: int, *, lease_s: float) -> int | None:
         """Take an activity to run: from ``queued``, or from an ``in_progress`` whose lease ran
         out (its worker died or stalled). Exactly one of any number of concurrent callers wins,
         and gets the attempt number: the fencing token every later write must carry."""
+        taken = await self.take(activity_id, lease_s=lease_s)
+        return None if taken is None else taken[0]
+
+    async def take(self, activity_id: int, *, lease_s: float) -> tuple[int, bool] | None:
+        """:meth:`claim`, also saying whether an operator has asked for it to stop (then it
+        is not to run: it ends ``cancelled``)."""
         async with self._sessions.begin() as session:
             result = await session.execute(
-                ACTIVITIES.claim(activity_id, lease_s=lease_s, started_at=utcnow())
+                ACTIVITIES.claim(activity_id, lease_s=lease_s, started_at=utcnow()).returning(
+                    Activity.cancel_requested_at
+                )
             )
-            attempt = result.scalar_one_or_none()
-            if attempt is None:
+            row = result.one_or_none()
+            if row is None:
                 return None
+            # Both columns: the claim's own RETURNING (attempts), then this one.
+            attempt, stop_asked = cast("tuple[int, dt.datetime | None]", tuple(row))
             self.add_event(
                 session,
                 activity_id,
@@ -251,19 +397,42 @@ class ActivityLog:
                 status=ActivityStatus.IN_PROGRESS.value,
                 data={"attempt": attempt, "runner": RUNNER},
             )
-            return int(attempt)
+            return int(attempt), stop_asked is not None
 
-    async def renew(self, activity_id: int, *, attempt: int, lease_s: float) -> bool:
-        """Extend the lease of a run that is alive; False once the claim is someone else's."""
+    async def renew(self, activity_id: int, *, attempt: int, lease_s: float) -> Renewal:
+        """Extend the lease of a run that is alive: ``held``, or ``cancel`` if an operator
+        asked for it to stop; ``lost`` once the claim is someone else's."""
         async with self._sessions.begin() as session:
             result = await session.execute(
                 ACTIVITIES.update_held(
                     activity_id,
                     attempt,
                     lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s),
-                )
+                ).returning(Activity.cancel_requested_at)
             )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+            row = result.one_or_none()
+        if row is None:
+            return Renewal.LOST
+        return Renewal.HELD if row[0] is None else Renewal.CANCEL
+
+    async def request_cancel(self, activity_id: int, *, actor: str) -> bool:
+        """Ask for a running activity to be stopped (its worker does at its next lease
+        renewal, and it ends ``cancelled``); False if it is not running, or already asked."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(
+                    Activity.id == activity_id,
+                    Activity.status == ActivityStatus.IN_PROGRESS.value,
+                    Activity.cancel_requested_at.is_(None),
+                )
+                .values(cancel_requested_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(session, activity_id, "cancel_requested", actor=actor)
+            return True
 
     async def release(self, activity_id: int, *, attempt: int, reason: str) -> bool:
         """Give an unfinished run back (its worker is stopping): queued again at once, for
@@ -367,6 +536,20 @@ class ActivityLog:
                     .limit(1)
                 )
             ).scalar_one_or_none()
+
+    async def count_completed(self, agent: str, action_type: str) -> int:
+        """How many activities of this action completed (the ledger numbers its entries)."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(
+                    Activity.agent_name == agent,
+                    Activity.action_type == action_type,
+                    Activity.status == ActivityStatus.COMPLETED.value,
+                )
+            )
+        return int(found or 0)
 
     async def heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
         """Activities to re-drive: each conversation's first queued or running one, if queued

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from typing import Any
 
 import msgspec
 from sqlalchemy import func, select
@@ -23,9 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.activities import ActivityLog
 from dispatch.catalog import Catalog
+from dispatch.i18n import language_of, say
 from dispatch.messages import Choice
 from dispatch.models import (
     Activity,
+    ActivityEvent,
     Approval,
     Conversation,
     User,
@@ -39,9 +42,18 @@ from dispatch.routing import ChannelRouting, reaching
 from dispatch.specs import ActionSpec, ApprovalSpec
 from dispatch.sql import insert_or_get
 
-__all__ = ["ApprovalService", "Decision", "Outcome"]
+__all__ = ["NO_APPROVER", "ApprovalService", "Decision", "Outcome"]
+
+NO_APPROVER = {
+    "reason": "no_approver",
+    "message": "no one who may approve this request can be reached",
+}
+"""Why a request that needs an approval no one can give fails at once."""
 
 log = logging.getLogger("switchboard.approvals")
+
+CALL_AGAIN_AFTER = dt.timedelta(minutes=10)
+"""A conversation's call for a person pages the staff at most once in this long."""
 
 _UNCHANGED = "your decision changes nothing."
 
@@ -76,6 +88,21 @@ class ApprovalService:
 
     # -- asking ---------------------------------------------------------------------------
 
+    async def gate(
+        self, session: AsyncSession, activity: Activity, action: ActionSpec, requester: User | None
+    ) -> bool:
+        """In the transaction recording ``activity``: ask its approvers; with none to ask, it
+        fails at once (``no_approver``, with its event). Whether anyone was asked."""
+        if await self.request(session, activity, action, requester):
+            return True
+        activity.status = S.FAILED.value
+        activity.details = {**activity.details, "error": NO_APPROVER}
+        activity.completed_at = utcnow()
+        ActivityLog.add_event(
+            session, activity.id, "failed", status=activity.status, data=NO_APPROVER
+        )
+        return False
+
     async def request(
         self, session: AsyncSession, activity: Activity, action: ActionSpec, requester: User | None
     ) -> int:
@@ -92,7 +119,7 @@ class ApprovalService:
         details = f"\nDetails: {payload_text(payload)}" if payload else ""
         text = (
             f"Approval needed for request #{activity.id}: {action.description}, asked by {who} "
-            f"on {activity.source_channel}.{details}\n"
+            f"on {activity.source_channel or 'the API'}.{details}\n"
             f"Reply YES {activity.id} to approve or NO {activity.id} to reject "
             f"(expires in {minutes} min)."
         )
@@ -100,15 +127,7 @@ class ApprovalService:
             msgspec.to_builtins(Choice(label=f"Approve #{activity.id}", text=f"YES {activity.id}")),
             msgspec.to_builtins(Choice(label=f"Reject #{activity.id}", text=f"NO {activity.id}")),
         ]
-        for _user, channel, conversation_id in targets:
-            await add_reply(
-                session,
-                activity_id=activity.id,
-                conversation_id=conversation_id,
-                channel=channel,
-                parts=self._routing.split(channel, text),
-                choices=choices,
-            )
+        await self._send(session, activity.id, targets, text, choices)
         ActivityLog.add_event(
             session,
             activity.id,
@@ -124,14 +143,81 @@ class ApprovalService:
             },
         )
         if targets:
-            needed = f" ({approval.quorum} approvals needed)" if approval.quorum > 1 else ""
+            language = language_of(activity.details)
+            needed = (
+                say("approval.quorum", language, quorum=approval.quorum)
+                if approval.quorum > 1
+                else ""
+            )
+            what = action.words(language)[0]
             await self._tell_requester(
                 session,
                 activity,
-                f"Request #{activity.id} ({action.description}) needs approval{needed}; "
-                f"I've asked. You'll hear back here.",
+                say("approval.asked", language, id=activity.id, what=what, needed=needed),
             )
         return len(targets)
+
+    async def call_people(self, activity_id: int, *, roles: tuple[str, ...], text: str) -> int:
+        """Tell every active user of ``roles`` (on the channel that reaches them, as approval
+        requests go) ``text``, as replies of activity ``activity_id``: once per activity
+        however often this is called, and once per conversation in ``CALL_AGAIN_AFTER`` (a
+        visitor saying "agent" again and again does not page everyone each time). Returns
+        how many are (or were just) told."""
+        async with self._sessions.begin() as session:
+            activity = await session.scalar(
+                select(Activity).where(Activity.id == activity_id).with_for_update()
+            )
+            if activity is None:
+                return 0
+            recent = (
+                select(ActivityEvent.data)
+                .join(Activity, Activity.id == ActivityEvent.activity_id)
+                .where(ActivityEvent.kind == "people_called")
+                .order_by(ActivityEvent.id.desc())
+                .limit(1)
+            )
+            if activity.conversation_id is not None:
+                recent = recent.where(
+                    Activity.conversation_id == activity.conversation_id,
+                    ActivityEvent.at > utcnow() - CALL_AGAIN_AFTER,
+                )
+            else:
+                recent = recent.where(ActivityEvent.activity_id == activity_id)
+            called = await session.scalar(recent)
+            if called is not None:
+                return int(called.get("told", 0))
+            people = await session.scalars(
+                select(User).where(User.active.is_(True), User.role.in_(roles)).order_by(User.id)
+            )
+            targets = [t for t in [await self._reach(session, user) for user in people] if t]
+            await self._send(session, activity_id, targets, text)
+            ActivityLog.add_event(
+                session,
+                activity_id,
+                "people_called",
+                data={"told": len(targets), "users": [u.id for u, _, _ in targets]},
+            )
+            return len(targets)
+
+    async def _send(
+        self,
+        session: AsyncSession,
+        activity_id: int,
+        targets: list[tuple[User, str, int]],
+        text: str,
+        choices: list[Any] | None = None,
+    ) -> None:
+        """``text`` to each (user, channel, conversation) :meth:`_reach` found, as replies of
+        activity ``activity_id``."""
+        for _user, channel, conversation_id in targets:
+            await add_reply(
+                session,
+                activity_id=activity_id,
+                conversation_id=conversation_id,
+                channel=channel,
+                parts=self._routing.split(channel, text),
+                choices=choices,
+            )
 
     async def _approvers(
         self, session: AsyncSession, approval: ApprovalSpec, requester_id: int | None
@@ -262,7 +348,9 @@ class ApprovalService:
                 session, code, "rejected", status=activity.status, actor=actor, data=base
             )
             await self._tell_requester(
-                session, activity, f"Request #{code} was rejected by {user.name}."
+                session,
+                activity,
+                say("approval.rejected", language_of(activity.details), id=code, who=user.name),
             )
             return Outcome(
                 text=f"Rejected request #{code}; the requester has been told.",
@@ -305,9 +393,14 @@ class ApprovalService:
             actor=actor,
             data={"approvals": approvals, "auto_run": approval.auto_run},
         )
-        then = "running it now." if approval.auto_run else f"it runs once someone sends RUN {code}."
+        language = language_of(activity.details)
+        then = say(
+            "approval.runs" if approval.auto_run else "approval.waits_run", language, id=code
+        )
         await self._tell_requester(
-            session, activity, f"Request #{code} was approved by {user.name}; {then}"
+            session,
+            activity,
+            say("approval.approved", language, id=code, who=user.name, then=then),
         )
         verb = "it runs now" if approval.auto_run else f"send RUN {code} to run it"
         return Outcome(
@@ -422,7 +515,7 @@ class ApprovalService:
         await self._tell_requester(
             session,
             activity,
-            f"Request #{activity.id} expired: no decision was made in time, so nothing was done.",
+            say("approval.expired", language_of(activity.details), id=activity.id),
         )
         return True
 

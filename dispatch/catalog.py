@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,8 +28,10 @@ from dispatch.specs import (
     FallbackSpec,
     FieldSpec,
     RuleSpec,
+    WorkflowSpec,
 )
 from dispatch.text import normalize, strip_accents
+from dispatch.workflows import WORKFLOWS_AGENT, Workflow, compile_workflows, workflows_agent
 
 __all__ = [
     "WORD",
@@ -58,6 +60,10 @@ _PY_TYPES: dict[str, Any] = {
     "email": Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")],
     "id": Annotated[int, msgspec.Meta(ge=1)],
 }
+
+
+_MSGSPEC_FIELD = re.compile(r"(?:at `\$\.|missing required field `)(\w+)")
+"""The field a msgspec validation error names (``... - at `$.text```)."""
 
 
 class PayloadError(ValueError):
@@ -96,6 +102,7 @@ class Catalog:
     partial_types: dict[tuple[str, str], type[msgspec.Struct]]
     """The same schemas with every field optional, for requests still being completed."""
     source: str
+    workflows: dict[str, Workflow] = field(default_factory=dict)
 
     def action(self, agent: str, action_type: str) -> ActionSpec | None:
         spec = self.agents.get(agent)
@@ -138,7 +145,8 @@ class Catalog:
             types = self.partial_types if partial else self.payload_types
             value = msgspec.convert(coerced, types[(agent, action_type)], strict=False)
         except msgspec.ValidationError as exc:
-            raise PayloadError(str(exc)) from None
+            named = _MSGSPEC_FIELD.search(str(exc))
+            raise PayloadError(str(exc), named.group(1) if named else None) from None
         built: dict[str, Any] = msgspec.to_builtins(value)
         return {k: v for k, v in built.items() if v is not None}
 
@@ -323,6 +331,11 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         raise CatalogError(
             f"{source}: agents.{SYSTEM_AGENT}", "is built in (help, status, cancel); rename yours"
         )
+    if WORKFLOWS_AGENT in file.agents:
+        raise CatalogError(
+            f"{source}: agents.{WORKFLOWS_AGENT}",
+            "is built in (it starts the [workflows] of the catalog); rename yours",
+        )
     agents = {
         name: msgspec.structs.replace(
             agent,
@@ -340,6 +353,13 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         agents={SYSTEM_AGENT: system_agent(), **agents},
         rules=(*CONTROL_RULES, *file.rules),
     )
+    workflows = compile_workflows(
+        file.workflows, lambda agent, action, where: _known(file, agent, action, where), source
+    )
+    if workflows:
+        file = msgspec.structs.replace(
+            file, agents={**file.agents, WORKFLOWS_AGENT: workflows_agent(workflows)}
+        )
     payload_types, partial_types = _validate_actions(file, handlers, source)
     _known(file, file.fallback.agent, file.fallback.action, f"{source}: fallback")
     rules: list[CompiledRule] = []
@@ -357,6 +377,7 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         payload_types=payload_types,
         partial_types=partial_types,
         source=source,
+        workflows=workflows,
     )
 
 
@@ -377,7 +398,15 @@ def decode_catalog(content: bytes, source: str, handlers: Collection[str]) -> Ca
 
 
 def _locate(raw: Any, source: str, error: msgspec.ValidationError) -> tuple[str, str]:
-    """Name the agent/action behind a type error (msgspec elides mapping keys as [...])."""
+    """Name the agent/action or workflow behind a type error (msgspec elides mapping keys as
+    [...])."""
+    workflows = raw.get("workflows") if isinstance(raw, dict) else None
+    if isinstance(workflows, dict):
+        for name, workflow in workflows.items():
+            try:
+                msgspec.convert(workflow, WorkflowSpec)
+            except msgspec.ValidationError as exc:
+                return f"{source}: workflows.{name}", str(exc).replace("$.", "")
     agents = raw.get("agents") if isinstance(raw, dict) else None
     if isinstance(agents, dict):
         for agent_name, agent in agents.items():

@@ -16,6 +16,7 @@ import msgspec
 
 from dispatch.catalog import Catalog, PayloadError
 from dispatch.control import CLARIFY_ACTION, SOFT_CONTROL_RULES, SYSTEM_AGENT
+from dispatch.i18n import LANGUAGES
 from dispatch.intents import Intent
 from dispatch.messages import Choice
 from dispatch.text import normalize
@@ -165,7 +166,11 @@ class Clarifier:
                 spec = self._catalog.action(agent, action)
                 names = {normalize(action.replace("_", " ")), normalize(action)}
                 if spec is not None:
-                    names.add(normalize(spec.description))
+                    # A button sends its label: the description, cut to a button's length.
+                    for language in LANGUAGES:
+                        description = spec.words(language)[0]
+                        names.add(normalize(description))
+                        names.add(normalize(description[:64]))
                 if folded in names:
                     chosen = (agent, action)
                     break

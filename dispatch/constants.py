@@ -9,10 +9,12 @@ __all__ = [
     "RUN_ACTIVITY",
     "batch_job_id",
     "dispatch_job_id",
+    "job_kind",
     "queue_name",
     "recover_job_id",
     "reply_channel",
     "run_job_id",
+    "worker_key",
 ]
 
 DISPATCH_MESSAGE = "dispatch_message"
@@ -45,6 +47,22 @@ AGAIN = ":again"
 
 def recover_job_id(prefix: str) -> str:
     return f"{prefix}:recover"
+
+
+_KINDS = {"msg": DISPATCH_MESSAGE, "batch": DISPATCH_BATCH, "run": RUN_ACTIVITY}
+
+
+def job_kind(job_id: str) -> str:
+    """What a queued job does, from its id (``recover``, or ``other`` for an id not ours)."""
+    parts = job_id.removesuffix(AGAIN).split(":")
+    if "recover" in parts[-2:]:  # arq names a cron job's run ``<name>:<due time in ms>``
+        return "recover"
+    return _KINDS.get(parts[-2], "other") if len(parts) >= 2 else "other"
+
+
+def worker_key(prefix: str, worker_id: str) -> str:
+    """A worker's heartbeat (expires unless renewed)."""
+    return f"{prefix}:worker:{worker_id}"
 
 
 def reply_channel(prefix: str, channel: str, conversation_key: str) -> str:

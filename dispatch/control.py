@@ -9,7 +9,7 @@ question back to the user (see :mod:`dispatch.clarify`).
 
 from __future__ import annotations
 
-from dispatch.specs import ActionSpec, AgentSpec, FieldSpec, RuleSpec
+from dispatch.specs import ActionSpec, AgentSpec, FieldSpec, LocalizedSpec, RuleSpec
 
 __all__ = [
     "BARE_REFERENCE_RULE",
@@ -27,9 +27,17 @@ NOTICE_ACTION = "notice"
 BARE_REFERENCE_RULE = "control:status-ref"
 BARE_APPROVE_RULE = "control:approve-bare"
 BARE_REJECT_RULE = "control:reject-bare"
-SOFT_CONTROL_RULES = frozenset({BARE_REFERENCE_RULE, BARE_APPROVE_RULE, BARE_REJECT_RULE})
+BARE_STATUS_RULE = "control:status-ask"
+BARE_CANCEL_RULE = "control:cancel-ask"
+SOFT_CONTROL_RULES = frozenset(
+    {BARE_REFERENCE_RULE, BARE_APPROVE_RULE, BARE_REJECT_RULE, BARE_STATUS_RULE, BARE_CANCEL_RULE}
+)
 """Control rules that give way to an open question: there "#12", "yes", "no" are answers."""
-_ID = FieldSpec(type="id", description="the request number")
+_ID = FieldSpec(
+    type="id",
+    description="the request number",
+    question="Which request? Its number, e.g. 12. / ¿Qué solicitud? Su número, p. ej. 12.",
+)
 _CODE_FIELD = FieldSpec(type="id", required=False, description="the approval code")
 
 _NUMBER = r"\s*(?:#|no\.?|n[°º]|num(?:ero)?\.?|number)?\s*(?P<activity_id>\d+)\s*[.!?]*\s*$"
@@ -95,6 +103,31 @@ CONTROL_RULES: tuple[RuleSpec, ...] = (
         patterns=(r"^\s*(?:run|ejecutar|ejecuta)" + _CODE,),
     ),
     RuleSpec(
+        # "status" alone (a help button): which request is asked back.
+        id=BARE_STATUS_RULE,
+        agent=SYSTEM_AGENT,
+        action="status",
+        patterns=(r"^\s*(?:status|state|estado)\s*[.!?]*\s*$",),
+    ),
+    RuleSpec(
+        # "cancel" alone: which request is asked back (with a question open, it drops that).
+        id=BARE_CANCEL_RULE,
+        agent=SYSTEM_AGENT,
+        action="cancel",
+        patterns=(r"^\s*(?:cancel|cancela|cancelar)\s*[.!?]*\s*$",),
+    ),
+    RuleSpec(
+        id="control:human",
+        agent=SYSTEM_AGENT,
+        action="human",
+        patterns=(
+            r"^\s*(?:(?:i\s+want\s+to\s+|can\s+i\s+|quiero\s+|puedo\s+)?(?:talk|speak|hablar)"
+            r"\s+(?:to|with|con)\s+)?(?:an?\s+|una?\s+)?(?:agent|agente|human|humano|person|"
+            r"persona|operator|operador|real\s+person|persona\s+real)\s*(?:please|por\s+favor)?"
+            r"\s*[.!?]*\s*$",
+        ),
+    ),
+    RuleSpec(
         id="control:cancel",
         agent=SYSTEM_AGENT,
         action="cancel",
@@ -129,6 +162,7 @@ def system_agent() -> AgentSpec:
                 overtakes=True,
                 timeout_s=5,
                 examples=("help",),
+                localized={"es": LocalizedSpec("Lista lo que puedes pedir", ("ayuda",))},
             ),
             "status": ActionSpec(
                 description="Show the state of one of your requests",
@@ -138,6 +172,12 @@ def system_agent() -> AgentSpec:
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("status 12",),
+                button="status",
+                localized={
+                    "es": LocalizedSpec(
+                        "Muestra el estado de una de tus solicitudes", ("estado 12",), "estado"
+                    )
+                },
             ),
             "cancel": ActionSpec(
                 description="Cancel one of your requests that has not started",
@@ -147,6 +187,23 @@ def system_agent() -> AgentSpec:
                 timeout_s=5,
                 payload={"activity_id": _ID},
                 examples=("cancel 12",),
+                button="cancel",
+                localized={
+                    "es": LocalizedSpec(
+                        "Cancela una de tus solicitudes que no haya empezado",
+                        ("cancelar 12",),
+                        "cancelar",
+                    )
+                },
+            ),
+            "human": ActionSpec(
+                description="Ask for a person to answer instead of the bot",
+                handler="human",
+                public=True,
+                overtakes=True,
+                timeout_s=10,
+                examples=("agent",),
+                localized={"es": LocalizedSpec("Pide que te atienda una persona", ("humano",))},
             ),
             # Decisions on requests awaiting approval ("YES 123" / "NO 123"). Never offered to
             # the LLM: only these exact words decide, and only from an eligible approver.

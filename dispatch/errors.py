@@ -22,6 +22,7 @@ __all__ = [
     "SwitchboardError",
     "UnauthorizedError",
     "Unavailable",
+    "Unprocessable",
 ]
 
 
@@ -64,6 +65,13 @@ class ClientError(SwitchboardError):
 
 class InvalidInput(ClientError):
     code = "invalid_input"
+
+
+class Unprocessable(ClientError):
+    """Well formed, but not something that can be done (an unknown action, a payload that does
+    not fit its schema); ``extra["field"]`` names the culprit."""
+
+    code = "unprocessable"
 
 
 class PayloadTooLarge(ClientError):

@@ -46,6 +46,13 @@ class Interpreter:
         """The catalog's rules alone (no LLM)."""
         return self._parser.parse(text)
 
+    def decided(self, text: str) -> Intent | None:
+        """The intent if the rules settle it (or no LLM is to be asked); None: ask the LLM."""
+        intent = self._parser.parse(text)
+        if intent.matched or self._llm is None or not text.strip():
+            return intent
+        return None
+
     async def interpret(
         self, text: str, *, role: str | None, active: bool, history: History
     ) -> Intent:

@@ -47,6 +47,8 @@ __all__ = [
     "Role",
     "User",
     "UserIdentity",
+    "WorkflowRun",
+    "WorkflowStatus",
     "utcnow",
 ]
 
@@ -115,6 +117,12 @@ BLOCKING_STATUSES = (
 )
 
 
+class WorkflowStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 class Role(enum.StrEnum):
     """A user's (or API token's) role, from most to least trusted."""
 
@@ -144,6 +152,7 @@ class MessageState(enum.StrEnum):
     DISPATCHING = "dispatching"  # claimed by one dispatch (until ``claimed_until``)
     DISPATCHED = "dispatched"  # its activity exists
     IGNORED = "ignored"  # nothing to do (e.g. an update kind we do not handle)
+    HUMAN = "human"  # its conversation was taken over: a person reads and answers it
     FAILED = "failed"  # its dispatch failed too often; the sender was told
 
 
@@ -194,6 +203,10 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(32), default="guest")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # For the supervisor portal (argon2id; None: no password, no portal).
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    # The language the gateway speaks to them in (None: from what they write).
+    language: Mapped[str | None] = mapped_column(String(8))
 
 
 class UserIdentity(Base):
@@ -264,6 +277,9 @@ class Activity(Base):
     __table_args__ = (
         Index("ix_agent_activities_status_created", "status", "created_at"),
         Index("ix_agent_activities_conversation_order", "conversation_id", "order_key"),
+        Index("uq_agent_activities_idempotency_key", "idempotency_key", unique=True),
+        # One activity per step of a run: two workers advancing a run cannot both create it.
+        Index("uq_agent_activities_workflow_step", "workflow_run_id", "workflow_step", unique=True),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -289,6 +305,31 @@ class Activity(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column()
+    completed_at: Mapped[dt.datetime | None] = mapped_column()
+    # An API caller's key for an execute (their actor first): the same key, the same activity.
+    idempotency_key: Mapped[str | None] = mapped_column(String(300))
+    # An operator asked to stop it while it ran: its worker stops it at its next lease renewal.
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column()
+    # A workflow step's run and step id (no foreign key: runs reference their activity).
+    workflow_run_id: Mapped[int | None] = mapped_column(BigInteger)
+    workflow_step: Mapped[str | None] = mapped_column(String(64))
+
+
+class WorkflowRun(Base):
+    """A run of a catalog workflow. Its id is the id of the activity that started it (the
+    request ``workflows.<name>``): one run per such request, however often its job runs."""
+
+    __tablename__ = "workflow_runs"
+    __table_args__ = (Index("ix_workflow_runs_status", "status"),)
+
+    id: Mapped[int] = mapped_column(
+        Id, ForeignKey("agent_activities.id", ondelete="CASCADE"), primary_key=True
+    )
+    workflow: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=WorkflowStatus.RUNNING)
+    input: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[dict[str, Any] | None] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column()
 
 

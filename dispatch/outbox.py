@@ -9,14 +9,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+import msgspec
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.clean import clean_text
-from dispatch.models import ActivityStatus, Delivery, Direction, Message
+from dispatch.i18n import say, say_each
+from dispatch.models import ActivityStatus, Conversation, Delivery, Direction, Message, utcnow
 from dispatch.sql import insert_or_get
 
-__all__ = ["add_reply", "failure_reason", "failure_text", "payload_text", "reply_text"]
+__all__ = [
+    "Outbox",
+    "add_reply",
+    "failure_reason",
+    "failure_text",
+    "payload_text",
+    "pending_of",
+    "read_outbox",
+    "reply_text",
+    "reserve_replies",
+]
+
+
+class Outbox(msgspec.Struct, frozen=True, kw_only=True):
+    """Replies to hand over, in order, with the conversations they go to (mostly the
+    requester's; approval requests go to approvers') and the external id of the message they
+    answer. ``reserved``: the one already claimed (``sending``) for whoever holds this, by the
+    transaction that wrote them."""
+
+    replies: list[Message]
+    conversations: dict[int, Conversation]
+    in_reply_to: str | None = None
+    reserved: int | None = None
 
 
 def payload_text(payload: dict[str, Any]) -> str:
@@ -30,42 +54,45 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-_FAILURES = {
-    "forbidden": "Sorry, you are not allowed to do that (request #{id}).",
-    "timeout": "Sorry, request #{id} took too long and was stopped.",
-    "no_approver": "Sorry, request #{id} needs an approval that no one can give right now.",
-    "dispatch_failed": "Sorry, I could not make sense of your message (request #{id}).",
-}
-_FAILED = "Sorry, request #{id} could not be completed."
-_REASONS = {
-    "forbidden": "not allowed",
-    "timeout": "took too long",
-    "no_approver": "no approver",
-    "dispatch_failed": "not understood",
-}
+_KNOWN_FAILURES = frozenset({"forbidden", "timeout", "no_approver", "dispatch_failed"})
 
 
-def failure_text(activity_id: int, error: Any) -> str:
+def _reason(error: Any) -> str | None:
+    reason = error.get("reason") if isinstance(error, dict) else None
+    return str(reason) if reason in _KNOWN_FAILURES else None
+
+
+def failure_text(activity_id: int, error: Any, language: str | None = None) -> str:
     """What a person is told of a failure: its kind and the request number, never the detail
     (exception text, a service's answer), which stays on the activity."""
-    reason = error.get("reason") if isinstance(error, dict) else None
-    return _FAILURES.get(str(reason), _FAILED).format(id=activity_id)
+    reason = _reason(error)
+    return say(f"failed.{reason}" if reason else "failed", language, id=activity_id)
 
 
-def failure_reason(error: Any) -> str:
+def failure_reason(error: Any, language: str | None = None) -> str:
     """A few words on why something failed, for people (``status 12``)."""
-    reason = error.get("reason") if isinstance(error, dict) else None
-    return _REASONS.get(str(reason), "could not be completed")
+    reason = _reason(error)
+    return say(f"reason.{reason}" if reason else "reason", language)
 
 
-def reply_text(activity_id: int, status: str, details: dict[str, Any]) -> str | None:
+def reply_text(
+    activity_id: int, status: str, details: dict[str, Any], language: str | None = None
+) -> str | None:
     """What to tell the requester about a finished activity (None: nothing to say)."""
     if status == ActivityStatus.COMPLETED:
         result = details.get("result") or {}
-        return str(result.get("text") or f"Request #{activity_id} done.")
+        return str(result.get("text") or say("done", language, id=activity_id))
     if status == ActivityStatus.FAILED:
-        return failure_text(activity_id, details.get("error"))
+        return failure_text(activity_id, details.get("error"), language)
+    if status == ActivityStatus.CANCELLED:
+        return cancelled_notice(activity_id, language)
     return None
+
+
+def cancelled_notice(activity_id: int, language: str | None = None) -> str:
+    """What a requester is told when an operator withdraws or stops their request (in both
+    languages when theirs is not known)."""
+    return say_each("cancel.operator", language, id=activity_id)
 
 
 async def add_reply(
@@ -112,3 +139,60 @@ async def add_reply(
             },
             ("activity_id", "part"),
         )
+
+
+def pending_of(activity_id: int) -> Select[Message]:
+    """An activity's replies still to send, in order."""
+    return (
+        select(Message)
+        .where(Message.activity_id == activity_id, Message.delivery == Delivery.PENDING.value)
+        .order_by(Message.part)
+    )
+
+
+async def reserve_replies(
+    session: AsyncSession, activity_id: int
+) -> tuple[list[Message], int | None]:
+    """Every reply of the activity still to send, in order, the first claimed (pending →
+    sending, the at-most-once gate, as ``claim_reply``) for the caller, who hands it over at
+    once; the others are claimed one by one as their turn comes, so a sender that dies loses
+    the part in flight only. Returns (the replies, the claimed one's id)."""
+    rows = list(await session.scalars(pending_of(activity_id)))
+    if not rows:
+        return [], None
+    claimed = await session.execute(
+        update(Message)
+        .where(Message.id == rows[0].id, Message.delivery == Delivery.PENDING.value)
+        .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return rows, rows[0].id if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+async def read_outbox(
+    session: AsyncSession,
+    replies: list[Message],
+    source_message_id: int | None,
+    *,
+    reserved: int | None = None,
+) -> Outbox:
+    """``replies`` (in order) with the conversations they go to and the external id of the
+    message they answer."""
+    if not replies:
+        return Outbox(replies=[], conversations={}, reserved=reserved)
+    found = await session.scalars(
+        select(Conversation).where(
+            Conversation.id.in_(sorted({row.conversation_id for row in replies}))
+        )
+    )
+    in_reply_to = None
+    if source_message_id is not None:
+        in_reply_to = await session.scalar(
+            select(Message.external_id).where(Message.id == source_message_id)
+        )
+    return Outbox(
+        replies=replies,
+        conversations={c.id: c for c in found},
+        in_reply_to=in_reply_to,
+        reserved=reserved,
+    )

@@ -10,7 +10,7 @@ import abc
 import dataclasses
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -24,8 +24,10 @@ from dispatch.constants import (
     RUN_ACTIVITY,
     batch_job_id,
     dispatch_job_id,
+    job_kind,
     queue_name,
     run_job_id,
+    worker_key,
 )
 from dispatch.errors import SettingsError
 from dispatch.outage import Outage
@@ -36,12 +38,19 @@ __all__ = [
     "DispatchBatchJob",
     "DispatchJob",
     "JobQueue",
+    "QueueDepth",
     "QueueSettings",
     "RetryLater",
     "RunJob",
+    "WorkerBeat",
+    "count_waiting",
     "job_deserializer",
     "job_serializer",
 ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +153,77 @@ class RetryLater(Exception):
         self.defer_s = defer_s
 
 
+AHEAD_S = {"critical": 2_000_000.0, "high": 1_000_000.0}
+"""How far ahead of the queue's due times a run of this priority is placed (arq takes due jobs
+in score order): a critical run before any high one, a high one before any normal or low one
+queued in the last eleven days. Priority orders jobs only: a conversation's order is kept by
+the database, whatever order its jobs come in."""
+_AHEAD_FLOOR_S = 500_000.0
+"""A score this far in the past is a prioritized job's (its due time is its score plus its
+priority's lead)."""
+
+
+def due_at(score_s: float, now: float) -> float:
+    """When a queued job fell due, its priority's lead taken back out of its score."""
+    for lead in sorted(AHEAD_S.values(), reverse=True):
+        if score_s < now - lead + _AHEAD_FLOOR_S:
+            return score_s + lead
+    return score_s
+
+
+class QueueDepth(msgspec.Struct, frozen=True, kw_only=True):
+    """What waits in the queue: jobs due now per kind, deferred ones, and how long the oldest
+    due one has waited."""
+
+    waiting: dict[str, int]
+    scheduled: int
+    oldest_waiting_s: float | None
+    running: int = 0
+    """Jobs a worker has taken and not finished (arq keeps them queued until they end)."""
+
+
+class WorkerBeat(msgspec.Struct, frozen=True, kw_only=True):
+    """A worker as its latest heartbeat shows it."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    """Unix time."""
+    last_seen: float
+    jobs_running: int
+    jobs_done: int
+    jobs_failed: int
+    jobs_retried: int
+
+
+def count_waiting(
+    jobs: Iterable[tuple[str, float]], now: float, running: Collection[str] = ()
+) -> QueueDepth:
+    """(job id, due at) pairs as a :class:`QueueDepth`; ``running``: the ids of those a
+    worker is running."""
+    waiting: dict[str, int] = {}
+    scheduled = 0
+    busy = 0
+    oldest: float | None = None
+    for job_id, due in jobs:
+        if job_id in running:
+            busy += 1
+            continue
+        if due > now:
+            scheduled += 1
+            continue
+        kind = job_kind(job_id)
+        waiting[kind] = waiting.get(kind, 0) + 1
+        oldest = due if oldest is None else min(oldest, due)
+    return QueueDepth(
+        waiting=waiting,
+        scheduled=scheduled,
+        oldest_waiting_s=None if oldest is None else round(now - oldest, 3),
+        running=busy,
+    )
+
+
 class JobQueue(abc.ABC):
     """Where work is put. A queue carries ids only: the database says what is to be done.
 
@@ -159,9 +239,16 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     async def _enqueue(
-        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+        self,
+        function: str,
+        job: msgspec.Struct,
+        job_id: str,
+        *,
+        defer_s: float = 0,
+        ahead_s: float = 0,
     ) -> bool:
-        """Queue it unless that id is queued or running; True if queued now."""
+        """Queue it unless that id is queued or running; True if queued now. ``ahead_s``: how
+        far ahead of the others' due times it is taken (its priority, :data:`AHEAD_S`)."""
 
     @abc.abstractmethod
     async def _running(self, job_id: str) -> bool:
@@ -172,11 +259,13 @@ class JobQueue(abc.ABC):
         for job_id, job in jobs:
             await self._enqueue(function, job, job_id)
 
-    async def wake(self, function: str, job: msgspec.Struct, job_id: str) -> bool:
-        if await self._enqueue(function, job, job_id):
+    async def wake(
+        self, function: str, job: msgspec.Struct, job_id: str, *, ahead_s: float = 0
+    ) -> bool:
+        if await self._enqueue(function, job, job_id, ahead_s=ahead_s):
             return True
         if await self._running(job_id):
-            return await self._enqueue(function, job, job_id + AGAIN)
+            return await self._enqueue(function, job, job_id + AGAIN, ahead_s=ahead_s)
         return False
 
     async def enqueue_dispatch(self, message_id: int, *, defer_s: float = 0) -> bool:
@@ -205,9 +294,10 @@ class JobQueue(abc.ABC):
             [(batch_job_id(self.prefix, job[0][1]), DispatchBatchJob(job)) for job in jobs if job],
         )
 
-    async def enqueue_run(self, activity_id: int) -> bool:
+    async def enqueue_run(self, activity_id: int, *, priority: str = "normal") -> bool:
         job_id = run_job_id(self.prefix, activity_id)
-        return await self.wake(RUN_ACTIVITY, RunJob(activity_id), job_id)
+        ahead_s = AHEAD_S.get(priority, 0.0)
+        return await self.wake(RUN_ACTIVITY, RunJob(activity_id), job_id, ahead_s=ahead_s)
 
     async def try_enqueue(
         self, enqueue: Callable[[int], Awaitable[bool]], target: int, **extra: Any
@@ -230,6 +320,14 @@ class JobQueue(abc.ABC):
         return await self.outage.call(
             done, not_now, "work stays stored; recovery re-drives it", **extra
         )
+
+    @abc.abstractmethod
+    async def depth(self) -> QueueDepth:
+        """What waits in the queue now."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerBeat]:
+        """The workers alive (their heartbeat not expired)."""
 
     async def close(self, *, grace_s: float = 10.0) -> None:  # noqa: B027 - optional hook
         """Release resources (letting running work finish for up to ``grace_s``)."""
@@ -254,7 +352,13 @@ class ArqQueue(JobQueue):
         return self._pool
 
     async def _enqueue(
-        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+        self,
+        function: str,
+        job: msgspec.Struct,
+        job_id: str,
+        *,
+        defer_s: float = 0,
+        ahead_s: float = 0,
     ) -> bool:
         enqueued = await self._pool.enqueue_job(
             function,
@@ -263,6 +367,11 @@ class ArqQueue(JobQueue):
             _queue_name=self.queue_name,
             _defer_by=defer_s or None,
         )
+        if enqueued is not None and ahead_s:
+            # arq takes due jobs lowest score first (it has no priority of its own); XX: only
+            # the job just queued (one a worker took meanwhile is not added back).
+            score_ms = (time.time() + defer_s - ahead_s) * 1000
+            await self._pool.zadd(self.queue_name, {job_id: score_ms}, xx=True)
         return enqueued is not None
 
     async def _put(self, function: str, jobs: Sequence[tuple[str, msgspec.Struct]]) -> None:
@@ -283,6 +392,31 @@ class ArqQueue(JobQueue):
         from arq.constants import in_progress_key_prefix
 
         return bool(await self._pool.exists(in_progress_key_prefix + job_id))
+
+    async def depth(self) -> QueueDepth:
+        # arq scores a job by when it is due, in ms. Counted in full: fine for an operator's
+        # look at a queue of some hundred thousand jobs.
+        from arq.constants import in_progress_key_prefix
+
+        scored = await self._pool.zrange(self.queue_name, 0, -1, withscores=True)
+        now = time.time()
+        jobs = [(_text(m), due_at(s / 1000, now)) for m, s in scored]
+        due = [job_id for job_id, at in jobs if at <= now]
+        running: set[str] = set()
+        if due:
+            async with self._pool.pipeline(transaction=False) as pipe:
+                for job_id in due:
+                    pipe.exists(in_progress_key_prefix + job_id)
+                found = await pipe.execute()
+            running = {job_id for job_id, there in zip(due, found, strict=True) if there}
+        return count_waiting(jobs, now, running)
+
+    async def workers(self) -> list[WorkerBeat]:
+        keys = [key async for key in self._pool.scan_iter(match=worker_key(self.prefix, "*"))]
+        if not keys:
+            return []
+        beats = [msgspec.json.decode(v, type=WorkerBeat) for v in await self._pool.mget(keys) if v]
+        return sorted(beats, key=lambda beat: beat.started_at)
 
     async def close(self, *, grace_s: float = 10.0) -> None:
         await self._pool.aclose()

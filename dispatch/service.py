@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from dispatch.activities import RUNNER, ActivityLog, ActivityView
-from dispatch.approvals import ApprovalService, expiry
+from dispatch.approvals import NO_APPROVER, ApprovalService, expiry
 from dispatch.catalog import Catalog
 from dispatch.claims import MESSAGES
 from dispatch.clarify import Clarifier, Pending
 from dispatch.control import NOTICE_ACTION, SYSTEM_AGENT
 from dispatch.errors import RateLimited
+from dispatch.i18n import language_of, say_each, spoken
 from dispatch.intake import Arrival, Intake
 from dispatch.intents import Intent
 from dispatch.interpret import Interpreter
@@ -45,6 +46,7 @@ from dispatch.permissions import may_request
 from dispatch.queue import JobQueue
 from dispatch.routing import ChannelRouting
 from dispatch.store import Accepted, MessageStore
+from dispatch.takeover import TAKEOVER
 from dispatch.throttle import Throttle, ThrottleSettings
 
 __all__ = [
@@ -53,18 +55,23 @@ __all__ = [
     "DispatchFailed",
     "DispatchService",
     "Dispatched",
+    "slow_down",
 ]
 
 log = logging.getLogger("switchboard.dispatch")
 
 StateChange = Literal["keep", "clear"] | tuple[Pending, int]
 """What recording a message does to its conversation's open question (see dispatch.clarify)."""
+_Taken = tuple[Message, User | None, ConversationState | None, int]
+"""A message claimed to be understood, its sender, its conversation's open question, and the
+claim's attempt number."""
 
 
-SLOW_DOWN = (
-    "You're sending messages faster than I can read them; I'll take the next ones in a moment. "
-    "/ Vas demasiado rápido; leeré los siguientes mensajes en un momento."
-)
+def slow_down(language: str | None) -> str:
+    """What a sender over their rate is told: in their language, or both when unknown."""
+    return say_each("slow_down", language)
+
+
 MAX_DISPATCH_ATTEMPTS = 3
 """Interpretations of one message before it ends ``failed``."""
 
@@ -125,6 +132,10 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
     looked_ahead: bool = False
     following: int | None = None
     """If ``looked_ahead``: the conversation's next message awaiting its dispatch."""
+
+
+def _taken_over(state: ConversationState | None) -> bool:
+    return state is not None and state.kind == TAKEOVER and state.expires_at > utcnow()
 
 
 class ClaimLost(Exception):
@@ -212,6 +223,7 @@ class DispatchService:
         """Tell the sender, once per window, that what they send now is not acted on."""
         if not await self._throttle.first_in_window(key, window_s=self._limits.notice_window_s):
             return
+        text = slow_down(spoken(message.text, message.raw))
         async with self._sessions.begin() as session:
             activity_id = await self._answer_sender(
                 session,
@@ -222,9 +234,9 @@ class DispatchService:
                 action_type=NOTICE_ACTION,
                 description="Tell the sender to slow down",
                 status=ActivityStatus.COMPLETED,
-                details={"result": {"text": SLOW_DOWN}},
+                details={"result": {"text": text}},
                 event=("slow_down", {"sender": key}),
-                text=SLOW_DOWN,
+                text=text,
             )
         await self._queue.try_enqueue(self._queue.enqueue_run, activity_id)
 
@@ -285,33 +297,77 @@ class DispatchService:
         ``failed`` with a reply telling the sender. Raises :class:`DispatchFailed` for an
         attempt to retry later.
         """
-        loaded: tuple[Message, User | None, ConversationState | None] | None = None
-        async with self._sessions.begin() as session:
-            # The usual case in one transaction: it is this message's turn and no one holds it.
-            attempt = await session.scalar(
-                MESSAGES.claim(message_id, lease_s=lease_s).where(~_EARLIER),
-                {"turn_of": message_id},
+        try:
+            taken = await self._dispatch_at_once(
+                message_id, lease_s=lease_s, claim=claim, look_ahead=look_ahead
             )
-            if attempt is not None:
-                claimed = await session.get(Message, message_id)
-                assert claimed is not None
-                user = await session.get(User, claimed.user_id) if claimed.user_id else None
-                loaded = claimed, user, await self._state(session, claimed)
-        if loaded is not None:
+        except Exception:
+            # Tried again step by step, where a failing attempt is counted and given back.
+            log.warning(
+                "dispatch in one transaction failed",
+                exc_info=True,
+                extra={"message_id": message_id},
+            )
+            taken = await self._claim_message(message_id, lease_s=lease_s)
+        if isinstance(taken, tuple):
             return await self._dispatch_claimed(
-                *loaded,
-                attempt=int(attempt),
+                *taken, lease_s=lease_s if claim else None, look_ahead=look_ahead
+            )
+        return taken
+
+    async def _dispatch_at_once(
+        self, message_id: int, *, lease_s: float, claim: bool, look_ahead: bool
+    ) -> Dispatched | _Taken | None:
+        """The usual message in one transaction: claimed (its turn, no one holds it), loaded,
+        understood by the rules and recorded, or found not to be dispatched now. One the LLM
+        is to read comes back claimed (committed) to be understood outside any transaction;
+        None: no such message."""
+        async with self._sessions.begin() as session:
+            taken = await self._take(session, message_id, lease_s=lease_s)
+            if not isinstance(taken, tuple):
+                return taken
+            message, user, state, attempt = taken
+            if _taken_over(state) and (
+                held := await self._held(session, message, attempt, look_ahead=look_ahead)
+            ):
+                return held
+            started = time.perf_counter()
+            understood = await self._understand(message, user, state, llm=False)
+            if understood is None:
+                return taken
+            parse_us = round((time.perf_counter() - started) * 1e6, 1)
+            return await self._record_in(
+                session,
+                message,
+                user,
+                understood,
+                parse_us=parse_us,
+                attempt=attempt,
                 lease_s=lease_s if claim else None,
                 look_ahead=look_ahead,
             )
-        async with self._sessions() as session:
-            message = await session.get(Message, message_id)
-            if message is None:
-                log.warning("dispatch of unknown message", extra={"message_id": message_id})
-                return None
-            existing = await self._activity_of(session, message_id)
-        not_now = await self._not_now(message, existing)
-        return not_now or Dispatched(outcome="busy", conversation_id=message.conversation_id)
+
+    async def _claim_message(
+        self, message_id: int, *, lease_s: float
+    ) -> _Taken | Dispatched | None:
+        async with self._sessions.begin() as session:
+            return await self._take(session, message_id, lease_s=lease_s)
+
+    async def _take(
+        self, session: AsyncSession, message_id: int, *, lease_s: float
+    ) -> _Taken | Dispatched | None:
+        """Claim the message if it is its turn and no one holds it, and load what
+        understanding it needs (sender, the conversation's open question); or why it is not
+        to be dispatched now (None: no such message)."""
+        attempt = await session.scalar(
+            MESSAGES.claim(message_id, lease_s=lease_s).where(~_EARLIER), {"turn_of": message_id}
+        )
+        if attempt is None:
+            return await self._not_now(session, message_id)
+        message = await session.get(Message, message_id)
+        assert message is not None
+        user = await session.get(User, message.user_id) if message.user_id else None
+        return message, user, await self._state(session, message), int(attempt)
 
     async def _answer_sender(
         self,
@@ -357,10 +413,53 @@ class DispatchService:
         )
         return activity.id
 
-    async def _not_now(
-        self, message: Message, existing: tuple[int, str] | None
+    async def _held(
+        self, session: AsyncSession, message: Message, attempt: int, *, look_ahead: bool
     ) -> Dispatched | None:
-        """Why this message is not to be interpreted now, if it is not."""
+        """If a person has the conversation now (its state read under its lock, so a takeover
+        or hand-back committing at this moment is waited for): the message kept for them
+        (``human``), an event on the takeover; the bot does nothing with it. None: the bot
+        goes on."""
+        state = await session.get(
+            ConversationState, message.conversation_id, with_for_update=True, populate_existing=True
+        )
+        if state is None or not _taken_over(state):
+            return None
+        held = await session.execute(
+            MESSAGES.update_held(
+                message.id, attempt, state=MessageState.HUMAN.value, claimed_until=None
+            )
+        )
+        if held.rowcount != 1:  # type: ignore[attr-defined]
+            return Dispatched(outcome="busy", conversation_id=message.conversation_id)
+        if state.question_activity_id is not None:
+            self._activities.add_event(
+                session,
+                state.question_activity_id,
+                "user_message",
+                actor=f"user:{message.user_id}" if message.user_id else "system",
+                data={"message_id": message.id, "text": message.text[:2000]},
+            )
+        following = None
+        if look_ahead:
+            following = await MessageStore.next_undispatched_in(
+                session, message.conversation_id, after_id=message.id
+            )
+        return Dispatched(
+            outcome="held",
+            conversation_id=message.conversation_id,
+            looked_ahead=look_ahead,
+            following=following,
+        )
+
+    async def _not_now(self, session: AsyncSession, message_id: int) -> Dispatched | None:
+        """Why a message that could not be claimed is not to be interpreted now (None: there
+        is no such message)."""
+        message = await session.get(Message, message_id)
+        if message is None:
+            log.warning("dispatch of unknown message", extra={"message_id": message_id})
+            return None
+        existing = await self._activity_of(session, message_id)
         if existing is not None:
             activity_id, status = existing
             return Dispatched(
@@ -371,30 +470,35 @@ class DispatchService:
             )
         if message.state not in UNDISPATCHED:
             return Dispatched(outcome=str(message.state), conversation_id=message.conversation_id)
-        if await self._store.earlier_undispatched(message):
+        if await MessageStore.earlier_undispatched_in(session, message):
             # Understood in the light of the ones before it (an open question): they go first.
             return Dispatched(outcome="waiting", conversation_id=message.conversation_id)
-        return None
+        return Dispatched(outcome="busy", conversation_id=message.conversation_id)
 
     async def _dispatch_claimed(
         self,
         message: Message,
         user: User | None,
         state: ConversationState | None,
-        *,
         attempt: int,
+        *,
         lease_s: float | None,
         look_ahead: bool,
     ) -> Dispatched:
+        if _taken_over(state):
+            async with self._sessions.begin() as session:
+                held = await self._held(session, message, attempt, look_ahead=look_ahead)
+            if held is not None:
+                return held
         try:
             started = time.perf_counter()
-            intent, change = await self._understand(message, user, state)
+            understood = await self._understand(message, user, state)
+            assert understood is not None  # the LLM asked where the rules did not settle it
             parse_us = round((time.perf_counter() - started) * 1e6, 1)
             return await self._record(
                 message,
-                intent,
-                parse_us,
-                change,
+                understood,
+                parse_us=parse_us,
                 attempt=attempt,
                 lease_s=lease_s,
                 look_ahead=look_ahead,
@@ -453,16 +557,31 @@ class DispatchService:
         return await session.get(ConversationState, message.conversation_id)
 
     async def _understand(
-        self, message: Message, user: User | None, state: ConversationState | None
-    ) -> tuple[Intent, StateChange]:
-        """Rules, then the LLM; or the answer to the question the conversation has open."""
+        self,
+        message: Message,
+        user: User | None,
+        state: ConversationState | None,
+        *,
+        llm: bool = True,
+    ) -> tuple[Intent, StateChange] | None:
+        """Rules, then the LLM; or the answer to the question the conversation has open.
+        Without ``llm``: None where the LLM would be asked."""
         resolution = None
-        if state is not None and state.expires_at > utcnow():
+        if state is not None and state.kind != TAKEOVER and state.expires_at > utcnow():
             pending = msgspec.convert(state.data, Pending)
             parsed = self._interpreter.rules(message.text)
             resolution = self._clarifier.resume(pending, state.attempts, message.text, parsed)
         intent = resolution.intent if resolution is not None else None
+        if resolution is not None and intent is not None:
+            if resolution.state == "keep":
+                return intent, "keep"
+            if isinstance(resolution.state, Pending):
+                return intent, (resolution.state, resolution.attempts)  # asked again
         if intent is None:
+            intent = self._interpreter.decided(message.text)
+        if intent is None:
+            if not llm:
+                return None
 
             async def history() -> list[tuple[str, str]]:
                 return await self._store.history(
@@ -475,10 +594,6 @@ class DispatchService:
                 active=user.active if user else True,
                 history=history,
             )
-        elif resolution is not None and resolution.state == "keep":
-            return intent, "keep"
-        elif resolution is not None and isinstance(resolution.state, Pending):
-            return intent, (resolution.state, resolution.attempts)  # asked again
         intent, pending_now = self._clarifier.settle(intent)
         if pending_now is not None:
             return intent, (pending_now, 0)
@@ -490,6 +605,8 @@ class DispatchService:
         if change == "keep":
             return
         state = await session.get(ConversationState, conversation_id)
+        if _taken_over(state):
+            return  # a person took the conversation over meanwhile: their state stays
         if change == "clear":
             if state is not None:
                 await session.delete(state)
@@ -519,154 +636,182 @@ class DispatchService:
     async def _record(
         self,
         message: Message,
-        intent: Intent,
-        parse_us: float,
-        change: StateChange,
+        understood: tuple[Intent, StateChange],
         *,
+        parse_us: float,
         attempt: int,
         lease_s: float | None = None,
         look_ahead: bool = False,
     ) -> Dispatched:
+        """Record the message's activity in a transaction of its own (the sender read again:
+        the LLM may have taken its time)."""
+        async with self._sessions.begin() as session:
+            # Taken over while the LLM read it: the person has it now.
+            if held := await self._held(session, message, attempt, look_ahead=look_ahead):
+                return held
+            user = await session.get(User, message.user_id) if message.user_id else None
+            return await self._record_in(
+                session,
+                message,
+                user,
+                understood,
+                parse_us=parse_us,
+                attempt=attempt,
+                lease_s=lease_s,
+                look_ahead=look_ahead,
+            )
+
+    async def _record_in(
+        self,
+        session: AsyncSession,
+        message: Message,
+        user: User | None,
+        understood: tuple[Intent, StateChange],
+        *,
+        parse_us: float,
+        attempt: int,
+        lease_s: float | None,
+        look_ahead: bool,
+    ) -> Dispatched:
         """Record the message's activity (fenced by its claim); with ``lease_s``, claim it to
         run at once if nothing earlier holds it back (:meth:`ActivityLog.blocking`)."""
+        intent, change = understood
         action = self._catalog.action(intent.agent, intent.action_type)
-        async with self._sessions.begin() as session:
-            # Fenced: only the attempt holding the message's claim records its activity.
-            claimed = await session.execute(
-                MESSAGES.update_held(
-                    message.id, attempt, state=MessageState.DISPATCHED.value, claimed_until=None
-                )
+        # Fenced: only the attempt holding the message's claim records its activity.
+        claimed = await session.execute(
+            MESSAGES.update_held(
+                message.id, attempt, state=MessageState.DISPATCHED.value, claimed_until=None
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                raise ClaimLost(message.id)
-            user = await session.get(User, message.user_id) if message.user_id else None
-            role = user.role if user else None
-            allowed = action is not None and may_request(
-                role, user.active if user else True, action
-            )
-            provenance: dict[str, Any] = {
-                **intent.provenance,
-                "matched": intent.matched,
-                "parse_us": parse_us,
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise ClaimLost(message.id)
+        role = user.role if user else None
+        allowed = action is not None and may_request(role, user.active if user else True, action)
+        earlier = (intent.provenance.get("original") or {}).get("language")
+        chosen = user.language if user is not None else None
+        language = chosen or spoken(message.text, message.raw, earlier)
+        if language is not None and isinstance(change, tuple):
+            # A question asked back: its answer ("12") is read in the asker's language.
+            pending, attempts = change
+            kept = {**pending.provenance, "language": language}
+            change = (msgspec.structs.replace(pending, provenance=kept), attempts)
+        provenance: dict[str, Any] = {
+            **intent.provenance,
+            "matched": intent.matched,
+            "parse_us": parse_us,
+            "language": language,
+        }
+        details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
+        status = ActivityStatus.QUEUED if allowed else ActivityStatus.FAILED
+        if not allowed:
+            details["error"] = {
+                "reason": "forbidden",
+                "message": f"you may not run {intent.agent}.{intent.action_type}",
             }
-            details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
-            status = ActivityStatus.QUEUED if allowed else ActivityStatus.FAILED
-            if not allowed:
-                details["error"] = {
-                    "reason": "forbidden",
-                    "message": f"you may not run {intent.agent}.{intent.action_type}",
-                }
-            approval = action.approval if allowed and action is not None else None
-            if approval is not None:
-                status = ActivityStatus.AWAITING_APPROVAL
-            run_here = (
-                lease_s is not None
-                and action is not None
-                and status == ActivityStatus.QUEUED
-                and (
-                    action.overtakes
-                    or await ActivityLog.blocking(session, message.conversation_id, message.id)
-                    is None
-                )
+        approval = action.approval if allowed and action is not None else None
+        if approval is not None:
+            status = ActivityStatus.AWAITING_APPROVAL
+        run_here = (
+            lease_s is not None
+            and action is not None
+            and status == ActivityStatus.QUEUED
+            and (
+                action.overtakes
+                or await ActivityLog.blocking(session, message.conversation_id, message.id) is None
             )
-            now = utcnow()
-            activity = Activity(
-                agent_name=intent.agent,
-                action_type=intent.action_type,
-                action_description=action.description if action else "",
-                details=details,
-                status=ActivityStatus.IN_PROGRESS.value if run_here else status.value,
-                attempts=1 if run_here else 0,
-                started_at=now if run_here else None,
-                lease_expires_at=now + dt.timedelta(seconds=lease_s or 0) if run_here else None,
-                actor_user_id=message.user_id,
-                source_message_id=message.id,
-                source_channel=message.channel,
-                conversation_id=message.conversation_id,
-                order_key=message.id,
-                priority=(action.priority if action else "normal"),
-                completed_at=None if allowed else message.received_at,
-                expires_at=expiry(approval) if approval is not None else None,
-            )
-            session.add(activity)
-            await session.flush()
+        )
+        now = utcnow()
+        activity = Activity(
+            agent_name=intent.agent,
+            action_type=intent.action_type,
+            action_description=action.description if action else "",
+            details=details,
+            status=ActivityStatus.IN_PROGRESS.value if run_here else status.value,
+            attempts=1 if run_here else 0,
+            started_at=now if run_here else None,
+            lease_expires_at=now + dt.timedelta(seconds=lease_s or 0) if run_here else None,
+            actor_user_id=message.user_id,
+            source_message_id=message.id,
+            source_channel=message.channel,
+            conversation_id=message.conversation_id,
+            order_key=message.id,
+            priority=(action.priority if action else "normal"),
+            completed_at=None if allowed else message.received_at,
+            expires_at=expiry(approval) if approval is not None else None,
+        )
+        session.add(activity)
+        await session.flush()
+        self._activities.add_event(
+            session,
+            activity.id,
+            "created",
+            status=status.value,
+            actor=f"user:{message.user_id}" if message.user_id else "system",
+            data={"payload": intent.payload, "provenance": provenance},
+        )
+        if run_here:
             self._activities.add_event(
                 session,
                 activity.id,
-                "created",
+                "started",
+                status=ActivityStatus.IN_PROGRESS.value,
+                data={"attempt": 1, "runner": RUNNER},
+            )
+        if approval is not None and action is not None:
+            asked = await self._approvals.request(session, activity, action, user)
+            if not asked:
+                status = ActivityStatus.FAILED
+                details = {**details, "error": NO_APPROVER}
+                activity.status = status.value
+                activity.details = details
+                activity.completed_at = utcnow()
+        if status == ActivityStatus.FAILED:
+            self._activities.add_event(
+                session,
+                activity.id,
+                "denied" if not allowed else "failed",
                 status=status.value,
-                actor=f"user:{message.user_id}" if message.user_id else "system",
-                data={"payload": intent.payload, "provenance": provenance},
+                data=details["error"],
             )
-            if run_here:
-                self._activities.add_event(
-                    session,
-                    activity.id,
-                    "started",
-                    status=ActivityStatus.IN_PROGRESS.value,
-                    data={"attempt": 1, "runner": RUNNER},
-                )
-            if approval is not None and action is not None:
-                asked = await self._approvals.request(session, activity, action, user)
-                if not asked:
-                    status = ActivityStatus.FAILED
-                    details = {
-                        **details,
-                        "error": {
-                            "reason": "no_approver",
-                            "message": "no one who may approve this request can be reached",
-                        },
-                    }
-                    activity.status = status.value
-                    activity.details = details
-                    activity.completed_at = utcnow()
-            if status == ActivityStatus.FAILED:
-                self._activities.add_event(
-                    session,
-                    activity.id,
-                    "denied" if not allowed else "failed",
-                    status=status.value,
-                    data=details["error"],
-                )
-                text = reply_text(activity.id, status.value, details)
-                await add_reply(
-                    session,
-                    activity_id=activity.id,
-                    conversation_id=message.conversation_id,
-                    channel=message.channel,
-                    parts=self._routing.split(message.channel, text) if text else [],
-                )
-            await self._change_state(session, message.conversation_id, change, activity.id)
-            log.info(
-                "activity recorded",
-                extra={
-                    "activity_id": activity.id,
-                    "message_id": message.id,
-                    "agent": intent.agent,
-                    "action_type": intent.action_type,
-                    "status": status.value,
-                },
-            )
-            following = (
-                await MessageStore.next_undispatched_in(
-                    session, message.conversation_id, after_id=message.id
-                )
-                if look_ahead
-                else None
-            )
-            return Dispatched(
+            text = reply_text(activity.id, status.value, details, language_of(details))
+            await add_reply(
+                session,
                 activity_id=activity.id,
-                status=activity.status,
-                created=True,
                 conversation_id=message.conversation_id,
-                running=Claimed(
-                    activity=ActivityView.of(activity),
-                    attempt=1,
-                    role=role,
-                    active=user.active if user else True,
-                )
-                if run_here
-                else None,
-                looked_ahead=look_ahead,
-                following=following,
+                channel=message.channel,
+                parts=self._routing.split(message.channel, text) if text else [],
             )
+        await self._change_state(session, message.conversation_id, change, activity.id)
+        log.info(
+            "activity recorded",
+            extra={
+                "activity_id": activity.id,
+                "message_id": message.id,
+                "agent": intent.agent,
+                "action_type": intent.action_type,
+                "status": status.value,
+            },
+        )
+        following = (
+            await MessageStore.next_undispatched_in(
+                session, message.conversation_id, after_id=message.id
+            )
+            if look_ahead
+            else None
+        )
+        return Dispatched(
+            activity_id=activity.id,
+            status=activity.status,
+            created=True,
+            conversation_id=message.conversation_id,
+            running=Claimed(
+                activity=ActivityView.of(activity),
+                attempt=1,
+                role=role,
+                active=user.active if user else True,
+            )
+            if run_here
+            else None,
+            looked_ahead=look_ahead,
+            following=following,
+        )

@@ -21,7 +21,10 @@ __all__ = [
     "FieldSpec",
     "FieldType",
     "HttpCallSpec",
+    "LocalizedSpec",
     "RuleSpec",
+    "StepSpec",
+    "WorkflowSpec",
 ]
 
 FieldType = Literal[
@@ -68,6 +71,14 @@ class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
 
 
+class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action's words in another language (``[agents.x.actions.y.localized.es]``)."""
+
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    button: str | None = None
+
+
 class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str
     handler: str
@@ -77,6 +88,27 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     priority: Priority = Priority.NORMAL
     payload: dict[str, FieldSpec] = {}
     examples: tuple[str, ...] = ()
+    button: str | None = None
+    """What a help menu's button for it sends (default: its first example). For an action that
+    needs a detail, its bare words: the gateway then asks for what is missing."""
+    localized: dict[str, LocalizedSpec] = {}
+    """Per language (``es``): its description, examples and button there."""
+    reply: str | None = None
+    """For the ``ledger`` handler: the answer, filled from the payload's fields and
+    ``{number}`` (``"Invoice INV-{number:04d} for {client}: {amount}"``)."""
+
+    def words(self, language: str | None) -> tuple[str, tuple[str, ...], str | None]:
+        """(description, examples, button) in ``language``, falling back to the defaults."""
+        local = self.localized.get(language or "")
+        if local is None:
+            return self.description, self.examples, self.button
+        examples = local.examples or self.examples
+        return (
+            local.description or self.description,
+            examples,
+            local.button or (local.examples[0] if local.examples else self.button),
+        )
+
     http: HttpCallSpec | None = None
     templates: dict[str, dict[str, Any]] = {}
     """Per channel name, a provider-approved template sent instead of a free-form reply the
@@ -117,8 +149,44 @@ class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action: str
 
 
+class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a workflow: an action of the catalog, run once its dependencies completed.
+
+    ``payload`` values may be templates: ``"{{ input.customer }}"`` (a whole value keeps its
+    type) or ``"Invoice for {{ input.customer }}: {{ steps.quote.result.text }}"`` (text), from
+    the run's input and the results of the steps it depends on (directly or not)."""
+
+    id: str
+    agent: str
+    action: str
+    payload: dict[str, Any] = {}
+    depends_on: tuple[str, ...] = ()
+    priority: Priority | None = None
+    """Default: the action's own."""
+    on_failure: Literal["stop", "continue"] = "stop"
+    """``stop``: its dependents are skipped and the run fails; ``continue``: they run anyway
+    (a reference to its result then fails them) and its failure does not fail the run."""
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Steps with dependencies, started by name over the API or from chat (it is also the
+    action ``workflows.<name>``, whose payload is ``input``: rules, the LLM, permissions,
+    approval and clarifying questions apply to starting it as to any action)."""
+
+    description: str
+    steps: tuple[StepSpec, ...] = ()
+    input: dict[str, FieldSpec] = {}
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    localized: dict[str, LocalizedSpec] = {}
+    approval: ApprovalSpec | None = None
+    """Set: starting a run waits for approval (its steps' own policies apply too)."""
+
+
 class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec]
     fallback: FallbackSpec
     rules: tuple[RuleSpec, ...] = ()
+    workflows: dict[str, WorkflowSpec] = {}
     version: int = 1

@@ -21,6 +21,7 @@ from dispatch.messages import Choice, InboundMessage, Media, StatusReport
 from dispatch.models import (
     UNDISPATCHED,
     Activity,
+    ActivityStatus,
     Conversation,
     Delivery,
     Direction,
@@ -30,7 +31,7 @@ from dispatch.models import (
     UserIdentity,
     utcnow,
 )
-from dispatch.outbox import add_reply
+from dispatch.outbox import Outbox, add_reply, pending_of, read_outbox
 from dispatch.sql import insert_or_get
 
 __all__ = ["Accepted", "MessageStore", "MessageView", "storable"]
@@ -92,6 +93,35 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     """Its conversation owed too many messages already: kept, not to be acted on."""
     over_rate: bool = False
     """Its sender sent too fast: kept, not to be acted on."""
+
+
+class Backlog(msgspec.Struct, frozen=True, kw_only=True):
+    """What the database says is still to be done (the record, whatever the queue holds)."""
+
+    messages_awaiting_dispatch: int
+    activities_queued: int
+
+
+class ConversationView(msgspec.Struct, frozen=True, kw_only=True):
+    """A conversation as the API shows it: where replies go (``channel``, ``key``)."""
+
+    id: int
+    channel: str
+    key: str
+    user_id: int | None
+    created_at: dt.datetime
+    last_inbound_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: Conversation) -> ConversationView:
+        return cls(
+            id=row.id,
+            channel=row.channel,
+            key=row.key,
+            user_id=row.user_id,
+            created_at=row.created_at,
+            last_inbound_at=row.last_inbound_at,
+        )
 
 
 class MessageView(msgspec.Struct, frozen=True, kw_only=True):
@@ -308,6 +338,37 @@ class MessageStore:
         async with self._sessions() as session:
             return await session.get(Conversation, conversation_id)
 
+    async def conversations(
+        self, *, channel: str | None, user_id: int | None, before_id: int | None, limit: int
+    ) -> list[ConversationView]:
+        """Conversations, newest first, older than ``before_id``, of a channel or a user."""
+        query = select(Conversation).order_by(Conversation.id.desc()).limit(limit)
+        if channel is not None:
+            query = query.where(Conversation.channel == channel)
+        if user_id is not None:
+            query = query.where(Conversation.user_id == user_id)
+        if before_id is not None:
+            query = query.where(Conversation.id < before_id)
+        async with self._sessions() as session:
+            return [ConversationView.of(row) for row in await session.scalars(query)]
+
+    async def backlog(self) -> Backlog:
+        async with self._sessions() as session:
+            messages = await session.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(
+                    Message.direction == Direction.INBOUND.value,
+                    Message.state.in_([s.value for s in UNDISPATCHED]),
+                )
+            )
+            activities = await session.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(Activity.status == ActivityStatus.QUEUED.value)
+            )
+        return Backlog(messages_awaiting_dispatch=messages or 0, activities_queued=activities or 0)
+
     async def conversation_by_key(self, channel: str, key: str) -> Conversation | None:
         async with self._sessions() as session:
             found: Conversation | None = await session.scalar(
@@ -359,49 +420,13 @@ class MessageStore:
 
     async def pending_replies(self, activity_id: int) -> list[Message]:
         async with self._sessions() as session:
-            rows = await session.execute(
-                select(Message)
-                .where(
-                    Message.activity_id == activity_id,
-                    Message.delivery == Delivery.PENDING.value,
-                )
-                .order_by(Message.part)
-            )
-            return list(rows.scalars())
+            return list(await session.scalars(pending_of(activity_id)))
 
-    async def outbox(
-        self, activity_id: int, source_message_id: int | None
-    ) -> tuple[list[Message], dict[int, Conversation], str | None]:
-        """An activity's replies still to send, in order, with the conversations they go to
-        (mostly the requester's; approval requests go to approvers') and the external id of
-        the message they answer: one read."""
+    async def outbox(self, activity_id: int, source_message_id: int | None) -> Outbox:
+        """An activity's replies still to send (see :class:`~dispatch.outbox.Outbox`)."""
         async with self._sessions() as session:
-            pending = list(
-                (
-                    await session.execute(
-                        select(Message)
-                        .where(
-                            Message.activity_id == activity_id,
-                            Message.delivery == Delivery.PENDING.value,
-                        )
-                        .order_by(Message.part)
-                    )
-                ).scalars()
-            )
-            if not pending:
-                return [], {}, None
-            rows = await session.execute(
-                select(Conversation).where(
-                    Conversation.id.in_(sorted({row.conversation_id for row in pending}))
-                )
-            )
-            conversations = {c.id: c for c in rows.scalars()}
-            in_reply_to = None
-            if source_message_id is not None:
-                in_reply_to = await session.scalar(
-                    select(Message.external_id).where(Message.id == source_message_id)
-                )
-            return pending, conversations, in_reply_to
+            pending = await session.scalars(pending_of(activity_id))
+            return await read_outbox(session, list(pending), source_message_id)
 
     # -- dispatch claims ------------------------------------------------------------------
 
@@ -423,23 +448,21 @@ class MessageStore:
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
-    async def earlier_undispatched(self, message: Message) -> bool:
+    @staticmethod
+    async def earlier_undispatched_in(session: AsyncSession, message: Message) -> bool:
         """Whether an earlier message of the conversation still awaits its dispatch."""
-        async with self._sessions() as session:
-            return bool(
-                (
-                    await session.execute(
-                        select(
-                            exists().where(
-                                Message.conversation_id == message.conversation_id,
-                                Message.direction == Direction.INBOUND.value,
-                                Message.state.in_([s.value for s in UNDISPATCHED]),
-                                Message.id < message.id,
-                            )
-                        )
+        return bool(
+            await session.scalar(
+                select(
+                    exists().where(
+                        Message.conversation_id == message.conversation_id,
+                        Message.direction == Direction.INBOUND.value,
+                        Message.state.in_([s.value for s in UNDISPATCHED]),
+                        Message.id < message.id,
                     )
-                ).scalar_one()
+                )
             )
+        )
 
     async def next_undispatched(self, conversation_id: int, *, after_id: int) -> int | None:
         """The next message of the conversation awaiting its dispatch, if any."""
@@ -504,6 +527,17 @@ class MessageStore:
                 .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
             )
             return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def release_replies(self, message_ids: list[int]) -> None:
+        """sending → pending: replies reserved to be sent that were never handed to their
+        channel (the sender was stopped first), for a later delivery to send."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids), Message.delivery == Delivery.SENDING.value)
+                .values(delivery=Delivery.PENDING.value, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
 
     async def update_delivery(
         self,

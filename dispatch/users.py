@@ -7,14 +7,18 @@ moving an address a guest already used over to the named user.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
+import argon2
 import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.errors import InvalidInput, NotFoundError
+from dispatch.i18n import LANGUAGES
 from dispatch.models import Conversation, Role, User, UserIdentity
 
 __all__ = ["IdentityKind", "IdentityView", "UserDirectory", "UserView"]
@@ -69,6 +73,17 @@ def _role(role: str) -> str:
         raise InvalidInput(
             f"unknown role {role!r}; one of: {', '.join(r.value for r in Role)}"
         ) from None
+
+
+MIN_PASSWORD_CHARS = 8
+_HASHER = argon2.PasswordHasher()
+_HASHING = asyncio.Semaphore(2)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when a name has no password: the same work, so timing tells nothing."""
+    return _HASHER.hash("not anyone's password")
 
 
 class UserDirectory:
@@ -148,12 +163,61 @@ class UserDirectory:
             await session.flush()
             return await self._view(session, user), previous
 
+    async def set_password(self, ref: str, password: str) -> UserView:
+        """Give ``ref`` a password for the portal (argon2id; only its hash is kept)."""
+        if len(password) < MIN_PASSWORD_CHARS:
+            raise InvalidInput(
+                f"a password has at least {MIN_PASSWORD_CHARS} characters",
+                extra={"field": "password"},
+            )
+        async with _HASHING:
+            hashed = await asyncio.to_thread(_HASHER.hash, password)
+        async with self._sessions.begin() as session:
+            user = await self._find(session, ref)
+            user.password_hash = hashed
+            return await self._view(session, user)
+
+    async def set_language(self, ref: str, language: str | None) -> UserView:
+        """Speak to ``ref`` in ``language`` whatever they write (None: from what they write)."""
+        if language is not None and language not in LANGUAGES:
+            raise InvalidInput(
+                f"language: one of {', '.join(LANGUAGES)} (or auto)", extra={"field": "language"}
+            )
+        async with self._sessions.begin() as session:
+            user = await self._find(session, ref)
+            user.language = language
+            return await self._view(session, user)
+
+    async def check_password(self, name: str, password: str) -> UserView | None:
+        """The active user ``name`` if ``password`` is theirs, else None (the same work is done
+        for a name nobody has, so timing tells nothing)."""
+        async with self._sessions() as session:
+            # Only a user with a password can log in (a guest may have taken the same name).
+            user = await session.scalar(
+                select(User)
+                .where(User.name == name.strip(), User.password_hash.is_not(None))
+                .order_by(User.id)
+            )
+            stored = user.password_hash if user is not None else None
+            try:
+                # Off the event loop (64 MiB, ~0.1 s each), two at a time at most.
+                async with _HASHING:
+                    await asyncio.to_thread(_HASHER.verify, stored or _dummy_hash(), password)
+            except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+                return None
+            if user is None or stored is None or not user.active:
+                return None
+            return await self._view(session, user)
+
     async def _find(self, session: AsyncSession, ref: str) -> User:
-        user = (
-            await session.get(User, int(ref))
-            if ref.isdigit()
-            else await session.scalar(select(User).where(User.name == ref).order_by(User.id))
-        )
+        if ref.isdigit():
+            user = await session.get(User, int(ref))
+        else:
+            named = list(await session.scalars(select(User).where(User.name == ref).limit(2)))
+            if len(named) > 1:
+                # Names are not unique (a web visitor names themselves): never guess.
+                raise InvalidInput(f"several users are named {ref!r}; give the id (users list)")
+            user = named[0] if named else None
         if user is None:
             raise NotFoundError(f"no user {ref!r}")
         return user

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, get
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 
 from dispatch.logs import configure_logging
 from gateway.auth import TokenStore
 from gateway.dependencies import PROVIDERS
 from gateway.exceptions import exception_to_http_response
+from gateway.openapi import actions_document, operation_id, refine
+from gateway.portal import LoginThrottle, PortalSessions
+from gateway.routes.actions import ActionsController
 from gateway.routes.admin import AdminController
 from gateway.routes.approvals import ApprovalsController
-from gateway.routes.chat import chat_socket, index
+from gateway.routes.chat import chat_socket, index, widget
+from gateway.routes.events import events_socket
 from gateway.routes.health import health
 from gateway.routes.messages import MessagesController
 from gateway.routes.metrics import metrics
+from gateway.routes.operations import OperationsController
+from gateway.routes.portal import PortalController
+from gateway.routes.takeover import TakeoverController
 from gateway.routes.webhooks import webhook_get, webhook_post
+from gateway.routes.workflows import WorkflowsController
 from gateway.settings import Settings, get_settings
 from migrations import prepare
 from workers.compose import open_runtime
 
 __all__ = ["create_app"]
+
+DOCS_ASSETS = "/schema/assets"
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -39,15 +53,30 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.runtime = runtime
             app.state.settings = settings
             app.state.tokens = TokenStore(runtime.sessions, settings.http.admin_token)
+            app.state.portal = PortalSessions(runtime.secret)
+            app.state.login_throttle = LoginThrottle()
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             index,
+            widget,
+            actions_schema,
+            create_static_files_router(
+                path=DOCS_ASSETS,
+                directories=[resources.files("gateway") / "static" / "swagger-ui"],  # type: ignore[list-item]
+                include_in_schema=False,
+            ),
             health,
             metrics,
             chat_socket,
+            events_socket,
             MessagesController,
+            ActionsController,
+            WorkflowsController,
+            PortalController,
+            TakeoverController,
+            OperationsController,
             ApprovalsController,
             AdminController,
             webhook_post,
@@ -71,7 +100,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     )
                 }
             ),
-            security=[{"bearer": []}],
+            use_handler_docstrings=True,
+            operation_id_creator=operation_id,
+            # Served from the package: the docs work offline, nothing loads from a CDN.
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    path=["/", "/swagger"],
+                    js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                    css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                    standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                    favicon="<link rel='icon' href='data:,'>",
+                )
+            ],
         ),
         debug=False,
     )
+    refine(app, public_url=settings.core.public_url)
+    return app
+
+
+@get("/schema/actions.json", include_in_schema=False, sync_to_thread=False)
+def actions_schema(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI document to import as a ChatGPT Action (see :mod:`gateway.openapi`)."""
+    document: dict[str, Any] = actions_document(request.app)
+    return document

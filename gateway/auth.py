@@ -20,14 +20,16 @@ from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
-from dispatch.models import ApiToken, User, utcnow
+from dispatch.models import ApiToken, Role, User, utcnow
+from gateway.portal import COOKIE, CSRF_HEADER, PortalSessions
 
-__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "require"]
+__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "person_of", "require"]
 
 NAME_CHARS = 200
 TOKEN_PREFIX = "sb_"  # noqa: S105 - a prefix that makes leaked tokens greppable, not a secret
@@ -49,6 +51,14 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     token_id: int | None
     role: ApiRole
     user_id: int | None
+
+    @property
+    def actor(self) -> str:
+        """Who did it, as activity events name actors: the token's user, else the token (the
+        deployment's admin token has no row)."""
+        if self.user_id is not None:
+            return f"user:{self.user_id}"
+        return f"token:{self.token_id}" if self.token_id is not None else "token:admin"
 
 
 class TokenView(msgspec.Struct, frozen=True, kw_only=True):
@@ -117,6 +127,15 @@ class TokenStore:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def of_user(self, user_id: int) -> Caller | None:
+        """A portal session's caller: its user, if still active and allowed in."""
+        async with self._sessions() as session:
+            user = await session.get(User, user_id)
+        if user is None or not user.active:
+            return None
+        role = _PORTAL_API_ROLES.get(user.role)
+        return None if role is None else Caller(token_id=None, role=role, user_id=user.id)
+
     async def identify(self, token: str) -> Caller | None:
         digest = _hash(token)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
@@ -134,27 +153,80 @@ class TokenStore:
             return Caller(token_id=row.id, role=ApiRole(row.role), user_id=row.user_id)
 
 
+_PORTAL_API_ROLES = {
+    Role.ADMIN.value: ApiRole.ADMIN,
+    Role.SUPERVISOR.value: ApiRole.OPERATOR,
+    Role.OPERATOR.value: ApiRole.OPERATOR,
+}
+"""What a portal user may call, by their role (guests and agents have no portal)."""
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _from_portal(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller | None:
+    """The caller of a portal session cookie; a change needs its CSRF token too."""
+    sessions: PortalSessions | None = getattr(connection.app.state, "portal", None)
+    cookie = connection.cookies.get(COOKIE)
+    if sessions is None or not cookie or connection.scope["type"] != ScopeType.HTTP:
+        return None  # a WebSocket cannot carry the CSRF header: the cookie is no login there
+    session = sessions.read(cookie)
+    if session is None:
+        raise UnauthorizedError("the portal session ended; log in again")
+    method = connection.scope.get("method")
+    changes = method is not None and method not in _SAFE_METHODS
+    if changes and not sessions.csrf_matches(cookie, connection.headers.get(CSRF_HEADER)):
+        raise ForbiddenError("a change from the portal needs its X-CSRF-Token header")
+    tokens: TokenStore = connection.app.state.tokens
+    caller = await tokens.of_user(session.user_id)
+    if caller is None:
+        raise UnauthorizedError("this user may not use the portal any more")
+    return caller
+
+
 def require(role: ApiRole) -> Any:
-    """A litestar guard: the request carries a valid bearer token of ``role`` or above."""
+    """A litestar guard: the request carries a valid bearer token of ``role`` or above (or a
+    portal session whose user's role counts as one)."""
 
     async def guard(
         connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
     ) -> None:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        caller: Caller | None
+        if not header and (caller := await _from_portal(connection)) is not None:
+            pass
+        elif scheme.lower() != "bearer" or not token.strip():
             raise UnauthorizedError("send 'Authorization: Bearer <token>'")
-        tokens: TokenStore = connection.app.state.tokens
-        caller = await tokens.identify(token.strip())
+        else:
+            tokens: TokenStore = connection.app.state.tokens
+            caller = await tokens.identify(token.strip())
         if caller is None:
             raise UnauthorizedError("unknown or revoked token")
         if caller.role.rank < role.rank:
             raise ForbiddenError(f"this needs a token with role {role.value} or above")
         connection.scope["switchboard_caller"] = caller  # type: ignore[typeddict-unknown-key]
 
+    guard.role = role  # type: ignore[attr-defined]  # read by gateway.openapi
     return guard
+
+
+def required_role(guards: Any) -> ApiRole | None:
+    """The role a route needs (the strongest of its :func:`require` guards), if any."""
+    roles = [guard.role for guard in guards if isinstance(getattr(guard, "role", None), ApiRole)]
+    return max(roles, key=lambda role: role.rank) if roles else None
 
 
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:
     caller: Caller = connection.scope["switchboard_caller"]  # type: ignore[typeddict-item]
     return caller
+
+
+def person_of(connection: ASGIConnection[Any, Any, Any, Any], what: str) -> int:
+    """The user behind the call, for what only a person does (``what``: "decisions", "a
+    takeover"); a token acting for no one is refused."""
+    user_id = caller_of(connection).user_id
+    if user_id is None:
+        raise ForbiddenError(
+            f"this token acts for no user; {what} are a person's: create the token with "
+            "`switchboard tokens create --user ...`, or use the portal"
+        )
+    return user_id

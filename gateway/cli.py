@@ -6,19 +6,24 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import secrets
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from channels.base import RegistersWebhook, WebhookChannel
 from channels.registry import CHANNEL_TYPES, identity_kinds
-from dispatch.errors import NotFoundError, SwitchboardError
+from dispatch.errors import InvalidInput, NotFoundError, SwitchboardError
+from dispatch.i18n import LANGUAGES
 from dispatch.models import Role
 from gateway.settings import Settings, get_settings
 
 __all__ = ["main"]
+
+if TYPE_CHECKING:
+    from dispatch.users import UserDirectory, UserView
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -170,6 +175,61 @@ def _print_user(user: Any, note: str = "") -> None:
     print(f"#{user.id}\t{user.name}\t{user.role}\t{state}\t{identities}{note}")
 
 
+def _read_password() -> str:
+    """From the terminal (twice, not echoed), or the first line of stdin when piped."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise InvalidInput("the two passwords differ")
+    return first
+
+
+DEMO_SUPERVISOR = "demo-supervisor"
+
+
+def _demo(settings: Settings, _args: argparse.Namespace) -> int:
+    """A supervisor for trying the portal: created (or given a new password) and its password
+    printed once."""
+
+    async def run() -> int:
+        async with _open_directory(settings) as (users, _tokens):
+            try:
+                user = await users.get(DEMO_SUPERVISOR)
+            except NotFoundError:
+                user = await users.add(DEMO_SUPERVISOR, "supervisor")
+                user, _ = await users.link(str(user.id), "rest", DEMO_SUPERVISOR)
+            password = secrets.token_urlsafe(12)
+            await users.set_password(str(user.id), password)
+        print(f"portal: /portal  name: {DEMO_SUPERVISOR}  password: {password}")
+        print("(shown once; run this again for a new one)")
+        return 0
+
+    return asyncio.run(run())
+
+
+async def _changed_user(users: UserDirectory, args: argparse.Namespace) -> tuple[UserView, str]:
+    """The user a changing ``users`` action made, and a note to print after it."""
+    if args.action == "add":
+        user = await users.add(args.name, args.role)
+        for kind in identity_kinds():
+            address = getattr(args, kind)
+            if address:
+                user, _ = await users.link(str(user.id), kind, address)
+        return user, ""
+    if args.action == "set-role":
+        return await users.set_role(args.user, args.role), ""
+    if args.action == "deactivate":
+        return await users.set_active(args.user, False), ""
+    if args.action == "set-language":
+        chosen = None if args.language == "auto" else args.language
+        return await users.set_language(args.user, chosen), ""
+    if args.action == "set-password":
+        return await users.set_password(args.user, _read_password()), ""
+    user, previous = await users.link(args.user, args.channel, args.address)
+    return user, f"\t(moved from user #{previous})" if previous else ""
+
+
 def _users(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         async with _open_directory(settings) as (users, _tokens):
@@ -177,22 +237,7 @@ def _users(settings: Settings, args: argparse.Namespace) -> int:
                 for user in await users.list():
                     _print_user(user)
                 return 0
-            if args.action == "add":
-                user = await users.add(args.name, args.role)
-                for kind in identity_kinds():
-                    address = getattr(args, kind)
-                    if address:
-                        user, _ = await users.link(str(user.id), kind, address)
-                _print_user(user)
-                return 0
-            if args.action == "set-role":
-                _print_user(await users.set_role(args.user, args.role))
-                return 0
-            if args.action == "deactivate":
-                _print_user(await users.set_active(args.user, False))
-                return 0
-            user, previous = await users.link(args.user, args.channel, args.address)
-            _print_user(user, f"\t(moved from user #{previous})" if previous else "")
+            _print_user(*await _changed_user(users, args))
             return 0
 
     return asyncio.run(run())
@@ -275,6 +320,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _user_commands(sub: Any) -> None:
     roles = [r.value for r in Role]
+    demo = sub.add_parser(
+        "demo", help="create a demo supervisor for the portal and print its password once"
+    )
+    demo.set_defaults(run=_demo)
     users = sub.add_parser("users", help="manage users, roles and channel identities")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add a user")
@@ -289,6 +338,16 @@ def _user_commands(sub: Any) -> None:
     set_role.add_argument("role", choices=roles)
     deactivate = actions.add_parser("deactivate", help="stop a user from asking or approving")
     deactivate.add_argument("user", help="id or name")
+    password = actions.add_parser(
+        "set-password",
+        help="give a user a password for the portal (asked for, or read from stdin when piped)",
+    )
+    password.add_argument("user", help="id or name")
+    language = actions.add_parser(
+        "set-language", help="speak to a user in one language (auto: from what they write)"
+    )
+    language.add_argument("user", help="id or name")
+    language.add_argument("language", choices=[*LANGUAGES, "auto"])
     link = actions.add_parser("link", help="give a user an address on a channel")
     link.add_argument("user", help="id or name")
     link.add_argument("--channel", required=True, choices=list(kinds), help="the kind of address")

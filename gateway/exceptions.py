@@ -25,6 +25,7 @@ from dispatch.errors import (
     SwitchboardError,
     UnauthorizedError,
     Unavailable,
+    Unprocessable,
 )
 from dispatch.outage import is_unavailable
 
@@ -46,6 +47,7 @@ STATUS_CODES: dict[type[SwitchboardError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     PayloadTooLarge: 413,
+    Unprocessable: 422,
     RateLimited: 429,
     Unavailable: 503,
 }

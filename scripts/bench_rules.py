@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatch.catalog import decode_catalog
+from dispatch.control import CONTROL_RULES
 from dispatch.intents import IntentParser
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
@@ -110,7 +111,7 @@ def main() -> None:
     cli.add_argument("--repeat", type=int, default=7)
     args = cli.parse_args()
     catalog = decode_catalog(catalog_text().encode(), "bench.toml", BUILTIN_HANDLER_NAMES)
-    assert len(catalog.rules) == 109, len(catalog.rules)  # 100 + the 9 built-in control rules
+    assert len(catalog.rules) == 100 + len(CONTROL_RULES), len(catalog.rules)  # + built-ins
     parser = IntentParser(catalog)
     messages = (MESSAGES * (args.messages // len(MESSAGES) + 1))[: args.messages]
     patterns = [p for rule in catalog.rules for p in rule.patterns] + [

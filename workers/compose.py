@@ -24,14 +24,20 @@ from dispatch.approvals import ApprovalService
 from dispatch.catalog import Catalog, load_catalog
 from dispatch.constants import reply_channel
 from dispatch.db import create_engine, create_sessionmaker
+from dispatch.execution import Executor
+from dispatch.feed import EventFeed
 from dispatch.intents import IntentParser
 from dispatch.interpret import Interpreter
 from dispatch.keys import deployment_secret
 from dispatch.llm import LlmClient
 from dispatch.metrics import Counters, RedisCounters
 from dispatch.queue import ArqQueue, JobQueue
+from dispatch.runs import WorkflowRuns
 from dispatch.service import DispatchService
+from dispatch.stats import Stats
+from dispatch.steering import Steering
 from dispatch.store import MessageStore
+from dispatch.takeover import Takeovers
 from dispatch.throttle import RedisThrottle, Throttle
 from dispatch.users import UserDirectory
 from workers.handlers import BUILTIN_HANDLERS
@@ -92,13 +98,14 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         store = MessageStore(sessions)
+        secret = await deployment_secret(sessions)
         context = ChannelContext(
             core=settings.core,
             prefix=prefix,
             limiter=limiter,
             bus=bus,
             choices=store.choices_of,
-            secret=await deployment_secret(sessions),
+            secret=secret,
         )
         channels = ChannelRegistry.create(settings.channel, context)
         stack.push_async_callback(channels.close)
@@ -106,8 +113,24 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
         approvals = ApprovalService(
             sessions=sessions, catalog=catalog, queue=queue, routing=channels
         )
+        workflows = WorkflowRuns(
+            sessions=sessions,
+            activities=activities,
+            catalog=catalog,
+            approvals=approvals,
+            queue=queue,
+            routing=channels,
+        )
+        interpreter = Interpreter(
+            catalog=catalog,
+            parser=IntentParser(catalog),
+            llm=LlmClient(settings.llm, http) if settings.llm.enabled else None,
+            counters=counters,
+            confidence_floor=settings.llm.confidence_floor,
+        )
         runtime = Runtime(
             settings=settings,
+            secret=secret,
             engine=engine,
             sessions=sessions,
             catalog=catalog,
@@ -119,13 +142,7 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
                 store=store,
                 activities=activities,
                 catalog=catalog,
-                interpreter=Interpreter(
-                    catalog=catalog,
-                    parser=IntentParser(catalog),
-                    llm=LlmClient(settings.llm, http) if settings.llm.enabled else None,
-                    counters=counters,
-                    confidence_floor=settings.llm.confidence_floor,
-                ),
+                interpreter=interpreter,
                 queue=queue,
                 routing=channels,
                 history_turns=settings.llm.history_turns,
@@ -135,6 +152,22 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
                 limits=settings.throttle,
             ),
             approvals=approvals,
+            steering=Steering(activities=activities, queue=queue, routing=channels),
+            stats=Stats(sessions),
+            feed=EventFeed(sessions),
+            executor=Executor(
+                sessions=sessions,
+                activities=activities,
+                catalog=catalog,
+                interpreter=interpreter,
+                approvals=approvals,
+                queue=queue,
+                workflows=workflows,
+            ),
+            workflows=workflows,
+            takeovers=Takeovers(
+                sessions=sessions, activities=activities, queue=queue, routing=channels
+            ),
             users=UserDirectory(sessions, identity_kinds()),
             queue=queue,
             bus=bus,

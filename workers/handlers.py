@@ -11,9 +11,11 @@ import msgspec
 from dispatch.activities import ActivityView
 from dispatch.approvals import Decision
 from dispatch.backoff import backoff
+from dispatch.i18n import in_language, say, say_each, status_word
 from dispatch.messages import Choice, Media
 from dispatch.outbox import failure_reason, payload_text
 from dispatch.permissions import may_request
+from dispatch.workflows import START_HANDLER, WORKFLOWS_AGENT
 from workers.registry import Handler, HandlerContext, HandlerResult
 
 __all__ = [
@@ -25,7 +27,10 @@ __all__ = [
     "EchoHandler",
     "HelpHandler",
     "HttpCallHandler",
+    "HumanHandler",
+    "LedgerHandler",
     "RunHandler",
+    "StartWorkflowHandler",
     "StatusHandler",
 ]
 
@@ -45,18 +50,20 @@ class HelpHandler(Handler):
     async def run(self, ctx: HandlerContext) -> HandlerResult:
         lines: list[str] = []
         choices: list[Choice] = []
+        language = ctx.language
         for _agent, _action, spec in ctx.catalog.actions():
             if spec.internal or not may_request(ctx.role, True, spec):
                 continue
-            example = f' (e.g. "{spec.examples[0]}")' if spec.examples else ""
-            lines.append(f"• {spec.description}{example}")
-            if spec.examples and len(choices) < MAX_CHOICES:
-                choices.append(Choice(label=spec.examples[0], text=spec.examples[0]))
+            description, examples, button = spec.words(language)
+            example = say("help.example", language, example=examples[0]) if examples else ""
+            lines.append(f"• {description}{example}")
+            button = button or (examples[0] if examples else None)
+            if button and len(choices) < MAX_CHOICES:
+                # Never a literal example id ("status 12"): its bare words, asked back.
+                choices.append(Choice(label=button, text=button))
         provenance = ctx.activity.details.get("provenance", {})
-        intro = (
-            "I didn't understand that. You can ask:"
-            if provenance.get("matched") is False
-            else "You can ask:"
+        intro = say(
+            "help.unknown" if provenance.get("matched") is False else "help.intro", language
         )
         return HandlerResult(
             text="\n".join([intro, *lines]), choices=tuple(choices), data={"actions": len(lines)}
@@ -71,7 +78,9 @@ class ClarifyHandler(Handler):
     async def run(self, ctx: HandlerContext) -> HandlerResult:
         asked = ctx.activity.details.get("provenance", {}).get("clarify", {})
         choices = msgspec.convert(asked.get("choices", []), tuple[Choice, ...])
-        return HandlerResult(text=str(ctx.payload["question"]), choices=choices)
+        return HandlerResult(
+            text=in_language(str(ctx.payload["question"]), ctx.language), choices=choices
+        )
 
 
 class EchoHandler(Handler):
@@ -95,9 +104,7 @@ async def _own_activity(ctx: HandlerContext) -> ActivityView | HandlerResult:
     wanted = int(ctx.payload["activity_id"])
     found = await ctx.activities.get(wanted)
     if found is None or found.actor_user_id != ctx.activity.actor_user_id:
-        return HandlerResult(
-            text=f"I can't find a request #{wanted} of yours.", data={"found": False}
-        )
+        return HandlerResult(text=say("not_found", ctx.language, id=wanted), data={"found": False})
     return found
 
 
@@ -110,11 +117,31 @@ class StatusHandler(Handler):
         found = await _own_activity(ctx)
         if isinstance(found, HandlerResult):
             return found
-        text = (
-            f"Request #{found.id} ({found.action_description or found.action_type}): {found.status}"
-        )
+        language = ctx.language
+        action = ctx.catalog.action(found.agent_name, found.action_type)
+        what = (
+            action.words(language)[0] if action else found.action_description
+        ) or found.action_type
+        status = status_word(found.status, language)
+        text = say("status.line", language, id=found.id, what=what, status=status)
+        run = await ctx.workflows.get(found.id) if found.agent_name == WORKFLOWS_AGENT else None
+        if run is not None:
+            steps = ", ".join(
+                f"{step.id} {status_word(step.status, language)}" for step in run.steps
+            )
+            text = say(
+                "status.run",
+                language,
+                id=run.id,
+                workflow=run.workflow,
+                status=status_word(run.status, language),
+                steps=steps,
+            )
+            return HandlerResult(
+                text=text, data={"found": True, "activity_id": found.id, "status": run.status}
+            )
         if found.status == "failed":
-            text += f" ({failure_reason(found.details.get('error'))})"
+            text += f" ({failure_reason(found.details.get('error'), language)})"
         return HandlerResult(
             text=text, data={"found": True, "activity_id": found.id, "status": found.status}
         )
@@ -131,11 +158,14 @@ class CancelHandler(Handler):
             return found
         wanted = found.id
         actor = f"user:{ctx.activity.actor_user_id}"
+        language = ctx.language
         if await ctx.activities.cancel(wanted, actor=actor):
-            return HandlerResult(text=f"Request #{wanted} cancelled.", data={"cancelled": True})
+            text = say("cancel.done", language, id=wanted)
+            return HandlerResult(text=text, data={"cancelled": True})
         return HandlerResult(
-            text=f"Request #{wanted} is {found.status}; only a request that has not started "
-            "can be cancelled.",
+            text=say(
+                "cancel.late", language, id=wanted, status=status_word(found.status, language)
+            ),
             data={"cancelled": False, "status": found.status},
         )
 
@@ -287,6 +317,74 @@ class HttpCallHandler(Handler):
         )
 
 
+class _Filled(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return ""  # an optional field not given reads as nothing
+
+
+class LedgerHandler(Handler):
+    """A demo that does something visible: every request of its action is an entry, numbered
+    in the record (the activities that completed before it), answered with the action's
+    ``reply`` template filled from the payload (``{number}``, ``{client}``, ...)."""
+
+    name: ClassVar[str] = "ledger"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        activity = ctx.activity
+        number = await ctx.activities.count_completed(activity.agent_name, activity.action_type)
+        values = _Filled(
+            {k: payload_text({k: v}).partition("=")[2] for k, v in ctx.payload.items()}
+        )
+        values["number"] = number + 1
+        template = ctx.action.reply or "{action} #{number}: {payload}"
+        values.setdefault("action", ctx.action.description)
+        values.setdefault("payload", payload_text(ctx.payload))
+        text = template.format_map(values).strip().rstrip(":,- ")
+        return HandlerResult(text=text, data={"number": number + 1, **ctx.payload})
+
+
+class HumanHandler(Handler):
+    """The user asks for a person: supervisors and admins are told where (to take the
+    conversation over in the portal), and the user that they were."""
+
+    name: ClassVar[str] = "human"
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        activity = ctx.activity
+        text = say_each(
+            "human.call",
+            who=f"user #{activity.actor_user_id}" if activity.actor_user_id else "someone",
+            conversation=activity.conversation_id or "-",
+            channel=activity.source_channel or "api",
+        )
+        told = await ctx.approvals.call_people(
+            activity.id, roles=("supervisor", "admin"), text=text
+        )
+        key = "human.asked" if told else "human.nobody"
+        return HandlerResult(text=say(key, ctx.language), data={"told": told})
+
+
+class StartWorkflowHandler(Handler):
+    """Opens the run of a catalog workflow (``workflows.<name>``; the payload is its input).
+    Its steps are created once this request has ended, its answer sent first."""
+
+    name: ClassVar[str] = START_HANDLER
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        flow = ctx.catalog.workflows[ctx.activity.action_type]
+        run_id = ctx.activity.id
+        await ctx.workflows.open(run_id, flow.name, ctx.payload)
+        text = say(
+            "workflow.started",
+            ctx.language,
+            workflow=flow.name,
+            id=run_id,
+            count=len(flow.order),
+            steps=", ".join(flow.order),
+        )
+        return HandlerResult(text=text, data={"run_id": run_id, "steps": list(flow.order)})
+
+
 BUILTIN_HANDLERS: tuple[Handler, ...] = (
     HelpHandler(),
     ClarifyHandler(),
@@ -296,5 +394,8 @@ BUILTIN_HANDLERS: tuple[Handler, ...] = (
     DecideHandler(),
     RunHandler(),
     HttpCallHandler(),
+    StartWorkflowHandler(),
+    HumanHandler(),
+    LedgerHandler(),
 )
 BUILTIN_HANDLER_NAMES = frozenset(handler.name for handler in BUILTIN_HANDLERS)

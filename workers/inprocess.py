@@ -8,13 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from dispatch.activities import RUNNER
 from dispatch.constants import DISPATCH_BATCH, DISPATCH_MESSAGE, RUN_ACTIVITY
-from dispatch.queue import DispatchBatchJob, DispatchJob, JobQueue, RetryLater, RunJob
+from dispatch.queue import (
+    DispatchBatchJob,
+    DispatchJob,
+    JobQueue,
+    QueueDepth,
+    RetryLater,
+    RunJob,
+    WorkerBeat,
+    count_waiting,
+)
 from workers import jobs
 from workers.recovery import recover, recover_forever
 
@@ -30,7 +44,11 @@ class InProcessQueue(JobQueue):
     def __init__(self, prefix: str, *, concurrency: int) -> None:
         super().__init__(prefix)
         self._concurrency = concurrency
-        self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[float, int, tuple[str, str, Any]]] = (
+            asyncio.PriorityQueue()
+        )
+        """(-lead, arrival, job): a prioritized run first, then in arrival order."""
+        self._arrivals = itertools.count()
         self._pending: set[str] = set()
         """Ids queued, deferred or running."""
         self._active: set[str] = set()
@@ -41,19 +59,33 @@ class InProcessQueue(JobQueue):
         self._idle.set()
         self._busy = 0
         self._closed = False
+        self._due: dict[str, float] = {}
+        """When each queued job is due (Unix time)."""
+        self._started_at = time.time()
+        self._done = 0
+        self._failed = 0
+        self._retried = 0
 
     async def _enqueue(
-        self, function: str, job: msgspec.Struct, job_id: str, *, defer_s: float = 0
+        self,
+        function: str,
+        job: msgspec.Struct,
+        job_id: str,
+        *,
+        defer_s: float = 0,
+        ahead_s: float = 0,
     ) -> bool:
         if self._closed or job_id in self._pending:
             return False
         self._pending.add(job_id)
+        self._due[job_id] = time.time() + defer_s
         self._idle.clear()
+        entry = (-ahead_s, next(self._arrivals), (function, job_id, job))
         if defer_s > 0:
             loop = asyncio.get_running_loop()
-            loop.call_later(defer_s, self._queue.put_nowait, (function, job_id, job))
+            loop.call_later(defer_s, self._queue.put_nowait, entry)
         else:
-            self._queue.put_nowait((function, job_id, job))
+            self._queue.put_nowait(entry)
         return True
 
     async def _running(self, job_id: str) -> bool:
@@ -71,9 +103,10 @@ class InProcessQueue(JobQueue):
     async def _work(self) -> None:
         assert self._runtime is not None
         while True:
-            function, job_id, job = await self._queue.get()
+            _, _, (function, job_id, job) = await self._queue.get()
             self._busy += 1
             self._active.add(job_id)
+            self._due.pop(job_id, None)
             retry: RetryLater | None = None
             try:
                 if function == DISPATCH_MESSAGE and isinstance(job, DispatchJob):
@@ -84,10 +117,13 @@ class InProcessQueue(JobQueue):
                     await jobs.run_activity(self._runtime, job.activity_id)
                 else:
                     log.error("unknown job %s", function)
+                self._done += 1
             except RetryLater as later:
                 retry = later
+                self._retried += 1
             except Exception:
                 log.exception("job failed", extra={"job_id": job_id})
+                self._failed += 1
             finally:
                 self._active.discard(job_id)
                 self._pending.discard(job_id)
@@ -97,6 +133,26 @@ class InProcessQueue(JobQueue):
                 self._queue.task_done()
                 if not self._pending and self._busy == 0:
                     self._idle.set()
+
+    async def depth(self) -> QueueDepth:
+        depth = count_waiting(self._due.items(), time.time())
+        return msgspec.structs.replace(depth, running=self._busy)
+
+    async def workers(self) -> list[WorkerBeat]:
+        """This process: it runs the jobs itself."""
+        return [
+            WorkerBeat(
+                id=RUNNER,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._started_at,
+                last_seen=time.time(),
+                jobs_running=self._busy,
+                jobs_done=self._done,
+                jobs_failed=self._failed,
+                jobs_retried=self._retried,
+            )
+        ]
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Wait until no job is queued or running (for the CLI and tests)."""

@@ -22,18 +22,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from dispatch.i18n import language_of
 from dispatch.logs import bind
 from dispatch.models import ActivityStatus as S
-from dispatch.models import User, utcnow
-from dispatch.outbox import reply_text
-from dispatch.permissions import may_request
+from dispatch.models import utcnow
+from dispatch.outbox import Outbox, reply_text
+from dispatch.permissions import acting_role, may_request, requester_role
 from dispatch.queue import RetryLater
+from dispatch.runs import run_of
 from dispatch.service import Claimed, DispatchFailed
-from workers.lease import Lease, LeaseLost
-from workers.registry import HandlerContext, UnknownAction
+from workers.lease import Lease, LeaseLost, RunCancelled
+from workers.registry import Handler, HandlerContext, UnknownAction
 
 if TYPE_CHECKING:
     from dispatch.activities import ActivityView
+    from dispatch.specs import ActionSpec
     from workers.runtime import Runtime
 
 __all__ = ["JobOutcome", "dispatch_batch", "dispatch_message", "run_activity"]
@@ -127,7 +130,7 @@ async def dispatch_message(
     following = None
     if (
         after != "leave"
-        and dispatched.outcome in {"recorded", "failed"}
+        and dispatched.outcome in {"recorded", "failed", "held"}
         and dispatched.conversation_id is not None
     ):
         # Later messages of the conversation waited for this one to be understood.
@@ -184,11 +187,19 @@ class _Step(msgspec.Struct, frozen=True, kw_only=True):
     ran: int = 0
 
 
+class _Ended(msgspec.Struct, frozen=True, kw_only=True):
+    activity: ActivityView
+    """As it ended."""
+    outbox: Outbox
+    """Its replies, reserved for this job to send."""
+
+
 async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = None) -> _Step:
     bind(activity_id=activity_id)
     activities = runtime.activities
     ran = 0
     activity: ActivityView | None
+    ended: _Ended | None = None
     if running is not None:
         # Claimed as it was recorded, its requester's permission checked then.
         ended = await _execute(
@@ -198,7 +209,7 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
             time.monotonic(),
             role=(running.role, running.active),
         )
-        activity = ended or await activities.get(activity_id)
+        activity = ended.activity if ended else await activities.get(activity_id)
         ran = 1
     else:
         activity = await activities.get(activity_id)
@@ -211,16 +222,22 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
         if await activities.blocker(activity, overtakes=overtakes) is not None:
             return _Step(held=True)  # what holds it back wakes it when it ends
         claimed_at = time.monotonic()
-        attempt = await activities.claim(activity_id, lease_s=runtime.settings.worker.lease_s)
-        if attempt is None:
+        taken = await activities.take(activity_id, lease_s=runtime.settings.worker.lease_s)
+        if taken is None:
             return _Step(held=True)  # running elsewhere; that job carries the conversation on
+        attempt, stop_asked = taken
+        if stop_asked and activity.cancel_requested_at is None:
+            activity = msgspec.structs.replace(activity, cancel_requested_at=utcnow())
         ended = await _execute(runtime, activity, attempt, claimed_at)
         ran = 1
-        activity = ended or await activities.get(activity_id)
+        activity = ended.activity if ended else await activities.get(activity_id)
         assert activity is not None
-    await runtime.replies.deliver(activity)
+    await runtime.replies.deliver(activity, ended.outbox if ended else None)
     if activity.status in (S.QUEUED, S.IN_PROGRESS):
         return _Step(held=True, ran=ran)  # given back, or taken over: another run follows
+    run_id = run_of(activity.agent_name, activity.id, activity.workflow_run_id)
+    if run_id is not None and S(activity.status).is_terminal:
+        await runtime.workflows.advance(run_id)  # what its end lets run, or the run's end
     following = None
     if activity.conversation_id is not None and activity.order_key is not None:
         # Finished, or waiting for a person (approval, RUN): either way it holds nothing back.
@@ -237,10 +254,11 @@ async def _execute(
     claimed_at: float,
     *,
     role: tuple[str | None, bool] | None = None,
-) -> ActivityView | None:
+) -> _Ended | None:
     """Resolve, re-check (unless ``role``: (role, active) just checked), run under the lease
     with a timeout, and persist the result (only if this attempt still holds the claim).
-    Returns the activity as it ended, or None if this attempt's result did not count."""
+    Returns the activity as it ended with its replies to send, or None if this attempt's
+    result did not count."""
     started = time.perf_counter()
     try:
         action, handler = runtime.handlers.resolve(
@@ -251,7 +269,7 @@ async def _execute(
             runtime, activity, attempt, reason="unknown_action", message=str(exc), started=started
         )
 
-    role_now, active = role or await _role_of(runtime, activity.actor_user_id)
+    role_now, active = role or await _role_of(runtime, activity)
     if not may_request(role_now, active, action):
         return await _fail(
             runtime,
@@ -262,6 +280,22 @@ async def _execute(
             started=started,
         )
 
+    if activity.cancel_requested_at is not None:
+        return await _cancelled(runtime, activity, attempt, started=started)  # before it ran
+    return await _run_handler(runtime, activity, attempt, claimed_at, action, handler, role_now)
+
+
+async def _run_handler(  # noqa: PLR0917 - one run's parts
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    claimed_at: float,
+    action: ActionSpec,
+    handler: Handler,
+    role_now: str | None,
+) -> _Ended | None:
+    """The handler under the lease, with its timeout; its end persisted."""
+    started = time.perf_counter()
     lease = Lease(
         runtime.activities,
         activity.id,
@@ -282,11 +316,14 @@ async def _execute(
             http=runtime.http,
             role=role_now,
             approvals=runtime.approvals,
+            workflows=runtime.workflows,
         )
         result = await lease.run(handler.run(ctx), timeout_s=action.timeout_s)
     except LeaseLost:
         log.warning("run stopped: its lease was lost", extra={"attempt": attempt})
         return None
+    except RunCancelled:
+        return await _cancelled(runtime, activity, attempt, started=started)
     except asyncio.CancelledError:
         # The worker is stopping: give the activity back to be run at once elsewhere.
         await asyncio.shield(
@@ -323,6 +360,23 @@ async def _execute(
     )
 
 
+async def _cancelled(
+    runtime: Runtime, activity: ActivityView, attempt: int, *, started: float
+) -> _Ended | None:
+    """Stopped at an operator's request: it ends ``cancelled`` and its requester is told."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    error = {"reason": "cancelled", "message": "stopped at an operator's request"}
+    return await _finish(
+        runtime,
+        activity,
+        attempt,
+        S.CANCELLED,
+        details={**activity.details, "error": error},
+        metrics={**activity.metrics, "duration_ms": duration_ms},
+        data={**error, "attempt": attempt},
+    )
+
+
 async def _fail(
     runtime: Runtime,
     activity: ActivityView,
@@ -331,7 +385,7 @@ async def _fail(
     reason: str,
     message: str,
     started: float,
-) -> ActivityView | None:
+) -> _Ended | None:
     duration_ms = round((time.perf_counter() - started) * 1000, 3)
     error = {"reason": reason, "message": message}
     return await _finish(
@@ -354,10 +408,10 @@ async def _finish(
     details: dict[str, Any],
     metrics: dict[str, Any],
     data: dict[str, Any],
-) -> ActivityView | None:
-    """Persist the run's end with its reply; the activity as it ended, or None if this
-    attempt no longer held it (its result is discarded)."""
-    moved = await runtime.activities.finish(
+) -> _Ended | None:
+    """Persist the run's end with its reply, reserved to be sent at once; the activity as it
+    ended, or None if this attempt no longer held it (its result is discarded)."""
+    outbox = await runtime.activities.finish(
         activity,
         to,
         attempt=attempt,
@@ -366,26 +420,28 @@ async def _finish(
         metrics=metrics,
         reply=_reply_parts(runtime, activity, to, details),
         data=data,
+        reserve=True,
     )
-    if not moved:
+    if outbox is None:
         return None
-    return msgspec.structs.replace(
+    ended = msgspec.structs.replace(
         activity, status=to.value, details=details, metrics=metrics, completed_at=utcnow()
     )
+    return _Ended(activity=ended, outbox=outbox)
 
 
 def _reply_parts(
     runtime: Runtime, activity: ActivityView, status: S, details: dict[str, Any]
 ) -> list[str]:
-    text = reply_text(activity.id, status.value, details)
+    text = reply_text(activity.id, status.value, details, language_of(activity.details))
     if text is None or activity.source_channel is None:
         return []
     return runtime.channels.split(activity.source_channel, text)
 
 
-async def _role_of(runtime: Runtime, user_id: int | None) -> tuple[str | None, bool]:
-    if user_id is None:
-        return None, True
+async def _role_of(runtime: Runtime, activity: ActivityView) -> tuple[str | None, bool]:
+    if activity.actor_user_id is None:
+        return acting_role(activity.details), True
     async with runtime.sessions() as session:
-        user = await session.get(User, user_id)
-    return (user.role, user.active) if user else (None, False)
+        _, role, active = await requester_role(session, activity.actor_user_id, activity.details)
+    return role, active

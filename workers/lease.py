@@ -5,8 +5,9 @@ handler runs, :class:`Lease` renews it every third of that, fenced by the attemp
 renewal says the claim is gone (another attempt took over), or renewals fail for so long that
 the lease may have run out (the database is frozen or unreachable), the handler is cancelled:
 a stale run stops before another may start, so one activity's handler never runs twice at the
-same time. The time it allows itself is measured from before the claim was asked for, on this
-process's clock, so it ends before the lease does.
+same time. A renewal also tells whether an operator asked for the run to stop: then it is
+stopped the same way, and ends ``cancelled``. The time it allows itself is measured from before
+the claim was asked for, on this process's clock, so it ends before the lease does.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from dispatch.activities import ActivityLog
+from dispatch.activities import ActivityLog, Renewal
 
-__all__ = ["Lease", "LeaseLost"]
+__all__ = ["Lease", "LeaseLost", "RunCancelled"]
 
 log = logging.getLogger("switchboard.lease")
 
@@ -29,6 +30,10 @@ T = TypeVar("T")
 
 class LeaseLost(Exception):
     """The run's claim passed to someone else, or could not be kept: its work was stopped."""
+
+
+class RunCancelled(Exception):
+    """An operator asked for the run to stop, and it was stopped (its claim still held)."""
 
 
 class Lease:
@@ -48,6 +53,7 @@ class Lease:
         self._held_since = claimed_at
         """Monotonic time at or before which the current lease was granted."""
         self.lost = False
+        self.cancelled = False
 
     async def run(self, work: Awaitable[T], *, timeout_s: float) -> T:
         """Await ``work`` under the lease, at most ``timeout_s``; LeaseLost if it was stopped."""
@@ -57,8 +63,13 @@ class Lease:
             return await asyncio.wait_for(task, timeout_s)
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if self.lost and current is not None and not current.cancelling():
-                raise LeaseLost(f"activity {self._activity_id}, attempt {self._attempt}") from None
+            if current is not None and not current.cancelling():
+                if self.lost:
+                    raise LeaseLost(
+                        f"activity {self._activity_id}, attempt {self._attempt}"
+                    ) from None
+                if self.cancelled:
+                    raise RunCancelled(f"activity {self._activity_id}") from None
             raise
         finally:
             keeper.cancel()
@@ -80,10 +91,20 @@ class Lease:
             except Exception:  # the database may be frozen or gone: try again, within limits
                 log.warning("lease renewal failed", exc_info=True)
                 kept = None
-            if kept:
+            if kept is Renewal.HELD:
                 self._held_since = asked_at
                 continue
-            if kept is False or time.monotonic() >= self._held_since + self._lease_s - every_s:
+            if kept is Renewal.CANCEL:
+                log.info(
+                    "cancel requested; stopping the run", extra={"activity_id": self._activity_id}
+                )
+                self.cancelled = True
+                task.cancel()
+                return
+            if (
+                kept is Renewal.LOST
+                or time.monotonic() >= self._held_since + self._lease_s - every_s
+            ):
                 log.warning(
                     "lease lost; stopping the run",
                     extra={"activity_id": self._activity_id, "attempt": self._attempt},

@@ -4,7 +4,8 @@ One pass (``recover``) runs per tick across the cluster: an arq cron job that on
 takes (``unique``), or the embedded runner's loop. It re-drives only what is neither queued nor
 running nor waiting its turn: each conversation's first message still awaiting dispatch and its
 first activity still queued (or running past its lease), activities with a reply written but
-never handed over, and approvals that ran out. Job ids are deterministic, so what is in fact
+never handed over, approvals that ran out, and workflow runs whose advance after a step's end
+never happened. Job ids are deterministic, so what is in fact
 still queued or running is not queued again. It also resolves replies whose sender died while
 handing them over (marked failed, outcome unknown; the recipient is told).
 """
@@ -39,6 +40,13 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
     unanswered = await runtime.activities.unanswered(older_than=cutoff)
     for activity_id in sorted({*heads, *unanswered, *uncertain}):
         await runtime.queue.enqueue_run(activity_id)
+    runs = await runtime.workflows.unfinished()
+    for run_id in runs:
+        # An end whose job died before advancing its run (no-op for a run that is up to date).
+        try:
+            await runtime.workflows.advance(run_id)
+        except Exception:  # one run's trouble does not hold up the others
+            log.exception("advancing a workflow run failed", extra={"run": run_id})
     counts = {
         "messages": len(messages),
         "activities": len(heads),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from dispatch.i18n import language_of
 from dispatch.messages import Choice, Media
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from dispatch.activities import ActivityLog, ActivityView
     from dispatch.approvals import ApprovalService
     from dispatch.catalog import Catalog
+    from dispatch.runs import WorkflowRuns
     from dispatch.specs import ActionSpec
 
 __all__ = ["Handler", "HandlerContext", "HandlerRegistry", "HandlerResult", "UnknownAction"]
@@ -43,6 +45,12 @@ class HandlerContext:
     http: httpx.AsyncClient
     role: str | None
     approvals: ApprovalService
+    workflows: WorkflowRuns
+
+    @property
+    def language(self) -> str | None:
+        """The language the request was written in (what the gateway says itself uses it)."""
+        return language_of(self.activity.details)
 
 
 class Handler(abc.ABC):

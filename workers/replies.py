@@ -12,6 +12,7 @@ from dispatch.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
 from dispatch.catalog import Catalog
 from dispatch.messages import Choice, Media, OutboundMessage
 from dispatch.models import Delivery
+from dispatch.outbox import Outbox
 from dispatch.store import MessageStore
 
 __all__ = ["ReplySender"]
@@ -33,25 +34,37 @@ class ReplySender:
         self._activities = activities
         self._catalog = catalog
 
-    async def deliver(self, activity: ActivityView) -> int:
-        """Send the activity's pending replies; returns how many this call handed over.
+    async def deliver(self, activity: ActivityView, outbox: Outbox | None = None) -> int:
+        """Send the activity's pending replies (or ``outbox``, reserved for this call as its
+        run ended); returns how many this call handed over.
 
         Each reply is claimed (pending → sending) before the channel is called, so a crash in
-        between loses that reply rather than ever sending it twice.
+        between loses that reply rather than ever sending it twice. A reply reserved for this
+        call that it never handed over (it was stopped first) is given back to be sent later.
         """
-        pending, conversations, in_reply_to = await self._store.outbox(
-            activity.id, activity.source_message_id
-        )
-        if not pending:
+        if outbox is None:
+            outbox = await self._store.outbox(activity.id, activity.source_message_id)
+        if not outbox.replies:
             return 0
+        handed: set[int] = set()
+        try:
+            return await self._hand_over(activity, outbox, handed)
+        finally:
+            if outbox.reserved is not None and outbox.reserved not in handed:
+                await asyncio.shield(self._store.release_replies([outbox.reserved]))
+
+    async def _hand_over(self, activity: ActivityView, outbox: Outbox, handed: set[int]) -> int:
         action = self._catalog.action(activity.agent_name, activity.action_type)
         templates = action.templates if action else {}
         sent = 0
         failed_part: dict[int, int] = {}  # per conversation: the part that failed
-        for row in pending:
-            conversation = conversations.get(row.conversation_id)
-            if conversation is None or not await self._store.claim_reply(row.id):
+        for row in outbox.replies:
+            conversation = outbox.conversations.get(row.conversation_id)
+            if conversation is None:
                 continue
+            if row.id != outbox.reserved and not await self._store.claim_reply(row.id):
+                continue
+            handed.add(row.id)
             if conversation.id in failed_part:
                 # Never leave a gap in a conversation: the rest to it is not sent either.
                 error = f"not sent: part {failed_part[conversation.id]} of this reply failed"
@@ -66,7 +79,7 @@ class ReplySender:
                 media=msgspec.convert(row.media or [], tuple[Media, ...]),
                 activity_id=activity.id,
                 message_id=row.id,
-                in_reply_to=in_reply_to if own else None,
+                in_reply_to=outbox.in_reply_to if own else None,
                 last_inbound_at=conversation.last_inbound_at,
                 # The action's template stands in for its reply to the requester only.
                 template=templates.get(row.channel) if own else None,

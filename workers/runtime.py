@@ -39,10 +39,16 @@ if TYPE_CHECKING:
     from dispatch.activities import ActivityLog
     from dispatch.approvals import ApprovalService
     from dispatch.catalog import Catalog
+    from dispatch.execution import Executor
+    from dispatch.feed import EventFeed
     from dispatch.metrics import Counters
     from dispatch.queue import JobQueue
+    from dispatch.runs import WorkflowRuns
     from dispatch.service import DispatchService
+    from dispatch.stats import Stats
+    from dispatch.steering import Steering
     from dispatch.store import MessageStore
+    from dispatch.takeover import Takeovers
     from dispatch.users import UserDirectory
     from workers.registry import HandlerRegistry
     from workers.replies import ReplySender
@@ -162,6 +168,8 @@ class Runtime:
     """Everything a process's jobs and routes use, built once (see ``workers.compose``)."""
 
     settings: RuntimeSettings
+    secret: bytes
+    """This deployment's secret (``dispatch.keys``): derive a key per purpose from it."""
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     catalog: Catalog
@@ -170,6 +178,12 @@ class Runtime:
     activities: ActivityLog
     dispatcher: DispatchService
     approvals: ApprovalService
+    steering: Steering
+    executor: Executor
+    workflows: WorkflowRuns
+    takeovers: Takeovers
+    stats: Stats
+    feed: EventFeed
     users: UserDirectory
     queue: JobQueue
     bus: ReplyBus

@@ -16,18 +16,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import time
 from typing import Any
 
 import msgspec
 
+from dispatch.activities import RUNNER
 from dispatch.constants import (
     DISPATCH_BATCH,
     DISPATCH_MESSAGE,
     RUN_ACTIVITY,
     queue_name,
     recover_job_id,
+    worker_key,
 )
-from dispatch.queue import RetryLater, job_deserializer, job_serializer, redis_client
+from dispatch.queue import (
+    RetryLater,
+    WorkerBeat,
+    job_deserializer,
+    job_serializer,
+    redis_client,
+)
 from workers import jobs
 from workers.compose import open_runtime
 from workers.recovery import recover
@@ -39,6 +50,8 @@ log = logging.getLogger("switchboard.worker")
 RUNTIME = "switchboard_runtime"
 MAX_OUTAGE_BACKOFF_S = 5.0
 FINISH_PATIENCE_S = 60.0
+HEARTBEAT_S = 5.0
+"""How often a worker says it is alive (``GET /api/v1/workers``; gone after three missed)."""
 
 
 def _runtime(ctx: dict[str, Any]) -> Runtime:
@@ -126,6 +139,37 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
         """
 
         _outage_s = 0.0
+        _started_at = time.time()
+
+        async def close(self) -> None:
+            """A worker that stops says so at once (no wait for its heartbeat to lapse)."""
+            with contextlib.suppress(Exception):
+                await self.pool.delete(worker_key(settings.queue.prefix, RUNNER))
+            await super().close()
+
+        async def record_health(self) -> None:
+            """arq's health check, and this worker's heartbeat for ``GET /api/v1/workers``
+            (it expires when the worker stops beating)."""
+            due = time.time() - self._last_health_check >= self.health_check_interval
+            await super().record_health()
+            if not due:
+                return
+            beat = WorkerBeat(
+                id=RUNNER,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._started_at,
+                last_seen=time.time(),
+                jobs_running=sum(not task.done() for task in self.tasks.values()),
+                jobs_done=self.jobs_complete,
+                jobs_failed=self.jobs_failed,
+                jobs_retried=self.jobs_retried,
+            )
+            await self.pool.psetex(
+                worker_key(settings.queue.prefix, RUNNER),
+                int(HEARTBEAT_S * 3 * 1000),
+                msgspec.json.encode(beat),
+            )
 
         async def _poll_iteration(self) -> None:
             try:
@@ -218,6 +262,7 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         job_completion_wait=round(settings.worker.shutdown_grace_s),
+        health_check_interval=HEARTBEAT_S,
         burst=burst,
         handle_signals=not burst,
     )

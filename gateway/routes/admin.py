@@ -50,29 +50,34 @@ class AdminController(Controller):
 
     @get("/users")
     async def list_users(self, users: NamedDependency[UserDirectory]) -> list[UserView]:
+        """Every user with their role, whether active, and their addresses."""
         return await users.list()
 
     @post("/users", status_code=201)
-    async def add_user(
+    async def create_user(
         self, users: NamedDependency[UserDirectory], data: JSONBody[NewUser]
     ) -> UserView:
+        """Add a user with a role (guest, agent, operator, supervisor, admin)."""
         return await users.add(data.name, data.role)
 
     @post("/users/{user_id:int}/role", status_code=200)
-    async def set_role(
+    async def set_user_role(
         self,
         users: NamedDependency[UserDirectory],
         user_id: Id,
         data: JSONBody[RoleChange],
     ) -> UserView:
+        """Change a user's role; it applies to what they ask from now on."""
         return await users.set_role(str(user_id), data.role)
 
     @post("/users/{user_id:int}/deactivate", status_code=200)
-    async def deactivate(self, users: NamedDependency[UserDirectory], user_id: Id) -> UserView:
+    async def deactivate_user(self, users: NamedDependency[UserDirectory], user_id: Id) -> UserView:
+        """Deactivate a user: they may ask for nothing, and a waiting request of theirs is
+        refused when it would run."""
         return await users.set_active(str(user_id), False)
 
     @post("/users/{user_id:int}/identities", status_code=200)
-    async def link(
+    async def link_identity(
         self,
         users: NamedDependency[UserDirectory],
         user_id: Id,
@@ -85,17 +90,21 @@ class AdminController(Controller):
 
     @get("/tokens")
     async def list_tokens(self, tokens: NamedDependency[TokenStore]) -> list[TokenView]:
+        """Every API token (never the token itself): name, role, user, whether revoked."""
         return await tokens.list()
 
     @post("/tokens", status_code=201)
     async def create_token(
         self, tokens: NamedDependency[TokenStore], data: JSONBody[NewToken]
     ) -> CreatedToken:
+        """Create an API token with a role (actions, operator, admin), acting for a user or for
+        no one; the token is shown in this answer only."""
         token, token_id = await tokens.create(name=data.name, role=data.role, user_id=data.user_id)
         return CreatedToken(id=token_id, token=token)
 
     @delete("/tokens/{token_id:int}", status_code=204)
     async def revoke_token(self, tokens: NamedDependency[TokenStore], token_id: Id) -> None:
+        """Revoke an API token at once."""
         if not await tokens.revoke(token_id):
             raise NotFoundError(f"no live token {token_id}")
 

@@ -4,27 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, post
+from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
+from dispatch.activities import ActivityView
 from dispatch.approvals import ApprovalService, Decision, Outcome
-from dispatch.errors import ConflictError, ForbiddenError
-from gateway.auth import ApiRole, caller_of, require
+from dispatch.errors import ConflictError
+from dispatch.execution import Executed, Executor
+from dispatch.models import ActivityStatus
+from dispatch.steering import Steering
+from gateway.auth import ApiRole, caller_of, person_of, require
 from gateway.params import Id
+from gateway.routes.actions import acting
 
 __all__ = ["ApprovalsController"]
 
 API_CHANNEL = "api"
-
-
-def _acting_user(request: Request[Any, Any, Any]) -> int:
-    caller = caller_of(request)
-    if caller.user_id is None:
-        raise ForbiddenError(
-            "this token acts for no user; decisions are a person's: create the token with "
-            "`switchboard tokens create --user ...`"
-        )
-    return caller.user_id
 
 
 def _answer(outcome: Outcome) -> Outcome:
@@ -37,7 +33,7 @@ async def _decide(
     request: Request[Any, Any, Any], approvals: ApprovalService, code: int, decision: Decision
 ) -> Outcome:
     outcome = await approvals.decide(
-        user_id=_acting_user(request), code=code, decision=decision, channel=API_CHANNEL
+        user_id=person_of(request, "decisions"), code=code, decision=decision, channel=API_CHANNEL
     )
     return _answer(outcome)
 
@@ -48,7 +44,7 @@ class ApprovalsController(Controller):
     guards = [require(ApiRole.OPERATOR)]  # noqa: RUF012
 
     @post("/approve", status_code=200)
-    async def approve(
+    async def approve_activity(
         self,
         request: Request[Any, Any, Any],
         approvals: NamedDependency[ApprovalService],
@@ -58,7 +54,7 @@ class ApprovalsController(Controller):
         return await _decide(request, approvals, activity_id, Decision.APPROVE)
 
     @post("/reject", status_code=200)
-    async def reject(
+    async def reject_activity(
         self,
         request: Request[Any, Any, Any],
         approvals: NamedDependency[ApprovalService],
@@ -67,8 +63,29 @@ class ApprovalsController(Controller):
         """Reject as the token's user; 409 if the decision was not counted."""
         return await _decide(request, approvals, activity_id, Decision.REJECT)
 
+    @post("/cancel", status_code=200)
+    async def cancel_activity(
+        self, request: Request[Any, Any, Any], steering: NamedDependency[Steering], activity_id: Id
+    ) -> Response[ActivityView]:
+        """Withdraw a request that has not started (queued or awaiting approval): 200, it is
+        `cancelled` and its requester told. One that is running is asked to stop: 202, still
+        `in_progress` with `cancel_requested_at`; its worker stops it at its next lease renewal
+        and it ends `cancelled`, its requester told. 409 once it has ended."""
+        found = await steering.cancel(activity_id, actor=caller_of(request).actor)
+        stopping = found.status == ActivityStatus.IN_PROGRESS
+        return Response(found, status_code=HTTP_202_ACCEPTED if stopping else HTTP_200_OK)
+
+    @post("/retry", status_code=202)
+    async def retry_activity(
+        self, request: Request[Any, Any, Any], executor: NamedDependency[Executor], activity_id: Id
+    ) -> Executed:
+        """A new attempt at a request that failed, was cancelled or expired, linked to it
+        (``retry_of``), through the same checks as an execution by this token; 409 for one in
+        any other state."""
+        return await executor.retry(activity_id, acting(request))
+
     @post("/run", status_code=200)
-    async def run(
+    async def run_activity(
         self,
         request: Request[Any, Any, Any],
         approvals: NamedDependency[ApprovalService],
@@ -76,6 +93,6 @@ class ApprovalsController(Controller):
     ) -> Outcome:
         """Run an approved request that waits to be run; 409 if it is not waiting."""
         outcome = await approvals.run(
-            user_id=_acting_user(request), code=activity_id, channel=API_CHANNEL
+            user_id=person_of(request, "decisions"), code=activity_id, channel=API_CHANNEL
         )
         return _answer(outcome)

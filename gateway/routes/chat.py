@@ -6,6 +6,7 @@ import contextlib
 from importlib import resources
 
 from litestar import MediaType, WebSocket, get, websocket
+from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
@@ -16,7 +17,7 @@ from dispatch.store import MessageStore
 from gateway.exceptions import RETRY_AFTER_S
 from gateway.settings import Settings
 
-__all__ = ["chat_socket", "index"]
+__all__ = ["chat_socket", "index", "widget"]
 
 WS_TRY_AGAIN_LATER = 1013
 WS_FORBIDDEN = 4403
@@ -24,7 +25,19 @@ WS_FORBIDDEN = 4403
 
 @get("/", media_type=MediaType.HTML, include_in_schema=False)
 async def index() -> str:
+    """The demo page: the widget, embedded as any site would embed it."""
     return resources.files("gateway").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+@get(
+    "/widget.js",
+    media_type="text/javascript; charset=utf-8",
+    include_in_schema=False,
+    cache_control=CacheControlHeader(max_age=300, public=True),
+)
+async def widget() -> str:
+    """The embeddable chat widget (one ``<script>`` tag; see the README)."""
+    return resources.files("gateway").joinpath("static/widget.js").read_text(encoding="utf-8")
 
 
 class _Socket:

@@ -19,10 +19,11 @@ class Health(msgspec.Struct, frozen=True):
     jobs: str
 
 
-@get("/healthz", tags=["health"])
+@get("/healthz", tags=["health"], operation_id="getHealth")
 async def health(
     engine: NamedDependency[AsyncEngine], settings: NamedDependency[Settings]
 ) -> Health:
+    """Whether the gateway is up and reaches its database (503 if not); no token needed."""
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
     return Health(

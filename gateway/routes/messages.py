@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import datetime as dt
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import Parameter
-from litestar.status_codes import HTTP_202_ACCEPTED
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
-from channels.rest import RestChannel
-from dispatch.activities import ActivityLog, ActivityView
-from dispatch.errors import NotFoundError
+from channels.rest import RestChannel, RestMessageIn
+from dispatch.activities import ActivityFilter, ActivityLog, ActivityView
+from dispatch.clean import clean_text
+from dispatch.errors import InvalidInput, NotFoundError
+from dispatch.execution import AuditNote, Executor
+from dispatch.models import ActivityStatus
 from dispatch.service import DispatchService
-from dispatch.store import MessageStore, MessageView
+from dispatch.store import ConversationView, MessageStore, MessageView
 from gateway.auth import ApiRole, caller_of, require
-from gateway.params import Id, IdOrZero
+from gateway.openapi import BODY
+from gateway.params import MAX_ID, Id, IdOrZero
+from gateway.routes.actions import acting
 
 __all__ = ["MessagesController"]
 
@@ -28,12 +34,59 @@ class MessageAccepted(msgspec.Struct, frozen=True, kw_only=True):
     messages_url: str
 
 
+class ConversationPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ConversationView]
+    """Newest first (``GET /api/v1/conversations/{id}/messages`` has their messages)."""
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; null on the last."""
+
+
+class ActivityPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[ActivityView]
+    """Newest first, without their events (``GET /api/v1/activities/{id}`` has them)."""
+    next_cursor: str | None
+    """Pass as ``cursor`` for the next page; null on the last."""
+
+
+Cursor = Annotated[str | None, Parameter(description="The previous page's next_cursor")]
+Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
+
+
+_Row = TypeVar("_Row", ActivityView, ConversationView)
+
+
+def _cut(items: list[_Row], limit: int) -> tuple[list[_Row], str | None]:
+    """A page of ``limit`` from ``limit + 1`` rows fetched (the extra one tells there is a next
+    page), and the cursor to it."""
+    more = len(items) > limit
+    items = items[:limit]
+    return items, str(items[-1].id) if more else None
+
+
+def _text(value: str | None) -> str | None:
+    """A filter's text as the database can hold it (a NUL matches nothing stored anyway)."""
+    return None if value is None else clean_text(value)
+
+
+def _before(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not (cursor.isascii() and cursor.isdigit()) or not 1 <= int(cursor) <= MAX_ID:
+        raise InvalidInput("cursor: not one this API gave (use next_cursor as it came)")
+    return int(cursor)
+
+
 class MessagesController(Controller):
     path = "/api/v1"
     tags = ["messages"]  # noqa: RUF012 - litestar reads a class attribute
     guards = [require(ApiRole.ACTIONS)]  # noqa: RUF012
 
-    @post("/messages", status_code=HTTP_202_ACCEPTED, guards=[require(ApiRole.OPERATOR)])
+    @post(
+        "/messages",
+        status_code=HTTP_202_ACCEPTED,
+        guards=[require(ApiRole.OPERATOR)],
+        opt={BODY: RestMessageIn},  # parsed by the REST channel itself, with its own errors
+    )
     async def post_message(
         self,
         request: Request[Any, Any, Any],
@@ -70,6 +123,70 @@ class MessagesController(Controller):
         if await store.conversation(conversation_id) is None:
             raise NotFoundError(f"no conversation {conversation_id}")
         return await store.list_messages(conversation_id, after_id=after, limit=limit)
+
+    @get("/activities", guards=[require(ApiRole.OPERATOR)])
+    async def list_activities(
+        self,
+        *,
+        activities: NamedDependency[ActivityLog],
+        agent: Annotated[str | None, Parameter(description="Agent name")] = None,
+        action_type: Annotated[str | None, Parameter(description="Action type")] = None,
+        status: Annotated[ActivityStatus | None, Parameter(description="Status")] = None,
+        actor: Annotated[
+            int | None, Parameter(ge=1, le=MAX_ID, description="Requester's user id")
+        ] = None,
+        channel: Annotated[str | None, Parameter(description="Channel asked on")] = None,
+        since: Annotated[
+            dt.datetime | None, Parameter(description="Created at or after (ISO 8601)")
+        ] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> ActivityPage:
+        """Activities, newest first: filtered by agent, action type, status, requester
+        (``actor``, a user id), channel and creation time (``since``, ISO 8601), a page of
+        ``limit`` at a time (``cursor``: the previous page's ``next_cursor``)."""
+        where = ActivityFilter(
+            agent=_text(agent),
+            action_type=_text(action_type),
+            status=status,
+            actor_user_id=actor,
+            channel=_text(channel),
+            # A time without a zone is taken as UTC.
+            since=since if since is None or since.tzinfo else since.replace(tzinfo=dt.UTC),
+        )
+        found = await activities.page(where, before_id=_before(cursor), limit=limit + 1)
+        items, next_cursor = _cut(found, limit)
+        return ActivityPage(items=items, next_cursor=next_cursor)
+
+    @get("/conversations", guards=[require(ApiRole.OPERATOR)])
+    async def list_conversations(
+        self,
+        *,
+        store: NamedDependency[MessageStore],
+        channel: Annotated[str | None, Parameter(description="Channel")] = None,
+        user: Annotated[int | None, Parameter(ge=1, le=MAX_ID, description="User id")] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> ConversationPage:
+        """Conversations, newest first, of a channel or a user, a page of ``limit`` at a time
+        (``cursor``: the previous page's ``next_cursor``)."""
+        found = await store.conversations(
+            channel=_text(channel), user_id=user, before_id=_before(cursor), limit=limit + 1
+        )
+        items, next_cursor = _cut(found, limit)
+        return ConversationPage(items=items, next_cursor=next_cursor)
+
+    @post("/activities", status_code=HTTP_201_CREATED, guards=[require(ApiRole.OPERATOR)])
+    async def record_activity(
+        self,
+        request: Request[Any, Any, Any],
+        executor: NamedDependency[Executor],
+        data: JSONBody[AuditNote],
+    ) -> ActivityView:
+        """Record something done outside Switchboard as an activity, for the audit: no
+        handler runs; ``status`` is how it ended (completed, failed or cancelled; 422 for
+        another)."""
+        return await executor.note(data, acting(request))
 
     @get("/activities/{activity_id:int}")
     async def get_activity(

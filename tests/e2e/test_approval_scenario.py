@@ -91,14 +91,17 @@ async def test_guest_request_approved_then_rejected_over_whatsapp(
             await webhook(client, "reembolsa la factura 12", sid="SMguest1", sender=GUEST)
             asked = await arrives(api, SUPERVISOR, r"Approval needed for request #(\d+)")
             code = int(asked.group(1))
-            await arrives(api, GUEST, rf"Request #{code} \(Refund an invoice\) needs approval")
+            # Asked in Spanish: told in Spanish.
+            await arrives(
+                api, GUEST, rf"La solicitud #{code} \(Refund an invoice\) necesita aprobación"
+            )
             request = next(m for m in to(api, SUPERVISOR) if f"#{code}" in (m.body or ""))
             assert "asked by Ana on whatsapp" in (request.body or "")
             assert f"Reply YES {code}" in (request.body or "")
 
             await webhook(client, f"SI {code}", sid="SMsup1", sender=SUPERVISOR)
             await arrives(api, SUPERVISOR, rf"Approved request #{code}; it runs now\.")
-            await arrives(api, GUEST, rf"Request #{code} was approved by Sofía")
+            await arrives(api, GUEST, rf"Sofía aprobó la solicitud #{code}; se ejecuta ahora")
             await arrives(api, GUEST, r"^refund: invoice=12$")
             activity = (await client.get(f"/api/v1/activities/{code}")).json()
             assert activity["status"] == "completed"

@@ -82,6 +82,37 @@ async def test_gateway_and_worker_processes_on_postgres_and_redis(
 
 
 @pytest.mark.services
+async def test_execute_waits_for_the_worker_process_and_answers_the_result(
+    make_env: Callable[..., dict[str, str]], pg_migrated: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = make_env(database_url=pg_migrated, redis_url=redis_url, port=port)
+    async with (
+        gateway_and_worker(env, tmp_path) as base,
+        httpx.AsyncClient(base_url=base, timeout=40, headers=ADMIN) as client,
+    ):
+        named = await client.post(
+            "/api/v1/actions/execute",
+            json={
+                "agent": "assistant",
+                "action_type": "echo",
+                "payload": {"text": "hola"},
+                "sync": True,
+                "timeout_s": 20,
+            },
+        )
+        assert named.status_code == 200, named.text
+        body = named.json()
+        assert (body["status"], body["created"], body["warning"]) == ("completed", True, None)
+        assert body["result"]["text"] == "hola"
+        by_intent = await client.post(
+            "/api/v1/actions/execute", json={"intent": "repite adiós", "sync": True}
+        )
+        assert by_intent.status_code == 200, by_intent.text
+        assert by_intent.json()["result"]["text"] == "adiós"
+
+
+@pytest.mark.services
 async def test_whatsapp_webhook_to_reply_through_a_worker_process(
     make_env: Callable[..., dict[str, str]], pg_migrated: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -92,15 +92,23 @@ async def test_a_worker_killed_mid_job_is_rerun_once_and_never_alongside(
         await cluster.send(20, conversations=20)
         await _running(cluster, 10)
         assert await cluster.stop(doomed, signal.SIGKILL) == -signal.SIGKILL
-        # Counted once it is dead (a job carries several messages, each may start its run up
-        # to the kill); a run takes 2 s upstream, so what it left running is still there.
-        in_flight = cluster.work.running()
+        killed_at = time.monotonic()
         cluster.start_worker(worker_lease_s=4)
         figures = await _settled(cluster, sessions)
+        runs = list(cluster.work.runs)
     _once_each(figures, 20)
     assert figures.overlapping_runs == 0, figures
-    # Only what the dead worker was running ran again, once.
-    assert 20 < figures.handler_runs <= 20 + in_flight, figures
+    # Only what the dead worker had started ran again, and once: its runs still upstream, and
+    # those whose answer had come back but whose result it had not yet recorded. (Counting
+    # what is upstream at the kill misses the latter: the bound is per activity.)
+    assert figures.handler_runs > 20, figures
+    by_activity: dict[int, list[float]] = {}
+    for run in runs:
+        by_activity.setdefault(run.activity_id, []).append(run.started)
+    for activity_id, started in by_activity.items():
+        assert len(started) <= 2, (activity_id, started)
+        if len(started) == 2:
+            assert min(started) < killed_at, (activity_id, started)
     assert len(await _events(sessions, "completed")) == 20
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dispatch.activities import ActivityView
 from dispatch.approvals import Decision
@@ -567,3 +567,75 @@ async def test_a_decision_after_the_deadline_expires_the_request_instead(
     refused = next(e for e in done.events if e.kind == "decision_refused")
     assert refused.data["reason"] == "expired"
     assert (await inbox(services, "guest-11"))[-1].startswith(f"Request #{request.id} expired")
+
+
+async def test_the_api_cancels_a_request_awaiting_approval_and_the_requester_is_told(
+    services: Runtime, catalog_path: Path
+) -> None:
+    sup = await person(services, "sup", "supervisor")
+    tokens = TokenStore(services.sessions, None)
+    operator_token, _ = await tokens.create(name="ops", role="operator", user_id=sup)
+    read_only, _ = await tokens.create(name="gpt", role="actions")
+    request = await say(services, "guest-cancel", "refund 9")
+    assert request.status == ActivityStatus.AWAITING_APPROVAL
+    await services.queue.drain()  # type: ignore[attr-defined]
+    app = create_app(services.settings)
+    async with AsyncTestClient(app) as client:
+        url = f"/api/v1/activities/{request.id}/cancel"
+        as_reader = await client.post(url, headers={"Authorization": f"Bearer {read_only}"})
+        assert (as_reader.status_code, as_reader.json()["error"]) == (403, "forbidden")
+        auth = {"Authorization": f"Bearer {operator_token}"}
+        cancelled = await client.post(url, headers=auth)
+        assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
+        late = await client.post(f"/api/v1/activities/{request.id}/approve", headers=auth)
+        assert late.status_code == 409  # nothing awaits a decision any more
+    done = await settled(services, request.id, "cancelled")
+    assert "started" not in kinds(done)
+    event = next(e for e in done.events if e.kind == "cancelled")
+    assert event.actor == f"user:{sup}"
+    assert (await inbox(services, "guest-cancel"))[-1] == (
+        f"Request #{request.id} was cancelled by an operator."  # "refund 9" reads as English
+    )
+
+
+async def test_execute_goes_through_permission_and_the_approval_gate(
+    services: Runtime, catalog_path: Path
+) -> None:
+    """An API execution is gated as a chat request is: a guest's token may not ask for a
+    role-restricted action (403, nothing stored); one that needs approval waits for it (202
+    ``awaiting_approval``), the approver is asked on their channel, and a YES runs it."""
+    await person(services, "sup", "supervisor")
+    tokens = TokenStore(services.sessions, None)
+    guest_token, _ = await tokens.create(name="gpt", role="actions")
+    ops = await person(services, "ops", "operator")
+    ops_token, _ = await tokens.create(name="ops", role="operator", user_id=ops)
+    await services.queue.drain()  # type: ignore[attr-defined]
+    app = create_app(services.settings)
+    wire = {"agent": "billing", "action_type": "wire", "payload": {"invoice": 8}}
+    async with AsyncTestClient(app) as client:
+        as_guest = await client.post(
+            "/api/v1/actions/execute", json=wire, headers={"Authorization": f"Bearer {guest_token}"}
+        )
+        assert (as_guest.status_code, as_guest.json()["error"]) == (403, "forbidden")
+        async with services.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(Activity)) == 0
+        refund = await client.post(
+            "/api/v1/actions/execute",
+            json={
+                "agent": "billing",
+                "action_type": "refund",
+                "payload": {"invoice": 3},
+                "sync": True,
+            },
+            headers={"Authorization": f"Bearer {ops_token}"},
+        )
+        assert refund.status_code == 202, refund.text
+        assert refund.json()["status"] == "awaiting_approval"
+    code = refund.json()["activity_id"]
+    [asked] = await wait_for(lambda: inbox(services, "sup"))
+    assert asked.startswith(f"Approval needed for request #{code}: Refund an invoice, asked by ops")
+    assert "on the API" in asked
+    await say(services, "sup", f"YES {code}")
+    done = await settled(services, code, "completed")
+    assert done.details["result"]["text"] == "refund: invoice=3"
+    assert done.actor_user_id == ops

@@ -82,10 +82,11 @@ async def test_missing_slot_is_asked_for_and_the_answer_fills_it(services: Runti
 
 
 async def test_two_missing_slots_are_asked_one_after_the_other(services: Runtime) -> None:
+    # Asked in Spanish: the questions come in Spanish (the catalog gives both).
     _, text = await ask(services, "agenda una reunión", sender="bea")
-    assert text.startswith("Who is the meeting with?")
+    assert text.startswith("¿Con quién es la reunión?")
     _, text = await ask(services, "Carlos", sender="bea")
-    assert text.startswith("Which day?")
+    assert text.startswith("¿Qué día?")
     activity, text = await ask(services, "mañana", sender="bea")
     assert activity.action_type == "schedule_meeting"
     assert activity.details["payload"] == {"with": "Carlos", "date": TOMORROW}
@@ -115,7 +116,7 @@ async def test_ambiguous_match_offers_the_options_and_a_number_picks_one(
 ) -> None:
     question, text = await ask(services, "the invoice please", sender="dan")
     assert text.splitlines() == [
-        "Which one do you mean? / ¿Cuál quieres decir?",
+        "Which one do you mean?",  # asked in English: the English half
         "1. Create an invoice for a client",
         "2. Send an existing invoice to its client",
     ]
@@ -144,7 +145,7 @@ async def test_abort_a_new_request_or_a_control_intent_while_a_question_is_open(
 ) -> None:
     await ask(services, "create an invoice", sender="eva")
     _, text = await ask(services, "olvídalo", sender="eva")
-    assert text == "OK, I dropped that request. / De acuerdo, lo dejo."
+    assert text == "De acuerdo, lo dejo."  # "olvídalo": Spanish
     assert await open_state(services, "eva") is None
     after, _ = await ask(services, "Acme", sender="eva")
     assert after.action_type == "help"  # nothing left to fill

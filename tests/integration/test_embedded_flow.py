@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -14,7 +15,8 @@ from dispatch.models import Activity, ActivityEvent, Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, count_rows, open_db
-from tests.support.flow import outbound, post, wait_for
+from tests.support.flow import ask, outbound, post, wait_for
+from workers.runtime import Runtime
 
 
 @pytest.fixture
@@ -74,7 +76,7 @@ async def test_status_is_for_the_owner_only(client: AsyncTestClient[Any]) -> Non
     assert replies[1]["text"] == f"Request #{own} (Repeat a text back): completed"
     theirs = (await post(client, f"estado #{own}", id="b1", sender="bob", conversation="cb")).json()
     [other] = await outbound(client, theirs["conversation_id"])
-    assert other["text"] == f"I can't find a request #{own} of yours."
+    assert other["text"] == f"No encuentro ninguna solicitud #{own} tuya."  # asked in Spanish
 
 
 async def test_cancel_withdraws_a_waiting_request_of_ones_own(
@@ -94,7 +96,7 @@ async def test_cancel_withdraws_a_waiting_request_of_ones_own(
         await post(client, f"cancelar #{finished}", id="d1", sender="dario", conversation="dd")
     ).json()
     [other] = await outbound(client, theirs["conversation_id"])
-    assert other["text"] == f"I can't find a request #{finished} of yours."
+    assert other["text"] == f"No encuentro ninguna solicitud #{finished} tuya."
 
 
 async def test_unrecognized_text_gets_help_from_the_catalog(client: AsyncTestClient[Any]) -> None:
@@ -268,3 +270,120 @@ async def test_events_are_append_only_per_state_change(client: AsyncTestClient[A
         return await count(client, ActivityEvent) == 4
 
     assert await wait_for(four)
+
+
+async def test_embedded_the_gateway_is_the_worker_operators_see(
+    client: AsyncTestClient[Any],
+) -> None:
+    body = (await post(client, "echo visto", id="ops-1")).json()
+    await outbound(client, body["conversation_id"])
+    [worker] = (await client.get("/api/v1/workers")).json()
+    assert worker["pid"] == os.getpid()  # the in-process jobs run in the gateway
+    assert worker["jobs_done"] >= 1
+    queue = (await client.get("/api/v1/queue")).json()
+    assert queue["database"] == {"messages_awaiting_dispatch": 0, "activities_queued": 0}
+    assert queue["queue"]["scheduled"] == 0
+    executed = await client.post(
+        "/api/v1/actions/execute",
+        json={"agent": "assistant", "action_type": "echo", "payload": {"text": "x"}},
+    )
+    assert executed.status_code == 202
+
+    async def ran() -> bool:
+        found = (await client.get(executed.json()["activity_url"])).json()
+        return bool(found["status"] == "completed")
+
+    await wait_for(ran)
+
+
+async def test_embedded_metrics_read_the_sqlite_record(client: AsyncTestClient[Any]) -> None:
+    body = (await post(client, "echo medido", id="metrics-1")).json()
+    await outbound(client, body["conversation_id"])
+    text = (await client.get("/metrics")).text
+    assert (
+        'switchboard_activities{agent="assistant",action_type="echo",status="completed"} 1' in text
+    )
+    assert "switchboard_handler_duration_seconds_count 1" in text
+    assert 'switchboard_handler_duration_seconds_bucket{le="+Inf"} 1' in text
+
+
+async def test_help_buttons_send_what_works_and_a_missing_number_is_asked_for(
+    embedded: Runtime,
+) -> None:
+    """The help menu's buttons never send a literal example id ("status 12"): "status" and
+    "cancel" alone ask which request, and the answer is acted on."""
+    _, done = await ask(embedded, "echo one", sender="buttons")
+    assert done == "one"
+    menu, _ = await ask(embedded, "help", sender="buttons")
+    buttons = [c["text"] for c in menu.details["result"]["choices"]]
+    assert {"status", "cancel"} <= set(buttons)
+    assert not any(any(ch.isdigit() for ch in b) for b in buttons)
+    _, asked = await ask(embedded, "status", sender="buttons")
+    assert asked.startswith("Which request? Its number")
+    answered, told = await ask(embedded, "1", sender="buttons")
+    assert told == "Request #1 (Repeat a text back): completed"
+    assert answered.action_type == "status"
+
+
+async def test_a_spanish_speaker_is_answered_in_spanish_and_an_english_one_in_english(
+    embedded: Runtime,
+) -> None:
+    _, help_es = await ask(embedded, "ayuda", sender="ana")
+    assert help_es.startswith("Puedes pedir:")
+    assert '• Repite un texto (p. ej. "repite hola")' in help_es
+    _, unknown = await ask(embedded, "necesito algo rarísimo", sender="ana")
+    assert unknown.startswith("No lo he entendido. Puedes pedir:")
+    _, asked = await ask(embedded, "estado", sender="ana")
+    assert "¿Qué solicitud?" in asked
+    _, status = await ask(embedded, "1", sender="ana")  # no clue in "1": the question's language
+    assert status == "Solicitud #1 (Lista lo que puedes pedir): completada"
+    _, late = await ask(embedded, "cancelar 1", sender="ana")
+    assert (
+        late == "La solicitud #1 está completada; solo se puede cancelar una que no haya empezado."
+    )
+    started, said = await ask(embedded, "dar de alta a ACME", sender="ana")
+    assert said.startswith(f"Empezada onboard_customer como ejecución #{started.id}: 4 pasos")
+
+    async def told() -> str | None:
+        replies = await embedded.store.replies_to(started.source_message_id or 0)
+        done = [r.text for r in replies if r.delivery not in {"pending", "sending"}]
+        return done[1] if len(done) > 1 else None
+
+    ended = await wait_for(told)
+    assert ended.startswith(f"Ejecución #{started.id} de onboard_customer: completada.")
+    assert "• welcome: completada — Welcome aboard, ACME!" in ended
+    _, help_en = await ask(embedded, "help", sender="bob")
+    assert help_en.startswith("You can ask:")
+    assert '• Repeat a text back (e.g. "echo hello")' in help_en
+
+
+async def test_the_bundled_demo_does_what_the_readme_says(embedded: Runtime) -> None:
+    """The README's headline example and the demo's flows, on the bundled catalog."""
+    _, invoice = await ask(embedded, "create an invoice for ACME, 120 €", sender="demo")
+    assert invoice == "Invoice INV-0001 for ACME: 120 EUR"
+    _, asked = await ask(embedded, "create an invoice", sender="demo")
+    assert asked.startswith("Which client is the invoice for?")
+    _, filled = await ask(embedded, "Globex", sender="demo")
+    assert filled == "Invoice INV-0002 for Globex"
+    _, spanish = await ask(embedded, "factura a Initech por 99,50 €", sender="demo")
+    assert spanish == "Invoice INV-0003 for Initech: 99.5 EUR"
+    _, ticket = await ask(embedded, "open a ticket: the printer is broken", sender="demo")
+    assert ticket == "Ticket T-0001 opened: the printer is broken"
+    sup = await embedded.users.add("demo-supervisor", "supervisor")
+    await embedded.users.link(str(sup.id), "rest", "demo-supervisor")
+    refund, asked_sup = await ask(embedded, "refund invoice 1", sender="demo")
+    assert refund.status == "awaiting_approval"
+    assert asked_sup.startswith(f"Approval needed for request #{refund.id}: Refund an invoice")
+
+
+async def test_a_user_given_a_language_is_answered_in_it_whatever_they_write(
+    embedded: Runtime,
+) -> None:
+    _, first = await ask(embedded, "ayuda", sender="lena")
+    assert first.startswith("Puedes pedir:")
+    await embedded.users.set_language("lena", "en")
+    _, chosen = await ask(embedded, "ayuda", sender="lena")
+    assert chosen.startswith("You can ask:")
+    await embedded.users.set_language("lena", None)
+    _, auto = await ask(embedded, "ayuda", sender="lena")
+    assert auto.startswith("Puedes pedir:")

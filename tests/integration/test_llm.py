@@ -111,6 +111,7 @@ async def test_a_well_formed_proposal_becomes_the_activity(services: Runtime, ll
         "system__help",
         "system__status",
         "system__cancel",
+        "system__human",
     }
     assert request["messages"][-1] == {
         "role": "user",
@@ -127,6 +128,7 @@ async def test_rules_first_the_llm_is_not_asked(services: Runtime, llm: LlmApi) 
         "by": "pattern",
         "matched": True,
         "parse_us": activity.details["provenance"]["parse_us"],
+        "language": "es",
     }
     assert llm.requests == []
 

@@ -220,4 +220,5 @@ async def test_cancelling_a_queued_request_means_it_never_runs(services: Runtime
     assert cancel.activity_id is not None
     answered = await services.activities.get(cancel.activity_id)
     assert answered is not None
-    assert answered.details["result"]["text"] == f"Request #{queued.activity_id} cancelled."
+    # Asked in Spanish ("cancela mi solicitud"): answered in Spanish.
+    assert answered.details["result"]["text"] == f"Solicitud #{queued.activity_id} cancelada."

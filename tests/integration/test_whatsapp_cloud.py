@@ -481,9 +481,9 @@ async def test_more_than_three_choices_become_a_list_and_a_row_runs_its_choice(
     [menu] = await sent(api)
     interactive = menu["interactive"]
     assert (menu["type"], interactive["type"]) == ("interactive", "list")
-    assert interactive["body"]["text"].startswith("You can ask:")
+    assert interactive["body"]["text"].startswith("Puedes pedir:")  # "ayuda": Spanish
     rows = interactive["action"]["sections"][0]["rows"]
-    assert [r["title"] for r in rows] == ["help", "status 12", "cancel 12", "echo hola"]
+    assert [r["title"] for r in rows] == ["ayuda", "estado", "cancelar", "humano", "echo hola"]
     assert all(len(r["id"]) <= 200 for r in rows)
     tap = meta.message(
         "interactive",
@@ -491,7 +491,7 @@ async def test_more_than_three_choices_become_a_list_and_a_row_runs_its_choice(
             "context": {"from": "15550001111", "id": "wamid.menu"},
             "interactive": {
                 "type": "list_reply",
-                "list_reply": {"id": rows[3]["id"], "title": rows[3]["title"]},
+                "list_reply": {"id": rows[4]["id"], "title": rows[4]["title"]},
             },
         },
     )

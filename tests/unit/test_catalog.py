@@ -44,10 +44,18 @@ def test_default_catalog_loads() -> None:
         "control:approve-bare",
         "control:reject-bare",
         "control:run",
+        "control:status-ask",
+        "control:cancel-ask",
+        "control:human",
         "control:cancel",
+        "invoice-create",
+        "refund",
+        "ticket-open",
+        "support-words",
         "help-phrases",
         "echo",
         "status-phrases",
+        "onboard",
     ]
 
 

@@ -62,7 +62,7 @@ def test_rules_in_spanish_and_english(
 
 @pytest.mark.parametrize(
     "text",
-    ["blah", "status abc", "echo", "helpful people", "estado", "yes please", "no way 123", "ok"],
+    ["blah", "status abc", "echo", "helpful people", "yes please", "no way 123", "ok"],
 )
 def test_unmatched_text_falls_back_to_help(parser: IntentParser, text: str) -> None:
     intent = parser.parse(text)
@@ -181,3 +181,17 @@ def test_text_field_takes_the_whole_message_and_a_missing_field_is_reported() ->
     assert intent.payload == {"summary": "La impresora no funciona"}
     assert intent.missing == ()
     assert intent.provenance["by"] == "keywords"
+
+
+@pytest.mark.parametrize(
+    ("text", "action"), [("status", "status"), ("Estado", "status"), ("cancel", "cancel")]
+)
+def test_a_bare_status_or_cancel_is_understood_with_the_number_missing(
+    parser: IntentParser, text: str, action: str
+) -> None:
+    intent = parser.parse(text)
+    assert (intent.agent, intent.action_type, intent.missing) == (
+        "system",
+        action,
+        ("activity_id",),
+    )

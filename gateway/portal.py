@@ -1,0 +1,139 @@
+"""The supervisor portal's sessions: a password login, a signed cookie, and CSRF protection.
+
+A supervisor, operator or admin with a password (``switchboard users set-password NAME``) logs
+in at ``/portal``; the gateway answers with a session cookie (HttpOnly, SameSite=Strict, Secure
+behind HTTPS) signed with a key of this deployment, expiring after ``SESSION_S``. The portal's
+page then calls the same ``/api/v1`` routes as a token would, as that user (a supervisor or
+operator as the ``operator`` role, an admin as ``admin``); every call that changes something
+must carry the session's CSRF token in ``X-CSRF-Token`` (a cookie alone is not enough, so
+another site cannot make the browser act). Repeated wrong passwords for a name lock it out for
+a while (429 with ``Retry-After``), growing with each further failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from dispatch.errors import RateLimited
+from dispatch.keys import derive
+from dispatch.models import Role
+
+__all__ = [
+    "COOKIE",
+    "CSRF_HEADER",
+    "PORTAL_ROLES",
+    "LoginThrottle",
+    "PortalSession",
+    "PortalSessions",
+]
+
+COOKIE = "sb_portal"
+CSRF_HEADER = "x-csrf-token"
+SESSION_S = 12 * 3600
+PORTAL_ROLES = frozenset({Role.SUPERVISOR.value, Role.OPERATOR.value, Role.ADMIN.value})
+"""Who may log in: guests and agents may not."""
+
+
+class PortalSession(msgspec.Struct, frozen=True):
+    user_id: int
+    expires_at: float
+    nonce: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class PortalSessions:
+    """Signed, expiring session cookies and their CSRF tokens (nothing stored server-side)."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._key = derive(secret, "portal-sessions")
+
+    def issue(self, user_id: int, *, now: float | None = None) -> str:
+        session = PortalSession(
+            user_id=user_id,
+            expires_at=(now or time.time()) + SESSION_S,
+            nonce=_b64(hashlib.sha256(str(time.time_ns()).encode() + self._key).digest()[:12]),
+        )
+        body = _b64(msgspec.json.encode(session))
+        return f"{body}.{self._sign(body)}"
+
+    def read(self, cookie: str | None, *, now: float | None = None) -> PortalSession | None:
+        """The session a cookie carries, if it is ours and unexpired."""
+        if not cookie or "." not in cookie or len(cookie) > 512:
+            return None
+        body, _, signature = cookie.partition(".")
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
+            return None
+        try:
+            session = msgspec.json.decode(_unb64(body), type=PortalSession)
+        except (msgspec.DecodeError, ValueError):
+            return None
+        return session if session.expires_at > (now or time.time()) else None
+
+    def csrf(self, cookie: str) -> str:
+        """The CSRF token of a session (its cookie's own MAC under another purpose)."""
+        return _b64(hmac.new(self._key, b"csrf:" + cookie.encode(), hashlib.sha256).digest())
+
+    def csrf_matches(self, cookie: str, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(self.csrf(cookie).encode(), token.encode())
+
+    def _sign(self, body: str) -> str:
+        return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
+
+
+@dataclass
+class LoginThrottle:
+    """Failed logins per name and per client address: after ``free`` failures (``ip_free``
+    for an address) the key is locked out for ``base_s``, doubling with each further failure
+    (at most ``max_s``); a success clears the name. An attempt counts as a failure before its
+    password is checked (so attempts sent at once cannot all slip through), and is forgiven
+    if it succeeds. Per process: a cluster's gateways each count their own."""
+
+    free: int = 5
+    ip_free: int = 20
+    base_s: float = 30.0
+    max_s: float = 900.0
+    cap: int = 10_000
+    _failures: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def attempt(self, name: str, client: str, *, now: float | None = None) -> None:
+        """Raises :class:`RateLimited` while the name or the address is locked out; else
+        counts this attempt as a failure until :meth:`succeeded` says otherwise."""
+        now = time.monotonic() if now is None else now
+        keys = ((f"name:{name.strip().lower()}", self.free), (f"ip:{client}", self.ip_free))
+        for key, free in keys:
+            count, until = self._failures.get(key, (0, 0.0))
+            if count >= free and until > now:
+                raise RateLimited(
+                    f"too many failed logins; try again in {until - now:.0f} s",
+                    retry_after_s=until - now,
+                )
+        for key, free in keys:
+            count, _ = self._failures.get(key, (0, 0.0))
+            count += 1
+            lock_s = min(self.max_s, self.base_s * 2 ** (count - free)) if count >= free else 0.0
+            self._store(key, (count, now + lock_s), now)
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(f"name:{name.strip().lower()}", None)
+
+    def _store(self, key: str, value: tuple[int, float], now: float) -> None:
+        if key not in self._failures and len(self._failures) >= self.cap:
+            # Forget what no longer locks anything; a key that still does is kept.
+            for old in [k for k, (_, until) in self._failures.items() if until <= now]:
+                del self._failures[old]
+            if len(self._failures) >= self.cap:
+                return
+        self._failures[key] = value
