@@ -14,9 +14,11 @@ Phases, each on a deployment of its own:
 
 - ``bare``: the bare endpoint at saturation (closed loop, 64 connections);
 - ``ack-telegram``, ``ack-twilio``: webhooks acknowledged per second with no worker running;
-- ``e2e``: the same load with the workers running, then until every accepted message is
-  answered: messages answered per second, PostgreSQL transactions (``pg_stat_database``,
-  commits and rollbacks) and Redis commands (``INFO commandstats``) per message;
+- ``e2e``: a burst of ``--e2e-messages`` webhooks (three a chat) sent as fast as the gateway
+  takes them with the workers running, then until every accepted message is answered:
+  messages answered per second (first request to last reply), PostgreSQL transactions
+  (``pg_stat_database``, commits and rollbacks) and Redis commands (``INFO commandstats``)
+  per message;
 - ``open-<rate>``: an open loop at a fixed rate (100, 500, 1,000 messages/s): acknowledgement
   and end-to-end latency p50/p99 from when each message was due, what was not answered within
   ``--drain-s`` after the last one, and (for the ``--rss-rate`` phase, run ``--rss-s``) the
@@ -63,6 +65,11 @@ from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, 
 BARE = Path(__file__).resolve().parent / "bare.py"
 DRAIN_MAX_S = 90.0
 CHATS = 5000
+E2E_MESSAGES_PER_CHAT = 3
+"""The end-to-end burst's messages per chat: a conversation's later messages arrive while its
+earlier ones are worked on, as in a busy hour."""
+E2E_SEND_MAX_S = 300.0
+E2E_DRAIN_MAX_S = 900.0
 FIRST_CHAT = 800_000
 TARGETS = {
     "ack_ratio": ">= 25 % of bare",
@@ -97,11 +104,11 @@ def _rss_mb(pid: int) -> float:
 # -- traffic --------------------------------------------------------------------------------------
 
 
-def telegram_requests(count: int, *, first: int = 0) -> list[Request]:
+def telegram_requests(count: int, *, first: int = 0, chats: int = CHATS) -> list[Request]:
     headers = {"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": SECRET}
     requests = []
     for n in range(first, first + count):
-        update = text_update(n + 1, f"echo k{n}", chat_id=FIRST_CHAT + n % CHATS)
+        update = text_update(n + 1, f"echo k{n}", chat_id=FIRST_CHAT + n % chats)
         requests.append(("/webhooks/telegram", headers, json.dumps(update).encode(), f"k{n}"))
     return requests
 
@@ -293,16 +300,22 @@ class Bench:
         self.figures[f"ack_{kind}"] = _closed(result)
 
     async def e2e(self) -> None:
-        requests = telegram_requests(200_000)
+        # A burst of a fixed size, sent as fast as the gateway takes it and then drained to
+        # the last reply: the workers are saturated throughout, and every transaction and
+        # Redis command counted belongs to a message that was answered.
+        count = self.args.e2e_messages
+        requests = telegram_requests(count, chats=max(1, count // E2E_MESSAGES_PER_CHAT))
         deployment = self.deployment(self.args.workers)
         async with deployment.running():
             xacts_before = await pg_xacts(deployment.db_url)
             commands_before = await redis_commands(self.redis_base)
             result = await asyncio.to_thread(
-                load, deployment.ports, requests, connections=64, duration_s=self.args.duration_s
+                load, deployment.ports, requests, connections=64, duration_s=E2E_SEND_MAX_S
             )
             accepted = [s for s in result.samples if s.status < 300]
-            answered = await _drain(deployment, len(accepted), self.args.e2e_drain_s)
+            answered = await _drain(
+                deployment, len(accepted), self.args.e2e_drain_s, max_s=E2E_DRAIN_MAX_S
+            )
             # Counted once the processes have ended (a backend flushes its statistics then).
             await deployment.stop()
             xacts = await pg_xacts(deployment.db_url) - xacts_before
@@ -548,11 +561,14 @@ def main() -> int:
     parser.add_argument("--rss-s", type=float, default=60.0)
     parser.add_argument("--drain-s", type=float, default=15.0, help="wait for progress this long")
     parser.add_argument("--e2e-drain-s", type=float, default=15.0)
+    parser.add_argument(
+        "--e2e-messages", type=int, default=6000, help="the end-to-end burst, drained to the end"
+    )
     parser.add_argument("--quick", action="store_true", help="3 s phases, RSS over 10 s")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
-        args.duration_s, args.rss_s = 3.0, 10.0
+        args.duration_s, args.rss_s, args.e2e_messages = 3.0, 10.0, 600
     figures = asyncio.run(main_async(args))
     print(table(figures))
     if args.json:
