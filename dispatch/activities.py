@@ -517,6 +517,10 @@ class ActivityLog:
                     ),
                 )
                 .limit(1)
+                # A reply whose sender is recording its outcome right now is waited for, then
+                # read as recorded: that transaction looks for what waits behind the reply, so
+                # an activity recorded as held must be either seen by it or not held at all.
+                .with_for_update(read=True, of=Message)
             )
         ).scalar_one_or_none()
         return None if earlier_reply is None else f"reply {earlier_reply}"
@@ -524,18 +528,25 @@ class ActivityLog:
     async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
         """The next activity waiting its turn in a conversation, if any."""
         async with self._sessions() as session:
-            return (
-                await session.execute(
-                    select(Activity.id)
-                    .where(
-                        Activity.conversation_id == conversation_id,
-                        Activity.order_key > after_key,
-                        Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-                    )
-                    .order_by(Activity.order_key)
-                    .limit(1)
+            return await self.waiting_after(session, conversation_id, after_key)
+
+    @staticmethod
+    async def waiting_after(
+        session: AsyncSession, conversation_id: int, after_key: int
+    ) -> int | None:
+        """:meth:`next_in_conversation` in the caller's transaction."""
+        return (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key > after_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
                 )
-            ).scalar_one_or_none()
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
 
     async def count_completed(self, agent: str, action_type: str) -> int:
         """How many activities of this action completed (the ledger numbers its entries)."""

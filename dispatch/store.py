@@ -559,27 +559,64 @@ class MessageStore:
         delivery without its event.
         """
         async with self._sessions.begin() as session:
-            if external_id is not None:
-                await session.execute(_RECORD_EXTERNAL_ID, {"mid": message_id, "ext": external_id})
-            result = await session.execute(
-                _MOVE_DELIVERY,
-                {
-                    "mid": message_id,
-                    "rank": status.rank,
-                    "delivery": status.value,
-                    "error": error,
-                    "at": utcnow(),
-                },
+            return await self._move_delivery(
+                session, message_id, status, external_id=external_id, error=error, event=event
             )
-            if event is not None:
-                activity_id, kind = event
-                ActivityLog.add_event(
-                    session,
-                    activity_id,
-                    kind,
-                    data={"message_id": message_id, "delivery": status.value, "error": error},
-                )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def end_delivery(
+        self,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None = None,
+        error: str | None = None,
+        event: tuple[int, str] | None = None,
+        turn: tuple[int, int],
+    ) -> int | None:
+        """:meth:`update_delivery` for the last reply an activity owes its conversation, and
+        in the same transaction the conversation's next activity waiting its turn after
+        ``turn`` (conversation id, order key), now that this reply holds it back no more.
+
+        An activity recorded meanwhile that found this reply still being sent waited for this
+        transaction (:meth:`ActivityLog.blocking` locks the reply it finds) and so either saw
+        it sent, or was committed first and is found here."""
+        async with self._sessions.begin() as session:
+            await self._move_delivery(
+                session, message_id, status, external_id=external_id, error=error, event=event
+            )
+            return await ActivityLog.waiting_after(session, *turn)
+
+    @staticmethod
+    async def _move_delivery(
+        session: AsyncSession,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None,
+        error: str | None,
+        event: tuple[int, str] | None,
+    ) -> bool:
+        if external_id is not None:
+            await session.execute(_RECORD_EXTERNAL_ID, {"mid": message_id, "ext": external_id})
+        result = await session.execute(
+            _MOVE_DELIVERY,
+            {
+                "mid": message_id,
+                "rank": status.rank,
+                "delivery": status.value,
+                "error": error,
+                "at": utcnow(),
+            },
+        )
+        if event is not None:
+            activity_id, kind = event
+            ActivityLog.add_event(
+                session,
+                activity_id,
+                kind,
+                data={"message_id": message_id, "delivery": status.value, "error": error},
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def touch_sending(self, message_id: int) -> None:
         """The sender of this reply is alive and still handing it over (a heartbeat)."""

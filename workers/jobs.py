@@ -30,7 +30,7 @@ from dispatch.outbox import Outbox, reply_text
 from dispatch.permissions import acting_role, may_request, requester_role
 from dispatch.queue import RetryLater
 from dispatch.runs import run_of
-from dispatch.service import Claimed, DispatchFailed
+from dispatch.service import Claimed, Dispatched, DispatchFailed
 from workers.lease import Lease, LeaseLost, RunCancelled
 from workers.registry import Handler, HandlerContext, UnknownAction
 
@@ -143,7 +143,7 @@ async def dispatch_message(
             await runtime.queue.try_enqueue(runtime.queue.enqueue_dispatch, following)
             following = None
     ran = 0
-    if dispatched.activity_id is not None:
+    if dispatched.activity_id is not None and _ours_to_advance(dispatched):
         ran = await _advance(runtime, dispatched.activity_id, dispatched.running)
     return JobOutcome(
         outcome=dispatched.outcome,
@@ -152,6 +152,16 @@ async def dispatch_message(
         ran=ran,
         following=following,
     )
+
+
+def _ours_to_advance(dispatched: Dispatched) -> bool:
+    """Whether this job carries the message's activity on. One it recorded, yes. One recorded
+    before (this job's message was taken by the job of an earlier one of its conversation, or
+    this is a retry): only while it is still queued, as a retried job finds it when the job
+    that recorded it died before running it. Running or ended, whoever holds it carries it on,
+    and should they die, recovery does (their lease, their unsent replies); stepping it here
+    would only read it again."""
+    return dispatched.outcome != "existing" or dispatched.status == S.QUEUED.value
 
 
 async def run_activity(runtime: Runtime, activity_id: int) -> JobOutcome:
@@ -232,18 +242,21 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
         ran = 1
         activity = ended.activity if ended else await activities.get(activity_id)
         assert activity is not None
-    await runtime.replies.deliver(activity, ended.outbox if ended else None)
-    if activity.status in (S.QUEUED, S.IN_PROGRESS):
-        return _Step(held=True, ran=ran)  # given back, or taken over: another run follows
+    held = activity.status in (S.QUEUED, S.IN_PROGRESS)  # given back, or taken over
+    turn = None
+    if not held and activity.conversation_id is not None and activity.order_key is not None:
+        # Finished, or waiting for a person (approval, RUN): either way it holds nothing back
+        # once its replies are out; the last one's record looks up what waits behind it.
+        turn = (activity.conversation_id, activity.order_key)
+    delivered = await runtime.replies.deliver(activity, ended.outbox if ended else None, turn=turn)
+    if held:
+        return _Step(held=True, ran=ran)  # another run follows
     run_id = run_of(activity.agent_name, activity.id, activity.workflow_run_id)
     if run_id is not None and S(activity.status).is_terminal:
         await runtime.workflows.advance(run_id)  # what its end lets run, or the run's end
-    following = None
-    if activity.conversation_id is not None and activity.order_key is not None:
-        # Finished, or waiting for a person (approval, RUN): either way it holds nothing back.
-        following = await activities.next_in_conversation(
-            activity.conversation_id, activity.order_key
-        )
+    following = delivered.following
+    if turn is not None and not delivered.looked:
+        following = await activities.next_in_conversation(*turn)
     return _Step(held=False, following=following, ran=ran)
 
 

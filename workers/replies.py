@@ -15,9 +15,25 @@ from dispatch.models import Delivery
 from dispatch.outbox import Outbox
 from dispatch.store import MessageStore
 
-__all__ = ["ReplySender"]
+__all__ = ["Delivered", "ReplySender"]
 
 log = logging.getLogger("switchboard.replies")
+
+
+class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+    """What :meth:`ReplySender.deliver` did."""
+
+    sent: int = 0
+    """Replies handed to their channel by this call."""
+    looked: bool = False
+    """Whether the conversation's next activity was looked up as the last reply was recorded."""
+    following: int | None = None
+    """If ``looked``: that activity, if any."""
+
+
+class _Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    status: Delivery
+    following: int | None = None
 
 
 class ReplySender:
@@ -34,9 +50,18 @@ class ReplySender:
         self._activities = activities
         self._catalog = catalog
 
-    async def deliver(self, activity: ActivityView, outbox: Outbox | None = None) -> int:
+    async def deliver(
+        self,
+        activity: ActivityView,
+        outbox: Outbox | None = None,
+        *,
+        turn: tuple[int, int] | None = None,
+    ) -> Delivered:
         """Send the activity's pending replies (or ``outbox``, reserved for this call as its
-        run ended); returns how many this call handed over.
+        run ended); returns how many this call handed over and, if ``turn`` (its conversation
+        and order key) is given and this call recorded the last reply it owes its
+        conversation, the next activity waiting its turn there, looked up in that record's
+        transaction (see :meth:`MessageStore.end_delivery`).
 
         Each reply is claimed (pending → sending) before the channel is called, so a crash in
         between loses that reply rather than ever sending it twice. A reply reserved for this
@@ -45,18 +70,27 @@ class ReplySender:
         if outbox is None:
             outbox = await self._store.outbox(activity.id, activity.source_message_id)
         if not outbox.replies:
-            return 0
+            return Delivered()
         handed: set[int] = set()
         try:
-            return await self._hand_over(activity, outbox, handed)
+            return await self._hand_over(activity, outbox, handed, turn)
         finally:
             if outbox.reserved is not None and outbox.reserved not in handed:
                 await asyncio.shield(self._store.release_replies([outbox.reserved]))
 
-    async def _hand_over(self, activity: ActivityView, outbox: Outbox, handed: set[int]) -> int:
+    async def _hand_over(
+        self,
+        activity: ActivityView,
+        outbox: Outbox,
+        handed: set[int],
+        turn: tuple[int, int] | None,
+    ) -> Delivered:
         action = self._catalog.action(activity.agent_name, activity.action_type)
         templates = action.templates if action else {}
+        own_rows = [r.id for r in outbox.replies if r.conversation_id == activity.conversation_id]
+        last_own = own_rows[-1] if turn is not None and own_rows else None
         sent = 0
+        delivered = Delivered()
         failed_part: dict[int, int] = {}  # per conversation: the part that failed
         for row in outbox.replies:
             conversation = outbox.conversations.get(row.conversation_id)
@@ -65,32 +99,40 @@ class ReplySender:
             if row.id != outbox.reserved and not await self._store.claim_reply(row.id):
                 continue
             handed.add(row.id)
+            ends = turn if row.id == last_own else None
             if conversation.id in failed_part:
                 # Never leave a gap in a conversation: the rest to it is not sent either.
                 error = f"not sent: part {failed_part[conversation.id]} of this reply failed"
-                await self._store.update_delivery(row.id, Delivery.FAILED, error=error)
-                continue
-            own = conversation.id == activity.conversation_id
-            outbound = OutboundMessage(
-                channel=row.channel,
-                conversation_key=conversation.key,
-                conversation_id=conversation.id,
-                text=row.text,
-                media=msgspec.convert(row.media or [], tuple[Media, ...]),
-                activity_id=activity.id,
-                message_id=row.id,
-                in_reply_to=outbox.in_reply_to if own else None,
-                last_inbound_at=conversation.last_inbound_at,
-                # The action's template stands in for its reply to the requester only.
-                template=templates.get(row.channel) if own else None,
-                choices=msgspec.convert((row.raw or {}).get("choices") or [], tuple[Choice, ...]),
-            )
-            if await self._send(outbound, row.id) == Delivery.FAILED and row.part is not None:
-                failed_part[conversation.id] = row.part
-            sent += 1
-        return sent
+                outcome = await self._record(row.id, Delivery.FAILED, error=error, turn=ends)
+            else:
+                own = conversation.id == activity.conversation_id
+                outbound = OutboundMessage(
+                    channel=row.channel,
+                    conversation_key=conversation.key,
+                    conversation_id=conversation.id,
+                    text=row.text,
+                    media=msgspec.convert(row.media or [], tuple[Media, ...]),
+                    activity_id=activity.id,
+                    message_id=row.id,
+                    in_reply_to=outbox.in_reply_to if own else None,
+                    last_inbound_at=conversation.last_inbound_at,
+                    # The action's template stands in for its reply to the requester only.
+                    template=templates.get(row.channel) if own else None,
+                    choices=msgspec.convert(
+                        (row.raw or {}).get("choices") or [], tuple[Choice, ...]
+                    ),
+                )
+                outcome = await self._send(outbound, row.id, ends)
+                if outcome.status == Delivery.FAILED and row.part is not None:
+                    failed_part[conversation.id] = row.part
+                sent += 1
+            if ends is not None:
+                delivered = Delivered(looked=True, following=outcome.following)
+        return msgspec.structs.replace(delivered, sent=sent)
 
-    async def _send(self, outbound: OutboundMessage, message_id: int) -> Delivery:
+    async def _send(
+        self, outbound: OutboundMessage, message_id: int, turn: tuple[int, int] | None
+    ) -> _Outcome:
         external_id: str | None
         error: str | None
         heartbeat = asyncio.create_task(self._still_sending(message_id))
@@ -107,14 +149,35 @@ class ReplySender:
             heartbeat.cancel()
         assert outbound.activity_id is not None
         kind = "reply_failed" if status == Delivery.FAILED else "reply_sent"
-        await self._store.update_delivery(
+        return await self._record(
             message_id,
             status,
             external_id=external_id,
             error=error,
             event=(outbound.activity_id, kind),
+            turn=turn,
         )
-        return status
+
+    async def _record(
+        self,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None = None,
+        error: str | None = None,
+        event: tuple[int, str] | None = None,
+        turn: tuple[int, int] | None,
+    ) -> _Outcome:
+        """A reply's outcome; with ``turn``, what waits behind it too (one transaction)."""
+        if turn is None:
+            await self._store.update_delivery(
+                message_id, status, external_id=external_id, error=error, event=event
+            )
+            return _Outcome(status=status)
+        following = await self._store.end_delivery(
+            message_id, status, external_id=external_id, error=error, event=event, turn=turn
+        )
+        return _Outcome(status=status, following=following)
 
     async def _still_sending(self, message_id: int) -> None:
         """While a channel takes its time (retries, rate limits), the reply is marked as still

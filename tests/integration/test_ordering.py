@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
-from dispatch.activities import ActivityView
+from dispatch.activities import ActivityLog, ActivityView
 from dispatch.messages import InboundMessage
 from dispatch.models import Activity, ActivityStatus
 from gateway.settings import Settings
@@ -292,3 +292,62 @@ async def test_a_message_that_cannot_be_understood_ends_failed_and_the_next_goes
     assert attempts == ["poison"] * 3  # interpreted three times, not once per recovery pass
     await asyncio.sleep(0.5)
     assert attempts == ["poison"] * 3
+
+
+@pytest.mark.services
+async def test_a_message_recorded_while_the_reply_before_it_is_being_recorded_is_not_stranded(
+    make_settings: Callable[..., Settings],
+    own_pg: str,
+    tmp_path: Path,
+    server: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reply's outcome and the look-up of what waits behind it are one transaction. Held
+    open after that look-up found nothing, a new message of the conversation is recorded: it
+    must either wait for that transaction and see the reply sent (and run), or be found by it;
+    never be recorded as held behind a reply whose sender has already looked. Recovery is held
+    off: only the conversation's own hand-over can carry the second message on."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG.format(url=server.url))
+    settings = make_settings(database_url=own_pg, catalog=catalog, worker_recover_every_s=3600)
+    looked, release = asyncio.Event(), asyncio.Event()
+    original = ActivityLog.waiting_after
+
+    async def held_open(session: Any, conversation_id: int, after_key: int) -> int | None:
+        found = await original(session, conversation_id, after_key)
+        if not looked.is_set():
+            looked.set()
+            await release.wait()  # the transaction stays open, the reply's row locked
+        return found
+
+    monkeypatch.setattr(ActivityLog, "waiting_after", staticmethod(held_open))
+    async with runtime_for(settings) as runtime:
+        first = await activity_of(runtime, await say(runtime, "echo one"))
+        await asyncio.wait_for(looked.wait(), timeout=10)
+        second_message = await say(runtime, "echo two")
+
+        async def recorded_or_waiting() -> bool | None:
+            async with runtime.sessions() as session:
+                recorded = await session.scalar(
+                    select(Activity.id).where(Activity.source_message_id == second_message)
+                )
+                waiting = await session.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            return True if recorded is not None or waiting else None
+
+        await wait_for(recorded_or_waiting, timeout_s=10)
+        await asyncio.sleep(1.0)  # whatever the second message's job does next, it has done
+        release.set()
+        second = await activity_of(runtime, second_message)
+        done = await settled(runtime, second.id, "completed")
+        assert done.id != first.id
+
+        async def both() -> list[tuple[float, str]] | None:
+            got = await told(runtime)
+            return got if len(got) >= 2 else None
+
+        assert [t for _, t in await wait_for(both, timeout_s=10)] == ["one", "two"]
