@@ -230,6 +230,9 @@ async def test_updates_we_do_not_handle_get_200_and_are_recorded_as_ignored(
         b"\xff\xfe bad utf-8",
         b'{"update_id": 1, "message": "a string"}',
         b'{"update_id": 2, "callback_query": {"id": "q", "data": 7}}',
+        b'{"update_id": 3, "message": {"message_id": 3, "date": 1, "text": "no chat"}}',
+        b'{"update_id": 4, "message": {"message_id": 4, "date": 1, "text": "hi", '
+        b'"chat": {"id": 9, "type": "private"}, "from": {"id": "nine", "first_name": "A"}}}',
     ],
     ids=[
         "no update_id",
@@ -238,6 +241,8 @@ async def test_updates_we_do_not_handle_get_200_and_are_recorded_as_ignored(
         "invalid utf-8",
         "message not an object",
         "callback of the wrong shape",
+        "message without its chat",
+        "sender of the wrong shape",
     ],
 )
 async def test_a_verified_update_that_cannot_be_read_is_kept_and_answered_200(
