@@ -17,6 +17,7 @@ from dispatch.logs import configure_logging
 from gateway.auth import TokenStore
 from gateway.dependencies import PROVIDERS
 from gateway.exceptions import exception_to_http_response
+from gateway.inbound import Inbound
 from gateway.openapi import actions_document, operation_id, refine
 from gateway.portal import LoginThrottle, PortalSessions
 from gateway.routes.actions import ActionsController
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         async with open_runtime(settings, role="gateway") as runtime:
             app.state.runtime = runtime
             app.state.settings = settings
+            app.state.inbound = Inbound(runtime.channels, runtime.dispatcher)
             app.state.tokens = TokenStore(runtime.sessions, settings.http.admin_token)
             app.state.portal = PortalSessions(runtime.secret)
             app.state.login_throttle = LoginThrottle()

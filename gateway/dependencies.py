@@ -63,6 +63,7 @@ PROVIDERS: dict[str, Provide] = {
     },
     "rest": _channel(RestChannel),
     "webchat": _channel(WebChatChannel),
+    "inbound": _state("inbound"),
     "settings": _state("settings"),
     "tokens": _state("tokens"),
 }

@@ -15,8 +15,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import MethodNotAllowedException
 
 from channels.base import RawRequest, WebhookReply
-from channels.registry import ChannelRegistry
-from dispatch.service import DispatchService
+from gateway.inbound import Inbound
 
 __all__ = ["webhook_get", "webhook_post"]
 
@@ -44,27 +43,22 @@ def _response(reply: WebhookReply, background: BackgroundTask | None = None) -> 
 
 @post(PATH, tags=["webhooks"], status_code=200, include_in_schema=False)
 async def webhook_post(
-    request: Request[Any, Any, Any],
-    channels: NamedDependency[ChannelRegistry],
-    dispatcher: NamedDependency[DispatchService],
+    request: Request[Any, Any, Any], inbound: NamedDependency[Inbound]
 ) -> Response[str]:
     """403 unless the provider really sent it; 2xx as soon as everything it carries is stored
     (a provider's retry of the same message stores nothing more)."""
-    raw = await _raw(request)
-    channel = channels.webhook(raw.path)
-    received = await channel.receive(raw)
-    await dispatcher.ingest_all(channel.name, received.messages, received.statuses)
+    channel, received = await inbound.receive(await _raw(request))
     background = BackgroundTask(received.follow_up) if received.follow_up else None
     return _response(channel.acknowledgement(), background)
 
 
 @get(PATH, tags=["webhooks"], include_in_schema=False)
 async def webhook_get(
-    request: Request[Any, Any, Any], channels: NamedDependency[ChannelRegistry]
+    request: Request[Any, Any, Any], inbound: NamedDependency[Inbound]
 ) -> Response[str]:
     """A provider's subscription check (Meta's ``hub.challenge``)."""
     raw = await _raw(request)
-    reply = channels.webhook(raw.path).handshake(raw)
+    reply = inbound.channel(raw.path).handshake(raw)
     if reply is None:
         raise MethodNotAllowedException(detail=f"{raw.path} takes POST only")
     return _response(reply)
