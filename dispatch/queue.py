@@ -46,6 +46,7 @@ __all__ = [
     "count_waiting",
     "job_deserializer",
     "job_serializer",
+    "oldest_waiting",
 ]
 
 
@@ -163,6 +164,10 @@ _AHEAD_FLOOR_S = 500_000.0
 priority's lead)."""
 
 
+OLDEST_SCAN = 100
+"""Jobs at the head of the queue read to find the one waiting longest."""
+
+
 def due_at(score_s: float, now: float) -> float:
     """When a queued job fell due, its priority's lead taken back out of its score."""
     for lead in sorted(AHEAD_S.values(), reverse=True):
@@ -195,6 +200,14 @@ class WorkerBeat(msgspec.Struct, frozen=True, kw_only=True):
     jobs_done: int
     jobs_failed: int
     jobs_retried: int
+
+
+def oldest_waiting(
+    jobs: Iterable[tuple[str, float]], now: float, running: Collection[str] = ()
+) -> float | None:
+    """When the one that has waited longest of (job id, due at) pairs, due and not
+    ``running``, fell due."""
+    return min((due for job_id, due in jobs if due <= now and job_id not in running), default=None)
 
 
 def count_waiting(
@@ -326,6 +339,14 @@ class JobQueue(abc.ABC):
         """What waits in the queue now."""
 
     @abc.abstractmethod
+    async def oldest_due_at(self) -> float | None:
+        """When the job waiting longest (due, not taken by a worker) fell due (Unix time);
+        None if none waits. What was stored after it may still have its job in the queue:
+        recovery leaves it alone (:func:`workers.recovery.recover`). Running jobs do not
+        count: one a worker died in (or could not mark finished) stays in arq's queue until
+        its timeout, and would hold recovery back that long."""
+
+    @abc.abstractmethod
     async def workers(self) -> list[WorkerBeat]:
         """The workers alive (their heartbeat not expired)."""
 
@@ -393,12 +414,24 @@ class ArqQueue(JobQueue):
 
         return bool(await self._pool.exists(in_progress_key_prefix + job_id))
 
+    async def oldest_due_at(self) -> float | None:
+        # The head of the queue holds the prioritized jobs, then the rest by due time.
+        scored = await self._pool.zrange(self.queue_name, 0, OLDEST_SCAN - 1, withscores=True)
+        jobs, now, running = await self._taken(scored)
+        return oldest_waiting(jobs, now, running)
+
     async def depth(self) -> QueueDepth:
-        # arq scores a job by when it is due, in ms. Counted in full: fine for an operator's
-        # look at a queue of some hundred thousand jobs.
+        # Counted in full: fine for an operator's look at a queue of some hundred thousand jobs.
+        scored = await self._pool.zrange(self.queue_name, 0, -1, withscores=True)
+        return count_waiting(*await self._taken(scored))
+
+    async def _taken(
+        self, scored: list[tuple[bytes, float]]
+    ) -> tuple[list[tuple[str, float]], float, set[str]]:
+        """arq's queue entries (scored by when they are due, in ms; kept until they have run)
+        as (job id, due at) pairs, now, and the ids of those a worker is running."""
         from arq.constants import in_progress_key_prefix
 
-        scored = await self._pool.zrange(self.queue_name, 0, -1, withscores=True)
         now = time.time()
         jobs = [(_text(m), due_at(s / 1000, now)) for m, s in scored]
         due = [job_id for job_id, at in jobs if at <= now]
@@ -409,7 +442,7 @@ class ArqQueue(JobQueue):
                     pipe.exists(in_progress_key_prefix + job_id)
                 found = await pipe.execute()
             running = {job_id for job_id, there in zip(due, found, strict=True) if there}
-        return count_waiting(jobs, now, running)
+        return jobs, now, running
 
     async def workers(self) -> list[WorkerBeat]:
         keys = [key async for key in self._pool.scan_iter(match=worker_key(self.prefix, "*"))]

@@ -28,6 +28,7 @@ from dispatch.queue import (
     RunJob,
     WorkerBeat,
     count_waiting,
+    oldest_waiting,
 )
 from workers import jobs
 from workers.recovery import recover, recover_forever
@@ -133,6 +134,9 @@ class InProcessQueue(JobQueue):
                 self._queue.task_done()
                 if not self._pending and self._busy == 0:
                     self._idle.set()
+
+    async def oldest_due_at(self) -> float | None:
+        return oldest_waiting(self._due.items(), time.time())
 
     async def depth(self) -> QueueDepth:
         depth = count_waiting(self._due.items(), time.time())

@@ -6,8 +6,11 @@ running nor waiting its turn: each conversation's first message still awaiting d
 first activity still queued (or running past its lease), activities with a reply written but
 never handed over, approvals that ran out, and workflow runs whose advance after a step's end
 never happened. Job ids are deterministic, so what is in fact
-still queued or running is not queued again. It also resolves replies whose sender died while
-handing them over (marked failed, outcome unknown; the recipient is told).
+still queued or running is not queued again; and what is younger (by ``recover_after_s``) than
+the job that has waited longest in the queue is left alone, as its own job (a batch's, whose id
+recovery cannot know) may be waiting behind it: a backlog is not a loss. It also resolves
+replies whose sender died while handing them over (marked failed, outcome unknown; the
+recipient is told).
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
     """One pass over what is unfinished and older than ``older_than_s`` (default: setting)."""
     age_s = runtime.settings.worker.recover_after_s if older_than_s is None else older_than_s
     cutoff = utcnow() - dt.timedelta(seconds=age_s)
+    oldest = await runtime.queue.oldest_due_at()
+    if oldest is not None:
+        # Behind a backlog, work stored after the oldest job still in the queue may well have
+        # its own job waiting behind it: re-driving it would only queue it twice.
+        backlog = dt.datetime.fromtimestamp(oldest, dt.UTC) - dt.timedelta(seconds=age_s)
+        cutoff = min(cutoff, backlog)
     messages = await runtime.store.undispatched_heads(older_than=cutoff)
     for message_id in messages:
         await runtime.queue.enqueue_dispatch(message_id)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import update
 
 from dispatch.messages import InboundMessage
 from dispatch.models import Activity, ActivityStatus, Message
@@ -158,3 +161,29 @@ async def test_one_conversation_is_answered_in_arrival_order_by_concurrent_worke
             conversation_id = response.json()["conversation_id"]
         replies = await outbound(client, conversation_id, count=12, timeout_s=30)
     assert [r["text"] for r in replies] == [str(n) for n in range(12)]
+
+
+async def test_a_backlog_is_not_a_loss_recovery_leaves_queued_messages_to_their_job(
+    settings: Settings,
+) -> None:
+    """A message stored two minutes ago whose batch job still waits in the queue (a backlog,
+    not a loss): recovery queues nothing for it. Once that job is gone (Redis lost it),
+    recovery re-drives the message."""
+    async with runtime_for(settings, "gateway") as services:
+        [accepted] = await services.dispatcher.ingest_all("rest", [rest_message("bl-1", "echo")])
+        redis, queue = services.queue.redis, services.queue.queue_name
+        [(job_id, _)] = await wait_for(lambda: redis.zrange(queue, 0, -1, withscores=True))
+        long_ago = time.time() - 120
+        await redis.zadd(queue, {job_id: long_ago * 1000}, xx=True)  # waited two minutes
+        async with services.sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == accepted.message_id)
+                .values(received_at=dt.datetime.fromtimestamp(long_ago - 0.01, dt.UTC))
+            )
+        assert (await recover(services))["messages"] == 0
+        assert [m.decode() for m in await redis.zrange(queue, 0, -1)] == [job_id.decode()]
+        await redis.delete(queue)  # the job is lost
+        assert (await recover(services))["messages"] == 1
+        [redriven] = await redis.zrange(queue, 0, -1)
+        assert redriven.decode().endswith(f":msg:{accepted.message_id}")

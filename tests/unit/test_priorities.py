@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dispatch.constants import run_job_id
-from dispatch.queue import AHEAD_S, count_waiting, due_at
+from dispatch.queue import AHEAD_S, count_waiting, due_at, oldest_waiting
 from workers.inprocess import InProcessQueue
 
 
@@ -46,3 +46,12 @@ def test_every_job_is_counted_under_its_kind() -> None:
     assert job_kind(f"p:run:7{AGAIN}") == "run_activity"
     assert job_kind("p:batch:3") == "dispatch_batch"
     assert job_kind("someone-elses") == "other"
+
+
+def test_the_oldest_waiting_job_is_one_due_and_not_taken() -> None:
+    now = 1_000_000.0
+    jobs = [("p:batch:1", now - 90), ("p:batch:2", now - 30), ("p:msg:3", now + 5)]
+    assert oldest_waiting(jobs, now) == now - 90
+    # A job a worker holds (or died holding) does not count; one deferred is not due yet.
+    assert oldest_waiting(jobs, now, {"p:batch:1"}) == now - 30
+    assert oldest_waiting(jobs, now, {"p:batch:1", "p:batch:2"}) is None
