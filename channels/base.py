@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 from urllib.parse import parse_qs
 
@@ -49,7 +50,7 @@ ChoiceLookup = Callable[[int], Awaitable[tuple[str, list[Choice]] | None]]
 """(conversation key, offered choices) of one of our outbound messages, by its id."""
 
 
-class RawRequest(msgspec.Struct, frozen=True, kw_only=True):
+class RawRequest(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     """An HTTP request as a webhook channel needs it, independent of the web framework."""
 
     method: str = "POST"
@@ -59,8 +60,13 @@ class RawRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Lower-cased names."""
     body: bytes
 
-    def form(self) -> dict[str, list[str]]:
-        """The urlencoded body, keeping blank values (providers sign them too)."""
+    def form(self) -> Mapping[str, list[str]]:
+        """The urlencoded body, keeping blank values (providers sign them too); parsed once
+        (verifying and reading a webhook both need it)."""
+        return self._form
+
+    @functools.cached_property
+    def _form(self) -> dict[str, list[str]]:
         return parse_qs(self.text(), keep_blank_values=True)
 
     def params(self) -> dict[str, list[str]]:
