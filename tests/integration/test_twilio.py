@@ -211,6 +211,31 @@ async def test_missing_signature_is_refused(client: AsyncTestClient[Any]) -> Non
     assert await stored(client, Message) == 0
 
 
+@pytest.mark.parametrize(
+    ("signature", "accepted"),
+    [
+        ("port", True),  # Twilio signs the URL with its port as well as without
+        ("wrong", False),
+        ("non-ascii", False),
+    ],
+)
+async def test_a_signature_is_checked_against_the_url_with_and_without_its_port(
+    client: AsyncTestClient[Any], signature: str, accepted: bool
+) -> None:
+    form = inbound_form("echo port", sid=f"SMport{signature}")
+    with_port = PUBLIC_URL.replace(".com", ".com:443") + "/webhooks/twilio"
+    target, body, headers = signed(form, signed_url=with_port)
+    if signature == "wrong":
+        headers["x-twilio-signature"] = headers["x-twilio-signature"][::-1]
+    elif signature == "non-ascii":
+        headers["x-twilio-signature"] = "ñ" + headers["x-twilio-signature"][1:]
+    response = await client.post(
+        target, content=body, headers={k: v.encode() for k, v in headers.items()}
+    )
+    assert response.status_code == (200 if accepted else 403), response.text
+    assert await stored(client, Message, Message.direction == "inbound") == int(accepted)
+
+
 async def test_signature_holds_behind_a_proxy_with_a_query_string(
     client: AsyncTestClient[Any], api: TwilioApi
 ) -> None:
