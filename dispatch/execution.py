@@ -195,7 +195,7 @@ class Executor:
                 run = await self._wait_run(activity_id, request.timeout_s)
                 found = await self._activities.get(activity_id) or found
             else:
-                found = await self._wait(activity_id, request.timeout_s) or found
+                found = await self._wait(found, request.timeout_s) or found
         return _executed(found, created=created, warning=warning, run=run)
 
     async def retry(self, activity_id: int, caller: Caller) -> Executed:
@@ -394,25 +394,31 @@ class Executor:
     async def _wait_run(self, run_id: int, timeout_s: float) -> RunView | None:
         return await _poll(lambda: self._workflows.get(run_id), lambda run: run.ended, timeout_s)
 
-    async def _wait(self, activity_id: int, timeout_s: float) -> ActivityView | None:
+    async def _wait(self, activity: ActivityView, timeout_s: float) -> ActivityView | None:
         return await _poll(
-            lambda: self._activities.get(activity_id),
+            lambda: self._activities.get(activity.id),
             lambda found: found.status in _SETTLED,
             timeout_s,
+            first=activity,
         )
 
 
 async def _poll(
-    read: Callable[[], Awaitable[T | None]], settled: Callable[[T], bool], timeout_s: float
+    read: Callable[[], Awaitable[T | None]],
+    settled: Callable[[T], bool],
+    timeout_s: float,
+    *,
+    first: T | None = None,
 ) -> T | None:
     """``read()`` every ``_POLL_S`` until what it reads is gone or ``settled``, for at most
-    ``timeout_s`` (and :data:`MAX_WAIT_S`); what it read last."""
+    ``timeout_s`` (and :data:`MAX_WAIT_S`); what it read last. ``first``: what the caller
+    has just read, to start from instead of reading it again."""
     deadline = time.monotonic() + min(timeout_s, MAX_WAIT_S)
-    while True:
-        found = await read()
-        if found is None or settled(found) or time.monotonic() >= deadline:
-            return found
+    found = first if first is not None else await read()
+    while not (found is None or settled(found) or time.monotonic() >= deadline):
         await asyncio.sleep(_POLL_S)
+        found = await read()
+    return found
 
 
 def _executed(

@@ -56,9 +56,6 @@ class Workflow:
     steps: dict[str, StepSpec]
     order: tuple[str, ...]
 
-    def dependents(self, step_id: str) -> list[str]:
-        return [s for s in self.order if step_id in self.steps[s].depends_on]
-
 
 def fill(template: Any, scope: Mapping[str, Any]) -> Any:
     """``template`` with its ``{{ path }}`` references read from ``scope`` (``input``,

@@ -29,7 +29,7 @@ from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, Unautho
 from dispatch.models import ApiToken, Role, User, utcnow
 from gateway.portal import COOKIE, CSRF_HEADER, PortalSessions
 
-__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "person_of", "require"]
+__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "person_of", "portal_caller", "require"]
 
 NAME_CHARS = 200
 TOKEN_PREFIX = "sb_"  # noqa: S105 - a prefix that makes leaked tokens greppable, not a secret
@@ -131,10 +131,7 @@ class TokenStore:
         """A portal session's caller: its user, if still active and allowed in."""
         async with self._sessions() as session:
             user = await session.get(User, user_id)
-        if user is None or not user.active:
-            return None
-        role = _PORTAL_API_ROLES.get(user.role)
-        return None if role is None else Caller(token_id=None, role=role, user_id=user.id)
+        return None if user is None else portal_caller(user.id, user.role, user.active)
 
     async def identify(self, token: str) -> Caller | None:
         digest = _hash(token)
@@ -151,6 +148,14 @@ class TokenStore:
                 if user is None or not user.active:
                     return None  # a token acting for a deactivated user is dead with them
             return Caller(token_id=row.id, role=ApiRole(row.role), user_id=row.user_id)
+
+
+def portal_caller(user_id: int, role: str, active: bool) -> Caller | None:
+    """Whom a portal session speaks as: its user, if still active and allowed in."""
+    api_role = _PORTAL_API_ROLES.get(role)
+    if not active or api_role is None:
+        return None
+    return Caller(token_id=None, role=api_role, user_id=user_id)
 
 
 _PORTAL_API_ROLES = {

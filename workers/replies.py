@@ -90,7 +90,7 @@ class ReplySender:
         own_rows = [r.id for r in outbox.replies if r.conversation_id == activity.conversation_id]
         last_own = own_rows[-1] if turn is not None and own_rows else None
         sent = 0
-        delivered = Delivered()
+        looked, following = False, None
         failed_part: dict[int, int] = {}  # per conversation: the part that failed
         for row in outbox.replies:
             conversation = outbox.conversations.get(row.conversation_id)
@@ -127,8 +127,8 @@ class ReplySender:
                     failed_part[conversation.id] = row.part
                 sent += 1
             if ends is not None:
-                delivered = Delivered(looked=True, following=outcome.following)
-        return msgspec.structs.replace(delivered, sent=sent)
+                looked, following = True, outcome.following
+        return Delivered(sent=sent, looked=looked, following=following)
 
     async def _send(
         self, outbound: OutboundMessage, message_id: int, turn: tuple[int, int] | None

@@ -11,8 +11,9 @@ from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from dispatch.errors import ForbiddenError, InvalidInput, UnauthorizedError
+from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
 from dispatch.users import UserDirectory
+from gateway.auth import portal_caller
 from gateway.portal import COOKIE, CSRF_HEADER, PORTAL_ROLES, SESSION_S, PortalSessions
 from gateway.settings import Settings
 
@@ -104,11 +105,13 @@ class PortalController(Controller):
         session = sessions.read(cookie)
         if cookie is None or session is None:
             raise UnauthorizedError("not logged in")
-        caller = await request.app.state.tokens.of_user(session.user_id)
-        if caller is None:
-            raise UnauthorizedError("this user may not use the portal any more")
         users: UserDirectory = request.app.state.runtime.users
-        user = await users.get(str(session.user_id))
+        try:
+            user = await users.get(str(session.user_id))
+        except NotFoundError:
+            user = None
+        if user is None or portal_caller(user.id, user.role, user.active) is None:
+            raise UnauthorizedError("this user may not use the portal any more")
         return Me(
             user=PortalUser(id=user.id, name=user.name, role=user.role),
             csrf=sessions.csrf(cookie),
