@@ -25,6 +25,7 @@ from channels.bus import ReplyBus
 from channels.ratelimit import RateLimiter
 from channels.templates import check_placeholders
 from channels.text import split_text
+from channels.validation import NOT_UTF8
 from dispatch.config import CoreSettings
 from dispatch.errors import InvalidInput
 from dispatch.messages import Choice, Delivered, InboundMessage, OutboundMessage, StatusReport
@@ -77,7 +78,7 @@ class RawRequest(msgspec.Struct, frozen=True, kw_only=True, dict=True):
         try:
             return self.body.decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidInput("the body is not valid UTF-8") from None
+            raise InvalidInput(NOT_UTF8) from None
 
 
 class ChannelSettings:

@@ -32,7 +32,7 @@ from telegram.request import HTTPXRequest
 from channels import base
 from channels.choices import ChoiceTokens
 from channels.retry import TryAgain, unknown_outcome, with_retries
-from channels.validation import require_text
+from channels.validation import decode_json, require_text
 from dispatch.config import PREFIX, setting
 from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
 from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
@@ -239,10 +239,7 @@ class TelegramChannel(base.WebhookChannel):
         return base.WebhookReply(body='{"ok":true}', media_type="application/json")
 
     async def parse(self, request: base.RawRequest) -> base.Received:
-        try:
-            data = msgspec.json.decode(request.body)
-        except msgspec.DecodeError as exc:
-            raise InvalidInput(f"malformed JSON: {exc}") from None
+        data = decode_json(request.body)
         if not isinstance(data, dict) or not isinstance(data.get("update_id"), int):
             raise InvalidInput("not a Telegram update: update_id is missing")
         try:

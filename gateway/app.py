@@ -20,6 +20,7 @@ from gateway.exceptions import exception_to_http_response
 from gateway.inbound import Inbound
 from gateway.openapi import actions_document, operation_id, refine
 from gateway.portal import LoginThrottle, PortalSessions
+from gateway.requests import GatewayRequest
 from gateway.routes.actions import ActionsController
 from gateway.routes.admin import AdminController
 from gateway.routes.approvals import ApprovalsController
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=PROVIDERS,
         lifespan=[lifespan],
         exception_handlers={Exception: exception_to_http_response},
+        request_class=GatewayRequest,
         request_max_body_size=settings.core.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Switchboard",

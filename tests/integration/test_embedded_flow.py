@@ -136,26 +136,26 @@ async def test_replies_come_in_arrival_order(client: AsyncTestClient[Any]) -> No
 @pytest.mark.parametrize(
     ("body", "status", "error", "detail"),
     [
-        (b"{not json", 400, "invalid_input", "malformed JSON"),
-        (b"", 400, "invalid_input", "empty"),
-        (b"[]", 400, "invalid_input", "Expected `object`"),
+        (b"{not json", 400, "invalid_input", ("malformed JSON",)),
+        (b"", 400, "invalid_input", ("empty",)),
+        (b"[]", 400, "invalid_input", ("invalid field",)),
         (
             msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s", "text": 5}),
             400,
             "invalid_input",
-            "Expected `str`, got `int` - at `$.text`",
+            ("invalid field", "text"),
         ),
         (
             msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s", "text": "   "}),
             400,
             "invalid_input",
-            "text is empty",
+            ("text is empty",),
         ),
         (
             msgspec.json.encode({"id": "x", "conversation": "c", "sender": "s"}),
             400,
             "invalid_input",
-            "missing required field `text`",
+            ("invalid field", "text"),
         ),
         (
             msgspec.json.encode(
@@ -163,7 +163,7 @@ async def test_replies_come_in_arrival_order(client: AsyncTestClient[Any]) -> No
             ),
             400,
             "invalid_input",
-            "unknown field `admin`",
+            ("invalid field", "admin"),
         ),
         (
             msgspec.json.encode(
@@ -171,19 +171,24 @@ async def test_replies_come_in_arrival_order(client: AsyncTestClient[Any]) -> No
             ),
             413,
             "payload_too_large",
-            "",
+            (),
         ),
     ],
 )
 async def test_bad_input_is_refused_and_nothing_is_stored(
-    client: AsyncTestClient[Any], body: bytes, status: int, error: str, detail: str
+    client: AsyncTestClient[Any],
+    body: bytes,
+    status: int,
+    error: str,
+    detail: tuple[str, ...],
 ) -> None:
     response = await client.post(
         "/api/v1/messages", content=body, headers={"content-type": "application/json"}
     )
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
-    assert detail in response.json()["detail"]
+    # Our own words and the field named; never a decoder's wording, which changes by release.
+    assert all(part in response.json()["detail"] for part in detail)
     assert await count(client, Message) == 0
     assert await count(client, Activity) == 0
 

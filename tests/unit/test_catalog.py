@@ -144,9 +144,9 @@ def test_type_errors_point_at_the_path() -> None:
         decode_catalog(
             catalog('[agents.a.actions.x]\ndescription = 1\nhandler = "echo"\n'), "c.toml", HANDLERS
         )
-    assert str(caught.value) == (
-        "c.toml: agents.a.actions.x: Expected `str`, got `int` - at `description`"
-    )
+    # Where it is is ours to say; what is wrong there is msgspec's wording, which may change.
+    assert str(caught.value).startswith("c.toml: agents.a.actions.x: ")
+    assert "description" in str(caught.value)
 
 
 def test_unknown_keys_are_refused() -> None:
