@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
+from scripts.lockfile import require_the_lock
 from tests.support.cluster import Cluster, Figures, redis_through
 from tests.support.processes import free_port
 from tests.support.proxy import FaultProxy
@@ -232,7 +233,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--outage-s", type=float, default=5.0, help="how long Redis is away")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument(
+        "--unlocked", action="store_true", help="measure an environment that is not the lock"
+    )
     args = parser.parse_args()
+    unlocked = require_the_lock(Path(__file__).name, allow_unlocked=args.unlocked)
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
@@ -248,6 +253,8 @@ def main() -> int:
         print(json.dumps(row), file=sys.stderr)
         failed |= not row["settled"] or bool(row["doubled"] or row["lost"] or row["stuck"])
     print(table(rows))
+    if unlocked:
+        print("NOT the lock, measured anyway (--unlocked):\n  " + "\n  ".join(unlocked))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 1 if failed else 0

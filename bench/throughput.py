@@ -56,6 +56,7 @@ import redis.asyncio as aioredis
 
 from bench.load import Request, Result, run
 from dispatch.queue import queue_name
+from scripts.lockfile import require_the_lock
 from tests.support.processes import child_env, free_port, process, wait_healthy
 from tests.support.services import PG_ADMIN_DSN, own_database
 from tests.support.telegram_api import TelegramApi
@@ -589,11 +590,18 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="3 s phases, RSS over 10 s")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--unlocked", action="store_true", help="measure an environment that is not the lock"
+    )
     args = parser.parse_args()
+    unlocked = require_the_lock(Path(__file__).name, allow_unlocked=args.unlocked)
     if args.quick:
         args.duration_s, args.rss_s, args.e2e_messages = 3.0, 10.0, 600
     figures = asyncio.run(main_async(args))
+    figures["not_the_lock"] = unlocked
     print(table(figures))
+    if unlocked:
+        print("NOT the lock, measured anyway (--unlocked):\n  " + "\n  ".join(unlocked))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0

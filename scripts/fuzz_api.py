@@ -4,9 +4,10 @@ Starts `switchboard serve` on the embedded default (a fresh SQLite file, in-proc
 free port, makes an ``actions`` token, and runs schemathesis with a fixed seed and a bounded
 number of examples twice — as the admin and as the actions token — checking that no response
 is a server error and that every response fits its documented schema. Exits non-zero on any
-failure.
+failure. With ``--junit-dir``, each run's results are also written there as JUnit XML
+(``fuzz-admin.xml``, ``fuzz-actions.xml``), which `.ci/run` counts with the other stages.
 
-    python scripts/fuzz_api.py [--max-examples N] [--seed S]
+    python scripts/fuzz_api.py [--max-examples N] [--seed S] [--junit-dir DIR]
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-examples", type=int, default=25)
     parser.add_argument("--seed", type=int, default=20261124)
+    parser.add_argument("--junit-dir", type=Path, help="write each run's JUnit XML report here")
     args = parser.parse_args()
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     if schemathesis is None:
-        raise SystemExit("schemathesis is not installed: pip install -e '.[fuzz]'")
+        raise SystemExit("schemathesis is not installed: install requirements/dev.txt")
     work = Path(tempfile.mkdtemp(prefix="switchboard-fuzz-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -89,6 +91,10 @@ def main() -> int:
         failed = False
         for who, token in (("admin", admin), ("actions", _token(base, admin, "actions"))):
             print(f"== schemathesis as the {who} token", flush=True)
+            report = []
+            if args.junit_dir is not None:
+                path = args.junit_dir / f"fuzz-{who}.xml"
+                report = ["--report", "junit", "--report-junit-path", str(path)]
             run = subprocess.run(  # noqa: S603 - our own venv's schemathesis
                 [
                     schemathesis,
@@ -103,6 +109,7 @@ def main() -> int:
                     "--seed",
                     str(args.seed),
                     "--no-color",
+                    *report,
                 ],
                 check=False,
             )
