@@ -33,6 +33,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     host = args.host or settings.http.host
     port = args.port or settings.http.port
+    if args.check:
+        return _serve_check(host, port)
     print(f"Switchboard on http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr)
     uvicorn.run(
         create_app(settings),
@@ -44,11 +46,59 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+CHECK_TIMEOUT_S = 4.0
+"""How long a ``--check`` waits for an answer (inside a container healthcheck's 5 s)."""
+
+
+def _serve_check(host: str, port: int) -> int:
+    """``switchboard serve --check``: 0 if the gateway on this host answers ``/healthz`` (it
+    reaches its database), 1 if not; for a container's healthcheck."""
+    import httpx
+
+    if host in {"", "0.0.0.0", "::"}:  # noqa: S104 - bound to every interface: ask loopback
+        host = "127.0.0.1"
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/healthz"
+    try:
+        response = httpx.get(url, timeout=CHECK_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        print(f"gateway at {url}: no answer ({type(exc).__name__})")
+        return 1
+    print(f"gateway at {url}: {response.status_code} {response.text}")
+    return 0 if response.status_code == 200 else 1
+
+
+async def _worker_check(settings: Settings) -> int:
+    """``switchboard worker --check``: 0 if a worker on this host has beaten within three
+    heartbeats (read from Redis, where the worker writes it), 1 if not."""
+    from redis.exceptions import RedisError
+
+    from workers.worker import HEARTBEAT_S, beat_on_this_host
+
+    if not settings.queue.redis_url:
+        print("SWITCHBOARD_REDIS_URL is not set: the embedded mode runs no worker")
+        return 1
+    try:
+        beat = await asyncio.wait_for(beat_on_this_host(settings), CHECK_TIMEOUT_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        print(f"no heartbeat read: Redis did not answer ({type(exc).__name__})")
+        return 1
+    if beat is None:
+        print(f"no worker on this host has beaten in the last {HEARTBEAT_S * 3:g} s")
+        return 1
+    print(
+        f"worker {beat.id} alive: beat {time.time() - beat.last_seen:.1f} s ago, "
+        f"{beat.jobs_running} jobs running, {beat.jobs_done} done, {beat.jobs_failed} failed"
+    )
+    return 0
+
+
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from dispatch.logs import configure_logging
     from migrations import prepare
     from workers.worker import create_worker
 
+    if args.check:
+        return asyncio.run(_worker_check(settings))
     configure_logging(settings.core.log_level)
     asyncio.run(prepare(settings.database))
     worker = create_worker(settings, burst=args.burst)
@@ -288,9 +338,20 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP/WebSocket gateway")
     serve.add_argument("--host", help="interface to bind (default SWITCHBOARD_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default SWITCHBOARD_PORT or 8000)")
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if the gateway on this host answers /healthz, 1 if not (a healthcheck)",
+    )
     serve.set_defaults(run=_serve)
     worker = sub.add_parser("worker", help="run the arq worker (needs SWITCHBOARD_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a worker on this host has beaten in the last 15 s, 1 if not "
+        "(a healthcheck)",
+    )
     worker.set_defaults(run=_worker)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=_migrate)

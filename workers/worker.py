@@ -44,7 +44,7 @@ from workers.compose import open_runtime
 from workers.recovery import recover
 from workers.runtime import Runtime, RuntimeSettings
 
-__all__ = ["create_worker"]
+__all__ = ["HEARTBEAT_S", "beat_on_this_host", "create_worker"]
 
 log = logging.getLogger("switchboard.worker")
 RUNTIME = "switchboard_runtime"
@@ -52,6 +52,25 @@ MAX_OUTAGE_BACKOFF_S = 5.0
 FINISH_PATIENCE_S = 60.0
 HEARTBEAT_S = 5.0
 """How often a worker says it is alive (``GET /api/v1/workers``; gone after three missed)."""
+
+
+async def beat_on_this_host(settings: RuntimeSettings) -> WorkerBeat | None:
+    """The latest heartbeat of a worker running on this host, if one has beaten within three
+    heartbeats (what ``switchboard worker --check`` reads: a container's healthcheck runs on the
+    worker's own host). Redis errors are the caller's to report."""
+    pool = redis_client(settings.queue)
+    try:
+        pattern = worker_key(settings.queue.prefix, f"{socket.gethostname()}:*")
+        keys = [key async for key in pool.scan_iter(match=pattern)]
+        values = await pool.mget(keys) if keys else []
+    finally:
+        await pool.aclose()
+    fresh = [
+        beat
+        for beat in (msgspec.json.decode(value, type=WorkerBeat) for value in values if value)
+        if time.time() - beat.last_seen <= HEARTBEAT_S * 3
+    ]
+    return max(fresh, key=lambda beat: beat.last_seen, default=None)
 
 
 def _runtime(ctx: dict[str, Any]) -> Runtime:

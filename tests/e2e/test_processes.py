@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,7 +18,12 @@ from tests.conftest import ADMIN, open_db
 from tests.support import whatsapp_cloud_webhook as meta
 from tests.support.flow import outbound, post, wait_for
 from tests.support.graph_api import GraphApi
-from tests.support.processes import SWITCHBOARD, child_env, free_port, process, wait_healthy
+from tests.support.processes import (
+    free_port,
+    process,
+    run_cli,
+    wait_healthy,
+)
 from tests.support.telegram_api import TelegramApi
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
 from tests.support.twilio_api import TwilioApi
@@ -232,18 +236,6 @@ def test_telegram_webhook_commands(make_env: Callable[..., dict[str, str]], tmp_
         assert deleted.returncode == 0, deleted.stderr
         assert api.webhook == {}
         assert api.unexpected == []
-
-
-def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*SWITCHBOARD, *args],
-        env=child_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_cli_send_on_the_embedded_default(tmp_path: Path) -> None:

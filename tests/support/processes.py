@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["SWITCHBOARD", "child_env", "free_port", "process", "wait_healthy"]
+__all__ = ["SWITCHBOARD", "child_env", "free_port", "process", "run_cli", "wait_healthy"]
 
 SWITCHBOARD = [str(Path(sys.executable).parent / "switchboard")]
 
@@ -29,6 +29,21 @@ def child_env(values: dict[str, str]) -> dict[str, str]:
     """The caller's environment without its SWITCHBOARD_* values, plus ``values``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     return {**env, **values, "PYTHONUNBUFFERED": "1"}
+
+
+def run_cli(
+    args: list[str], cwd: Path, *, timeout_s: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``switchboard <args>`` run to its end, its output captured as text."""
+    return subprocess.run(
+        [*SWITCHBOARD, *args],
+        env=child_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 @contextlib.contextmanager
