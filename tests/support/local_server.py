@@ -23,11 +23,18 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    """A burst of calls waits to be accepted, as at a real server: socketserver's backlog of 5
+    overflowed when a worker called with 20 jobs in flight on a loaded machine, and the
+    connections it could not queue were reset (the handler saw ``ReadError``)."""
+
+
 class LocalServer:
     """Serve ``handler`` on a free port while used as a context manager; ``url`` is its base."""
 
     def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = _Server(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
