@@ -20,7 +20,7 @@ def browser_ready() -> None:
     if shutil.which(CHROMIUM) is None:
         missing = "no Chromium at /usr/bin/chromium (apt-get install chromium)"
     elif importlib.util.find_spec("playwright") is None:
-        missing = "no playwright (pip install -e '.[test]')"
+        missing = "no playwright (install requirements/dev.txt: the README's test command)"
     if missing is not None:
         if os.environ.get("SWITCHBOARD_REQUIRE_SERVICES") == "1":
             pytest.fail(missing)
