@@ -15,7 +15,10 @@ scratch="$(mktemp -d "${TMPDIR:-/tmp}/switchboard-newest.XXXXXX")"
 trap 'rm -rf "$scratch"' EXIT
 
 python3 -m venv "$scratch/venv"
-"$scratch/venv/bin/pip" install -q --upgrade --upgrade-strategy eager -e '.[test,fuzz,lock]'
+# The build backend too (the lock has it): a venv starts with whatever setuptools Python bundled.
+backend=$(python3 -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+# shellcheck disable=SC2086 # one argument per requirement
+"$scratch/venv/bin/pip" install -q --upgrade --upgrade-strategy eager -e '.[test,fuzz,lock]' $backend
 echo "== the newest allowed versions, where they differ from requirements/dev.txt"
 "$scratch/venv/bin/python" - <<'PY'
 import sys

@@ -195,12 +195,14 @@ def test_the_installed_project_holds_every_module_and_asset(tmp_path: Path) -> N
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / name, source / name)
     build = ["wheel", "-q", "--no-deps", "--no-build-isolation", "--wheel-dir", str(tmp_path)]
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", *build, str(source)],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = tmp_path.glob("switchboard-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         held = set(archive.namelist())
