@@ -36,7 +36,7 @@ from channels import base
 from channels.choices import ChoiceTokens
 from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.templates import fill_template
-from channels.validation import require_text, require_utf8
+from channels.validation import require_depth, require_text, require_utf8
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
 from dispatch.config import PREFIX, setting
 from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
@@ -282,6 +282,7 @@ class WhatsAppCloudChannel(base.WebhookChannel):
 
     async def parse(self, request: base.RawRequest) -> base.Received:
         require_utf8(request.body)
+        require_depth(request.body)
         try:
             envelope = msgspec.json.decode(request.body, type=_Envelope)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -13,9 +13,14 @@ import json
 import math
 from typing import Any
 
-__all__ = ["clean_json", "clean_text", "fit", "storable_json"]
+__all__ = ["MAX_JSON_DEPTH", "clean_json", "clean_text", "fit", "storable_json"]
 
 _DIGEST_CHARS = 40
+MAX_JSON_DEPTH = 64
+"""How deep arrays and objects may nest in anything a client or provider sends (checked on the
+bytes, before any decoder: see ``channels.validation.require_depth``). Nothing we accept comes
+near it; anything that walks such data may recurse this far and no further."""
+_TOO_DEEP = f"(nested deeper than {MAX_JSON_DEPTH} levels: dropped)"
 
 
 def clean_text(value: str) -> str:
@@ -28,17 +33,20 @@ def clean_text(value: str) -> str:
     return value
 
 
-def clean_json(value: Any) -> Any:
+def clean_json(value: Any, _depth: int = 0) -> Any:
     """``value`` (decoded JSON) with every string, keys included, cleaned, and numbers JSON
-    cannot carry (NaN, infinities) as null."""
+    cannot carry (NaN, infinities) as null. What nests deeper than :data:`MAX_JSON_DEPTH`
+    (which nothing checked at the edge can) is replaced by a note: the walk is bounded."""
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict | list | tuple) and _depth >= MAX_JSON_DEPTH:
+        return _TOO_DEEP
     if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
+        return {clean_text(str(k)): clean_json(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [clean_json(v) for v in value]
+        return [clean_json(v, _depth + 1) for v in value]
     return value
 
 

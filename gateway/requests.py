@@ -1,4 +1,5 @@
-"""The gateway's request: JSON bodies that litestar decodes for a route pass our checks first."""
+"""The gateway's request: JSON bodies that litestar decodes for a route pass our checks first
+(UTF-8, and nesting within ``dispatch.clean.MAX_JSON_DEPTH``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from litestar import Request
 from litestar.exceptions import SerializationException
 
-from channels.validation import require_utf8
+from channels.validation import require_depth, require_utf8
 from dispatch.errors import InvalidInput
 
 __all__ = ["GatewayRequest"]
@@ -20,7 +21,9 @@ class GatewayRequest(Request[Any, Any, Any]):
     litestar does not catch: a 500)."""
 
     async def json(self) -> Any:
-        require_utf8(await self.body())
+        body = await self.body()
+        require_utf8(body)
+        require_depth(body)  # litestar's decoder recurses (a RecursionError near 1,000 levels)
         try:
             return await super().json()
         except SerializationException:

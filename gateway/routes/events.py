@@ -20,6 +20,8 @@ from litestar import WebSocket, websocket
 from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
+from channels.validation import require_depth
+from dispatch.errors import InvalidInput
 from dispatch.feed import EventFeed, EventFilter
 from gateway.auth import ApiRole, TokenStore
 from gateway.params import MAX_ID
@@ -48,23 +50,35 @@ async def _refuse(socket: WebSocket[Any, Any, Any], code: int, detail: str) -> N
         await socket.close(code=code, reason=detail[:120])
 
 
+async def _hello(socket: WebSocket[Any, Any, Any]) -> Hello | None:
+    """The client's first frame; None once the socket has been refused for it."""
+    try:
+        raw = await asyncio.wait_for(socket.receive_data(mode="text"), HELLO_TIMEOUT_S)
+    except (TimeoutError, WebSocketDisconnect):
+        await _refuse(socket, WS_UNAUTHORIZED, 'send {"token": ...} first')
+        return None
+    try:
+        require_depth(raw.encode())
+        hello = msgspec.json.decode(raw, type=Hello)
+    except InvalidInput as exc:
+        problem = exc.detail
+    except msgspec.ValidationError as exc:
+        problem = str(exc)
+    except msgspec.DecodeError:
+        problem = "not JSON"
+    else:
+        if hello.last_event_id is None or 0 <= hello.last_event_id <= MAX_ID:
+            return hello
+        problem = "last_event_id out of range"
+    await _refuse(socket, WS_BAD_FRAME, f"first frame: {problem}")
+    return None
+
+
 @websocket("/api/v1/events")
 async def events_socket(socket: WebSocket[Any, Any, Any], feed: NamedDependency[EventFeed]) -> None:
     await socket.accept()
-    try:
-        raw = await asyncio.wait_for(socket.receive_data(mode="text"), HELLO_TIMEOUT_S)
-        hello = msgspec.json.decode(raw, type=Hello)
-    except (TimeoutError, WebSocketDisconnect):
-        await _refuse(socket, WS_UNAUTHORIZED, 'send {"token": ...} first')
-        return
-    except msgspec.ValidationError as exc:
-        await _refuse(socket, WS_BAD_FRAME, f"first frame: {exc}")
-        return
-    except msgspec.DecodeError:
-        await _refuse(socket, WS_BAD_FRAME, "first frame: not JSON")
-        return
-    if hello.last_event_id is not None and not 0 <= hello.last_event_id <= MAX_ID:
-        await _refuse(socket, WS_BAD_FRAME, "first frame: last_event_id out of range")
+    hello = await _hello(socket)
+    if hello is None:
         return
     header = socket.headers.get("authorization", "")
     token = hello.token or header.partition(" ")[2].strip()
