@@ -13,11 +13,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.models import Activity, Message, User
+from dispatch.models import Message, User
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
-from tests.support.db import db_session
+from tests.support.db import db_session, rows_held
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
 from tests.support.twilio_webhook import inbound_form, message_sid, signed, twilio_env
 
@@ -81,16 +81,6 @@ def test_the_msgspec_under_test_is_the_one_asked_for() -> None:
     assert msgspec.__version__ == (wanted or version("msgspec"))
 
 
-async def _rows(client: AsyncTestClient[Any]) -> tuple[int, int, int]:
-    """Messages, activities and users in the run's database (other tests' included)."""
-    async with db_session(client) as session:
-        return (
-            len((await session.execute(select(Message.id))).all()),
-            len((await session.execute(select(Activity.id))).all()),
-            len((await session.execute(select(User.id))).all()),
-        )
-
-
 @pytest.mark.parametrize(
     ("path", "body"),
     [
@@ -112,13 +102,13 @@ async def test_invalid_utf_8_is_a_400_in_our_words_and_nothing_is_stored(
     client: AsyncTestClient[Any], path: str, body: bytes
 ) -> None:
     body = body.replace(b"%s", NOT_UTF8)
-    before = await _rows(client)
+    before = await rows_held(client)
     response = await client.post(path, content=body, headers={"content-type": "application/json"})
     assert (response.status_code, response.json()) == (
         400,
         {"error": "invalid_input", "detail": "the body is not valid UTF-8"},
     )
-    assert await _rows(client) == before
+    assert await rows_held(client) == before
 
 
 async def test_invalid_utf_8_in_a_twilio_form_is_a_400(client: AsyncTestClient[Any]) -> None:

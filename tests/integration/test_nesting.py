@@ -17,12 +17,12 @@ from sqlalchemy import select
 
 from channels.whatsapp_cloud import WhatsAppCloudChannel
 from dispatch.clean import MAX_JSON_DEPTH, clean_json
-from dispatch.models import Activity, Message, User
+from dispatch.models import Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
 from tests.support import whatsapp_cloud_webhook as meta
-from tests.support.db import db_session
+from tests.support.db import db_session, rows_held
 from tests.support.telegram_updates import SECRET, telegram_env, text_update
 from tests.support.twilio_webhook import twilio_env
 
@@ -51,15 +51,6 @@ async def client(
     async with AsyncTestClient(create_app(settings)) as test_client:
         test_client.headers.update(ADMIN)
         yield test_client
-
-
-async def _rows(client: AsyncTestClient[Any]) -> tuple[int, int, int]:
-    async with db_session(client) as session:
-        return (
-            len((await session.execute(select(Message.id))).all()),
-            len((await session.execute(select(Activity.id))).all()),
-            len((await session.execute(select(User.id))).all()),
-        )
 
 
 DEPTHS = [MAX_JSON_DEPTH + 1, 600, 5000]
@@ -93,7 +84,7 @@ CLOUD = WhatsAppCloudChannel.name
 async def test_a_client_body_nested_too_deep_is_a_400_naming_the_limit(
     client: AsyncTestClient[Any], path: str, body: bytes, depth: int
 ) -> None:
-    before = await _rows(client)
+    before = await rows_held(client)
     response = await client.post(
         path,
         content=body.replace(b"%s", nested(depth)),
@@ -103,7 +94,7 @@ async def test_a_client_body_nested_too_deep_is_a_400_naming_the_limit(
     assert response.json()["error"] == "invalid_input"
     assert f"deeper than {MAX_JSON_DEPTH} levels" in response.json()["detail"]
     assert response.json()["extra"] == {"limit": MAX_JSON_DEPTH}
-    assert await _rows(client) == before
+    assert await rows_held(client) == before
 
 
 async def test_portal_login_is_refused_before_anyone_is_known(

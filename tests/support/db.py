@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dispatch.models import Message
+from dispatch.models import Activity, Message, User
 from tests.conftest import count_rows, open_db
 from tests.support.flow import wait_for
 
@@ -26,6 +26,17 @@ async def db_session(client: Any) -> AsyncIterator[Any]:
 async def stored(client: Any, model: Any, *where: Any) -> int:
     async with open_db(_url(client)) as sessions:
         return await count_rows(sessions, model, *where)
+
+
+async def rows_held(client: Any) -> tuple[int, int, int]:
+    """Messages, activities and users in the app's database (other tests' too, in a shared
+    one): compared before and after what must store nothing."""
+    async with open_db(_url(client)) as sessions:
+        return (
+            await count_rows(sessions, Message),
+            await count_rows(sessions, Activity),
+            await count_rows(sessions, User),
+        )
 
 
 async def outbound_rows(client: Any, settled: int) -> list[Message]:
