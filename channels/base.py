@@ -27,7 +27,7 @@ from channels.templates import check_placeholders
 from channels.text import split_text
 from channels.validation import NOT_UTF8
 from dispatch.config import CoreSettings
-from dispatch.errors import InvalidInput
+from dispatch.errors import ForbiddenError, InvalidInput
 from dispatch.messages import Choice, Delivered, InboundMessage, OutboundMessage, StatusReport
 from dispatch.users import IdentityKind
 
@@ -58,8 +58,10 @@ class RawRequest(msgspec.Struct, frozen=True, kw_only=True, dict=True):
     path: str
     query: str
     headers: dict[str, str]
-    """Lower-cased names."""
+    """Lower-cased names; a name sent more than once keeps its last value (see ``repeated``)."""
     body: bytes
+    repeated: frozenset[str] = frozenset()
+    """Header names (lower-cased) the request carried more than once."""
 
     def form(self) -> Mapping[str, list[str]]:
         """The urlencoded body, keeping blank values (providers sign them too); parsed once
@@ -180,6 +182,8 @@ class WebhookChannel(Channel):
 
     webhook_paths: ClassVar[tuple[str, ...]]
     """Where the provider calls (the first is the one to configure for inbound messages)."""
+    credential_headers: ClassVar[tuple[str, ...]] = ()
+    """Headers that prove who sent a call (a signature, a secret): refused if repeated."""
 
     @abc.abstractmethod
     async def verify(self, request: RawRequest) -> None:
@@ -200,7 +204,11 @@ class WebhookChannel(Channel):
     async def receive(self, request: RawRequest) -> Received:
         """Verify, then parse. Once verified, whatever the request carries is kept: what cannot
         be read is stored as an ignored message naming why, never refused (a provider would
-        retry a refusal for a day)."""
+        retry a refusal for a day). A credential header sent twice is refused first: which
+        one would be the request's?"""
+        for name in self.credential_headers:
+            if name in request.repeated:
+                raise ForbiddenError(f"{name} was sent more than once")
         await self.verify(request)
         try:
             return await self.parse(request)

@@ -193,6 +193,7 @@ class TelegramChannel(base.WebhookChannel):
     max_text_chars: ClassVar[int | None] = 4096
     settings_type: ClassVar[type[base.ChannelSettings] | None] = TelegramSettings
     webhook_paths: ClassVar[tuple[str, ...]] = ("/webhooks/telegram",)
+    credential_headers: ClassVar[tuple[str, ...]] = (SECRET_HEADER,)
 
     def __init__(self, settings: TelegramSettings, context: base.ChannelContext) -> None:
         assert settings.bot_token is not None

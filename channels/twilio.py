@@ -178,6 +178,7 @@ class TwilioChannel(base.WebhookChannel):
     settings_type: ClassVar[type[base.ChannelSettings] | None] = TwilioSettings
     template_type: ClassVar[type[msgspec.Struct] | None] = TwilioTemplate
     webhook_paths: ClassVar[tuple[str, ...]] = (INBOUND_PATH, STATUS_PATH)
+    credential_headers: ClassVar[tuple[str, ...]] = (SIGNATURE_HEADER,)
 
     def __init__(self, settings: TwilioSettings, context: base.ChannelContext) -> None:
         assert settings.account_sid is not None
@@ -204,6 +205,11 @@ class TwilioChannel(base.WebhookChannel):
         if not signature:
             raise ForbiddenError("missing X-Twilio-Signature")
         params = _Params(request.form())
+        repeated = sorted(name for name, values in params.items() if len(values) > 1)
+        if repeated:
+            # Twilio sends each parameter once: a second Body (or From, MessageSid…) is a
+            # request with two readings, whichever one a signature covers.
+            raise ForbiddenError(f"{', '.join(repeated)} sent more than once")
         if not self._signed(self.public_url_of(request), params, signature):
             raise ForbiddenError("invalid X-Twilio-Signature")
         account = params.get("AccountSid", [""])[0]

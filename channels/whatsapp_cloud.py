@@ -235,6 +235,7 @@ class WhatsAppCloudChannel(base.WebhookChannel):
     settings_type: ClassVar[type[base.ChannelSettings] | None] = WhatsAppCloudSettings
     template_type: ClassVar[type[msgspec.Struct] | None] = CloudTemplate
     webhook_paths: ClassVar[tuple[str, ...]] = ("/webhooks/whatsapp-cloud",)
+    credential_headers: ClassVar[tuple[str, ...]] = (SIGNATURE_HEADER,)
 
     def __init__(self, settings: WhatsAppCloudSettings, context: base.ChannelContext) -> None:
         assert settings.phone_number_id is not None

@@ -197,13 +197,17 @@ def require(role: ApiRole) -> Any:
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         caller: Caller | None
+        if sum(name.lower() == b"authorization" for name, _ in connection.scope["headers"]) > 1:
+            raise UnauthorizedError("send one Authorization header, not several")
         if not header and (caller := await _from_portal(connection)) is not None:
             pass
-        elif scheme.lower() != "bearer" or not token.strip():
+        elif scheme.lower() != "bearer" or not token:
             raise UnauthorizedError("send 'Authorization: Bearer <token>'")
         else:
+            # Exactly as issued: HTTP already trims the header's own spaces and tabs; anything
+            # else around the token (a non-breaking space, say) makes it another token.
             tokens: TokenStore = connection.app.state.tokens
-            caller = await tokens.identify(token.strip())
+            caller = await tokens.identify(token)
         if caller is None:
             raise UnauthorizedError("unknown or revoked token")
         if caller.role.rank < role.rank:

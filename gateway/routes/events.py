@@ -81,7 +81,7 @@ async def events_socket(socket: WebSocket[Any, Any, Any], feed: NamedDependency[
     if hello is None:
         return
     header = socket.headers.get("authorization", "")
-    token = hello.token or header.partition(" ")[2].strip()
+    token = hello.token or header.partition(" ")[2]  # exactly as issued, as over HTTP
     tokens: TokenStore = socket.app.state.tokens
     caller = await tokens.identify(token) if token else None
     if caller is None:

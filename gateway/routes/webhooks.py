@@ -7,6 +7,7 @@ subscription check is a 405.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -23,12 +24,14 @@ PATH = "/webhooks/{hook:path}"
 
 
 async def _raw(request: Request[Any, Any, Any]) -> RawRequest:
+    names = [name.decode("latin-1").lower() for name, _ in request.scope["headers"]]
     return RawRequest(
         method=request.method,
         path=request.url.path,
         query=request.scope.get("query_string", b"").decode("latin-1"),
         headers={k.lower(): v for k, v in request.headers.items()},
         body=await request.body(),
+        repeated=frozenset(name for name, seen in Counter(names).items() if seen > 1),
     )
 
 
