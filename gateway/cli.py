@@ -42,6 +42,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=port,
         log_level="warning",
         ws_max_size=settings.core.max_body_bytes * 2,
+        # X-Forwarded-* only from proxies we were told to trust (uvicorn trusts loopback's).
+        proxy_headers=bool(settings.http.proxies),
+        forwarded_allow_ips=settings.http.proxies or [],
     )
     return 0
 

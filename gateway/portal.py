@@ -97,7 +97,9 @@ class PortalSessions:
 class LoginThrottle:
     """Failed logins per name and per client address: after ``free`` failures (``ip_free``
     for an address) the key is locked out for ``base_s``, doubling with each further failure
-    (at most ``max_s``); a success clears the name. An attempt counts as a failure before its
+    (at most ``max_s``); a success clears the name and is not held against the address. The
+    address is the TCP peer's, or the one a trusted proxy forwarded
+    (``SWITCHBOARD_TRUSTED_PROXIES``). An attempt counts as a failure before its
     password is checked (so attempts sent at once cannot all slip through), and is forgiven
     if it succeeds. Per process: a cluster's gateways each count their own."""
 
@@ -126,8 +128,16 @@ class LoginThrottle:
             lock_s = min(self.max_s, self.base_s * 2 ** (count - free)) if count >= free else 0.0
             self._store(key, (count, now + lock_s), now)
 
-    def succeeded(self, name: str) -> None:
+    def succeeded(self, name: str, client: str) -> None:
+        """Only failures count: the name starts again, and this attempt, counted against the
+        address until now, is forgiven (a supervisor logging in all day is not locked out)."""
         self._failures.pop(f"name:{name.strip().lower()}", None)
+        key = f"ip:{client}"
+        count, until = self._failures.get(key, (0, 0.0))
+        if count <= 1:
+            self._failures.pop(key, None)
+        else:
+            self._failures[key] = (count - 1, until)
 
     def _store(self, key: str, value: tuple[int, float], now: float) -> None:
         if key not in self._failures and len(self._failures) >= self.cap:

@@ -7,6 +7,7 @@ Each group is declared beside its owner (``dispatch.config``, ``dispatch.db``, `
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -31,7 +32,28 @@ class HttpSettings:
         secret=True,
     )
 
+    trusted_proxies: str = setting(
+        "",
+        "TRUSTED_PROXIES",
+        "Comma-separated addresses or networks (`10.0.0.0/8`) of reverse proxies whose "
+        "`X-Forwarded-For` and `X-Forwarded-Proto` are believed; a client's address (for the "
+        "portal's login lockout and per-address limits) is then the one they forwarded. Empty "
+        "(the default): no proxy is trusted, the address is the TCP peer's.",
+    )
+
+    @property
+    def proxies(self) -> list[str]:
+        """``trusted_proxies`` as a list (empty: none)."""
+        return [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]
+
     def __post_init__(self) -> None:
+        for proxy in self.proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    PREFIX + "TRUSTED_PROXIES", f"{proxy!r} is not an address or network"
+                ) from None
         if self.admin_token is not None and len(self.admin_token) < 24:
             raise SettingsError(PREFIX + "ADMIN_TOKEN", "must be at least 24 characters")
         if not 0 < self.port < 65536:

@@ -58,13 +58,14 @@ class PortalController(Controller):
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise InvalidInput("send the login as application/json")  # no cross-site form
         throttle = request.app.state.login_throttle
-        throttle.attempt(data.name, request.client.host if request.client else "?")
+        client = request.client.host if request.client else "?"
+        throttle.attempt(data.name, client)
         user = await users.check_password(data.name, data.password)
         if user is None:
             raise UnauthorizedError("wrong name or password")
         if user.role not in PORTAL_ROLES:
             raise ForbiddenError("only supervisors, operators and admins use the portal")
-        throttle.succeeded(data.name)
+        throttle.succeeded(data.name, client)
         sessions: PortalSessions = request.app.state.portal
         cookie = sessions.issue(user.id)
         secure = (settings.core.public_url or "").startswith("https://")
