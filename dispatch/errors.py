@@ -16,6 +16,7 @@ __all__ = [
     "ForbiddenError",
     "InvalidInput",
     "NotFoundError",
+    "Overloaded",
     "PayloadTooLarge",
     "RateLimited",
     "SettingsError",
@@ -115,3 +116,10 @@ class Unavailable(SwitchboardError):
     nothing was done, and the same request may be tried again shortly."""
 
     code = "unavailable"
+
+
+class Overloaded(SwitchboardError):
+    """Switchboard is up and so is everything it depends on, but it cannot take this request in
+    time now (too much arrives at once): nothing may have been done; try again shortly."""
+
+    code = "overloaded"

@@ -8,6 +8,8 @@ from importlib import resources
 from typing import Any
 
 from litestar import Litestar, Request, get
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -15,6 +17,7 @@ from litestar.static_files import create_static_files_router
 
 from dispatch.logs import configure_logging
 from gateway.auth import TokenStore
+from gateway.deadline import OutageWatch, RequestDeadline
 from gateway.dependencies import PROVIDERS
 from gateway.exceptions import exception_to_http_response
 from gateway.inbound import Inbound
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """The gateway application; ``settings`` default to the environment's (read once)."""
     settings = settings or get_settings()
     configure_logging(settings.core.log_level)
+    outages = OutageWatch()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -58,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.tokens = TokenStore(runtime.sessions, settings.http.admin_token)
             app.state.portal = PortalSessions(runtime.secret)
             app.state.login_throttle = LoginThrottle()
+            outages.watch(runtime.engine)
             yield
 
     app = Litestar(
@@ -88,6 +93,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies=PROVIDERS,
         lifespan=[lifespan],
         exception_handlers={Exception: exception_to_http_response},
+        middleware=[
+            DefineMiddleware(
+                RequestDeadline, budget_s=settings.http.request_timeout_s, outages=outages
+            )
+        ],
+        state=State({"outages": outages}),
         request_class=GatewayRequest,
         request_max_body_size=settings.core.max_body_bytes,
         openapi_config=OpenAPIConfig(

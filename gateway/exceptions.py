@@ -20,6 +20,7 @@ from dispatch.errors import (
     ForbiddenError,
     InvalidInput,
     NotFoundError,
+    Overloaded,
     PayloadTooLarge,
     RateLimited,
     SwitchboardError,
@@ -50,6 +51,7 @@ STATUS_CODES: dict[type[SwitchboardError], int] = {
     Unprocessable: 422,
     RateLimited: 429,
     Unavailable: 503,
+    Overloaded: 503,
 }
 RETRY_AFTER_S = 5
 """What a client is told to wait before trying again while a dependency is down."""
@@ -72,24 +74,36 @@ def error_body(error: SwitchboardError) -> dict[str, Any]:
     return body
 
 
+def _try_again(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """503 with Retry-After: overloaded (our own limit) or a dependency unavailable."""
+    if isinstance(exc, Overloaded):
+        body = error_body(exc)
+    else:
+        outages = getattr(request.app.state, "outages", None)
+        if outages is not None:
+            outages.seen()  # a request that runs out of time now is answered `unavailable`
+        log.warning("unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
+        body = {
+            "error": Unavailable.code,
+            "detail": "a service Switchboard depends on cannot be reached right now; "
+            f"nothing was done, try again in {RETRY_AFTER_S} s",
+        }
+    return Response(
+        body,
+        status_code=HTTP_503_SERVICE_UNAVAILABLE,
+        media_type=MediaType.JSON,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def exception_to_http_response(
     request: Request[Any, Any, Any], exc: Exception
 ) -> Response[dict[str, Any]]:
     """Litestar's exception handler for every route."""
-    if isinstance(exc, Unavailable) or (
+    if isinstance(exc, Overloaded | Unavailable) or (
         not isinstance(exc, SwitchboardError | HTTPException) and is_unavailable(exc)
     ):
-        log.warning("unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
-        return Response(
-            {
-                "error": Unavailable.code,
-                "detail": "a service Switchboard depends on cannot be reached right now; "
-                f"nothing was done, try again in {RETRY_AFTER_S} s",
-            },
-            status_code=HTTP_503_SERVICE_UNAVAILABLE,
-            media_type=MediaType.JSON,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
+        return _try_again(request, exc)
     if isinstance(exc, RateLimited):
         return Response(
             error_body(exc),

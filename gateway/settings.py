@@ -41,6 +41,15 @@ class HttpSettings:
         "(the default): no proxy is trusted, the address is the TCP peer's.",
     )
 
+    request_timeout_s: float = setting(
+        4.5,
+        "REQUEST_TIMEOUT_S",
+        "Longest an HTTP request is worked on before it is answered 503 (`unavailable` if the "
+        "database or Redis was just seen down, else `overloaded`), whatever it waits on; a "
+        "synchronous execution waits its own `timeout_s` on top. Under the 5 s a client or "
+        "provider should wait for an answer.",
+    )
+
     @property
     def proxies(self) -> list[str]:
         """``trusted_proxies`` as a list (empty: none)."""
@@ -56,6 +65,8 @@ class HttpSettings:
                 ) from None
         if self.admin_token is not None and len(self.admin_token) < 24:
             raise SettingsError(PREFIX + "ADMIN_TOKEN", "must be at least 24 characters")
+        if not 0.5 <= self.request_timeout_s <= 60:
+            raise SettingsError(PREFIX + "REQUEST_TIMEOUT_S", "must be between 0.5 and 60")
         if not 0 < self.port < 65536:
             raise SettingsError(PREFIX + "PORT", "must be 1-65535")
 

@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from dispatch.execution import Caller, Executed, ExecuteRequest, Executor
 from dispatch.models import Role
 from gateway.auth import ApiRole, caller_of, require
+from gateway.deadline import DEADLINE
 
 __all__ = ["ActionsController", "acting"]
 
@@ -36,6 +37,9 @@ class ActionsController(Controller):
         202 with the activity's id and status, or with ``sync``, 200 with its result once it
         ended within ``timeout_s``. 422 names what the catalog does not take, 403 an action the
         caller may not run; one that needs approval answers 202 ``awaiting_approval``."""
+        if data.sync:
+            # Waiting for the result is what was asked: the request's deadline waits with it.
+            request.scope[DEADLINE].extend(data.timeout_s)  # type: ignore[literal-required]
         executed = await executor.execute(data, acting(request))
         status = HTTP_200_OK if data.sync and executed.ended else HTTP_202_ACCEPTED
         return Response(executed, status_code=status)
