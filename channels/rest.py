@@ -9,13 +9,16 @@ import msgspec
 
 from channels.base import Channel, ChannelContext
 from channels.validation import decode_body, require_text
+from dispatch.clean import VISIBLE
 from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.models import Delivery
 from dispatch.users import IdentityKind
 
 __all__ = ["RestChannel", "RestMessageIn"]
 
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[^\s].*$")]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=rf"^{VISIBLE}[^\x00]*$")]
+"""A conversation or sender key: starts with something visible, no NUL (one regex for both
+Python and the document's ECMAScript: their ``\\s`` and ``.`` differ)."""
 
 
 class RestMessageIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

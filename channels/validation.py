@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from dispatch.clean import MAX_JSON_DEPTH
+from dispatch.clean import MAX_JSON_DEPTH, VISIBLE
 from dispatch.errors import InvalidInput
 
 __all__ = [
@@ -42,6 +42,7 @@ def require_utf8(body: bytes) -> None:
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_VISIBLE = re.compile(VISIBLE)
 TOO_DEEP = f"the body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
 
 
@@ -77,6 +78,8 @@ def decode_body(body: bytes, type_: type[T]) -> T:
     try:
         decoded = msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:
+        # A NUL fails a field's pattern: say so in our words, naming the field, if it is one.
+        refuse_nul(msgspec.json.decode(body))
         raise InvalidInput(f"invalid field: {exc}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"malformed JSON: {exc}") from None
@@ -105,15 +108,15 @@ def refuse_nul(value: Any, field: str = "") -> None:
 
 
 def require_text(text: str, max_chars: int, *, has_media: bool = False) -> str:
-    """Strip ``text``; refuse it empty (unless media carries the message) or too long."""
-    stripped = text.strip()
-    if not stripped and not has_media:
-        raise InvalidInput("text is empty", extra={"field": "text"})
-    if len(stripped) > max_chars:
-        raise InvalidInput(
-            f"text is {len(stripped)} characters; the limit is {max_chars}",
-            extra={"field": "text"},
-        )
-    if "\x00" in stripped:
+    """``text`` stripped; refused if it has nothing visible (unless media carries the message),
+    is longer than ``max_chars`` as sent, or holds a NUL: exactly what the API's schema says
+    (``dispatch.clean.VISIBLE``, ``maxLength``), whichever regex engine reads it."""
+    if "\x00" in text:
         raise InvalidInput("text contains a NUL character", extra={"field": "text"})
-    return stripped
+    if len(text) > max_chars:
+        raise InvalidInput(
+            f"text is {len(text)} characters; the limit is {max_chars}", extra={"field": "text"}
+        )
+    if _VISIBLE.search(text) is None and not has_media:
+        raise InvalidInput("text is empty", extra={"field": "text"})
+    return text.strip()

@@ -13,7 +13,15 @@ import json
 import math
 from typing import Any
 
-__all__ = ["MAX_JSON_DEPTH", "clean_json", "clean_text", "fit", "storable_json"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "NO_NUL",
+    "VISIBLE",
+    "clean_json",
+    "clean_text",
+    "fit",
+    "storable_json",
+]
 
 _DIGEST_CHARS = 40
 MAX_JSON_DEPTH = 64
@@ -21,6 +29,14 @@ MAX_JSON_DEPTH = 64
 bytes, before any decoder: see ``channels.validation.require_depth``). Nothing we accept comes
 near it; anything that walks such data may recurse this far and no further."""
 _TOO_DEEP = f"(nested deeper than {MAX_JSON_DEPTH} levels: dropped)"
+VISIBLE = (
+    r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f"
+    r"\u3000\ufeff\x00]"
+)
+"""One character that is neither white space nor NUL, written the same way for Python's ``re``
+and for the JSON Schemas of the API (ECMAScript), whose ``\\s`` differ: a text or name needs one."""
+NO_NUL = r"^[^\x00]*$"
+"""A string without NUL (the database refuses it), for both regex engines."""
 
 
 def clean_text(value: str) -> str:

@@ -10,6 +10,7 @@ waits, answered with its result. An idempotency key makes a retried call the sam
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import time
@@ -34,7 +35,7 @@ from dispatch.runs import RunView, WorkflowRuns
 from dispatch.specs import ActionSpec
 from dispatch.workflows import WORKFLOWS_AGENT
 
-__all__ = ["MAX_WAIT_S", "AuditNote", "ExecuteRequest", "Executed", "Executor"]
+__all__ = ["MAX_WAIT_S", "AuditNote", "EndedStatus", "ExecuteRequest", "Executed", "Executor"]
 
 log = logging.getLogger("switchboard.execution")
 
@@ -77,21 +78,25 @@ class ExecuteRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """The same key again (from the same caller) answers with the same activity."""
 
 
+class EndedStatus(enum.StrEnum):
+    """How something recorded after the fact ended."""
+
+    COMPLETED = ActivityStatus.COMPLETED.value
+    FAILED = ActivityStatus.FAILED.value
+    CANCELLED = ActivityStatus.CANCELLED.value
+
+
 class AuditNote(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Something done outside Switchboard, recorded as an activity for the audit: no handler
     runs, and it is recorded as already ended (``status``)."""
 
     agent: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     action_type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    status: ActivityStatus
-    """completed, failed or cancelled."""
+    status: EndedStatus
     description: Annotated[str, msgspec.Meta(max_length=1000)] = ""
     payload: dict[str, Any] = {}
     result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-
-
-_NOTED = {ActivityStatus.COMPLETED, ActivityStatus.FAILED, ActivityStatus.CANCELLED}
 
 
 class Executed(msgspec.Struct, frozen=True, kw_only=True):
@@ -221,11 +226,6 @@ class Executor:
     async def note(self, note: AuditNote, caller: Caller) -> ActivityView:
         """Record ``note`` as an ended activity with its events (``created``, then its status),
         in one transaction; no handler runs and no one is told."""
-        if note.status not in _NOTED:
-            raise Unprocessable(
-                "status: an audit note is recorded as ended: completed, failed or cancelled",
-                extra={"field": "status"},
-            )
         details: dict[str, Any] = {
             "payload": clean_json(note.payload),
             "provenance": {"api": caller.actor, "audit_only": True},
@@ -272,6 +272,10 @@ class Executor:
         async with self._sessions() as session:
             user = await session.get(User, caller.user_id)
         return user, bool(user and user.active)
+
+    def knows_workflow(self, name: str) -> bool:
+        """Whether ``name`` is a workflow of the catalog."""
+        return name in self._catalog.workflows
 
     async def _intended(
         self, request: ExecuteRequest, role: str | None, active: bool

@@ -17,14 +17,25 @@ import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch.errors import InvalidInput, NotFoundError
+from dispatch.clean import VISIBLE
+from dispatch.errors import InvalidInput, NotFoundError, Unprocessable
 from dispatch.i18n import LANGUAGES
 from dispatch.models import Conversation, Role, User, UserIdentity
 
-__all__ = ["IdentityKind", "IdentityView", "UserDirectory", "UserView"]
+__all__ = [
+    "MAX_CHARS",
+    "NAME_PATTERN",
+    "IdentityKind",
+    "IdentityView",
+    "UserDirectory",
+    "UserView",
+]
 
 HIDDEN = "(not shown)"
 MAX_CHARS = 200
+NAME_PATTERN = rf"^[^\x00]*{VISIBLE}[^\x00]*$"
+"""A name or address as the API takes it: something visible and no NUL (the database refuses
+NUL; a blank one names nobody)."""
 """Longest name or address (the columns' width)."""
 
 
@@ -96,7 +107,7 @@ class UserDirectory:
     def _kind(self, name: str) -> IdentityKind:
         kind = self._kinds.get(name)
         if kind is None:
-            raise InvalidInput(
+            raise Unprocessable(
                 f"unknown channel {name!r}; one of: {', '.join(sorted(self._kinds))}",
                 extra={"field": "channel"},
             )
@@ -141,7 +152,10 @@ class UserDirectory:
         if not address.strip():
             raise InvalidInput("the address is empty", extra={"field": "address"})
         _printable(address, "address")
-        address = kind.normalize(address.strip())
+        try:
+            address = kind.normalize(address.strip())
+        except InvalidInput as exc:  # well formed, but not an address of that kind
+            raise Unprocessable(exc.detail, extra={"field": "address"}) from None
         async with self._sessions.begin() as session:
             user = await self._find(session, ref)
             identity = await session.scalar(

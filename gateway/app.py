@@ -7,14 +7,18 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from litestar import Litestar, Request, get
+from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.routes import HTTPRoute
 from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_204_NO_CONTENT
+from litestar.types import Scope
 
+from channels.registry import identity_kinds
 from dispatch.logs import configure_logging
 from gateway.auth import TokenStore
 from gateway.deadline import OutageWatch, RequestDeadline
@@ -110,8 +114,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                     "bearer": SecurityScheme(
                         type="http",
                         scheme="bearer",
-                        description="A token from `switchboard tokens create --role ...` "
-                        "(roles: actions = read-only, operator, admin).",
+                        description="A token from `switchboard tokens create --role ...`. "
+                        "Roles: `actions` runs catalog actions and workflows as a guest would "
+                        "and reads requests (for ChatGPT Actions); `operator` also posts "
+                        "messages, approves, rejects, cancels and takes conversations over; "
+                        "`admin` also manages users, tokens and settings. Each operation says "
+                        "the role it needs.",
                     )
                 }
             ),
@@ -130,8 +138,41 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
     )
-    refine(app, public_url=settings.core.public_url)
+    refine(
+        app,
+        public_url=settings.core.public_url,
+        max_text_chars=settings.core.max_text_chars,
+        identity_channels=sorted(identity_kinds()),
+    )
+    _complete_allow(app)
     return app
+
+
+def _complete_allow(app: Litestar) -> None:
+    """``OPTIONS`` answers ``Allow`` with every method of its path. Litestar makes the OPTIONS
+    handler with a path's first route and keeps it when it merges the path's other handlers
+    into a new route, so it listed only the first route's methods (``GET, OPTIONS`` for
+    ``/api/v1/activities``, which also takes POST). Its function is replaced by one that
+    answers for the merged route (same signature: what litestar prepared for it still fits)."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        allow = ", ".join(sorted(route.methods))
+        for handler in route.route_handlers:
+            if handler.handler_name == "options_handler":
+                handler._fn = _options(allow)
+
+
+def _options(allow: str) -> Any:
+    def options_handler(scope: Scope) -> Response[None]:
+        return Response(
+            content=None,
+            status_code=HTTP_204_NO_CONTENT,
+            headers={"Allow": allow},
+            media_type=MediaType.TEXT,
+        )
+
+    return options_handler
 
 
 @get("/schema/actions.json", include_in_schema=False, sync_to_thread=False)

@@ -2,7 +2,8 @@
 
 A token is shown once when created and stored only as its SHA-256. Each has a role:
 
-- ``actions``: read-only, the GET routes of the API (for tools such as ChatGPT Actions);
+- ``actions``: runs catalog actions and workflows as a guest would (through the same gate) and
+  reads what was asked (for tools such as ChatGPT Actions);
 - ``operator``: also sends messages, approves, rejects and runs requests;
 - ``admin``: also manages users, tokens and reads the settings.
 

@@ -11,6 +11,7 @@ and sets an absolute server URL from ``SWITCHBOARD_PUBLIC_URL``.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -27,7 +28,9 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
+from dispatch.clean import NO_NUL, VISIBLE
 from gateway.auth import ApiRole, required_role
+from gateway.params import MAX_ID
 
 __all__ = ["ACTIONS_LIMIT", "BODY", "actions_document", "operation_id", "refine"]
 
@@ -42,8 +45,12 @@ _ERRORS = {
     "403": "The token's role (or its user) may not do this.",
     "404": "No such resource.",
     "409": "The resource's state does not allow it (`extra.status` says what it is).",
-    "422": "Well formed, but the catalog does not take it (`extra.field` names what).",
-    "503": "A service Switchboard depends on cannot be reached; retry after `Retry-After`.",
+    "413": "The body is larger than `SWITCHBOARD_MAX_BODY_BYTES`.",
+    "422": "Well formed, but not something that can be done here: an action, workflow or "
+    "address this deployment does not take (`extra.field` names what).",
+    "429": "The sender goes faster than allowed; retry after `Retry-After`.",
+    "503": "Not answered now: a service Switchboard depends on cannot be reached "
+    "(`unavailable`), or too much arrives at once (`overloaded`); retry after `Retry-After`.",
 }
 _NAMES = {
     "400": "invalid_input",
@@ -51,9 +58,32 @@ _NAMES = {
     "403": "forbidden",
     "404": "not_found",
     "409": "conflict",
+    "413": "payload_too_large",
     "422": "unprocessable",
+    "429": "rate_limited",
     "503": "unavailable",
 }
+_UNPROCESSABLE = {
+    "executeAction",
+    "recordActivity",
+    "runWorkflow",
+    "retryActivity",
+    "linkIdentity",
+}
+"""Operations whose well-formed request may name what this deployment does not have (422)."""
+_CONFLICTS = {
+    "cancelActivity",
+    "retryActivity",
+    "approveActivity",
+    "rejectActivity",
+    "runActivity",
+    "takeOverConversation",
+    "replyInConversation",
+    "handBackConversation",
+}
+_THROTTLED = {"postMessage"}
+_REFERS = {"createToken"}
+"""Operations whose body names a resource by id (404 if there is none)."""
 _METHODS = ("get", "put", "post", "delete", "patch")
 
 
@@ -165,7 +195,116 @@ def _summary(description: str) -> str:
     return head[: head.rfind(" ", 0, 79)] + "…"
 
 
-def refine(app: Litestar, *, public_url: str | None) -> None:
+def _schemas(node: Any) -> Iterator[Schema]:
+    """Every schema object in ``node`` (a document part), nested ones included."""
+    if isinstance(node, Schema):
+        yield node
+        for value in vars(node).values():
+            yield from _schemas(value)
+    elif isinstance(node, list | tuple):
+        for item in node:
+            yield from _schemas(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            yield from _schemas(item)
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            yield from _schemas(getattr(node, name))
+
+
+def _integral_bounds(document: Any) -> None:
+    """Bounds as integers (litestar writes them as floats: 2**63 - 1 became 9.22e18, which is
+    2**63 and beyond what the server takes)."""
+    for node in _schemas(document):
+        for bound in ("minimum", "maximum"):
+            value = getattr(node, bound)
+            if isinstance(value, float) and value.is_integer():
+                setattr(node, bound, min(int(value), MAX_ID))
+
+
+def _structs(base: type[msgspec.Struct] = msgspec.Struct) -> Iterator[type[msgspec.Struct]]:
+    for sub in base.__subclasses__():
+        yield sub
+        yield from _structs(sub)
+
+
+def _closed_bodies(components: dict[str, Any]) -> None:
+    """``additionalProperties: false`` where the server refuses unknown fields (a Struct with
+    ``forbid_unknown_fields``): the document says what it does."""
+    for struct in _structs():
+        if struct.__struct_config__.forbid_unknown_fields and struct.__name__ in components:
+            component = components[struct.__name__]
+            if isinstance(component, Schema):
+                component.additional_properties = False
+
+
+def _errors_of(path: str, method: str, op: Any, *, secured: bool) -> list[str]:
+    """The error statuses an operation can answer, as the server sends them."""
+    name = op.operation_id or ""
+    codes = ["400"] if op.parameters or method != "get" else []
+    codes += ["401", "403"] if secured else []
+    codes += ["404"] if "{" in path or name in _REFERS else []
+    codes += ["409"] if name in _CONFLICTS else []
+    codes += ["413"] if op.request_body is not None else []
+    codes += ["422"] if name in _UNPROCESSABLE else []
+    codes += ["429"] if name in _THROTTLED else []
+    return [*codes, "503"]
+
+
+def _only(required: list[str], absent: list[str], empty: list[str]) -> Schema:
+    """One shape of a body: ``required`` given (not null), ``absent`` null or left out, ``empty``
+    empty objects or left out."""
+    properties: dict[str, Schema | Reference] = {
+        **{name: Schema(type=OpenAPIType.STRING) for name in required},
+        **{name: Schema(type=OpenAPIType.NULL) for name in absent},
+        **{name: Schema(type=OpenAPIType.OBJECT, max_properties=0) for name in empty},
+    }
+    return Schema(required=required, properties=properties)
+
+
+def _shapes(components: dict[str, Any], max_text_chars: int) -> None:
+    """What the server refuses for a body's shape, that a Struct's schema cannot say."""
+    execute = components.get("ExecuteRequest")
+    if isinstance(execute, Schema):
+        execute.one_of = [
+            _only(["agent", "action_type"], ["intent", "workflow"], ["input"]),
+            _only(["intent"], ["agent", "action_type", "workflow"], ["payload", "input"]),
+            _only(["workflow"], ["agent", "action_type", "intent"], ["payload"]),
+        ]
+    for name in ("RestMessageIn", "Media"):  # every text of these is refused with a NUL
+        for field in _schemas(getattr(components.get(name), "properties", None) or {}):
+            if field.type == OpenAPIType.STRING and field.pattern is None:
+                field.pattern = NO_NUL
+    message = components.get("RestMessageIn")
+    if isinstance(message, Schema) and message.properties:
+        text = message.properties["text"]
+        if isinstance(text, Schema):
+            text.max_length = max_text_chars
+            text.pattern = NO_NUL
+        message.any_of = [
+            Schema(properties={"text": Schema(type=OpenAPIType.STRING, pattern=VISIBLE)}),
+            Schema(
+                required=["media"],
+                properties={"media": Schema(type=OpenAPIType.ARRAY, min_items=1)},
+            ),
+        ]
+
+
+def _identity_channels(schema: Any, channels: list[str]) -> None:
+    identity = schema.components.schemas.get("NewIdentity")
+    if isinstance(identity, Schema) and identity.properties:
+        channel = identity.properties["channel"]
+        if isinstance(channel, Schema):
+            channel.enum = list(channels)
+
+
+def refine(
+    app: Litestar,
+    *,
+    public_url: str | None,
+    max_text_chars: int = 4096,
+    identity_channels: list[str] | None = None,
+) -> None:
     """Name, describe and secure every operation of the app's document (built once here)."""
     schema = app.openapi_schema
     handlers = _handlers(app)
@@ -176,6 +315,7 @@ def refine(app: Litestar, *, public_url: str | None) -> None:
     if schema.components.schemas is None:
         schema.components.schemas = {}
     schema.components.schemas[_ERROR] = _error_schema()
+    _integral_bounds(schema)
     for path, item in (schema.paths or {}).items():
         for method in _METHODS:
             op = getattr(item, method, None)
@@ -188,33 +328,32 @@ def refine(app: Litestar, *, public_url: str | None) -> None:
             description = (op.description or "").strip().replace("``", "`")
             op.description = description
             op.summary = _summary(description)
-            codes = ["400"] if op.parameters or method != "get" else []
             if role is not None:
                 op.security = [{"bearer": []}]
                 op.description = (
                     f"{description}\n\nNeeds a token with role `{role.value}` or above."
                 )
-                codes += ["401", "403"]
-            if "{" in path:
-                codes.append("404")
-            if op.operation_id in {
-                "cancelActivity",
-                "retryActivity",
-                "approveActivity",
-                "rejectActivity",
-                "runActivity",
-                "takeOverConversation",
-                "replyInConversation",
-                "handBackConversation",
-            }:
-                codes.append("409")
-            if op.operation_id in {"executeAction", "recordActivity", "runWorkflow"}:
-                codes.append("422")
-            codes.append("503")
+            codes = _errors_of(path, method, op, secured=role is not None)
             responses = dict(op.responses or {})
             for code in codes:
                 responses[code] = _error(code)
             op.responses = responses
+    _closed_bodies(schema.components.schemas)
+    _shapes(schema.components.schemas, max_text_chars)
+    if identity_channels is not None:
+        _identity_channels(schema, identity_channels)
+
+
+def _within(description: str, limit: int) -> str:
+    """``description`` in ``limit`` characters, its closing sentence on the role it needs kept
+    whole (Actions drops what is beyond the limit: the role is what must not go)."""
+    if len(description) <= limit:
+        return description
+    body, gap, role = description.rpartition("\n\nNeeds a token with role ")
+    if not gap:
+        return description[: limit - 1] + "…"
+    tail = gap + role
+    return body[: limit - len(tail) - 1].rstrip() + "…" + tail
 
 
 def actions_document(app: Litestar) -> dict[str, Any]:
@@ -233,8 +372,7 @@ def actions_document(app: Litestar) -> dict[str, Any]:
             if not path.startswith("/api/v1/") or role in (None, ApiRole.ADMIN):
                 continue
             short = copy.deepcopy(op)
-            if len(short.get("description", "")) > _DESCRIPTION_MAX:
-                short["description"] = short["description"][: _DESCRIPTION_MAX - 1] + "…"
+            short["description"] = _within(short.get("description", ""), _DESCRIPTION_MAX)
             kept[method] = short
         if kept:
             paths[path] = kept

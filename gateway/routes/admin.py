@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
@@ -9,32 +11,40 @@ from litestar.params import JSONBody
 
 from dispatch.config import SettingView
 from dispatch.errors import NotFoundError
-from dispatch.users import UserDirectory, UserView
+from dispatch.models import Role
+from dispatch.users import MAX_CHARS, NAME_PATTERN, UserDirectory, UserView
 from gateway.auth import ApiRole, TokenStore, TokenView, require
-from gateway.params import Id
+from gateway.params import MAX_ID, Id
 from gateway.settings import Settings
 
 __all__ = ["AdminController"]
 
 
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CHARS, pattern=NAME_PATTERN)]
+"""A user's or a token's name: something visible, no NUL, at most 200 characters."""
+Address = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CHARS, pattern=NAME_PATTERN)]
+
+
 class NewUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    role: str = "guest"
+    name: Name
+    role: Role = Role.GUEST
 
 
 class RoleChange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    role: str
+    role: Role
 
 
 class NewIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     channel: str
-    address: str
+    """An identity kind: one of ``GET /api/v1/users``' identity channels (422 for another)."""
+    address: Address
+    """As that channel writes it (a phone number for WhatsApp; 422 if it is not one)."""
 
 
 class NewToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    role: str
-    user_id: int | None = None
+    name: Name
+    role: ApiRole
+    user_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
 
 
 class CreatedToken(msgspec.Struct, frozen=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -48,7 +49,11 @@ class ActivityPage(msgspec.Struct, frozen=True, kw_only=True):
     """Pass as ``cursor`` for the next page; null on the last."""
 
 
-Cursor = Annotated[str | None, Parameter(description="The previous page's next_cursor")]
+CURSOR = r"^[1-9][0-9]{0,17}$"
+Cursor = Annotated[
+    str | None,
+    Parameter(description="The previous page's next_cursor, as it came", pattern=CURSOR),
+]
 Limit = Annotated[int, Parameter(ge=1, le=500, description="Page size")]
 
 
@@ -68,10 +73,26 @@ def _text(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
+def _since(value: str | None) -> dt.datetime | None:
+    """An RFC 3339 date-time, offset included (what the document says ``since`` is)."""
+    if value is None:
+        return None
+    try:
+        since = msgspec.convert(value, dt.datetime)
+    except msgspec.ValidationError:
+        since = None
+    if since is None or since.tzinfo is None:
+        raise InvalidInput(
+            "since: an RFC 3339 date-time with its offset, e.g. 2026-12-01T00:00:00Z",
+            extra={"field": "since"},
+        )
+    return since
+
+
 def _before(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not (cursor.isascii() and cursor.isdigit()) or not 1 <= int(cursor) <= MAX_ID:
+    if re.fullmatch(CURSOR, cursor) is None:
         raise InvalidInput("cursor: not one this API gave (use next_cursor as it came)")
     return int(cursor)
 
@@ -137,7 +158,12 @@ class MessagesController(Controller):
         ] = None,
         channel: Annotated[str | None, Parameter(description="Channel asked on")] = None,
         since: Annotated[
-            dt.datetime | None, Parameter(description="Created at or after (ISO 8601)")
+            str | None,
+            Parameter(
+                description="Created at or after: an RFC 3339 date-time with its offset "
+                "(2026-12-01T00:00:00Z)",
+                schema_extra={"format": "date-time"},
+            ),
         ] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
@@ -151,8 +177,7 @@ class MessagesController(Controller):
             status=status,
             actor_user_id=actor,
             channel=_text(channel),
-            # A time without a zone is taken as UTC.
-            since=since if since is None or since.tzinfo else since.replace(tzinfo=dt.UTC),
+            since=_since(since),
         )
         found = await activities.page(where, before_id=_before(cursor), limit=limit + 1)
         items, next_cursor = _cut(found, limit)

@@ -98,9 +98,11 @@ class WorkflowsController(Controller):
     ) -> Response[Executed]:
         """Start a run as the token's user (or role), through the same gate as any request:
         202 with the run's id (``activity_id``) and ``workflow_run_url``, or with ``sync``, 200
-        once the run ended within ``timeout_s``. 422 names an unknown workflow or a bad input
-        field, 403 a workflow the caller may not start; one that needs approval answers 202
-        ``awaiting_approval``."""
+        once the run ended within ``timeout_s``. 404 for an unknown workflow, 422 names a bad
+        input field, 403 a workflow the caller may not start; one that needs approval answers
+        202 ``awaiting_approval``."""
+        if not executor.knows_workflow(workflow):
+            raise NotFoundError(f"no workflow {workflow!r} in the catalog")
         executed = await executor.execute(
             ExecuteRequest(
                 workflow=workflow,

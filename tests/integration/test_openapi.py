@@ -3,6 +3,7 @@ one importable as a ChatGPT Action."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from openapi_spec_validator import validate
 from gateway.app import create_app
 from gateway.openapi import ACTIONS_LIMIT
 from gateway.settings import Settings
+from tests.conftest import ADMIN
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -120,3 +122,78 @@ def test_the_docs_page_loads_everything_from_the_gateway_itself(client: TestClie
     head = html.split("<body", 1)[0]
     assert "https://" not in head  # no CDN: the page works offline
     assert "http://" not in head
+
+
+def _schemas_in(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _schemas_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _schemas_in(value)
+
+
+def test_the_document_is_as_strict_as_the_server(client: TestClient[Any]) -> None:
+    """What the fuzzer found loose once: bounds as integers, closed bodies, the statuses each
+    refusal really has, the shapes a body may take."""
+    document = client.get("/schema/openapi.json").json()
+    for node in _schemas_in(document):
+        for bound in ("minimum", "maximum"):
+            if bound in node and node.get("type") == "integer":
+                assert isinstance(node[bound], int), node
+    ids = {op["operationId"]: op for _, _, op in operations(document)}
+    (activity_id,) = ids["getActivity"]["parameters"]
+    assert activity_id["schema"]["maximum"] == 2**63 - 1
+    components = document["components"]["schemas"]
+    for name in (
+        "AuditNote",
+        "ExecuteRequest",
+        "NewToken",
+        "NewUser",
+        "RestMessageIn",
+        "RunRequest",
+    ):
+        assert components[name]["additionalProperties"] is False, name
+    assert components["AuditNote"]["properties"]["status"] == {
+        "$ref": "#/components/schemas/EndedStatus"
+    }
+    assert set(components["EndedStatus"]["enum"]) == {"completed", "failed", "cancelled"}
+    assert set(components["NewToken"]["properties"]["role"]["$ref"].split("/")[-1:]) == {"ApiRole"}
+    assert len(components["ExecuteRequest"]["oneOf"]) == 3
+    assert set(components["NewIdentity"]["properties"]["channel"]["enum"]) >= {"rest", "whatsapp"}
+    assert "422" in ids["retryActivity"]["responses"]
+    assert "429" in ids["postMessage"]["responses"]
+    assert "404" in ids["createToken"]["responses"]
+    assert "413" in ids["postMessage"]["responses"]
+    cursor = next(p for p in ids["listActivities"]["parameters"] if p["name"] == "cursor")
+    assert "pattern" in json.dumps(cursor["schema"])
+
+
+def test_options_answers_every_method_of_a_path(client: TestClient[Any]) -> None:
+    document = client.get("/schema/openapi.json").json()
+    for path, item in document["paths"].items():
+        concrete = path.replace("{activity_id}", "1").replace("{conversation_id}", "1")
+        concrete = concrete.replace("{user_id}", "1").replace("{token_id}", "1")
+        concrete = concrete.replace("{run_id}", "1").replace("{workflow}", "onboard")
+        response = client.options(concrete, headers=ADMIN)
+        assert response.status_code == 204, (path, response.text)
+        documented = {m.upper() for m in item if m in METHODS} | {"OPTIONS"}
+        allowed = {m.strip() for m in response.headers["allow"].split(",")}
+        assert allowed == documented, path
+
+
+def test_actions_descriptions_keep_the_role_they_need(client: TestClient[Any]) -> None:
+    document = client.get("/schema/actions.json").json()
+    full = client.get("/schema/openapi.json").json()
+    full_ops = {op["operationId"]: op for _, _, op in operations(full)}
+    cut = 0
+    for _, _, op in operations(document):
+        assert len(op["description"]) <= 300
+        role = full_ops[op["operationId"]]["description"].rpartition("\n\n")[2]
+        assert op["description"].endswith(role), op["operationId"]
+        cut += op["description"] != full_ops[op["operationId"]]["description"]
+    assert cut >= 1  # some were long enough to be cut, and kept their role all the same
+    scheme = full["components"]["securitySchemes"]["bearer"]["description"]
+    assert "read-only" not in scheme
+    assert "`actions` runs catalog actions" in scheme

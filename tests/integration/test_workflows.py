@@ -379,7 +379,7 @@ async def test_permission_applies_per_step(client: AsyncTestClient[Any], service
 @pytest.mark.parametrize(
     ("call", "status", "field"),
     [
-        (("/api/v1/workflows/nope/run", {}), 422, "workflow"),
+        (("/api/v1/workflows/nope/run", {}), 404, "nope"),
         (("/api/v1/workflows/diamond/run", {}), 422, "input.name"),
         (("/api/v1/workflows/diamond/run", {"input": {"name": "x", "zz": 1}}), 422, "input.zz"),
         (("/api/v1/workflows/diamond/run", {"input": {"name": "x", "n": "many"}}), 422, "input.n"),
