@@ -40,7 +40,7 @@ from dispatch.errors import ClientError, InvalidInput, PayloadTooLarge, Settings
 from dispatch.keys import derive
 from dispatch.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.models import Delivery, utcnow
-from dispatch.outage import is_unavailable
+from dispatch.outage import is_overload, is_unavailable
 from dispatch.throttle import Throttle, ThrottleSettings
 from dispatch.users import IdentityKind
 
@@ -248,10 +248,13 @@ class WebChatChannel(Channel):
         dispatcher: DispatchService,
         store: MessageStore,
         limits: ThrottleSettings,
+        address: str = "?",
     ) -> None:
         """One socket, one conversation. Frames are validated one by one: a bad frame gets an
         error frame and the socket stays open; nothing of it is stored. Frames beyond the
-        socket's rate are refused the same way, and a socket that keeps pushing is closed."""
+        socket's rate are refused the same way, and a socket that keeps pushing is closed. A
+        session that has stored nothing yet (nobody's guest so far) is a new chat: its first
+        message counts against what its ``address`` may start in a minute."""
         session, token = self.issue(self.resume(token))
         async with self._bus.subscribe(self.topic(session)) as replies:
             past = await store.recent(self.name, session, limit=HISTORY_MESSAGES)
@@ -264,6 +267,7 @@ class WebChatChannel(Channel):
             async with _forwarding(connection, replies):
                 frames = Throttle()
                 refused = 0
+                new_chat = not past
                 while (frame := await connection.receive()) is not None:
                     wait_s = await frames.take(
                         "frames", rate_per_s=limits.socket_frames_per_s, burst=limits.socket_burst
@@ -280,23 +284,39 @@ class WebChatChannel(Channel):
                             frame,
                         )
                         continue
-                    await self._take(connection, session, frame, dispatcher)
+                    if new_chat:
+                        wait_s = await dispatcher.new_chat_wait_s(address)
+                        if wait_s > 0:
+                            await _error(
+                                connection,
+                                "rate_limited",
+                                f"too many new chats from one address; try again in {wait_s:.0f} s",
+                                frame,
+                            )
+                            continue
+                    if await self._take(connection, session, frame, dispatcher):
+                        new_chat = False  # it has written: its guest exists
 
     async def _take(
         self, connection: Connection, session: str, frame: str | bytes, dispatcher: DispatchService
-    ) -> None:
+    ) -> bool:
+        """Store one frame's message and acknowledge it; whether it was stored."""
         try:
             inbound = self.parse_frame(session, frame)
             accepted = await dispatcher.ingest(inbound, client=True)
         except ClientError as exc:
             await _error(connection, exc.code, exc.detail, frame)
-            return
+            return False
         except Exception as exc:
-            if not is_unavailable(exc):
+            if is_overload(exc):
+                code = "overloaded"
+            elif is_unavailable(exc):
+                code = "unavailable"
+            else:
                 raise
             # Not stored: the page keeps the message and sends it again.
-            await _error(connection, "unavailable", "not stored; try again in a few seconds", frame)
-            return
+            await _error(connection, code, "not stored; try again in a few seconds", frame)
+            return False
         ack = AckFrame(
             id=inbound.external_id.partition(":")[2],
             message_id=accepted.message_id,
@@ -304,6 +324,7 @@ class WebChatChannel(Channel):
             duplicate=accepted.duplicate,
         )
         await connection.send(msgspec.json.encode(ack))
+        return True
 
     def parse_frame(self, session: str, frame: str | bytes) -> InboundMessage:
         data = frame.encode() if isinstance(frame, str) else frame

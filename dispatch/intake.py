@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dispatch.clean import fit, storable_json
 from dispatch.messages import InboundMessage
 from dispatch.models import UNDISPATCHED, MessageState, utcnow
-from dispatch.outage import is_unavailable
+from dispatch.outage import is_overload, is_unavailable
 from dispatch.store import NAME_CHARS, Accepted, MessageStore, storable
 
 __all__ = ["Arrival", "Intake"]
@@ -85,7 +85,7 @@ class Intake:
         try:
             outcomes = await self._store_batch(arrivals)
         except Exception as exc:
-            if is_unavailable(exc) or len(batch) == 1:
+            if is_unavailable(exc) or is_overload(exc) or len(batch) == 1:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

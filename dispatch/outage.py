@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-__all__ = ["Outage", "is_unavailable"]
+__all__ = ["Outage", "is_overload", "is_unavailable"]
 
 log = logging.getLogger("switchboard.outage")
 T = TypeVar("T")
@@ -25,15 +25,32 @@ _DOWN = (
     OperationalError,
     InterfaceError,
     DisconnectionError,
-    PoolTimeoutError,
     RedisConnectionError,
     RedisTimeoutError,
 )
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
+def is_overload(exc: BaseException) -> bool:
+    """Whether ``exc`` says this process had more to do than it could in time: every database
+    connection of its pool was busy for the pool's whole timeout. That is our own queue, not
+    the database refusing or hanging (which fail the connections themselves)."""
+    return any(isinstance(cause, PoolTimeoutError) for cause in _causes(exc))
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says a dependency is down, not that a request or
-    Switchboard is wrong."""
+    Switchboard is wrong (nor that it is only busy: :func:`is_overload`)."""
+    if is_overload(exc):
+        return False
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:

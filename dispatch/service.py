@@ -192,6 +192,11 @@ class DispatchService:
         """
         if not client:
             return (await self.ingest_all(message.channel, [message]))[0]
+        # A repeat of what is stored is answered as such before any limit: a retry is not new
+        # traffic, and must not spend the sender's burst either.
+        if (repeated := await self._store.stored(message)) is not None:
+            _not_dispatched(message, repeated)
+            return repeated
         wait_s = await self._over_rate(_sender(message)) if not message.ignored else 0.0
         if wait_s > 0:
             raise RateLimited(
@@ -211,6 +216,13 @@ class DispatchService:
             self._queue.enqueue_dispatch, accepted.message_id, message_id=accepted.message_id
         )
         return accepted
+
+    async def new_chat_wait_s(self, address: str) -> float:
+        """Seconds until ``address`` may start another conversation (0: now, and it counts)."""
+        per_min = self._limits.new_chats_per_address_per_min
+        return await self._throttle.take(
+            f"new-chat:{address}", rate_per_s=per_min / 60, burst=per_min
+        )
 
     async def _over_rate(self, key: str) -> float:
         """Seconds until this sender may send again (0: now, and a token is taken)."""

@@ -261,6 +261,27 @@ class MessageStore:
                 over_rate=over_rate and created,
             )
 
+    async def stored(self, message: InboundMessage) -> Accepted | None:
+        """The message as already stored (a repeat of a provider's or a client's id), or None:
+        one look-up on the unique (channel, external_id) index, storing nothing."""
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(Message.id, Message.conversation_id, Message.user_id).where(
+                        Message.channel == message.channel,
+                        Message.external_id == fit(message.external_id, KEY_CHARS),
+                    )
+                )
+            ).first()
+        if row is None:
+            return None
+        return Accepted(
+            message_id=row.id,
+            conversation_id=row.conversation_id,
+            user_id=row.user_id,
+            duplicate=True,
+        )
+
     async def ignore(self, message_id: int, reason: str) -> bool:
         """A stored message not to be acted on after all (its sender went over the rate)."""
         async with self._sessions.begin() as session:

@@ -20,7 +20,7 @@ from dispatch.config import PREFIX, setting
 from dispatch.errors import SettingsError
 from dispatch.outage import Outage
 
-__all__ = ["RedisThrottle", "Throttle", "ThrottleSettings"]
+__all__ = ["AddressSlots", "RedisThrottle", "Throttle", "ThrottleSettings"]
 
 log = logging.getLogger("switchboard.throttle")
 
@@ -48,6 +48,19 @@ class ThrottleSettings:
     notice_window_s: float = setting(
         60.0, "SLOW_DOWN_WINDOW_S", "A sender is told to slow down at most once in this time."
     )
+    sockets_per_address: int = setting(
+        20,
+        "SOCKETS_PER_ADDRESS",
+        "Web chat sockets one client address may hold open at once in one gateway process; "
+        "more are closed at once (1013, try again later), before they cost anything.",
+    )
+    new_chats_per_address_per_min: int = setting(
+        20,
+        "NEW_CHATS_PER_ADDRESS_PER_MIN",
+        "Web chat conversations (each a guest user) one client address may start per minute; "
+        "a new chat's first message beyond it is refused (nothing stored) and told when to "
+        "try again.",
+    )
 
     def __post_init__(self) -> None:
         if self.sender_rate_per_s <= 0 or self.socket_frames_per_s <= 0:
@@ -56,6 +69,33 @@ class ThrottleSettings:
             raise SettingsError(PREFIX + "SENDER_BURST", "bursts and backlog must be at least 1")
         if self.notice_window_s <= 0:
             raise SettingsError(PREFIX + "SLOW_DOWN_WINDOW_S", "must be positive")
+        if self.sockets_per_address < 1:
+            raise SettingsError(PREFIX + "SOCKETS_PER_ADDRESS", "must be at least 1")
+        if self.new_chats_per_address_per_min < 1:
+            raise SettingsError(PREFIX + "NEW_CHATS_PER_ADDRESS_PER_MIN", "must be at least 1")
+
+
+class AddressSlots:
+    """How many of something (open sockets) each client address holds in this process, up to
+    a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._held: dict[str, int] = {}
+
+    def acquire(self, address: str) -> bool:
+        held = self._held.get(address, 0)
+        if held >= self._limit:
+            return False
+        self._held[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        held = self._held.get(address, 0) - 1
+        if held > 0:
+            self._held[address] = held
+        else:
+            self._held.pop(address, None)
 
 
 class Throttle:

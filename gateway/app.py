@@ -20,6 +20,7 @@ from litestar.types import Scope
 
 from channels.registry import identity_kinds
 from dispatch.logs import configure_logging
+from dispatch.throttle import AddressSlots
 from gateway.auth import TokenStore
 from gateway.deadline import OutageWatch, RequestDeadline
 from gateway.dependencies import PROVIDERS
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.tokens = TokenStore(runtime.sessions, settings.http.admin_token)
             app.state.portal = PortalSessions(runtime.secret)
             app.state.login_throttle = LoginThrottle()
+            app.state.chat_slots = AddressSlots(settings.throttle.sockets_per_address)
             outages.watch(runtime.engine)
             yield
 

@@ -40,6 +40,8 @@ DEADLINE = "switchboard_deadline"
 """Where a request's :class:`Deadline` is in its ASGI scope."""
 RECENT_S = 10.0
 """A dependency seen down this recently explains a request that ran out of time."""
+ANSWERING_S = 1.0
+"""The database answered this recently: it is up, whatever waits for it."""
 
 
 class OutageWatch:
@@ -49,21 +51,33 @@ class OutageWatch:
 
     def __init__(self) -> None:
         self._last = -RECENT_S
+        self._answered = -RECENT_S
 
     def watch(self, engine: AsyncEngine) -> None:
-        """Be told of the engine's connection and statement failures."""
+        """Be told of the engine's connection and statement failures, and of its answers."""
 
         def failed(context: ExceptionContext) -> None:
             if is_unavailable(context.original_exception):
                 self.seen()
 
+        def answered(*_: Any) -> None:
+            self._answered = time.monotonic()
+
         event.listen(engine.sync_engine, "handle_error", failed)
+        event.listen(engine.sync_engine, "after_cursor_execute", answered)
 
     def seen(self) -> None:
         self._last = time.monotonic()
 
     def recent(self) -> bool:
         return time.monotonic() - self._last < RECENT_S
+
+    def overloaded(self) -> bool:
+        """Whether a request that could not be served in time was held up by our own load:
+        the database answered a statement within the last second and nothing was seen down.
+        (Every connection busy while it answers is a queue; busy while it answers nothing,
+        a frozen server.)"""
+        return not self.recent() and time.monotonic() - self._answered < ANSWERING_S
 
 
 class Deadline:
@@ -130,7 +144,7 @@ class RequestDeadline:
 
     async def _answer(self, send: Send, budget_s: float) -> None:
         error: Unavailable | Overloaded
-        if self._outages.recent():
+        if not self._outages.overloaded():
             error = Unavailable(
                 f"not answered within {budget_s:g} s: a service Switchboard depends on is not "
                 f"answering; it may or may not have been stored, send it again in "

@@ -28,7 +28,7 @@ from dispatch.errors import (
     Unavailable,
     Unprocessable,
 )
-from dispatch.outage import is_unavailable
+from dispatch.outage import is_overload, is_unavailable
 
 __all__ = [
     "RETRY_AFTER_S",
@@ -76,10 +76,15 @@ def error_body(error: SwitchboardError) -> dict[str, Any]:
 
 def _try_again(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """503 with Retry-After: overloaded (our own limit) or a dependency unavailable."""
+    outages = getattr(request.app.state, "outages", None)
+    if is_overload(exc) and (outages is None or outages.overloaded()):
+        exc = Overloaded(
+            "too much is arriving at once to take this now; nothing was stored, try again in "
+            f"{RETRY_AFTER_S} s"
+        )
     if isinstance(exc, Overloaded):
         body = error_body(exc)
     else:
-        outages = getattr(request.app.state, "outages", None)
         if outages is not None:
             outages.seen()  # a request that runs out of time now is answered `unavailable`
         log.warning("unavailable: %s", type(exc).__name__, extra={"path": request.url.path})
@@ -101,7 +106,8 @@ def exception_to_http_response(
 ) -> Response[dict[str, Any]]:
     """Litestar's exception handler for every route."""
     if isinstance(exc, Overloaded | Unavailable) or (
-        not isinstance(exc, SwitchboardError | HTTPException) and is_unavailable(exc)
+        not isinstance(exc, SwitchboardError | HTTPException)
+        and (is_unavailable(exc) or is_overload(exc))
     ):
         return _try_again(request, exc)
     if isinstance(exc, RateLimited):

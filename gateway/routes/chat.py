@@ -11,9 +11,10 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
 from channels.webchat import SUBPROTOCOL, WebChatChannel
-from dispatch.outage import is_unavailable
+from dispatch.outage import is_overload, is_unavailable
 from dispatch.service import DispatchService
 from dispatch.store import MessageStore
+from dispatch.throttle import AddressSlots
 from gateway.exceptions import RETRY_AFTER_S
 from gateway.settings import Settings
 
@@ -73,6 +74,13 @@ async def chat_socket(
     if not webchat.allows(socket.headers.get("origin"), socket.headers.get("host")):
         await socket.close(code=WS_FORBIDDEN, reason="origin not allowed")
         return
+    address = socket.client.host if socket.client else "?"
+    slots: AddressSlots = socket.app.state.chat_slots
+    if not slots.acquire(address):
+        # Shed at the door, before the socket costs anything (the handshake is refused: 403):
+        # one client's flood of sockets must not become everyone's wait.
+        await socket.close(code=WS_TRY_AGAIN_LATER, reason="too many chats from one address")
+        return
     offered = list(socket.scope.get("subprotocols") or [])
     await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
@@ -82,12 +90,14 @@ async def chat_socket(
             dispatcher=dispatcher,
             store=store,
             limits=settings.throttle,
+            address=address,
         )
     except Exception as exc:
-        if not is_unavailable(exc):
+        if not (is_unavailable(exc) or is_overload(exc)):
             raise
         # Nothing of the frame in hand was stored; the page sends it again after reconnecting.
+        why = "overloaded" if is_overload(exc) else "unavailable"
         with contextlib.suppress(Exception):
-            await socket.close(
-                code=WS_TRY_AGAIN_LATER, reason=f"unavailable; retry in {RETRY_AFTER_S} s"
-            )
+            await socket.close(code=WS_TRY_AGAIN_LATER, reason=f"{why}; retry in {RETRY_AFTER_S} s")
+    finally:
+        slots.release(address)
