@@ -7,6 +7,7 @@ signed Telegram webhooks (``work m<n>``, spread over conversations), injects its
 until everything is answered and finished, and counts from outside and from the database:
 
     sent / accepted / activities / handler runs / replies / doubled / lost / stuck / jobs/message
+    / 5xx / bystander s
 
 ``doubled``: messages answered more than once; ``lost``: never answered; ``stuck``: messages,
 activities or replies not in a final state when the run ends; ``jobs``: arq jobs run by all
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import websockets
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
 from scripts.lockfile import require_the_lock
@@ -46,6 +48,8 @@ from tests.support.proxy import FaultProxy
 from tests.support.services import REDIS_BASE, flush_redis, own_database, own_redis_db
 
 SETTLE_S = 600.0
+BYSTANDER_BUDGET_S = 2.0
+"""How long another conversation's message may wait while one client floods."""
 
 
 @contextlib.asynccontextmanager
@@ -152,6 +156,41 @@ def _redis_away(fault: str) -> Scenario:
     return scenario
 
 
+async def retry_storm(cluster: Cluster, _redis: str, args: argparse.Namespace) -> None:
+    """A provider's retry storm: every message posted 50 times at once (a webhook answered
+    late is sent again; Telegram and Meta retry for days)."""
+    for _ in range(args.workers):
+        cluster.start_worker()
+    await cluster.storm(args.messages // STORM_COPIES or 1, copies=STORM_COPIES)
+
+
+async def socket_flood(cluster: Cluster, _redis: str, args: argparse.Namespace) -> None:
+    """500 web chat sockets from one client, four frames each, while a message of another
+    conversation comes in: how long that one waits for its answer."""
+    for _ in range(args.workers):
+        cluster.start_worker()
+    url = cluster.base_url.replace("http://", "ws://") + "/chat/ws"
+
+    async def socket(n: int) -> None:
+        with contextlib.suppress(OSError, websockets.WebSocketException, TimeoutError):
+            async with websockets.connect(url, origin=cluster.base_url, open_timeout=30) as ws:  # type: ignore[arg-type]
+                await ws.recv()
+                for frame in range(4):
+                    await ws.send(json.dumps({"id": f"f{n}-{frame}", "text": f"echo {n}"}))
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 3)
+
+    async def bystander() -> None:
+        await asyncio.sleep(1.0)  # the flood in full swing
+        args.bystander_s = await cluster.reply_time("calm", chat_id=990_000)
+
+    await asyncio.gather(bystander(), *(socket(n) for n in range(FLOOD_SOCKETS)))
+
+
+STORM_COPIES = 50
+FLOOD_SOCKETS = 500
+
 SCENARIOS: dict[str, tuple[Scenario, float, bool]] = {
     # name: (scenario, handler delay in seconds, Redis behind a fault proxy)
     "baseline": (baseline, 0.0, False),
@@ -160,6 +199,8 @@ SCENARIOS: dict[str, tuple[Scenario, float, bool]] = {
     "redis-flushed": (redis_flushed, 0.02, False),
     "redis-refused": (_redis_away("refuse"), 0.02, True),
     "redis-frozen": (_redis_away("freeze"), 0.02, True),
+    "retry-storm": (retry_storm, 0.02, False),
+    "socket-flood": (socket_flood, 0.02, False),
 }
 
 
@@ -182,6 +223,7 @@ async def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
             sessions,
             redis_url,
         ):
+            args.bystander_s = None
             await scenario(cluster, redis_url, args)
             sent_at = time.monotonic()
             settled = await cluster.settle(sessions, timeout_s=SETTLE_S, quiet_s=2.0)
@@ -195,6 +237,8 @@ async def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "drain_s": round(drained_s, 1),
             "ack_p50_ms": round(acks[len(acks) // 2] * 1000, 1) if acks else None,
             "ack_max_ms": round(acks[-1] * 1000, 1) if acks else None,
+            "server_errors": cluster.server_errors,
+            "bystander_s": None if args.bystander_s is None else round(args.bystander_s, 2),
             "run_s": round(time.monotonic() - started, 1),
         }
 
@@ -213,6 +257,8 @@ COLUMNS = [
     ("drain_s", "drain s"),
     ("ack_p50_ms", "ack p50 ms"),
     ("ack_max_ms", "ack max ms"),
+    ("server_errors", "5xx"),
+    ("bystander_s", "bystander s"),
 ]
 
 
@@ -252,6 +298,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
         failed |= not row["settled"] or bool(row["doubled"] or row["lost"] or row["stuck"])
+        failed |= bool(row["server_errors"]) or (row["bystander_s"] or 0) >= BYSTANDER_BUDGET_S
     print(table(rows))
     if unlocked:
         print("NOT the lock, measured anyway (--unlocked):\n  " + "\n  ".join(unlocked))

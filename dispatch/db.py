@@ -46,7 +46,11 @@ class DatabaseSettings:
         2.0, "DATABASE_CONNECT_TIMEOUT_S", "Longest wait for a new connection (PostgreSQL)."
     )
     pool_timeout_s: float = setting(
-        1.5, "DATABASE_POOL_TIMEOUT_S", "Longest wait for a free connection of the pool."
+        3.0,
+        "DATABASE_POOL_TIMEOUT_S",
+        "Longest wait for a free connection of the pool. A burst queues here: long enough to "
+        "absorb one (a retry storm of 2,000 webhooks on two busy cores waits up to 4 s), "
+        "within the gateway's `SWITCHBOARD_REQUEST_TIMEOUT_S`, which answers 503 first.",
     )
     statement_timeout_s: float = setting(
         2.5,

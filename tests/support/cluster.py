@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import aiohttp
 import httpx
 import msgspec
 from sqlalchemy import func, select
@@ -161,6 +162,8 @@ class Cluster:
     accepted: int = field(default=0, init=False)
     ack_s: list[float] = field(default_factory=list, init=False)
     """How long each webhook took to be answered."""
+    server_errors: int = field(default=0, init=False)
+    """Webhooks answered 5xx."""
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
     _update_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False)
 
@@ -231,9 +234,57 @@ class Cluster:
                     response = await client.post("/webhooks/telegram", json=update, headers=headers)
                     self.ack_s.append(time.monotonic() - started)
                 self.accepted += response.is_success
+                self.server_errors += response.status_code >= 500
 
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
             await asyncio.gather(*(chat(client, c, lines) for c, lines in chats.items()))
+
+    async def storm(self, messages: int, *, copies: int) -> None:
+        """A provider's retry storm: ``messages`` webhooks (``work m<n>``, a chat each), every
+        one posted ``copies`` times, all at once (aiohttp: httpx's pool adds seconds of its own
+        at thousands of connections). A message counts as accepted once any copy got a 2xx."""
+        first = len(self.sent)
+        texts = [f"m{first + n}" for n in range(messages)]
+        self.sent.extend(texts)
+        bodies = [
+            json.dumps(text_update(next(self._update_ids), f"work {text}", chat_id=FIRST_CHAT + n))
+            for n, text in enumerate(texts)
+        ]
+        headers = {"X-Telegram-Bot-Api-Secret-Token": SECRET, "content-type": "application/json"}
+        ok: set[int] = set()
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(self.base_url, connector=connector) as http:
+
+            async def post(n: int) -> None:
+                started = time.monotonic()
+                async with http.post("/webhooks/telegram", data=bodies[n], headers=headers) as got:
+                    await got.read()
+                    self.ack_s.append(time.monotonic() - started)
+                    if 200 <= got.status < 300:
+                        ok.add(n)
+                    self.server_errors += got.status >= 500
+
+            await asyncio.gather(*(post(n) for _ in range(copies) for n in range(messages)))
+        self.accepted += len(ok)
+
+    async def reply_time(self, text: str, *, chat_id: int, timeout_s: float = 60) -> float:
+        """Send one webhook (``work <text>``) and wait for its reply: the seconds it took."""
+        self.sent.append(text)
+        update = text_update(next(self._update_ids), f"work {text}", chat_id=chat_id)
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+            response = await client.post(
+                "/webhooks/telegram",
+                json=update,
+                headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+            )
+        self.accepted += response.is_success
+        self.server_errors += response.status_code >= 500
+        while time.monotonic() - started < timeout_s:
+            if self.replies()[text]:
+                return time.monotonic() - started
+            await asyncio.sleep(0.02)
+        return float("inf")
 
     def replies(self) -> Counter[str]:
         """How often each message was answered, by its text."""
