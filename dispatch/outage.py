@@ -14,7 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-__all__ = ["Outage", "is_overload", "is_unavailable"]
+__all__ = ["LoopLate", "Outage", "is_overload", "is_unavailable"]
 
 log = logging.getLogger("switchboard.outage")
 T = TypeVar("T")
@@ -30,6 +30,15 @@ _DOWN = (
 )
 
 
+LATE_SHARE = 0.25
+"""Woken later than this share of a call's timeout, the process itself was the delay."""
+
+
+class LoopLate(Exception):
+    """A call ran out of time while this process's event loop was too busy to read its answer:
+    our own load, not the dependency's outage."""
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: BaseException | None = exc
     for _ in range(10):
@@ -43,7 +52,7 @@ def is_overload(exc: BaseException) -> bool:
     """Whether ``exc`` says this process had more to do than it could in time: every database
     connection of its pool was busy for the pool's whole timeout. That is our own queue, not
     the database refusing or hanging (which fail the connections themselves)."""
-    return any(isinstance(cause, PoolTimeoutError) for cause in _causes(exc))
+    return any(isinstance(cause, PoolTimeoutError | LoopLate) for cause in _causes(exc))
 
 
 def is_unavailable(exc: BaseException) -> bool:
@@ -128,6 +137,11 @@ class Outage:
         self._probing = probe
         try:
             result = await self._bounded(attempt)
+        except LoopLate:
+            # The time ran out in our own queue, not at the server: nothing to open the
+            # breaker for (every caller would then skip a dependency that is fine).
+            log.info("%s call not answered in time while this process was busy", self._what)
+            return await fallback()
         except Exception as exc:
             self.failed(exc, meanwhile, **extra)
             return await fallback()
@@ -145,6 +159,7 @@ class Outage:
         if self._timeout_s is None:
             return await attempt()
         task = asyncio.ensure_future(attempt())
+        started = time.monotonic()
         try:
             done, _ = await asyncio.wait({task}, timeout=self._timeout_s)
         except asyncio.CancelledError:
@@ -155,6 +170,10 @@ class Outage:
         task.cancel()
         self._abandoned.add(task)
         task.add_done_callback(self._forget)
+        late_s = time.monotonic() - started - self._timeout_s
+        if late_s > self._timeout_s * LATE_SHARE:
+            # Woken this late, the loop was busy: the answer may have been waiting to be read.
+            raise LoopLate(f"this process woke {late_s:.2f} s late for {self._what}'s answer")
         raise TimeoutError(f"{self._what} did not answer within {self._timeout_s:g} s")
 
     def _forget(self, task: asyncio.Future[Any]) -> None:

@@ -92,6 +92,7 @@ async def test_a_retry_storm_through_two_gateways_is_answered_and_stored_once(
     problems = [a for a in answers if a[1] not in (200, 202)]
     assert problems == [], (statuses, problems[:5])
     assert statuses == {("telegram", 200): IDS * COPIES, ("rest", 202): IDS * COPIES}
+    assert _reported_down(tmp_path) == []
     async with open_db(own_pg) as sessions, sessions() as session:
         stored = await session.execute(
             select(Message.channel, func.count())
@@ -99,6 +100,16 @@ async def test_a_retry_storm_through_two_gateways_is_answered_and_stored_once(
             .group_by(Message.channel)
         )
         assert dict(stored.all()) == {"telegram": IDS, "rest": IDS}
+
+
+def _reported_down(workdir: Path) -> list[str]:
+    """Lines where a gateway said a dependency was unreachable."""
+    return [
+        line
+        for log in sorted(workdir.glob("gateway-*.log"))
+        for line in log.read_text().splitlines()
+        if "unreachable" in line
+    ]
 
 
 def _rss_mb(pid: int) -> float:
@@ -178,3 +189,5 @@ async def test_500_sockets_from_one_client_do_not_hold_up_another_conversation(
     assert guests is not None
     assert guests <= 2 * 20 + 1, guests
     assert after_mb <= before_mb * 1.10, (before_mb, after_mb)
+    # PostgreSQL and Redis were fine all along: nothing may have been reported down.
+    assert _reported_down(tmp_path) == []

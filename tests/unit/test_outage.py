@@ -87,3 +87,34 @@ async def test_what_is_not_an_outage_is_logged_with_its_traceback_every_time(
             assert await outage.call(buggy, _fallback, "going on without it") == "fallback"
     assert [r.exc_info is not None for r in caplog.records] == [True, True]
     assert not outage.down()
+
+
+async def test_a_timeout_the_process_itself_caused_does_not_open_the_breaker() -> None:
+    """The answer was there in time, but the event loop was too busy to read it (our own load):
+    the caller goes on without it this once, and the dependency is not marked down."""
+    outage = Outage("Redis", timeout_s=0.2)
+
+    async def answers_late_but_alive() -> str:
+        await asyncio.sleep(0.3)
+        return "answer"
+
+    async def hog() -> None:
+        await asyncio.sleep(0.01)
+        time.sleep(0.5)  # noqa: ASYNC251 - the point: a loop too busy to read anything
+
+    hogging = asyncio.ensure_future(hog())
+    got = await outage.call(answers_late_but_alive, _fallback, "going on without it")
+    await hogging
+    assert got == "fallback"
+    assert not outage.down()
+
+
+async def test_a_server_that_does_not_answer_still_opens_it() -> None:
+    outage = Outage("Redis", timeout_s=0.1)
+
+    async def hangs() -> str:
+        await asyncio.sleep(60)
+        return "answer"
+
+    assert await outage.call(hangs, _fallback, "going on without it") == "fallback"
+    assert outage.down()
