@@ -7,6 +7,7 @@ event → enqueues the run. Nothing here knows which channel or transport is in 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -181,6 +182,8 @@ class DispatchService:
         self._throttle = throttle
         self._limits = limits
         self._intake = Intake(store, backlog=limits.conversation_backlog, after=self._after_stored)
+        self._in_flight: dict[tuple[str, str], asyncio.Future[Accepted]] = {}
+        """A client's message being stored now, by (channel, id): its copies wait for it."""
 
     async def ingest(self, message: InboundMessage, *, client: bool = False) -> Accepted:
         """Store first, then queue the parsing; a duplicate is accepted and queues nothing.
@@ -192,8 +195,27 @@ class DispatchService:
         """
         if not client:
             return (await self.ingest_all(message.channel, [message]))[0]
-        # A repeat of what is stored is answered as such before any limit: a retry is not new
-        # traffic, and must not spend the sender's burst either.
+        # A repeat of what is stored, or of what is being stored right now, is answered as
+        # such before any limit: a retry is not new traffic, and must not spend the sender's
+        # burst either. Copies arriving together wait for the first one's outcome.
+        key = (message.channel, message.external_id)
+        if (first := self._in_flight.get(key)) is not None:
+            accepted = await asyncio.shield(first)
+            return msgspec.structs.replace(accepted, duplicate=True)
+        self._in_flight[key] = outcome = asyncio.get_running_loop().create_future()
+        try:
+            accepted = await self._ingest_client(message)
+        except BaseException as exc:
+            outcome.set_exception(exc)
+            outcome.exception()  # retrieved here: the copies waiting (if any) raise it too
+            raise
+        else:
+            outcome.set_result(accepted)
+            return accepted
+        finally:
+            del self._in_flight[key]
+
+    async def _ingest_client(self, message: InboundMessage) -> Accepted:
         if (repeated := await self._store.stored(message)) is not None:
             _not_dispatched(message, repeated)
             return repeated
