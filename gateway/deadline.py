@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -96,6 +97,11 @@ class Deadline:
         self._at = max(self._at, time.monotonic() + wait_s + self.budget_s)
 
 
+def _wake(future: asyncio.Future[None], *_: object) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def _body(error: Unavailable | Overloaded) -> bytes:
     return msgspec.json.encode({"error": error.code, "detail": error.detail})
 
@@ -107,7 +113,7 @@ class RequestDeadline:
         self._app = app
         self._budget_s = budget_s
         self._outages = outages
-        self._abandoned: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -126,9 +132,19 @@ class RequestDeadline:
                 started = True
             await send(message)
 
+        loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(self._app(scope, receive, guarded))
         while not task.done() and (remaining_s := deadline.remaining_s()) > 0:
-            await asyncio.wait({task}, timeout=remaining_s)
+            # One future woken by whichever comes first, the work's end or the deadline: what
+            # asyncio.wait does, without its sets and per-call waiter machinery (every request
+            # passes here).
+            woken = loop.create_future()
+            task.add_done_callback(partial(_wake, woken))
+            timer = loop.call_later(remaining_s, _wake, woken)
+            try:
+                await woken
+            finally:
+                timer.cancel()
         if task.done() or started:
             await task
             return
@@ -137,7 +153,7 @@ class RequestDeadline:
         task.add_done_callback(self._finished)
         await self._answer(send, deadline.budget_s)
 
-    def _finished(self, task: asyncio.Task[Any]) -> None:
+    def _finished(self, task: asyncio.Future[Any]) -> None:
         self._abandoned.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: it was answered for (503) already
