@@ -41,6 +41,7 @@ import websockets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
+from dispatch.throttle import ThrottleSettings
 from scripts.lockfile import require_the_lock
 from tests.support.cluster import Cluster, Figures, redis_through
 from tests.support.processes import free_port
@@ -166,7 +167,8 @@ async def retry_storm(cluster: Cluster, _redis: str, args: argparse.Namespace) -
 
 async def socket_flood(cluster: Cluster, _redis: str, args: argparse.Namespace) -> None:
     """500 web chat sockets from one client, four frames each, while a message of another
-    conversation comes in: how long that one waits for its answer."""
+    conversation comes in: how long that one waits for its answer, and the gateway's memory
+    before (at work: one client's share of chats) and after (the sockets closed)."""
     for _ in range(args.workers):
         cluster.start_worker()
     url = cluster.base_url.replace("http://", "ws://") + "/chat/ws"
@@ -185,11 +187,25 @@ async def socket_flood(cluster: Cluster, _redis: str, args: argparse.Namespace) 
         await asyncio.sleep(1.0)  # the flood in full swing
         args.bystander_s = await cluster.reply_time("calm", chat_id=990_000)
 
+    await asyncio.gather(*(socket(FLOOD_SOCKETS + n) for n in range(SOCKETS_PER_ADDRESS)))
+    await asyncio.sleep(2)
+    before_mb = _rss_mb(cluster.gateway.pid)
     await asyncio.gather(bystander(), *(socket(n) for n in range(FLOOD_SOCKETS)))
+    await asyncio.sleep(3)
+    args.rss_mb = f"{before_mb:.0f} → {_rss_mb(cluster.gateway.pid):.0f}"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 STORM_COPIES = 50
 FLOOD_SOCKETS = 500
+SOCKETS_PER_ADDRESS = ThrottleSettings().sockets_per_address
+"""A client's share of chat sockets (the default), the gateway at work before the flood."""
 
 SCENARIOS: dict[str, tuple[Scenario, float, bool]] = {
     # name: (scenario, handler delay in seconds, Redis behind a fault proxy)
@@ -224,6 +240,7 @@ async def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
             redis_url,
         ):
             args.bystander_s = None
+            args.rss_mb = None
             await scenario(cluster, redis_url, args)
             sent_at = time.monotonic()
             settled = await cluster.settle(sessions, timeout_s=SETTLE_S, quiet_s=2.0)
@@ -239,6 +256,7 @@ async def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "ack_max_ms": round(acks[-1] * 1000, 1) if acks else None,
             "server_errors": cluster.server_errors,
             "bystander_s": None if args.bystander_s is None else round(args.bystander_s, 2),
+            "gateway_rss_mb": args.rss_mb,
             "run_s": round(time.monotonic() - started, 1),
         }
 
@@ -259,6 +277,7 @@ COLUMNS = [
     ("ack_max_ms", "ack max ms"),
     ("server_errors", "5xx"),
     ("bystander_s", "bystander s"),
+    ("gateway_rss_mb", "gateway RSS MB"),
 ]
 
 

@@ -52,7 +52,7 @@ class ThrottleSettings:
         20,
         "SOCKETS_PER_ADDRESS",
         "Web chat sockets one client address may hold open at once in one gateway process; "
-        "more are closed at once (1013, try again later), before they cost anything.",
+        "more are refused at the handshake (HTTP 403) before anything is built for them.",
     )
     new_chats_per_address_per_min: int = setting(
         20,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 from importlib import resources
 
-from litestar import MediaType, WebSocket, get, websocket
+from litestar import Litestar, MediaType, WebSocket, get, websocket
 from litestar.datastructures import CacheControlHeader
 from litestar.di import NamedDependency
+from litestar.enums import ScopeType
 from litestar.exceptions import WebSocketDisconnect
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from channels.webchat import SUBPROTOCOL, WebChatChannel
 from dispatch.outage import is_overload, is_unavailable
@@ -18,7 +21,7 @@ from dispatch.throttle import AddressSlots
 from gateway.exceptions import RETRY_AFTER_S
 from gateway.settings import Settings
 
-__all__ = ["chat_socket", "index", "widget"]
+__all__ = ["ChatDoor", "chat_socket", "index", "widget"]
 
 WS_TRY_AGAIN_LATER = 1013
 WS_FORBIDDEN = 4403
@@ -61,7 +64,29 @@ class _Socket:
         await self._socket.close(code=code, reason=reason)
 
 
-@websocket("/chat/ws")
+class ChatDoor(ASGIMiddleware):
+    """One client address holds at most ``SWITCHBOARD_SOCKETS_PER_ADDRESS`` chat sockets in this
+    process; the next is refused at the handshake (403) here, before anything is built for it
+    (the socket, its dependencies): a flood of sockets is shed at the door at the least cost,
+    and what it briefly held comes back when it ends."""
+
+    scopes = (ScopeType.WEBSOCKET,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        slots: AddressSlots = Litestar.from_scope(scope).state.chat_slots
+        client = scope.get("client")
+        address = client[0] if client else "?"
+        if not slots.acquire(address):
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER, "reason": ""})
+            return
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            slots.release(address)
+
+
+@websocket("/chat/ws", middleware=[ChatDoor()])
 async def chat_socket(
     socket: WebSocket,  # type: ignore[type-arg]
     webchat: NamedDependency[WebChatChannel],
@@ -75,12 +100,6 @@ async def chat_socket(
         await socket.close(code=WS_FORBIDDEN, reason="origin not allowed")
         return
     address = socket.client.host if socket.client else "?"
-    slots: AddressSlots = socket.app.state.chat_slots
-    if not slots.acquire(address):
-        # Shed at the door, before the socket costs anything (the handshake is refused: 403):
-        # one client's flood of sockets must not become everyone's wait.
-        await socket.close(code=WS_TRY_AGAIN_LATER, reason="too many chats from one address")
-        return
     offered = list(socket.scope.get("subprotocols") or [])
     await socket.accept(subprotocols=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     try:
@@ -99,5 +118,3 @@ async def chat_socket(
         why = "overloaded" if is_overload(exc) else "unavailable"
         with contextlib.suppress(Exception):
             await socket.close(code=WS_TRY_AGAIN_LATER, reason=f"{why}; retry in {RETRY_AFTER_S} s")
-    finally:
-        slots.release(address)

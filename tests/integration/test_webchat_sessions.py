@@ -3,6 +3,8 @@ handshake's subprotocols, are never shown to anyone, and only allowed origins ma
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -129,3 +131,30 @@ async def test_sessions_that_never_wrote_leave_no_one_behind(client: AsyncTestCl
     for _ in range(3):
         await hello(client)
     assert await stored(client, User) == 0
+
+
+async def test_one_address_holds_its_share_of_sockets_and_gets_a_slot_back_when_one_closes(
+    make_settings: Callable[..., Settings], sqlite_url: str
+) -> None:
+    settings = make_settings(database_url=sqlite_url, sockets_per_address="2")
+    async with AsyncTestClient(create_app(settings)) as client:
+        protocols = ["switchboard"]
+        with (
+            await client.websocket_connect("/chat/ws", subprotocols=protocols) as first,
+            await client.websocket_connect("/chat/ws", subprotocols=protocols) as second,
+        ):
+            assert first.receive_json()["type"] == second.receive_json()["type"] == "hello"
+            # The third is refused before the handshake is accepted (HTTP 403 on a real server).
+            with pytest.raises(WebSocketDisconnect):
+                await hello(client)
+        # Both closed: their slots come back once the server has seen them go.
+        for _ in range(100):
+            with contextlib.suppress(WebSocketDisconnect):
+                assert (await hello(client))["type"] == "hello"
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the closed sockets' slots never came back")
+        assert (await hello(client))["type"] == "hello"
+        # A refused socket built nothing: no session, no user.
+        assert await stored(client, User) == 0
