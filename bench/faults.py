@@ -40,8 +40,8 @@ import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
-from dispatch.throttle import ThrottleSettings
+from dispatch.infra.throttle import ThrottleSettings
+from dispatch.record.db import DatabaseSettings, create_engine, create_sessionmaker
 from scripts.lockfile import require_the_lock
 from tests.support.cluster import Cluster, Figures, redis_through
 from tests.support.processes import free_port

@@ -55,7 +55,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from bench.load import Request, Result, run
-from dispatch.queue import queue_name
+from dispatch.infra.queue import queue_name
 from scripts.lockfile import require_the_lock
 from tests.support.processes import child_env, free_port, process, wait_healthy
 from tests.support.services import PG_ADMIN_DSN, own_database

@@ -26,10 +26,16 @@ from channels.ratelimit import RateLimiter
 from channels.templates import check_placeholders
 from channels.text import split_text
 from channels.validation import NOT_UTF8
-from dispatch.config import CoreSettings
-from dispatch.errors import ForbiddenError, InvalidInput
-from dispatch.messages import Choice, Delivered, InboundMessage, OutboundMessage, StatusReport
-from dispatch.users import IdentityKind
+from dispatch.infra.config import CoreSettings
+from dispatch.infra.errors import ForbiddenError, InvalidInput
+from dispatch.record.messages import (
+    Choice,
+    Delivered,
+    InboundMessage,
+    OutboundMessage,
+    StatusReport,
+)
+from dispatch.record.users import IdentityKind
 
 __all__ = [
     "Channel",
@@ -108,7 +114,7 @@ class ChannelContext:
     """Replies to live sockets in whichever gateway process holds them."""
     choices: ChoiceLookup
     secret: bytes
-    """This deployment's secret (``dispatch.keys``): derive a key per purpose from it."""
+    """This deployment's secret (``dispatch.record.keys``): derive a key per purpose from it."""
 
 
 class Channel(abc.ABC):

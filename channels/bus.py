@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from dispatch.outage import Outage
+from dispatch.infra.outage import Outage
 
 __all__ = ["RedisBus", "ReplyBus"]
 

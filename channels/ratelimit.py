@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dispatch.outage import Outage
+from dispatch.infra.outage import Outage
 
 __all__ = ["LocalRateLimiter", "RateLimiter", "RedisRateLimiter"]
 

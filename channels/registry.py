@@ -18,9 +18,9 @@ from channels.telegram import TelegramChannel
 from channels.twilio import TwilioChannel
 from channels.webchat import WebChatChannel
 from channels.whatsapp_cloud import WhatsAppCloudChannel
-from dispatch.catalog import Catalog
-from dispatch.errors import CatalogError, NotFoundError
-from dispatch.users import IdentityKind
+from dispatch.infra.errors import CatalogError, NotFoundError
+from dispatch.policy.catalog import Catalog
+from dispatch.record.users import IdentityKind
 
 __all__ = [
     "CHANNEL_TYPES",

@@ -9,10 +9,10 @@ import msgspec
 
 from channels.base import Channel, ChannelContext
 from channels.validation import decode_body, require_text
-from dispatch.clean import VISIBLE
-from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
-from dispatch.models import Delivery
-from dispatch.users import IdentityKind
+from dispatch.infra.clean import VISIBLE
+from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage
+from dispatch.record.models import Delivery
+from dispatch.record.users import IdentityKind
 
 __all__ = ["RestChannel", "RestMessageIn"]
 

@@ -1,6 +1,6 @@
 """The one retry loop of every channel's send.
 
-An attempt either settles (:class:`~dispatch.messages.Delivered`, sent or failed for good) or
+An attempt either settles (:class:`~dispatch.record.messages.Delivered`, sent or failed for good) or
 asks to be tried again (:class:`TryAgain`: a rate limit, a 5xx, a connection that never reached
 the provider). Retries wait the provider's ``retry_after`` when it gives one, else back off
 exponentially with jitter; a wait longer than allowed, or one retry too many, fails the send with
@@ -15,9 +15,9 @@ import dataclasses
 import math
 from collections.abc import Awaitable, Callable
 
-from dispatch.backoff import backoff
-from dispatch.messages import Delivered
-from dispatch.models import Delivery
+from dispatch.infra.backoff import backoff
+from dispatch.record.messages import Delivered
+from dispatch.record.models import Delivery
 
 __all__ = ["TryAgain", "unknown_outcome", "with_retries"]
 

@@ -33,11 +33,11 @@ from channels import base
 from channels.choices import ChoiceTokens
 from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.validation import decode_json, require_text
-from dispatch.config import PREFIX, setting
-from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
-from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage
-from dispatch.models import Delivery
-from dispatch.users import IdentityKind
+from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage
+from dispatch.record.models import Delivery
+from dispatch.record.users import IdentityKind
 
 __all__ = ["ALLOWED_UPDATES", "TelegramChannel", "TelegramSettings"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatch.messages import OutboundMessage
+from dispatch.record.messages import OutboundMessage
 
 __all__ = ["check_placeholders", "fill_template"]
 

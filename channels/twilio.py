@@ -35,12 +35,12 @@ from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.templates import fill_template
 from channels.validation import require_text
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
-from dispatch.config import PREFIX, CoreSettings, setting
-from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
-from dispatch.messages import Delivered, InboundMessage, Media, OutboundMessage, StatusReport
-from dispatch.models import Delivery
-from dispatch.phone import to_e164
-from dispatch.users import IdentityKind
+from dispatch.infra.config import PREFIX, CoreSettings, setting
+from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.infra.phone import to_e164
+from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage, StatusReport
+from dispatch.record.models import Delivery
+from dispatch.record.users import IdentityKind
 
 __all__ = ["TwilioChannel", "TwilioSettings", "TwilioTemplate"]
 

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from dispatch.clean import MAX_JSON_DEPTH, VISIBLE
-from dispatch.errors import InvalidInput
+from dispatch.infra.clean import MAX_JSON_DEPTH, VISIBLE
+from dispatch.infra.errors import InvalidInput
 
 __all__ = [
     "NOT_UTF8",
@@ -110,7 +110,7 @@ def refuse_nul(value: Any, field: str = "") -> None:
 def require_text(text: str, max_chars: int, *, has_media: bool = False) -> str:
     """``text`` stripped; refused if it has nothing visible (unless media carries the message),
     is longer than ``max_chars`` as sent, or holds a NUL: exactly what the API's schema says
-    (``dispatch.clean.VISIBLE``, ``maxLength``), whichever regex engine reads it."""
+    (``dispatch.infra.clean.VISIBLE``, ``maxLength``), whichever regex engine reads it."""
     if "\x00" in text:
         raise InvalidInput("text contains a NUL character", extra={"field": "text"})
     if len(text) > max_chars:

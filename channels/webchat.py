@@ -34,19 +34,19 @@ import msgspec
 from channels.base import Channel, ChannelContext, ChannelSettings
 from channels.bus import ReplyBus
 from channels.validation import decode_body, require_text
-from dispatch.config import PREFIX, setting
-from dispatch.constants import reply_channel
-from dispatch.errors import ClientError, InvalidInput, PayloadTooLarge, SettingsError
-from dispatch.keys import derive
-from dispatch.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
-from dispatch.models import Delivery, utcnow
-from dispatch.outage import is_overload, is_unavailable
-from dispatch.throttle import Throttle, ThrottleSettings
-from dispatch.users import IdentityKind
+from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.constants import reply_channel
+from dispatch.infra.errors import ClientError, InvalidInput, PayloadTooLarge, SettingsError
+from dispatch.infra.outage import is_overload, is_unavailable
+from dispatch.infra.throttle import Throttle, ThrottleSettings
+from dispatch.record.keys import derive
+from dispatch.record.messages import Choice, Delivered, InboundMessage, Media, OutboundMessage
+from dispatch.record.models import Delivery, utcnow
+from dispatch.record.users import IdentityKind
 
 if TYPE_CHECKING:
-    from dispatch.service import DispatchService
-    from dispatch.store import MessageStore
+    from dispatch.record.store import MessageStore
+    from dispatch.work.service import DispatchService
 
 __all__ = [
     "AckFrame",

@@ -6,10 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 
-from dispatch.messages import Delivered, OutboundMessage
-from dispatch.models import Delivery
-from dispatch.phone import to_e164
-from dispatch.users import IdentityKind
+from dispatch.infra.phone import to_e164
+from dispatch.record.messages import Delivered, OutboundMessage
+from dispatch.record.models import Delivery
+from dispatch.record.users import IdentityKind
 
 __all__ = ["WHATSAPP", "WINDOW", "WindowClosed", "outside_window", "send_in_window"]
 

@@ -38,9 +38,10 @@ from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.templates import fill_template
 from channels.validation import require_depth, require_text, require_utf8
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
-from dispatch.config import PREFIX, setting
-from dispatch.errors import ForbiddenError, InvalidInput, SettingsError
-from dispatch.messages import (
+from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.infra.phone import to_e164
+from dispatch.record.messages import (
     Choice,
     Delivered,
     InboundMessage,
@@ -48,9 +49,8 @@ from dispatch.messages import (
     OutboundMessage,
     StatusReport,
 )
-from dispatch.models import Delivery
-from dispatch.phone import to_e164
-from dispatch.users import IdentityKind
+from dispatch.record.models import Delivery
+from dispatch.record.users import IdentityKind
 
 __all__ = ["CloudTemplate", "WhatsAppCloudChannel", "WhatsAppCloudSettings"]
 

@@ -19,8 +19,8 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import Scope
 
 from channels.registry import identity_kinds
-from dispatch.logs import configure_logging
-from dispatch.throttle import AddressSlots
+from dispatch.infra.logs import configure_logging
+from dispatch.infra.throttle import AddressSlots
 from gateway.auth import TokenStore
 from gateway.deadline import OutageWatch, RequestDeadline
 from gateway.dependencies import PROVIDERS

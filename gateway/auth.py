@@ -26,8 +26,8 @@ from litestar.handlers.base import BaseRouteHandler
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
-from dispatch.models import ApiToken, Role, User, utcnow
+from dispatch.infra.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
+from dispatch.record.models import ApiToken, Role, User, utcnow
 from gateway.portal import COOKIE, CSRF_HEADER, PortalSessions
 
 __all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "person_of", "portal_caller", "require"]

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from channels.base import RegistersWebhook, WebhookChannel
 from channels.registry import CHANNEL_TYPES, identity_kinds
-from dispatch.errors import InvalidInput, NotFoundError, SwitchboardError
-from dispatch.i18n import LANGUAGES
-from dispatch.models import Role
+from dispatch.infra.errors import InvalidInput, NotFoundError, SwitchboardError
+from dispatch.language.i18n import LANGUAGES
+from dispatch.record.models import Role
 from gateway.settings import Settings, get_settings
 
 __all__ = ["main"]
 
 if TYPE_CHECKING:
-    from dispatch.users import UserDirectory, UserView
+    from dispatch.record.users import UserDirectory, UserView
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ async def _worker_check(settings: Settings) -> int:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from dispatch.logs import configure_logging
+    from dispatch.infra.logs import configure_logging
     from migrations import prepare
     from workers.worker import create_worker
 
@@ -116,7 +116,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from dispatch.db import create_engine
+    from dispatch.record.db import create_engine
     from migrations import upgrade
 
     async def run() -> None:
@@ -144,7 +144,7 @@ async def _runtime(settings: Settings) -> AsyncIterator[Any]:
 async def _send_async(settings: Settings, text: str, sender: str, timeout_s: float) -> int:
     from channels.rest import RestChannel
     from channels.validation import require_text
-    from dispatch.messages import InboundMessage
+    from dispatch.record.messages import InboundMessage
 
     async with _runtime(settings) as runtime:
         inbound = InboundMessage(
@@ -169,7 +169,7 @@ async def _send_async(settings: Settings, text: str, sender: str, timeout_s: flo
 
 
 def _send(settings: Settings, args: argparse.Namespace) -> int:
-    from dispatch.logs import configure_logging
+    from dispatch.infra.logs import configure_logging
 
     configure_logging("WARNING")
     return asyncio.run(_send_async(settings, args.text, args.sender, args.timeout))
@@ -210,8 +210,8 @@ def _webhook(settings: Settings, args: argparse.Namespace) -> int:
 
 def _open_directory(settings: Settings) -> Any:
     """(users, tokens) on their own engine, migrating an embedded database first."""
-    from dispatch.db import create_engine, create_sessionmaker
-    from dispatch.users import UserDirectory
+    from dispatch.record.db import create_engine, create_sessionmaker
+    from dispatch.record.users import UserDirectory
     from gateway.auth import TokenStore
     from migrations import prepare
 

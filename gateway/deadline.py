@@ -31,8 +31,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatch.errors import Overloaded, Unavailable
-from dispatch.outage import is_unavailable
+from dispatch.infra.errors import Overloaded, Unavailable
+from dispatch.infra.outage import is_unavailable
 from gateway.exceptions import RETRY_AFTER_S
 
 __all__ = ["DEADLINE", "Deadline", "OutageWatch", "RequestDeadline"]

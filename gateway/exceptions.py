@@ -1,6 +1,6 @@
 """The one place errors become HTTP: every error leaves as ``{"error", "detail"[, "extra"]}``.
 
-The core's hierarchy (``dispatch.errors``) knows nothing of status codes; :data:`STATUS_CODES`
+The core's hierarchy (``dispatch.infra.errors``) knows nothing of status codes; :data:`STATUS_CODES`
 gives each class its code here, and a subclass takes its nearest ancestor's.
 """
 
@@ -14,7 +14,7 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR, HTTP_503_SERVICE_UNAVAILABLE
 
-from dispatch.errors import (
+from dispatch.infra.errors import (
     ClientError,
     ConflictError,
     ForbiddenError,
@@ -28,7 +28,7 @@ from dispatch.errors import (
     Unavailable,
     Unprocessable,
 )
-from dispatch.outage import is_overload, is_unavailable
+from dispatch.infra.outage import is_overload, is_unavailable
 
 __all__ = [
     "RETRY_AFTER_S",

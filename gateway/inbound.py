@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from channels.base import RawRequest, Received, WebhookChannel
 from channels.registry import ChannelRegistry
-from dispatch.service import DispatchService
+from dispatch.work.service import DispatchService
 
 __all__ = ["Inbound"]
 

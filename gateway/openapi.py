@@ -28,7 +28,7 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
-from dispatch.clean import NO_NUL, VISIBLE
+from dispatch.infra.clean import NO_NUL, VISIBLE
 from gateway.auth import ApiRole, required_role
 from gateway.params import MAX_ID
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from dispatch.errors import RateLimited
-from dispatch.keys import derive
-from dispatch.models import Role
+from dispatch.infra.errors import RateLimited
+from dispatch.record.keys import derive
+from dispatch.record.models import Role
 
 __all__ = [
     "COOKIE",

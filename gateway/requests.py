@@ -1,5 +1,5 @@
 """The gateway's request: JSON bodies that litestar decodes for a route pass our checks first
-(UTF-8, and nesting within ``dispatch.clean.MAX_JSON_DEPTH``)."""
+(UTF-8, and nesting within ``dispatch.infra.clean.MAX_JSON_DEPTH``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from litestar import Request
 from litestar.exceptions import SerializationException
 
 from channels.validation import require_depth, require_utf8
-from dispatch.errors import InvalidInput
+from dispatch.infra.errors import InvalidInput
 
 __all__ = ["GatewayRequest"]
 

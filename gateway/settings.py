@@ -1,7 +1,8 @@
 """The HTTP edge's settings, and :class:`Settings`: everything ``switchboard`` reads at start-up.
 
-Each group is declared beside its owner (``dispatch.config``, ``dispatch.db``, ``dispatch.queue``,
-``dispatch.llm``, ``workers.runtime``, each channel's module); this one adds the HTTP edge's.
+Each group is declared beside its owner (``dispatch.infra.config``, ``dispatch.record.db``,
+``dispatch.infra.queue``, ``dispatch.understanding.llm``, ``workers.runtime``, each channel's
+module); this one adds the HTTP edge's.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import ipaddress
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from dispatch.config import PREFIX, setting
-from dispatch.errors import SettingsError
+from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.errors import SettingsError
 from workers.runtime import RuntimeSettings
 
 __all__ = ["HttpSettings", "Settings", "get_settings"]

@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dispatch.db import DatabaseSettings, create_engine
+from dispatch.record.db import DatabaseSettings, create_engine
 
 __all__ = ["SCRIPT_LOCATION", "alembic_config", "prepare", "upgrade"]
 

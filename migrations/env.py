@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from dispatch.models import Base
+from dispatch.record.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dispatch.catalog import decode_catalog
-from dispatch.control import CONTROL_RULES
-from dispatch.intents import IntentParser
+from dispatch.policy.catalog import decode_catalog
+from dispatch.policy.control import CONTROL_RULES
+from dispatch.understanding.intents import IntentParser
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 TOPICS = [

@@ -1,7 +1,7 @@
 """Evaluation: precision and recall per action, for the rules alone and for rules + LLM.
 
 Runs the labelled messages of ``tests/data/intent_eval.jsonl`` through Switchboard's own
-:class:`~dispatch.interpret.Interpreter` against ``tests/data/eval_catalog.toml``.
+:class:`~dispatch.understanding.interpret.Interpreter` against ``tests/data/eval_catalog.toml``.
 
 Each line holds what a scripted model answers for that message (a tool call, no call, malformed
 arguments, an unknown tool, a time-out or a 500). By default those answers are replayed by a
@@ -35,11 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from dispatch.catalog import load_catalog  # noqa: E402
-from dispatch.intents import Intent, IntentParser  # noqa: E402
-from dispatch.interpret import Interpreter  # noqa: E402
-from dispatch.llm import LlmClient, LlmSettings  # noqa: E402
-from dispatch.metrics import Counters  # noqa: E402
+from dispatch.infra.metrics import Counters  # noqa: E402
+from dispatch.policy.catalog import load_catalog  # noqa: E402
+from dispatch.understanding.intents import Intent, IntentParser  # noqa: E402
+from dispatch.understanding.interpret import Interpreter  # noqa: E402
+from dispatch.understanding.llm import LlmClient, LlmSettings  # noqa: E402
 from workers.handlers import BUILTIN_HANDLER_NAMES  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "intent_eval.jsonl"

@@ -124,7 +124,7 @@ async def own_pg(pg_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pg_migrated(pg_url: str) -> str:
-    from dispatch.db import DatabaseSettings, create_engine
+    from dispatch.record.db import DatabaseSettings, create_engine
     from migrations import upgrade
 
     engine = create_engine(DatabaseSettings(url=pg_url))
@@ -136,7 +136,7 @@ async def pg_migrated(pg_url: str) -> str:
 @contextlib.asynccontextmanager
 async def open_db(url: str) -> AsyncIterator[Any]:
     """A session factory on its own engine, in the test's event loop, for assertions."""
-    from dispatch.db import DatabaseSettings, create_engine, create_sessionmaker
+    from dispatch.record.db import DatabaseSettings, create_engine, create_sessionmaker
 
     engine = create_engine(DatabaseSettings(url=url))
     try:

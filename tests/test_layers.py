@@ -1,5 +1,6 @@
 """The direction of imports is a test: ``dispatch`` ← ``channels`` ← ``workers`` ← ``gateway``,
-``migrations`` → ``dispatch`` only, and no module imports itself back through others.
+``migrations`` → ``dispatch`` only, inside ``dispatch`` each room imports only the rooms below
+it, and no module imports itself back through others.
 
 Every import counts: at module level, inside functions, under ``TYPE_CHECKING``. There is no
 list of exceptions.
@@ -127,6 +128,37 @@ def _cycles() -> list[list[str]]:
     return found
 
 
+ROOMS = ("infra", "language", "record", "policy", "understanding", "work")
+"""``dispatch``'s rooms, lowest first: a room imports only itself and the rooms before it."""
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if module.count(".") >= 1 else ""
+
+
+def test_dispatch_is_in_rooms_and_each_imports_only_those_below_it() -> None:
+    loose = [m for m in MODULES if m.startswith("dispatch.") and _room(m) not in ROOMS]
+    assert loose == [], "every dispatch module lives in a room"
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line}: {module} imports {target}"
+        for module, path in MODULES.items()
+        if module.startswith("dispatch.")
+        for line, target in _imports(module, path)
+        if target.startswith("dispatch.")
+        and ROOMS.index(_room(target)) > ROOMS.index(_room(module))
+    ]
+    assert wrong == []
+
+
+def test_each_room_says_what_it_owns_and_may_import() -> None:
+    for room in ROOMS:
+        opening = (ROOT / "dispatch" / room / "__init__.py").read_text(encoding="utf-8")
+        assert opening.startswith('"""'), room
+        allowed = ROOMS[: ROOMS.index(room)]
+        said = opening.split('"""')[1]
+        assert all(below in said for below in allowed) or "every other room" in said, room
+
+
 def test_no_import_cycles() -> None:
     assert _cycles() == []
 
@@ -136,12 +168,17 @@ def test_the_walk_sees_every_kind_of_import() -> None:
     source = (
         "from typing import TYPE_CHECKING\n"
         "from . import catalog\n"
-        "from .models import Message\n"
+        "from ..record.models import Message\n"
         "if TYPE_CHECKING:\n    from gateway.app import create_app\n"
         "def f():\n    import workers.jobs\n"
     )
-    found = {target for _, target in _imports_in("dispatch.probe", source, is_package=False)}
-    assert found == {"dispatch.catalog", "dispatch.models", "gateway.app", "workers.jobs"}
+    found = {target for _, target in _imports_in("dispatch.policy.probe", source, is_package=False)}
+    assert found == {
+        "dispatch.policy.catalog",
+        "dispatch.record.models",
+        "gateway.app",
+        "workers.jobs",
+    }
 
 
 def test_provider_channels_are_named_only_by_the_registry() -> None:

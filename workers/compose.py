@@ -19,27 +19,27 @@ from channels.base import ChannelContext
 from channels.bus import RedisBus, ReplyBus
 from channels.ratelimit import LocalRateLimiter, RateLimiter, RedisRateLimiter
 from channels.registry import ChannelRegistry, check_templates, identity_kinds
-from dispatch.activities import ActivityLog
-from dispatch.approvals import ApprovalService
-from dispatch.catalog import Catalog, load_catalog
-from dispatch.constants import reply_channel
-from dispatch.db import create_engine, create_sessionmaker
-from dispatch.execution import Executor
-from dispatch.feed import EventFeed
-from dispatch.intents import IntentParser
-from dispatch.interpret import Interpreter
-from dispatch.keys import deployment_secret
-from dispatch.llm import LlmClient
-from dispatch.metrics import Counters, RedisCounters
-from dispatch.queue import ArqQueue, JobQueue
-from dispatch.runs import WorkflowRuns
-from dispatch.service import DispatchService
-from dispatch.stats import Stats
-from dispatch.steering import Steering
-from dispatch.store import MessageStore
-from dispatch.takeover import Takeovers
-from dispatch.throttle import RedisThrottle, Throttle
-from dispatch.users import UserDirectory
+from dispatch.infra.constants import reply_channel
+from dispatch.infra.metrics import Counters, RedisCounters
+from dispatch.infra.queue import ArqQueue, JobQueue
+from dispatch.infra.throttle import RedisThrottle, Throttle
+from dispatch.policy.catalog import Catalog, load_catalog
+from dispatch.record.activities import ActivityLog
+from dispatch.record.db import create_engine, create_sessionmaker
+from dispatch.record.feed import EventFeed
+from dispatch.record.keys import deployment_secret
+from dispatch.record.stats import Stats
+from dispatch.record.store import MessageStore
+from dispatch.record.users import UserDirectory
+from dispatch.understanding.intents import IntentParser
+from dispatch.understanding.interpret import Interpreter
+from dispatch.understanding.llm import LlmClient
+from dispatch.work.approvals import ApprovalService
+from dispatch.work.execution import Executor
+from dispatch.work.runs import WorkflowRuns
+from dispatch.work.service import DispatchService
+from dispatch.work.steering import Steering
+from dispatch.work.takeover import Takeovers
 from workers.handlers import BUILTIN_HANDLERS
 from workers.inprocess import InProcessQueue
 from workers.registry import HandlerRegistry

@@ -8,14 +8,14 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from dispatch.activities import ActivityView
-from dispatch.approvals import Decision
-from dispatch.backoff import backoff
-from dispatch.i18n import in_language, say, say_each, status_word
-from dispatch.messages import Choice, Media
-from dispatch.outbox import failure_reason, payload_text
-from dispatch.permissions import may_request
-from dispatch.workflows import START_HANDLER, WORKFLOWS_AGENT
+from dispatch.infra.backoff import backoff
+from dispatch.language.i18n import in_language, say, say_each, status_word
+from dispatch.policy.permissions import may_request
+from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
+from dispatch.record.activities import ActivityView
+from dispatch.record.messages import Choice, Media
+from dispatch.record.outbox import failure_reason, payload_text
+from dispatch.work.approvals import Decision
 from workers.registry import Handler, HandlerContext, HandlerResult
 
 __all__ = [

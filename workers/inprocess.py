@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from dispatch.activities import RUNNER
-from dispatch.constants import DISPATCH_BATCH, DISPATCH_MESSAGE, RUN_ACTIVITY
-from dispatch.queue import (
+from dispatch.infra.constants import DISPATCH_BATCH, DISPATCH_MESSAGE, RUN_ACTIVITY
+from dispatch.infra.queue import (
     DispatchBatchJob,
     DispatchJob,
     JobQueue,
@@ -30,6 +29,7 @@ from dispatch.queue import (
     count_waiting,
     oldest_waiting,
 )
+from dispatch.record.activities import RUNNER
 from workers import jobs
 from workers.recovery import recover, recover_forever
 

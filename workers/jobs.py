@@ -22,21 +22,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from dispatch.i18n import language_of
-from dispatch.logs import bind
-from dispatch.models import ActivityStatus as S
-from dispatch.models import utcnow
-from dispatch.outbox import Outbox, reply_text
-from dispatch.permissions import acting_role, may_request, requester_role
-from dispatch.queue import RetryLater
-from dispatch.runs import run_of
-from dispatch.service import Claimed, Dispatched, DispatchFailed
+from dispatch.infra.logs import bind
+from dispatch.infra.queue import RetryLater
+from dispatch.language.i18n import language_of
+from dispatch.policy.permissions import acting_role, may_request, requester_role
+from dispatch.record.models import ActivityStatus as S
+from dispatch.record.models import utcnow
+from dispatch.record.outbox import Outbox, reply_text
+from dispatch.work.runs import run_of
+from dispatch.work.service import Claimed, Dispatched, DispatchFailed
 from workers.lease import Lease, LeaseLost, RunCancelled
 from workers.registry import Handler, HandlerContext, UnknownAction
 
 if TYPE_CHECKING:
-    from dispatch.activities import ActivityView
-    from dispatch.specs import ActionSpec
+    from dispatch.policy.specs import ActionSpec
+    from dispatch.record.activities import ActivityView
     from workers.runtime import Runtime
 
 __all__ = ["JobOutcome", "dispatch_batch", "dispatch_message", "run_activity"]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from dispatch.activities import ActivityLog, Renewal
+from dispatch.record.activities import ActivityLog, Renewal
 
 __all__ = ["Lease", "LeaseLost", "RunCancelled"]
 

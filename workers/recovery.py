@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
-from dispatch.models import utcnow
+from dispatch.record.models import utcnow
 
 if TYPE_CHECKING:
     from workers.runtime import Runtime

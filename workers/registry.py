@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
-from dispatch.i18n import language_of
-from dispatch.messages import Choice, Media
+from dispatch.language.i18n import language_of
+from dispatch.record.messages import Choice, Media
 
 if TYPE_CHECKING:
     import httpx
 
-    from dispatch.activities import ActivityLog, ActivityView
-    from dispatch.approvals import ApprovalService
-    from dispatch.catalog import Catalog
-    from dispatch.runs import WorkflowRuns
-    from dispatch.specs import ActionSpec
+    from dispatch.policy.catalog import Catalog
+    from dispatch.policy.specs import ActionSpec
+    from dispatch.record.activities import ActivityLog, ActivityView
+    from dispatch.work.approvals import ApprovalService
+    from dispatch.work.runs import WorkflowRuns
 
 __all__ = ["Handler", "HandlerContext", "HandlerRegistry", "HandlerResult", "UnknownAction"]
 

@@ -8,12 +8,12 @@ import logging
 import msgspec
 
 from channels.registry import ChannelRegistry
-from dispatch.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
-from dispatch.catalog import Catalog
-from dispatch.messages import Choice, Media, OutboundMessage
-from dispatch.models import Delivery
-from dispatch.outbox import Outbox
-from dispatch.store import MessageStore
+from dispatch.policy.catalog import Catalog
+from dispatch.record.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
+from dispatch.record.messages import Choice, Media, OutboundMessage
+from dispatch.record.models import Delivery
+from dispatch.record.outbox import Outbox
+from dispatch.record.store import MessageStore
 
 __all__ = ["Delivered", "ReplySender"]
 

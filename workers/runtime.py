@@ -1,7 +1,7 @@
 """What a process runs with: its settings, and the typed, frozen set of services built from them.
 
 :class:`RuntimeSettings` gathers the settings groups a gateway or worker reads at start-up, each
-declared beside its owner (the database in ``dispatch.db``, each channel in its module, the
+declared beside its owner (the database in ``dispatch.record.db``, each channel in its module, the
 worker's here). :class:`Runtime` is the one dependencies object: built by
 :func:`workers.compose.open_runtime`, kept in arq's ctx by the worker and in the app state by the
 gateway, which hands each route only the service it uses.
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from channels.registry import settings_types
-from dispatch.config import (
+from dispatch.infra.config import (
     PREFIX,
     CoreSettings,
     Environment,
@@ -24,11 +24,11 @@ from dispatch.config import (
     read_group,
     setting,
 )
-from dispatch.db import DatabaseSettings
-from dispatch.errors import SettingsError
-from dispatch.llm import LlmSettings
-from dispatch.queue import QueueSettings
-from dispatch.throttle import ThrottleSettings
+from dispatch.infra.errors import SettingsError
+from dispatch.infra.queue import QueueSettings
+from dispatch.infra.throttle import ThrottleSettings
+from dispatch.record.db import DatabaseSettings
+from dispatch.understanding.llm import LlmSettings
 
 if TYPE_CHECKING:
     import httpx
@@ -36,20 +36,20 @@ if TYPE_CHECKING:
 
     from channels.bus import ReplyBus
     from channels.registry import ChannelRegistry
-    from dispatch.activities import ActivityLog
-    from dispatch.approvals import ApprovalService
-    from dispatch.catalog import Catalog
-    from dispatch.execution import Executor
-    from dispatch.feed import EventFeed
-    from dispatch.metrics import Counters
-    from dispatch.queue import JobQueue
-    from dispatch.runs import WorkflowRuns
-    from dispatch.service import DispatchService
-    from dispatch.stats import Stats
-    from dispatch.steering import Steering
-    from dispatch.store import MessageStore
-    from dispatch.takeover import Takeovers
-    from dispatch.users import UserDirectory
+    from dispatch.infra.metrics import Counters
+    from dispatch.infra.queue import JobQueue
+    from dispatch.policy.catalog import Catalog
+    from dispatch.record.activities import ActivityLog
+    from dispatch.record.feed import EventFeed
+    from dispatch.record.stats import Stats
+    from dispatch.record.store import MessageStore
+    from dispatch.record.users import UserDirectory
+    from dispatch.work.approvals import ApprovalService
+    from dispatch.work.execution import Executor
+    from dispatch.work.runs import WorkflowRuns
+    from dispatch.work.service import DispatchService
+    from dispatch.work.steering import Steering
+    from dispatch.work.takeover import Takeovers
     from workers.registry import HandlerRegistry
     from workers.replies import ReplySender
 
@@ -169,7 +169,7 @@ class Runtime:
 
     settings: RuntimeSettings
     secret: bytes
-    """This deployment's secret (``dispatch.keys``): derive a key per purpose from it."""
+    """This deployment's secret (``dispatch.record.keys``): derive a key per purpose from it."""
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     catalog: Catalog

@@ -23,8 +23,7 @@ from typing import Any
 
 import msgspec
 
-from dispatch.activities import RUNNER
-from dispatch.constants import (
+from dispatch.infra.constants import (
     DISPATCH_BATCH,
     DISPATCH_MESSAGE,
     RUN_ACTIVITY,
@@ -32,13 +31,14 @@ from dispatch.constants import (
     recover_job_id,
     worker_key,
 )
-from dispatch.queue import (
+from dispatch.infra.queue import (
     RetryLater,
     WorkerBeat,
     job_deserializer,
     job_serializer,
     redis_client,
 )
+from dispatch.record.activities import RUNNER
 from workers import jobs
 from workers.compose import open_runtime
 from workers.recovery import recover

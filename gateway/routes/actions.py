@@ -10,8 +10,8 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from dispatch.execution import Caller, Executed, ExecuteRequest, Executor
-from dispatch.models import Role
+from dispatch.record.models import Role
+from dispatch.work.execution import Caller, Executed, ExecuteRequest, Executor
 from gateway.auth import ApiRole, caller_of, require
 from gateway.deadline import DEADLINE
 

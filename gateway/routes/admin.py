@@ -9,10 +9,10 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from dispatch.config import SettingView
-from dispatch.errors import NotFoundError
-from dispatch.models import Role
-from dispatch.users import MAX_CHARS, NAME_PATTERN, UserDirectory, UserView
+from dispatch.infra.config import SettingView
+from dispatch.infra.errors import NotFoundError
+from dispatch.record.models import Role
+from dispatch.record.users import MAX_CHARS, NAME_PATTERN, UserDirectory, UserView
 from gateway.auth import ApiRole, TokenStore, TokenView, require
 from gateway.params import MAX_ID, Id
 from gateway.settings import Settings

@@ -8,12 +8,12 @@ from litestar import Controller, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from dispatch.activities import ActivityView
-from dispatch.approvals import ApprovalService, Decision, Outcome
-from dispatch.errors import ConflictError
-from dispatch.execution import Executed, Executor
-from dispatch.models import ActivityStatus
-from dispatch.steering import Steering
+from dispatch.infra.errors import ConflictError
+from dispatch.record.activities import ActivityView
+from dispatch.record.models import ActivityStatus
+from dispatch.work.approvals import ApprovalService, Decision, Outcome
+from dispatch.work.execution import Executed, Executor
+from dispatch.work.steering import Steering
 from gateway.auth import ApiRole, caller_of, person_of, require
 from gateway.params import Id
 from gateway.routes.actions import acting

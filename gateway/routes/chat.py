@@ -14,10 +14,10 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from channels.webchat import SUBPROTOCOL, WebChatChannel
-from dispatch.outage import is_overload, is_unavailable
-from dispatch.service import DispatchService
-from dispatch.store import MessageStore
-from dispatch.throttle import AddressSlots
+from dispatch.infra.outage import is_overload, is_unavailable
+from dispatch.infra.throttle import AddressSlots
+from dispatch.record.store import MessageStore
+from dispatch.work.service import DispatchService
 from gateway.exceptions import RETRY_AFTER_S
 from gateway.settings import Settings
 

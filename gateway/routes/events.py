@@ -1,5 +1,5 @@
 """``/api/v1/events``: activity events live over a WebSocket, resumable (see
-:mod:`dispatch.feed`).
+:mod:`dispatch.record.feed`).
 
 The client's first frame says who it is and where to start: ``{"token": "<operator token>",
 "last_event_id": 1234, "filter": {"agent": ..., "action_type": ..., "activity_id": ...,
@@ -21,8 +21,8 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 
 from channels.validation import require_depth
-from dispatch.errors import InvalidInput
-from dispatch.feed import EventFeed, EventFilter
+from dispatch.infra.errors import InvalidInput
+from dispatch.record.feed import EventFeed, EventFilter
 from gateway.auth import ApiRole, TokenStore
 from gateway.params import MAX_ID
 

@@ -13,13 +13,13 @@ from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_201_CREATED, HTTP_202_ACCEPTED
 
 from channels.rest import RestChannel, RestMessageIn
-from dispatch.activities import ActivityFilter, ActivityLog, ActivityView
-from dispatch.clean import clean_text
-from dispatch.errors import InvalidInput, NotFoundError
-from dispatch.execution import AuditNote, Executor
-from dispatch.models import ActivityStatus
-from dispatch.service import DispatchService
-from dispatch.store import ConversationView, MessageStore, MessageView
+from dispatch.infra.clean import clean_text
+from dispatch.infra.errors import InvalidInput, NotFoundError
+from dispatch.record.activities import ActivityFilter, ActivityLog, ActivityView
+from dispatch.record.models import ActivityStatus
+from dispatch.record.store import ConversationView, MessageStore, MessageView
+from dispatch.work.execution import AuditNote, Executor
+from dispatch.work.service import DispatchService
 from gateway.auth import ApiRole, caller_of, require
 from gateway.openapi import BODY
 from gateway.params import MAX_ID, Id, IdOrZero

@@ -7,9 +7,9 @@ import logging
 from litestar import MediaType, get
 from litestar.di import NamedDependency
 
-from dispatch.metrics import Counters
-from dispatch.queue import JobQueue, QueueDepth
-from dispatch.stats import DURATION_BUCKETS_S, Stats, StatsSnapshot
+from dispatch.infra.metrics import Counters
+from dispatch.infra.queue import JobQueue, QueueDepth
+from dispatch.record.stats import DURATION_BUCKETS_S, Stats, StatsSnapshot
 from gateway.auth import ApiRole, require
 
 __all__ = ["metrics"]

@@ -9,9 +9,9 @@ from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
-from dispatch.queue import JobQueue, QueueDepth, WorkerBeat
-from dispatch.stats import Stats, Summary
-from dispatch.store import Backlog, MessageStore
+from dispatch.infra.queue import JobQueue, QueueDepth, WorkerBeat
+from dispatch.record.stats import Stats, Summary
+from dispatch.record.store import Backlog, MessageStore
 from gateway.auth import ApiRole, require
 
 __all__ = ["OperationsController"]

@@ -11,8 +11,8 @@ from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from dispatch.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
-from dispatch.users import UserDirectory
+from dispatch.infra.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
+from dispatch.record.users import UserDirectory
 from gateway.auth import portal_caller
 from gateway.portal import COOKIE, CSRF_HEADER, PORTAL_ROLES, SESSION_S, PortalSessions
 from gateway.settings import Settings

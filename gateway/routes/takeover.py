@@ -9,8 +9,8 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from dispatch.errors import NotFoundError
-from dispatch.takeover import MAX_TEXT_CHARS, Takeover, Takeovers
+from dispatch.infra.errors import NotFoundError
+from dispatch.work.takeover import MAX_TEXT_CHARS, Takeover, Takeovers
 from gateway.auth import ApiRole, person_of, require
 from gateway.params import Id
 

@@ -10,12 +10,12 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
-from dispatch.catalog import Catalog
-from dispatch.errors import NotFoundError
-from dispatch.execution import MAX_WAIT_S, Executed, ExecuteRequest, Executor
-from dispatch.models import Priority
-from dispatch.runs import RunView, WorkflowRuns
-from dispatch.specs import FieldSpec
+from dispatch.infra.errors import NotFoundError
+from dispatch.policy.catalog import Catalog
+from dispatch.policy.specs import FieldSpec
+from dispatch.record.models import Priority
+from dispatch.work.execution import MAX_WAIT_S, Executed, ExecuteRequest, Executor
+from dispatch.work.runs import RunView, WorkflowRuns
 from gateway.auth import ApiRole, require
 from gateway.params import Id
 from gateway.routes.actions import acting

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from dispatch.models import Message
+from dispatch.record.models import Message
 from tests.browser.conftest import screenshots
 from tests.conftest import open_db
 from tests.support.processes import free_port, process, wait_healthy

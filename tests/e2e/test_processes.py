@@ -13,7 +13,7 @@ import httpx
 import pytest
 import websockets
 
-from dispatch.models import Message
+from dispatch.record.models import Message
 from tests.conftest import ADMIN, open_db
 from tests.support import whatsapp_cloud_webhook as meta
 from tests.support.flow import outbound, post, wait_for

@@ -17,7 +17,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.models import Message
+from dispatch.record.models import Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, open_db

@@ -15,8 +15,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from channels.webchat import MAX_REFUSED_FRAMES
-from dispatch.models import Message
-from dispatch.service import slow_down
+from dispatch.record.models import Message
+from dispatch.work.service import slow_down
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

@@ -19,7 +19,7 @@ import pytest
 import websockets
 from sqlalchemy import func, select
 
-from dispatch.models import Direction, Message, User
+from dispatch.record.models import Direction, Message, User
 from tests.conftest import ADMIN, open_db
 from tests.support.processes import free_port, process, wait_healthy
 from tests.support.telegram_api import TelegramApi

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import select
 
-from dispatch.models import ActivityEvent
+from dispatch.record.models import ActivityEvent
 from tests.conftest import open_db
 from tests.support.cluster import Cluster, Figures, redis_through
 from tests.support.flow import wait_for

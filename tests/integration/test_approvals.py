@@ -13,10 +13,10 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import func, select
 
-from dispatch.activities import ActivityView
-from dispatch.approvals import Decision
-from dispatch.messages import InboundMessage
-from dispatch.models import Activity, ActivityStatus, Conversation, Message
+from dispatch.record.activities import ActivityView
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, ActivityStatus, Conversation, Message
+from dispatch.work.approvals import Decision
 from gateway.app import create_app
 from gateway.auth import TokenStore
 from gateway.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.models import Message, User
+from dispatch.record.models import Message, User
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

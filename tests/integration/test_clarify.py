@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from dispatch.messages import InboundMessage
-from dispatch.models import Activity, Conversation, ConversationState
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, Conversation, ConversationState
 from gateway.settings import Settings
 from tests.support.flow import ask, wait_for
 from tests.support.llm_api import LlmApi, tool_call

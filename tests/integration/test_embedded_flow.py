@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from dispatch.models import Activity, ActivityEvent, Message
+from dispatch.record.models import Activity, ActivityEvent, Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, count_rows, open_db

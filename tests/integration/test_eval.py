@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dispatch.llm import LlmSettings
+from dispatch.understanding.llm import LlmSettings
 from scripts.eval_intents import TIMEOUT_S, Report, evaluate, load_cases, local_llm
 
 FAILURES = {"malformed", "unknown", "slow", "error", "none"}

@@ -13,8 +13,8 @@ from litestar.testing import TestClient
 from litestar.testing.websocket_test_session import WebSocketTestSession
 from sqlalchemy import select
 
-from dispatch.feed import EventFeed, EventFilter
-from dispatch.models import Activity, ActivityEvent
+from dispatch.record.feed import EventFeed, EventFilter
+from dispatch.record.models import Activity, ActivityEvent
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, ADMIN_TOKEN, open_db

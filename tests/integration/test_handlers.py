@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.activities import ActivityView
-from dispatch.models import Activity, ActivityStatus
+from dispatch.record.activities import ActivityView
+from dispatch.record.models import Activity, ActivityStatus
 from gateway.settings import Settings
 from tests.support import flow
 from tests.support.flow import wait_for

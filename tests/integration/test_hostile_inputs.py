@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatch.catalog import decode_catalog
-from dispatch.intents import IntentParser
-from dispatch.interpret import Interpreter
-from dispatch.llm import LlmClient, LlmSettings
-from dispatch.metrics import Counters
-from dispatch.permissions import may_request
+from dispatch.infra.metrics import Counters
+from dispatch.policy.catalog import decode_catalog
+from dispatch.policy.permissions import may_request
+from dispatch.understanding.intents import IntentParser
+from dispatch.understanding.interpret import Interpreter
+from dispatch.understanding.llm import LlmClient, LlmSettings
 from tests.support.llm_api import LlmApi, tool_call
 from workers.handlers import BUILTIN_HANDLER_NAMES
 

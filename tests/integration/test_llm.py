@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dispatch.activities import ActivityView
+from dispatch.record.activities import ActivityView
 from gateway.settings import Settings
 from tests.support import flow
 from tests.support.llm_api import LlmApi, text_only, tool_call

@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from dispatch.db import DatabaseSettings, create_engine
-from dispatch.models import Base
+from dispatch.record.db import DatabaseSettings, create_engine
+from dispatch.record.models import Base
 from migrations import upgrade
 
 

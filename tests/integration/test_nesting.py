@@ -16,8 +16,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from channels.whatsapp_cloud import WhatsAppCloudChannel
-from dispatch.clean import MAX_JSON_DEPTH, clean_json
-from dispatch.models import Message
+from dispatch.infra.clean import MAX_JSON_DEPTH, clean_json
+from dispatch.record.models import Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from twilio.request_validator import RequestValidator
 
-from dispatch.models import Activity, Message, User
+from dispatch.record.models import Activity, Message, User
 from tests.conftest import ADMIN_TOKEN, count_rows, open_db
 from tests.support import whatsapp_cloud_webhook as meta
 from tests.support.processes import free_port, process, wait_healthy
@@ -51,7 +51,7 @@ def gateway(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
 
 async def _migrated(url: str) -> None:
-    from dispatch.db import DatabaseSettings, create_engine
+    from dispatch.record.db import DatabaseSettings, create_engine
     from migrations import upgrade
 
     engine = create_engine(DatabaseSettings(url=url))

@@ -14,7 +14,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.models import Activity, ActivityStatus, Message
+from dispatch.record.models import Activity, ActivityStatus, Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, count_rows, open_db

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from dispatch.activities import ActivityLog, ActivityView
-from dispatch.messages import InboundMessage
-from dispatch.models import Activity, ActivityStatus
+from dispatch.record.activities import ActivityLog, ActivityView
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, ActivityStatus
 from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.http_server import Answer, ScriptedServer

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatch.errors import SettingsError
+from dispatch.infra.errors import SettingsError
 from gateway.settings import Settings
 from tests.support.processes import free_port, process, wait_healthy
 from tests.support.runtime import runtime_for

@@ -12,8 +12,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import update
 
-from dispatch.messages import InboundMessage
-from dispatch.models import Activity, ActivityStatus, Message
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, ActivityStatus, Message
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN, count_rows, open_db

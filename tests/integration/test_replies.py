@@ -13,10 +13,10 @@ from sqlalchemy import update
 from channels.base import Channel, ChannelContext
 from channels.registry import ChannelRegistry
 from channels.rest import REST
-from dispatch.activities import SENDING_STALE
-from dispatch.messages import Delivered, InboundMessage, OutboundMessage
-from dispatch.models import Activity, ActivityStatus, Message, utcnow
-from dispatch.store import UNCERTAIN
+from dispatch.record.activities import SENDING_STALE
+from dispatch.record.messages import Delivered, InboundMessage, OutboundMessage
+from dispatch.record.models import Activity, ActivityStatus, Message, utcnow
+from dispatch.record.store import UNCERTAIN
 from gateway.settings import Settings
 from tests.conftest import count_rows
 from tests.support.runtime import runtime_for

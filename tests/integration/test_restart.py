@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from sqlalchemy import update
 
-from dispatch.messages import InboundMessage
-from dispatch.models import Activity, ActivityStatus
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, ActivityStatus
 from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for

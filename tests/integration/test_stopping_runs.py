@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from dispatch.models import Activity, ActivityStatus, utcnow
+from dispatch.record.models import Activity, ActivityStatus, utcnow
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from channels.telegram import TelegramChannel
-from dispatch.models import Activity, Message, User, UserIdentity
+from dispatch.record.models import Activity, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

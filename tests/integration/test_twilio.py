@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 
 from channels.base import RawRequest
 from channels.twilio import TwilioChannel
-from dispatch.messages import Media, OutboundMessage
-from dispatch.models import Activity, Conversation, Message, User, UserIdentity
-from dispatch.outage import Outage
+from dispatch.infra.outage import Outage
+from dispatch.record.messages import Media, OutboundMessage
+from dispatch.record.models import Activity, Conversation, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

@@ -13,7 +13,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.models import User
+from dispatch.record.models import User
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN

@@ -14,9 +14,9 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
 from channels.whatsapp_cloud import WhatsAppCloudChannel, WhatsAppCloudSettings
-from dispatch.errors import CatalogError, SettingsError
-from dispatch.messages import Media, OutboundMessage
-from dispatch.models import Activity, Message, User, UserIdentity
+from dispatch.infra.errors import CatalogError, SettingsError
+from dispatch.record.messages import Media, OutboundMessage
+from dispatch.record.models import Activity, Message, User, UserIdentity
 from gateway.app import create_app
 from gateway.settings import Settings
 from tests.conftest import ADMIN
@@ -801,7 +801,7 @@ async def _async(value: bool) -> bool:
 
 def test_button_titles_are_cut_and_kept_distinct() -> None:
     from channels.whatsapp_cloud import _titles
-    from dispatch.messages import Choice
+    from dispatch.record.messages import Choice
 
     choices = tuple(
         Choice(label=label, text=label)

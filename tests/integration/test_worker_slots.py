@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from dispatch.queue import queue_name
+from dispatch.infra.queue import queue_name
 from gateway.settings import Settings
 from workers.worker import create_worker
 

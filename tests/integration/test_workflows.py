@@ -12,9 +12,9 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy import select
 
-from dispatch.execution import Caller, ExecuteRequest
-from dispatch.models import Activity, WorkflowRun
-from dispatch.runs import RunView
+from dispatch.record.models import Activity, WorkflowRun
+from dispatch.work.execution import Caller, ExecuteRequest
+from dispatch.work.runs import RunView
 from gateway.app import create_app
 from gateway.auth import TokenStore
 from gateway.settings import Settings

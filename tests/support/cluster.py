@@ -29,7 +29,7 @@ import httpx
 import msgspec
 from sqlalchemy import func, select
 
-from dispatch.models import (
+from dispatch.record.models import (
     TERMINAL_STATUSES,
     UNDISPATCHED,
     Activity,

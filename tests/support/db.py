@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dispatch.models import Activity, Message, User
+from dispatch.record.models import Activity, Message, User
 from tests.conftest import count_rows, open_db
 from tests.support.flow import wait_for
 

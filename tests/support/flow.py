@@ -55,7 +55,7 @@ async def post(
 async def ask(services: Any, text: str, *, sender: str) -> tuple[Any, str]:
     """Send ``text`` as ``sender`` on the REST channel straight into ``services``; wait for the
     settled reply. Returns (the activity with its events, the reply text)."""
-    from dispatch.messages import InboundMessage
+    from dispatch.record.messages import InboundMessage
 
     accepted = await services.dispatcher.ingest(
         InboundMessage(

@@ -42,7 +42,7 @@ async def drop_database(name: str) -> None:
 @contextlib.asynccontextmanager
 async def own_database(prefix: str, *, migrated: bool = True) -> AsyncIterator[str]:
     """A fresh database (migrated to the latest revision), dropped afterwards."""
-    from dispatch.db import DatabaseSettings, create_engine
+    from dispatch.record.db import DatabaseSettings, create_engine
     from migrations import upgrade
 
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

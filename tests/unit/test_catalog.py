@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.catalog import decode_catalog, load_catalog
-from dispatch.errors import CatalogError
+from dispatch.infra.errors import CatalogError
+from dispatch.policy.catalog import decode_catalog, load_catalog
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 HANDLERS = BUILTIN_HANDLER_NAMES

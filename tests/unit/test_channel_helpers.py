@@ -7,10 +7,10 @@ import pytest
 
 from channels.ratelimit import LocalRateLimiter
 from channels.text import split_text
-from dispatch.errors import InvalidInput
-from dispatch.permissions import may_request
-from dispatch.phone import to_e164
-from dispatch.specs import ActionSpec
+from dispatch.infra.errors import InvalidInput
+from dispatch.infra.phone import to_e164
+from dispatch.policy.permissions import may_request
+from dispatch.policy.specs import ActionSpec
 
 
 @pytest.mark.parametrize("limit", [1, 5, 16, 1600])

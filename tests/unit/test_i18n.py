@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.i18n import detect, say, spoken, status_word
+from dispatch.language.i18n import detect, say, spoken, status_word
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.catalog import decode_catalog, load_catalog
-from dispatch.intents import IntentParser
-from dispatch.text import NormalizedText, normalize
+from dispatch.language.text import NormalizedText, normalize
+from dispatch.policy.catalog import decode_catalog, load_catalog
+from dispatch.understanding.intents import IntentParser
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 HANDLERS = BUILTIN_HANDLER_NAMES

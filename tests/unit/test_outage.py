@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dispatch.outage import Outage
+from dispatch.infra.outage import Outage
 
 
 async def _fallback() -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dispatch.constants import run_job_id
-from dispatch.queue import AHEAD_S, count_waiting, due_at, oldest_waiting
+from dispatch.infra.constants import run_job_id
+from dispatch.infra.queue import AHEAD_S, count_waiting, due_at, oldest_waiting
 from workers.inprocess import InProcessQueue
 
 
@@ -37,7 +37,7 @@ def test_a_prioritized_jobs_wait_is_counted_from_when_it_was_queued() -> None:
 
 
 def test_every_job_is_counted_under_its_kind() -> None:
-    from dispatch.constants import AGAIN, job_kind, recover_job_id
+    from dispatch.infra.constants import AGAIN, job_kind, recover_job_id
 
     # arq names a unique cron job's run after its due time: ``<name>:<ms>``.
     assert job_kind(f"{recover_job_id('p')}:1800000000000") == "recover"

@@ -6,9 +6,9 @@ import pytest
 
 from channels.telegram import TelegramSettings
 from channels.twilio import TwilioSettings
-from dispatch.config import Environment, read_dotenv
-from dispatch.db import DEFAULT_SQLITE_URL
-from dispatch.errors import SettingsError
+from dispatch.infra.config import Environment, read_dotenv
+from dispatch.infra.errors import SettingsError
+from dispatch.record.db import DEFAULT_SQLITE_URL
 from gateway.settings import Settings
 
 

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from dispatch.catalog import PayloadError, decode_catalog
-from dispatch.slots import SlotError, coerce
+from dispatch.language.slots import SlotError, coerce
+from dispatch.policy.catalog import PayloadError, decode_catalog
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 TODAY = dt.date(2026, 11, 21)  # a Saturday

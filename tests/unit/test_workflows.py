@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dispatch.catalog import decode_catalog, load_catalog
-from dispatch.errors import CatalogError
-from dispatch.workflows import TemplateError, fill
+from dispatch.infra.errors import CatalogError
+from dispatch.policy.catalog import decode_catalog, load_catalog
+from dispatch.policy.workflows import TemplateError, fill
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 BASE = """

@@ -1,0 +1,50 @@
+"""Counters every process raises and ``GET /metrics`` reads (Prometheus text format).
+
+With Redis they live in one hash shared by the gateway and all workers; in-process, a dict.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from dispatch.infra.outage import Outage
+
+__all__ = ["Counters", "RedisCounters"]
+
+log = logging.getLogger("switchboard.metrics")
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._values: Counter[str] = Counter()
+
+    async def incr(self, name: str, by: int = 1) -> None:
+        self._values[name] += by
+
+    async def snapshot(self) -> dict[str, int]:
+        return dict(self._values)
+
+
+class RedisCounters(Counters):
+    def __init__(self, redis: Any, prefix: str, outage: Outage) -> None:
+        super().__init__()
+        self._redis = redis
+        self._key = f"{prefix}:metrics"
+        self._outage = outage
+
+    async def incr(self, name: str, by: int = 1) -> None:
+        """Counting is best effort: a Redis outage costs counts, never the work counted."""
+
+        async def counted() -> None:
+            await self._redis.hincrby(self._key, name, by)
+
+        async def lost() -> None:
+            return None
+
+        await self._outage.call(counted, lost, "counts are lost meanwhile")
+
+    async def snapshot(self) -> dict[str, int]:
+        raw = await self._redis.hgetall(self._key)
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}

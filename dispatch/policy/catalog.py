@@ -1,0 +1,436 @@
+"""The catalog: agents, their action types, payload schemas and ordered intent rules.
+
+A TOML (or YAML) file decoded with msgspec into typed Structs and validated once at start-up;
+any problem raises :class:`~dispatch.infra.errors.CatalogError` naming the bad entry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from dispatch.infra.errors import CatalogError
+from dispatch.language.slots import SlotError, coerce
+from dispatch.language.text import normalize, strip_accents
+from dispatch.policy.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
+from dispatch.policy.specs import (
+    ActionSpec,
+    AgentSpec,
+    ApprovalSpec,
+    CatalogFile,
+    FallbackSpec,
+    FieldSpec,
+    RuleSpec,
+    WorkflowSpec,
+)
+from dispatch.policy.workflows import WORKFLOWS_AGENT, Workflow, compile_workflows, workflows_agent
+from dispatch.record.models import Role
+
+__all__ = [
+    "WORD",
+    "Amount",
+    "Catalog",
+    "CompiledRule",
+    "PayloadError",
+    "decode_catalog",
+    "load_catalog",
+]
+
+
+class Amount(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    value: float
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None
+
+
+_PY_TYPES: dict[str, Any] = {
+    "string": str,
+    "integer": int,
+    "number": float,
+    "boolean": bool,
+    "amount": Amount,
+    "date": Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")],
+    "phone": Annotated[str, msgspec.Meta(pattern=r"^\+[1-9]\d{6,14}$")],
+    "email": Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")],
+    "id": Annotated[int, msgspec.Meta(ge=1)],
+}
+
+
+_MSGSPEC_FIELD = re.compile(r"(?:at `\$\.|missing required field `)(\w+)")
+"""The field a msgspec validation error names (``... - at `$.text```)."""
+
+
+class PayloadError(ValueError):
+    """A payload does not fit its action's schema; ``field`` names the culprit if known."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    agent: str
+    action: str
+    patterns: tuple[re.Pattern[str], ...]
+    keywords: re.Pattern[str] | None
+    payload: dict[str, Any]
+    text_field: str | None = None
+    keyword_heads: frozenset[str] | None = None
+    """The first word of each keyword: a text lacking all of them cannot match any keyword
+    (None: some keyword does not start with a word character, so no such shortcut)."""
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The validated catalog, with compiled rules and a payload Struct per action."""
+
+    agents: dict[str, AgentSpec]
+    rules: tuple[CompiledRule, ...]
+    fallback: FallbackSpec
+    payload_types: dict[tuple[str, str], type[msgspec.Struct]]
+    partial_types: dict[tuple[str, str], type[msgspec.Struct]]
+    """The same schemas with every field optional, for requests still being completed."""
+    source: str
+    workflows: dict[str, Workflow] = field(default_factory=dict)
+
+    def action(self, agent: str, action_type: str) -> ActionSpec | None:
+        spec = self.agents.get(agent)
+        return None if spec is None else spec.actions.get(action_type)
+
+    def actions(self) -> Iterator[tuple[str, str, ActionSpec]]:
+        for agent_name, agent in self.agents.items():
+            for action_name, action in agent.actions.items():
+                yield agent_name, action_name, action
+
+    def validate_payload(
+        self,
+        agent: str,
+        action_type: str,
+        payload: Any,
+        *,
+        today: dt.date | None = None,
+        partial: bool = False,
+    ) -> dict[str, Any]:
+        """Coerce typed slots and decode ``payload`` against the action's schema.
+
+        Raises :class:`PayloadError`. The result is plain JSON-able data. With ``partial``,
+        required fields may be missing (see :meth:`missing_fields`); what is there must fit.
+        """
+        spec = self.action(agent, action_type)
+        if spec is None:
+            raise PayloadError(f"no action {agent}.{action_type}")
+        if not isinstance(payload, dict):
+            raise PayloadError("the payload must be an object")
+        coerced: dict[str, Any] = {}
+        for name, value in payload.items():
+            field = spec.payload.get(name)
+            if field is None:
+                raise PayloadError(f"unknown field {name!r}", name)
+            try:
+                coerced[name] = coerce(field.type, value, today=today)
+            except SlotError as exc:
+                raise PayloadError(str(exc), name) from None
+        try:
+            types = self.partial_types if partial else self.payload_types
+            value = msgspec.convert(coerced, types[(agent, action_type)], strict=False)
+        except msgspec.ValidationError as exc:
+            named = _MSGSPEC_FIELD.search(str(exc))
+            raise PayloadError(str(exc), named.group(1) if named else None) from None
+        built: dict[str, Any] = msgspec.to_builtins(value)
+        return {k: v for k, v in built.items() if v is not None}
+
+    def missing_fields(self, agent: str, action_type: str, payload: dict[str, Any]) -> list[str]:
+        """Required fields of the action that ``payload`` lacks, in schema order."""
+        spec = self.action(agent, action_type)
+        if spec is None:
+            return []
+        return [n for n, f in spec.payload.items() if f.required and payload.get(n) in (None, "")]
+
+
+def _payload_struct(
+    agent: str, action: str, fields: dict[str, FieldSpec], *, partial: bool = False
+) -> type[msgspec.Struct]:
+    required: list[tuple[str, Any]] = []
+    optional: list[tuple[str, Any, Any]] = []
+    for name, spec in fields.items():
+        base: Any = _PY_TYPES[spec.type]
+        if spec.type == "string":
+            base = Annotated[str, msgspec.Meta(min_length=1, max_length=spec.max_length)]
+        if spec.required and not partial:
+            required.append((name, base))
+        else:
+            optional.append((name, base | None, None))
+    return msgspec.defstruct(
+        f"{agent}_{action}_{'partial' if partial else 'payload'}",
+        [*required, *optional],
+        forbid_unknown_fields=True,
+        kw_only=True,
+    )
+
+
+WORD = re.compile(r"\w+")
+
+
+def _keyword_set(keywords: Collection[str]) -> list[str]:
+    return sorted({normalize(k).strip() for k in keywords if k.strip()}, key=len, reverse=True)
+
+
+def _compile_keywords(keywords: Collection[str]) -> re.Pattern[str] | None:
+    words = _keyword_set(keywords)
+    if not words:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)")
+
+
+def _keyword_heads(keywords: Collection[str]) -> frozenset[str] | None:
+    heads: set[str] = set()
+    for keyword in _keyword_set(keywords):
+        head = WORD.match(keyword)
+        if head is None:
+            return None
+        heads.add(head.group())
+    return frozenset(heads) or None
+
+
+Schemas = dict[tuple[str, str], type[msgspec.Struct]]
+
+
+def _validate_actions(
+    file: CatalogFile, handlers: Collection[str], source: str
+) -> tuple[Schemas, Schemas]:
+    payload_types: Schemas = {}
+    partial_types: Schemas = {}
+    for agent_name, agent in file.agents.items():
+        where = f"{source}: agents.{agent_name}"
+        if not _NAME.fullmatch(agent_name):
+            raise CatalogError(where, "agent names are lowercase letters, digits and _")
+        if not agent.actions:
+            raise CatalogError(where, "an agent needs at least one action")
+        for action_name, action in agent.actions.items():
+            at = f"{where}.actions.{action_name}"
+            _validate_action(action_name, action, handlers, at)
+            payload_types[(agent_name, action_name)] = _payload_struct(
+                agent_name, action_name, action.payload
+            )
+            partial_types[(agent_name, action_name)] = _payload_struct(
+                agent_name, action_name, action.payload, partial=True
+            )
+    return payload_types, partial_types
+
+
+def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], at: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise CatalogError(at, "action names are lowercase letters, digits and _")
+    if action.handler not in handlers:
+        raise CatalogError(
+            at + ".handler",
+            f"unknown handler {action.handler!r}; known: {', '.join(sorted(handlers))}",
+        )
+    if action.handler == "http_call" and action.http is None:
+        raise CatalogError(at, "handler 'http_call' needs an [http] table with a url")
+    if action.http is not None and not re.match(r"https?://", action.http.url):
+        raise CatalogError(at + ".http.url", "must be an http:// or https:// URL")
+    if not 0 < action.timeout_s <= 3600:
+        raise CatalogError(at + ".timeout_s", "must be in (0, 3600]")
+    roles = {r.value for r in Role}
+    unknown_roles = sorted(set(action.roles) - roles)
+    if unknown_roles:
+        raise CatalogError(at + ".roles", f"unknown roles {unknown_roles}; known: {sorted(roles)}")
+    if action.approval is not None:
+        _validate_approval(action.approval, roles, at + ".approval")
+    for field_name in action.payload:
+        if not _NAME.fullmatch(field_name):
+            raise CatalogError(at + f".payload.{field_name}", "bad field name")
+
+
+def _validate_approval(approval: ApprovalSpec, roles: set[str], at: str) -> None:
+    if not approval.approvers:
+        raise CatalogError(at + ".approvers", "name at least one role that may approve")
+    unknown = sorted(set(approval.approvers) - roles)
+    if unknown:
+        raise CatalogError(at + ".approvers", f"unknown roles {unknown}; known: {sorted(roles)}")
+    if not 1 <= approval.quorum <= 10:
+        raise CatalogError(at + ".quorum", "must be between 1 and 10")
+    if not 0 < approval.ttl_s <= 30 * 86400:
+        raise CatalogError(at + ".ttl_s", "must be in (0, 30 days]")
+
+
+def _known(file: CatalogFile, agent: str, action: str, where: str) -> ActionSpec:
+    spec = file.agents.get(agent)
+    if spec is None:
+        raise CatalogError(where, f"unknown agent {agent!r}")
+    action_spec = spec.actions.get(action)
+    if action_spec is None:
+        raise CatalogError(where, f"agent {agent!r} has no action {action!r}")
+    return action_spec
+
+
+def _compile_rule(file: CatalogFile, rule: RuleSpec, where: str) -> CompiledRule:
+    action = _known(file, rule.agent, rule.action, where)
+    if not rule.patterns and not rule.keywords:
+        raise CatalogError(where, "a rule needs patterns or keywords")
+    compiled: list[re.Pattern[str]] = []
+    for pattern in rule.patterns:
+        try:
+            regex = re.compile(strip_accents(pattern), re.IGNORECASE)
+        except re.error as exc:
+            raise CatalogError(where, f"bad regex {pattern!r}: {exc}") from None
+        unknown = set(regex.groupindex) - set(action.payload)
+        if unknown:
+            raise CatalogError(
+                where,
+                f"named groups {sorted(unknown)} are not payload fields of "
+                f"{rule.agent}.{rule.action}",
+            )
+        compiled.append(regex)
+    unknown_fixed = set(rule.payload) - set(action.payload)
+    if unknown_fixed:
+        raise CatalogError(where, f"payload fields {sorted(unknown_fixed)} are not in the schema")
+    if rule.text_field is not None and rule.text_field not in action.payload:
+        raise CatalogError(where, f"text_field {rule.text_field!r} is not in the schema")
+    return CompiledRule(
+        id=rule.id,
+        agent=rule.agent,
+        action=rule.action,
+        patterns=tuple(compiled),
+        keywords=_compile_keywords(rule.keywords),
+        payload=dict(rule.payload),
+        text_field=rule.text_field,
+        keyword_heads=_keyword_heads(rule.keywords),
+    )
+
+
+def _with_templates(action: ActionSpec, at: str) -> ActionSpec:
+    """``whatsapp_template`` folded into ``templates`` (the older spelling of its entry)."""
+    if action.whatsapp_template is None:
+        return action
+    if "whatsapp" in action.templates:
+        raise CatalogError(
+            at, "give the WhatsApp template once: templates.whatsapp or whatsapp_template"
+        )
+    return msgspec.structs.replace(
+        action,
+        templates={**action.templates, "whatsapp": action.whatsapp_template},
+        whatsapp_template=None,
+    )
+
+
+def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Catalog:
+    if SYSTEM_AGENT in file.agents:
+        raise CatalogError(
+            f"{source}: agents.{SYSTEM_AGENT}", "is built in (help, status, cancel); rename yours"
+        )
+    if WORKFLOWS_AGENT in file.agents:
+        raise CatalogError(
+            f"{source}: agents.{WORKFLOWS_AGENT}",
+            "is built in (it starts the [workflows] of the catalog); rename yours",
+        )
+    agents = {
+        name: msgspec.structs.replace(
+            agent,
+            actions={
+                action_name: _with_templates(
+                    action, f"{source}: agents.{name}.actions.{action_name}"
+                )
+                for action_name, action in agent.actions.items()
+            },
+        )
+        for name, agent in file.agents.items()
+    }
+    file = msgspec.structs.replace(
+        file,
+        agents={SYSTEM_AGENT: system_agent(), **agents},
+        rules=(*CONTROL_RULES, *file.rules),
+    )
+    workflows = compile_workflows(
+        file.workflows, lambda agent, action, where: _known(file, agent, action, where), source
+    )
+    if workflows:
+        file = msgspec.structs.replace(
+            file, agents={**file.agents, WORKFLOWS_AGENT: workflows_agent(workflows)}
+        )
+    payload_types, partial_types = _validate_actions(file, handlers, source)
+    _known(file, file.fallback.agent, file.fallback.action, f"{source}: fallback")
+    rules: list[CompiledRule] = []
+    seen: set[str] = set()
+    for index, rule in enumerate(file.rules, start=-len(CONTROL_RULES)):
+        where = f"{source}: rules[{index}] (id {rule.id!r})"
+        if rule.id in seen:
+            raise CatalogError(where, "duplicate rule id")
+        seen.add(rule.id)
+        rules.append(_compile_rule(file, rule, where))
+    return Catalog(
+        agents=dict(file.agents),
+        rules=tuple(rules),
+        fallback=file.fallback,
+        payload_types=payload_types,
+        partial_types=partial_types,
+        source=source,
+        workflows=workflows,
+    )
+
+
+def decode_catalog(content: bytes, source: str, handlers: Collection[str]) -> Catalog:
+    """Decode and validate catalog text; ``source`` names it in errors (its path)."""
+    try:
+        if source.endswith((".yaml", ".yml")):
+            raw = msgspec.yaml.decode(content)
+        else:
+            raw = msgspec.toml.decode(content)
+    except msgspec.DecodeError as exc:
+        raise CatalogError(source, f"not valid {Path(source).suffix or 'TOML'}: {exc}") from None
+    try:
+        file = msgspec.convert(raw, CatalogFile)
+    except msgspec.ValidationError as exc:
+        raise CatalogError(*_locate(raw, source, exc)) from None
+    return _validate(file, handlers, source)
+
+
+def _locate(raw: Any, source: str, error: msgspec.ValidationError) -> tuple[str, str]:
+    """Name the agent/action or workflow behind a type error (msgspec elides mapping keys as
+    [...])."""
+    workflows = raw.get("workflows") if isinstance(raw, dict) else None
+    if isinstance(workflows, dict):
+        for name, workflow in workflows.items():
+            try:
+                msgspec.convert(workflow, WorkflowSpec)
+            except msgspec.ValidationError as exc:
+                return f"{source}: workflows.{name}", str(exc).replace("$.", "")
+    agents = raw.get("agents") if isinstance(raw, dict) else None
+    if isinstance(agents, dict):
+        for agent_name, agent in agents.items():
+            actions = agent.get("actions") if isinstance(agent, dict) else None
+            for action_name, action in (actions or {}).items():
+                try:
+                    msgspec.convert(action, ActionSpec)
+                except msgspec.ValidationError as exc:
+                    where = f"{source}: agents.{agent_name}.actions.{action_name}"
+                    return where, str(exc).replace("$.", "")
+            try:
+                msgspec.convert(agent, AgentSpec)
+            except msgspec.ValidationError as exc:
+                return f"{source}: agents.{agent_name}", str(exc).replace("$.", "")
+    return source, str(error)
+
+
+def load_catalog(path: Path | None, handlers: Collection[str]) -> Catalog:
+    """Load the catalog at ``path``, or the bundled default catalog when ``path`` is None."""
+    if path is None:
+        ref = resources.files("dispatch.policy").joinpath("default_catalog.toml")
+        return decode_catalog(ref.read_bytes(), "default_catalog.toml", handlers)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise CatalogError(str(path), f"cannot read: {exc.strerror}") from None
+    return decode_catalog(content, str(path), handlers)

@@ -1,0 +1,193 @@
+"""The catalog's schema: agents, actions, payload fields, approval policies and rules.
+
+Plain msgspec Structs decoded from the catalog file; :mod:`dispatch.policy.catalog` validates
+them and compiles the rules, and :mod:`dispatch.policy.control` declares the built-in ``system``
+agent with them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from dispatch.record.models import Priority
+
+__all__ = [
+    "ActionSpec",
+    "AgentSpec",
+    "ApprovalSpec",
+    "CatalogFile",
+    "FallbackSpec",
+    "FieldSpec",
+    "FieldType",
+    "HttpCallSpec",
+    "LocalizedSpec",
+    "RuleSpec",
+    "StepSpec",
+    "WorkflowSpec",
+]
+
+FieldType = Literal[
+    "string", "integer", "number", "boolean", "amount", "date", "phone", "email", "id"
+]
+
+
+class FieldSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: FieldType = "string"
+    required: bool = True
+    description: str = ""
+    max_length: int | None = None
+    question: str = ""
+    """Asked when a request lacks this (required) field; default built from the description."""
+
+    def ask(self, name: str) -> str:
+        return self.question or f"What is {self.description or name.replace('_', ' ')}?"
+
+
+class HttpCallSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the ``http_call`` handler POSTs the payload."""
+
+    url: str
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    headers: dict[str, str] = {}
+    reply_field: str | None = None
+    """Field of the JSON answer to reply with; default: a text answer or the JSON itself."""
+
+
+class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A human must say yes before the action runs."""
+
+    approvers: tuple[str, ...] = ("supervisor", "admin")
+    """Roles that may decide."""
+    quorum: int = 1
+    """Approvals needed; one rejection is final."""
+    self_approval: bool = False
+    """Whether the requester may approve their own request."""
+    ttl_s: float = 3600.0
+    """After this the request expires, and the requester is told."""
+    auto_run: bool = True
+    """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
+
+
+class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action's words in another language (``[agents.x.actions.y.localized.es]``)."""
+
+    description: str = ""
+    examples: tuple[str, ...] = ()
+    button: str | None = None
+
+
+class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    description: str
+    handler: str
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    priority: Priority = Priority.NORMAL
+    payload: dict[str, FieldSpec] = {}
+    examples: tuple[str, ...] = ()
+    button: str | None = None
+    """What a help menu's button for it sends (default: its first example). For an action that
+    needs a detail, its bare words: the gateway then asks for what is missing."""
+    localized: dict[str, LocalizedSpec] = {}
+    """Per language (``es``): its description, examples and button there."""
+    reply: str | None = None
+    """For the ``ledger`` handler: the answer, filled from the payload's fields and
+    ``{number}`` (``"Invoice INV-{number:04d} for {client}: {amount}"``)."""
+
+    def words(self, language: str | None) -> tuple[str, tuple[str, ...], str | None]:
+        """(description, examples, button) in ``language``, falling back to the defaults."""
+        local = self.localized.get(language or "")
+        if local is None:
+            return self.description, self.examples, self.button
+        examples = local.examples or self.examples
+        return (
+            local.description or self.description,
+            examples,
+            local.button or (local.examples[0] if local.examples else self.button),
+        )
+
+    http: HttpCallSpec | None = None
+    templates: dict[str, dict[str, Any]] = {}
+    """Per channel name, a provider-approved template sent instead of a free-form reply the
+    channel may not send (WhatsApp outside its 24-hour window). Opaque here: each channel
+    checks its own entry's shape when the gateway starts."""
+    whatsapp_template: dict[str, Any] | None = None
+    """The older spelling of ``templates.whatsapp`` (Twilio's Content template)."""
+    approval: ApprovalSpec | None = None
+    """Set: the action waits in ``awaiting_approval`` until approved."""
+    internal: bool = False
+    """Reached only through the gateway's own rules or logic: never offered to the LLM, never
+    listed in help (clarifying questions, approval decisions)."""
+    overtakes: bool = False
+    """Runs at once, ahead of its conversation's earlier requests (the control intents: a
+    user can cancel, ask about or decide on a request while another one runs)."""
+
+
+class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    actions: dict[str, ActionSpec]
+    description: str = ""
+
+
+class RuleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    agent: str
+    action: str
+    patterns: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    payload: dict[str, Any] = {}
+    text_field: str | None = None
+    """A payload field that receives the whole message (e.g. a ticket's summary)."""
+
+
+class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The action a message no rule understood becomes (it must reply something useful)."""
+
+    agent: str
+    action: str
+
+
+class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One step of a workflow: an action of the catalog, run once its dependencies completed.
+
+    ``payload`` values may be templates: ``"{{ input.customer }}"`` (a whole value keeps its
+    type) or ``"Invoice for {{ input.customer }}: {{ steps.quote.result.text }}"`` (text), from
+    the run's input and the results of the steps it depends on (directly or not)."""
+
+    id: str
+    agent: str
+    action: str
+    payload: dict[str, Any] = {}
+    depends_on: tuple[str, ...] = ()
+    priority: Priority | None = None
+    """Default: the action's own."""
+    on_failure: Literal["stop", "continue"] = "stop"
+    """``stop``: its dependents are skipped and the run fails; ``continue``: they run anyway
+    (a reference to its result then fails them) and its failure does not fail the run."""
+
+
+class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Steps with dependencies, started by name over the API or from chat (it is also the
+    action ``workflows.<name>``, whose payload is ``input``: rules, the LLM, permissions,
+    approval and clarifying questions apply to starting it as to any action)."""
+
+    description: str
+    steps: tuple[StepSpec, ...] = ()
+    input: dict[str, FieldSpec] = {}
+    public: bool = False
+    roles: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    localized: dict[str, LocalizedSpec] = {}
+    approval: ApprovalSpec | None = None
+    """Set: starting a run waits for approval (its steps' own policies apply too)."""
+
+
+class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    agents: dict[str, AgentSpec]
+    fallback: FallbackSpec
+    rules: tuple[RuleSpec, ...] = ()
+    workflows: dict[str, WorkflowSpec] = {}
+    version: int = 1

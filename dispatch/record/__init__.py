@@ -1,0 +1,9 @@
+"""The record: what happened, as the database keeps it.
+
+Tables (``models``), the engine and sessions (``db``), claims on rows (``claims``), messages as
+every channel normalizes them (``messages``), storing them (``intake`` in batches, ``store``),
+users and their identities (``users``), the activity log and its events (``activities``, ``feed``),
+replies written with the activity that produced them (``outbox``), the deployment's secret
+(``keys``) and figures read back (``stats``). It imports ``dispatch.infra`` and
+``dispatch.language`` only.
+"""

@@ -1,0 +1,612 @@
+"""The activity log: activities, their state machine, and the append-only events beside them.
+
+Every state change is a conditional UPDATE that only succeeds from the expected states and
+writes its event in the same transaction (:meth:`ActivityLog.claim`, :meth:`ActivityLog.finish`):
+two workers can never both move an activity, and the events always agree with the row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import msgspec
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from dispatch.record.claims import ACTIVITIES
+from dispatch.record.models import (
+    BLOCKING_STATUSES,
+    UNDISPATCHED,
+    Activity,
+    ActivityEvent,
+    ActivityStatus,
+    Delivery,
+    Message,
+    User,
+    utcnow,
+)
+from dispatch.record.outbox import Outbox, add_reply, read_outbox, reserve_replies
+
+__all__ = [
+    "SENDING_HEARTBEAT_S",
+    "SENDING_STALE",
+    "ActivityLog",
+    "ActivityView",
+    "EventView",
+    "Renewal",
+]
+
+SENDING_HEARTBEAT_S = 5.0
+"""How often a sender marks the reply it is handing to a channel as still being sent."""
+SENDING_STALE = dt.timedelta(seconds=6 * SENDING_HEARTBEAT_S)
+"""A reply in ``sending`` with no heartbeat for this long was left by a sender that died: it
+stops holding back its conversation, and recovery resolves it (never sent again)."""
+
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+"""Which process runs an activity (in its ``started`` event): the worker, for an audit."""
+
+
+class EventView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    kind: str
+    status: str | None
+    actor: str
+    data: dict[str, Any]
+    at: dt.datetime
+
+
+class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
+    """An activity as the API and handlers see it."""
+
+    id: int
+    agent_name: str
+    action_type: str
+    action_description: str
+    details: dict[str, Any]
+    status: str
+    metrics: dict[str, Any]
+    actor_user_id: int | None
+    source_message_id: int | None
+    source_channel: str | None
+    conversation_id: int | None
+    order_key: int | None
+    priority: str
+    visible_to_client: bool
+    attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    cancel_requested_at: dt.datetime | None = None
+    """Set while it runs: an operator asked for it to be stopped."""
+    actor_name: str | None = None
+    """The requester's name (in listings)."""
+    workflow_run_id: int | None = None
+    """Set on a workflow's step: the run it belongs to (its step: ``workflow_step``)."""
+    workflow_step: str | None = None
+    events: list[EventView] = []
+
+    @classmethod
+    def of(cls, row: Activity, events: Iterable[ActivityEvent] = ()) -> ActivityView:
+        return cls(
+            id=row.id,
+            agent_name=row.agent_name,
+            action_type=row.action_type,
+            action_description=row.action_description,
+            details=row.details,
+            status=row.status,
+            metrics=row.metrics,
+            actor_user_id=row.actor_user_id,
+            source_message_id=row.source_message_id,
+            source_channel=row.source_channel,
+            conversation_id=row.conversation_id,
+            order_key=row.order_key,
+            priority=row.priority,
+            visible_to_client=row.visible_to_client,
+            attempts=row.attempts,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            completed_at=row.completed_at,
+            cancel_requested_at=row.cancel_requested_at,
+            workflow_run_id=row.workflow_run_id,
+            workflow_step=row.workflow_step,
+            events=[
+                EventView(
+                    id=e.id, kind=e.kind, status=e.status, actor=e.actor, data=e.data, at=e.at
+                )
+                for e in events
+            ],
+        )
+
+
+class Renewal(enum.StrEnum):
+    HELD = "held"
+    CANCEL = "cancel"
+    """Held, and an operator asked for the run to stop."""
+    LOST = "lost"
+
+
+class ActivityFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which activities a listing shows (every field optional, all must hold)."""
+
+    agent: str | None = None
+    action_type: str | None = None
+    status: ActivityStatus | None = None
+    actor_user_id: int | None = None
+    channel: str | None = None
+    since: dt.datetime | None = None
+    """Created at or after."""
+
+
+class ActivityLog:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @staticmethod
+    def add_event(
+        session: AsyncSession,
+        activity_id: int,
+        kind: str,
+        *,
+        status: str | None = None,
+        actor: str = "system",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        session.add(
+            ActivityEvent(
+                activity_id=activity_id, kind=kind, status=status, actor=actor, data=data or {}
+            )
+        )
+
+    async def record(
+        self,
+        activity_id: int,
+        kind: str,
+        *,
+        actor: str = "system",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Append an event that changes no state (a reply sent, a note)."""
+        async with self._sessions.begin() as session:
+            self.add_event(session, activity_id, kind, actor=actor, data=data)
+
+    async def get(self, activity_id: int, *, with_events: bool = False) -> ActivityView | None:
+        async with self._sessions() as session:
+            row = await session.get(Activity, activity_id)
+            if row is None:
+                return None
+            events: list[ActivityEvent] = []
+            if with_events:
+                events = list(
+                    (
+                        await session.execute(
+                            select(ActivityEvent)
+                            .where(ActivityEvent.activity_id == activity_id)
+                            .order_by(ActivityEvent.id)
+                        )
+                    ).scalars()
+                )
+            return ActivityView.of(row, events)
+
+    async def finish(
+        self,
+        activity: ActivityView,
+        to: ActivityStatus,
+        *,
+        attempt: int,
+        kind: str,
+        details: dict[str, Any],
+        metrics: dict[str, Any],
+        reply: list[str],
+        data: dict[str, Any] | None = None,
+        reserve: bool = False,
+    ) -> Outbox | None:
+        """in_progress → completed/failed with its result, event and reply (``reply``: the
+        parts to send), in one transaction; only for the attempt that holds the claim (a
+        stale attempt's result is refused: None, and an event says so).
+
+        With ``reserve``, for a caller that hands the reply over at once, the activity's
+        replies still to send are read back in the same transaction, the first claimed
+        (``sending``, see :func:`~dispatch.record.outbox.reserve_replies`): the outbox returned;
+        without, they stay pending (an empty outbox)."""
+        async with self._sessions.begin() as session:
+            moved = await self._finish_in(
+                session,
+                activity,
+                to,
+                attempt=attempt,
+                kind=kind,
+                details=details,
+                metrics=metrics,
+                reply=reply,
+                data=data,
+            )
+            if not moved:
+                return None
+            if not reserve:
+                return Outbox(replies=[], conversations={})
+            replies, reserved = await reserve_replies(session, activity.id)
+            return await read_outbox(
+                session, replies, activity.source_message_id, reserved=reserved
+            )
+
+    async def _finish_in(
+        self,
+        session: AsyncSession,
+        activity: ActivityView,
+        to: ActivityStatus,
+        *,
+        attempt: int,
+        kind: str,
+        details: dict[str, Any],
+        metrics: dict[str, Any],
+        reply: list[str],
+        data: dict[str, Any] | None,
+    ) -> bool:
+        result = await session.execute(
+            ACTIVITIES.update_held(
+                activity.id,
+                attempt,
+                status=to.value,
+                details=details,
+                metrics=metrics,
+                completed_at=utcnow(),
+                lease_expires_at=None,
+            )
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            self.add_event(
+                session,
+                activity.id,
+                "stale_result",
+                data={"attempt": attempt, "discarded": kind, "runner": RUNNER},
+            )
+            return False
+        self.add_event(session, activity.id, kind, status=to.value, data=data)
+        await add_reply(
+            session,
+            activity_id=activity.id,
+            conversation_id=activity.conversation_id,
+            channel=activity.source_channel,
+            parts=reply,
+            media=(details.get("result") or {}).get("media"),
+            choices=(details.get("result") or {}).get("choices"),
+        )
+        return True
+
+    async def page(
+        self, where: ActivityFilter, *, before_id: int | None, limit: int
+    ) -> list[ActivityView]:
+        """Activities ``where`` holds for, newest first, older than ``before_id`` (the last
+        one of the page before), without their events."""
+        conditions: list[ColumnElement[bool]] = []
+        if where.agent is not None:
+            conditions.append(Activity.agent_name == where.agent)
+        if where.action_type is not None:
+            conditions.append(Activity.action_type == where.action_type)
+        if where.status is not None:
+            conditions.append(Activity.status == where.status.value)
+        if where.actor_user_id is not None:
+            conditions.append(Activity.actor_user_id == where.actor_user_id)
+        if where.channel is not None:
+            conditions.append(Activity.source_channel == where.channel)
+        if where.since is not None:
+            conditions.append(Activity.created_at >= where.since)
+        if before_id is not None:
+            conditions.append(Activity.id < before_id)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Activity, User.name)
+                .outerjoin(User, User.id == Activity.actor_user_id)
+                .where(*conditions)
+                .order_by(Activity.id.desc())
+                .limit(limit)
+            )
+            return [
+                msgspec.structs.replace(ActivityView.of(row), actor_name=name) for row, name in rows
+            ]
+
+    async def cancel(
+        self,
+        activity_id: int,
+        *,
+        actor: str,
+        notice: Callable[[str], list[str]] | None = None,
+    ) -> bool:
+        """Withdraw an activity that has not started; False if it already has (or is done).
+        ``notice``: what its requester is told, cut for their channel (a reply queued in the
+        same transaction)."""
+        waiting = [
+            ActivityStatus.PENDING.value,
+            ActivityStatus.QUEUED.value,
+            ActivityStatus.AWAITING_APPROVAL.value,
+        ]
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(Activity.id == activity_id, Activity.status.in_(waiting))
+                .values(status=ActivityStatus.CANCELLED.value, completed_at=utcnow())
+                .returning(Activity.conversation_id, Activity.source_channel)
+                .execution_options(synchronize_session=False)
+            )
+            row = result.one_or_none()
+            if row is None:
+                return False
+            self.add_event(
+                session,
+                activity_id,
+                "cancelled",
+                status=ActivityStatus.CANCELLED.value,
+                actor=actor,
+            )
+            conversation_id, channel = row
+            # What it had yet to say (an approval request not yet sent) is withdrawn with it.
+            await session.execute(
+                update(Message)
+                .where(
+                    Message.activity_id == activity_id,
+                    Message.delivery == Delivery.PENDING.value,
+                )
+                .values(
+                    delivery=Delivery.FAILED.value,
+                    delivery_error="withdrawn: the request was cancelled",
+                    updated_at=utcnow(),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if notice is not None and channel is not None:
+                await add_reply(
+                    session,
+                    activity_id=activity_id,
+                    conversation_id=conversation_id,
+                    channel=channel,
+                    parts=notice(channel),
+                )
+            return True
+
+    async def claim(self, activity_id: int, *, lease_s: float) -> int | None:
+        """Take an activity to run: from ``queued``, or from an ``in_progress`` whose lease ran
+        out (its worker died or stalled). Exactly one of any number of concurrent callers wins,
+        and gets the attempt number: the fencing token every later write must carry."""
+        taken = await self.take(activity_id, lease_s=lease_s)
+        return None if taken is None else taken[0]
+
+    async def take(self, activity_id: int, *, lease_s: float) -> tuple[int, bool] | None:
+        """:meth:`claim`, also saying whether an operator has asked for it to stop (then it
+        is not to run: it ends ``cancelled``)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                ACTIVITIES.claim(activity_id, lease_s=lease_s, started_at=utcnow()).returning(
+                    Activity.cancel_requested_at
+                )
+            )
+            row = result.one_or_none()
+            if row is None:
+                return None
+            # Both columns: the claim's own RETURNING (attempts), then this one.
+            attempt, stop_asked = cast("tuple[int, dt.datetime | None]", tuple(row))
+            self.add_event(
+                session,
+                activity_id,
+                "started",
+                status=ActivityStatus.IN_PROGRESS.value,
+                data={"attempt": attempt, "runner": RUNNER},
+            )
+            return int(attempt), stop_asked is not None
+
+    async def renew(self, activity_id: int, *, attempt: int, lease_s: float) -> Renewal:
+        """Extend the lease of a run that is alive: ``held``, or ``cancel`` if an operator
+        asked for it to stop; ``lost`` once the claim is someone else's."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                ACTIVITIES.update_held(
+                    activity_id,
+                    attempt,
+                    lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s),
+                ).returning(Activity.cancel_requested_at)
+            )
+            row = result.one_or_none()
+        if row is None:
+            return Renewal.LOST
+        return Renewal.HELD if row[0] is None else Renewal.CANCEL
+
+    async def request_cancel(self, activity_id: int, *, actor: str) -> bool:
+        """Ask for a running activity to be stopped (its worker does at its next lease
+        renewal, and it ends ``cancelled``); False if it is not running, or already asked."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Activity)
+                .where(
+                    Activity.id == activity_id,
+                    Activity.status == ActivityStatus.IN_PROGRESS.value,
+                    Activity.cancel_requested_at.is_(None),
+                )
+                .values(cancel_requested_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(session, activity_id, "cancel_requested", actor=actor)
+            return True
+
+    async def release(self, activity_id: int, *, attempt: int, reason: str) -> bool:
+        """Give an unfinished run back (its worker is stopping): queued again at once, for
+        another worker, instead of after its lease."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                ACTIVITIES.update_held(
+                    activity_id,
+                    attempt,
+                    status=ActivityStatus.QUEUED.value,
+                    lease_expires_at=None,
+                )
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            self.add_event(
+                session,
+                activity_id,
+                "released",
+                status=ActivityStatus.QUEUED.value,
+                data={"attempt": attempt, "reason": reason, "runner": RUNNER},
+            )
+            return True
+
+    async def blocker(self, activity: ActivityView, *, overtakes: bool = False) -> str | None:
+        """What holds this activity back in its conversation, or None if it may run now.
+
+        Activities of one conversation run, and are answered, in the order their messages
+        arrived: an earlier activity still queued or running, an earlier message not yet
+        dispatched, or an earlier reply not yet handed to its channel, blocks. A control
+        intent (``overtakes``: cancel, status, a decision) is held back by nothing.
+        """
+        order_key = activity.order_key
+        if activity.conversation_id is None or order_key is None or overtakes:
+            return None
+        async with self._sessions() as session:
+            return await self.blocking(session, activity.conversation_id, order_key)
+
+    @staticmethod
+    async def blocking(session: AsyncSession, conversation_id: int, order_key: int) -> str | None:
+        """What holds back an activity at ``order_key`` of its conversation (:meth:`blocker`)."""
+        earlier_activity = (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                )
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if earlier_activity is not None:
+            return f"activity {earlier_activity}"
+        earlier_message = (
+            await session.execute(
+                select(
+                    exists().where(
+                        Message.conversation_id == conversation_id,
+                        Message.id < order_key,
+                        Message.state.in_([s.value for s in UNDISPATCHED]),
+                    )
+                )
+            )
+        ).scalar_one()
+        if earlier_message:
+            return "an earlier message"
+        earlier_reply = (
+            await session.execute(
+                select(Message.id)
+                .join(Activity, Message.activity_id == Activity.id)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    or_(
+                        Message.delivery == Delivery.PENDING.value,
+                        and_(
+                            Message.delivery == Delivery.SENDING.value,
+                            Message.updated_at > utcnow() - SENDING_STALE,
+                        ),
+                    ),
+                )
+                .limit(1)
+                # A reply whose sender is recording its outcome right now is waited for, then
+                # read as recorded: that transaction looks for what waits behind the reply, so
+                # an activity recorded as held must be either seen by it or not held at all.
+                .with_for_update(read=True, of=Message)
+            )
+        ).scalar_one_or_none()
+        return None if earlier_reply is None else f"reply {earlier_reply}"
+
+    async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
+        """The next activity waiting its turn in a conversation, if any."""
+        async with self._sessions() as session:
+            return await self.waiting_after(session, conversation_id, after_key)
+
+    @staticmethod
+    async def waiting_after(
+        session: AsyncSession, conversation_id: int, after_key: int
+    ) -> int | None:
+        """:meth:`next_in_conversation` in the caller's transaction."""
+        return (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key > after_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                )
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def count_completed(self, agent: str, action_type: str) -> int:
+        """How many activities of this action completed (the ledger numbers its entries)."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(
+                    Activity.agent_name == agent,
+                    Activity.action_type == action_type,
+                    Activity.status == ActivityStatus.COMPLETED.value,
+                )
+            )
+        return int(found or 0)
+
+    async def heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities to re-drive: each conversation's first queued or running one, if queued
+        before ``older_than`` or running past its lease. Those behind it wait their turn (its
+        end wakes the next), so re-driving them would only add jobs."""
+        now = utcnow()
+        earlier = aliased(Activity)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Activity.id)
+                .where(
+                    or_(
+                        and_(
+                            Activity.status == ActivityStatus.QUEUED.value,
+                            Activity.created_at < older_than,
+                        ),
+                        and_(
+                            Activity.status == ActivityStatus.IN_PROGRESS.value,
+                            Activity.lease_expires_at < now,
+                        ),
+                    ),
+                    or_(
+                        Activity.conversation_id.is_(None),
+                        ~exists().where(
+                            earlier.conversation_id == Activity.conversation_id,
+                            earlier.order_key < Activity.order_key,
+                            earlier.status.in_([s.value for s in BLOCKING_STATUSES]),
+                        ),
+                    ),
+                )
+                .order_by(Activity.id)
+                .limit(limit)
+            )
+            return [int(r) for r in rows.scalars()]
+
+    async def unanswered(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities with a reply written but never handed to its channel."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Message.activity_id)
+                .where(
+                    Message.delivery == Delivery.PENDING.value,
+                    Message.activity_id.is_not(None),
+                    Message.updated_at < older_than,
+                )
+                .distinct()
+                .limit(limit)
+            )
+            return sorted(int(r) for r in rows.scalars() if r is not None)

@@ -1,0 +1,205 @@
+"""Replies are written in the same transaction that finishes their activity.
+
+So a later activity of the conversation, which may run as soon as this one is finished, can
+never overtake this one's reply; and the row, unique per (activity, part), is what lets a reply
+go out at most once (see ``workers.replies``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch.infra.clean import clean_text
+from dispatch.infra.sql import insert_or_get
+from dispatch.language.i18n import say, say_each
+from dispatch.record.models import (
+    ActivityStatus,
+    Conversation,
+    Delivery,
+    Direction,
+    Message,
+    utcnow,
+)
+
+__all__ = [
+    "Outbox",
+    "add_reply",
+    "failure_reason",
+    "failure_text",
+    "payload_text",
+    "pending_of",
+    "read_outbox",
+    "reply_text",
+    "reserve_replies",
+]
+
+
+class Outbox(msgspec.Struct, frozen=True, kw_only=True):
+    """Replies to hand over, in order, with the conversations they go to (mostly the
+    requester's; approval requests go to approvers') and the external id of the message they
+    answer. ``reserved``: the one already claimed (``sending``) for whoever holds this, by the
+    transaction that wrote them."""
+
+    replies: list[Message]
+    conversations: dict[int, Conversation]
+    in_reply_to: str | None = None
+    reserved: int | None = None
+
+
+def payload_text(payload: dict[str, Any]) -> str:
+    """A payload for people: ``client=Acme, amount=120 EUR``."""
+    return ", ".join(f"{k}={_plain(v)}" for k, v in payload.items())
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict) and "value" in value:  # an amount
+        return f"{value['value']:g} {value.get('currency') or ''}".strip()
+    return str(value)
+
+
+_KNOWN_FAILURES = frozenset({"forbidden", "timeout", "no_approver", "dispatch_failed"})
+
+
+def _reason(error: Any) -> str | None:
+    reason = error.get("reason") if isinstance(error, dict) else None
+    return str(reason) if reason in _KNOWN_FAILURES else None
+
+
+def failure_text(activity_id: int, error: Any, language: str | None = None) -> str:
+    """What a person is told of a failure: its kind and the request number, never the detail
+    (exception text, a service's answer), which stays on the activity."""
+    reason = _reason(error)
+    return say(f"failed.{reason}" if reason else "failed", language, id=activity_id)
+
+
+def failure_reason(error: Any, language: str | None = None) -> str:
+    """A few words on why something failed, for people (``status 12``)."""
+    reason = _reason(error)
+    return say(f"reason.{reason}" if reason else "reason", language)
+
+
+def reply_text(
+    activity_id: int, status: str, details: dict[str, Any], language: str | None = None
+) -> str | None:
+    """What to tell the requester about a finished activity (None: nothing to say)."""
+    if status == ActivityStatus.COMPLETED:
+        result = details.get("result") or {}
+        return str(result.get("text") or say("done", language, id=activity_id))
+    if status == ActivityStatus.FAILED:
+        return failure_text(activity_id, details.get("error"), language)
+    if status == ActivityStatus.CANCELLED:
+        return cancelled_notice(activity_id, language)
+    return None
+
+
+def cancelled_notice(activity_id: int, language: str | None = None) -> str:
+    """What a requester is told when an operator withdraws or stops their request (in both
+    languages when theirs is not known)."""
+    return say_each("cancel.operator", language, id=activity_id)
+
+
+async def add_reply(
+    session: AsyncSession,
+    *,
+    activity_id: int,
+    conversation_id: int | None,
+    channel: str | None,
+    parts: list[str],
+    media: list[dict[str, Any]] | None = None,
+    choices: list[dict[str, Any]] | None = None,
+) -> None:
+    """Queue a message as pending outbound rows, one per part, in order (once each).
+
+    An activity may say several things over its life (approval requests, decisions, its
+    result): each message's parts are numbered on after the ones it already has. Callers hold
+    the activity's row (a guarded status change or a lock), so numbering cannot race.
+    """
+    if not parts or conversation_id is None or channel is None:
+        return
+    last = await session.scalar(
+        select(func.max(Message.part)).where(Message.activity_id == activity_id)
+    )
+    first = 0 if last is None else int(last) + 1
+    for offset, text in enumerate(parts):
+        index = first + offset
+        await insert_or_get(
+            session,
+            Message.__table__,  # type: ignore[arg-type]
+            {
+                "direction": Direction.OUTBOUND.value,
+                "channel": channel,
+                "external_id": None,
+                "conversation_id": conversation_id,
+                "sender": "switchboard",
+                "text": clean_text(text),
+                # Attachments go with the first part.
+                "media": (media or []) if offset == 0 else [],
+                # Offered answers go with the last part, under which buttons make sense.
+                "raw": {"choices": choices} if choices and offset == len(parts) - 1 else {},
+                "delivery": Delivery.PENDING.value,
+                "activity_id": activity_id,
+                "part": index,
+            },
+            ("activity_id", "part"),
+        )
+
+
+def pending_of(activity_id: int) -> Select[Message]:
+    """An activity's replies still to send, in order."""
+    return (
+        select(Message)
+        .where(Message.activity_id == activity_id, Message.delivery == Delivery.PENDING.value)
+        .order_by(Message.part)
+    )
+
+
+async def reserve_replies(
+    session: AsyncSession, activity_id: int
+) -> tuple[list[Message], int | None]:
+    """Every reply of the activity still to send, in order, the first claimed (pending →
+    sending, the at-most-once gate, as ``claim_reply``) for the caller, who hands it over at
+    once; the others are claimed one by one as their turn comes, so a sender that dies loses
+    the part in flight only. Returns (the replies, the claimed one's id)."""
+    rows = list(await session.scalars(pending_of(activity_id)))
+    if not rows:
+        return [], None
+    claimed = await session.execute(
+        update(Message)
+        .where(Message.id == rows[0].id, Message.delivery == Delivery.PENDING.value)
+        .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return rows, rows[0].id if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+async def read_outbox(
+    session: AsyncSession,
+    replies: list[Message],
+    source_message_id: int | None,
+    *,
+    reserved: int | None = None,
+) -> Outbox:
+    """``replies`` (in order) with the conversations they go to and the external id of the
+    message they answer."""
+    if not replies:
+        return Outbox(replies=[], conversations={}, reserved=reserved)
+    found = await session.scalars(
+        select(Conversation).where(
+            Conversation.id.in_(sorted({row.conversation_id for row in replies}))
+        )
+    )
+    in_reply_to = None
+    if source_message_id is not None:
+        in_reply_to = await session.scalar(
+            select(Message.external_id).where(Message.id == source_message_id)
+        )
+    return Outbox(
+        replies=replies,
+        conversations={c.id: c for c in found},
+        in_reply_to=in_reply_to,
+        reserved=reserved,
+    )
