@@ -26,7 +26,7 @@ from channels.ratelimit import RateLimiter
 from channels.templates import check_placeholders
 from channels.text import split_text
 from channels.validation import NOT_UTF8
-from dispatch.infra.config import CoreSettings
+from dispatch.infra.config import CoreSettings, Group
 from dispatch.infra.errors import ForbiddenError, InvalidInput
 from dispatch.record.messages import (
     Choice,
@@ -89,7 +89,7 @@ class RawRequest(msgspec.Struct, frozen=True, kw_only=True, dict=True):
             raise InvalidInput(NOT_UTF8) from None
 
 
-class ChannelSettings:
+class ChannelSettings(Group):
     """Base of a channel's settings group (a frozen dataclass of ``setting`` fields)."""
 
     @property

@@ -20,9 +20,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import re
 from typing import Any, ClassVar
-from urllib.parse import urlparse
 
 import msgspec
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
@@ -33,8 +31,8 @@ from channels import base
 from channels.choices import ChoiceTokens
 from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.validation import decode_json, require_text
-from dispatch.infra.config import PREFIX, setting
-from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
+from dispatch.infra.config import NOT_NEGATIVE, POSITIVE, HttpUrl, Matches, setting
+from dispatch.infra.errors import ForbiddenError, InvalidInput
 from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.record.models import Delivery
 from dispatch.record.users import IdentityKind
@@ -113,7 +111,11 @@ class TelegramSettings(base.ChannelSettings):
     """Telegram Bot API. Enabled when the bot token is set."""
 
     bot_token: str | None = setting(
-        None, "TELEGRAM_BOT_TOKEN", "Bot token from @BotFather.", secret=True
+        None,
+        "TELEGRAM_BOT_TOKEN",
+        "Bot token from @BotFather.",
+        secret=True,
+        check=Matches(r"\d+:[A-Za-z0-9_-]{30,}", "a bot token from @BotFather (123456:ABC...)"),
     )
     secret_token: str | None = setting(
         None,
@@ -121,26 +123,39 @@ class TelegramSettings(base.ChannelSettings):
         "Secret Telegram sends in X-Telegram-Bot-Api-Secret-Token (1-256 of A-Z a-z 0-9 _ -). "
         "Unset: derived from the bot token, so set-webhook and the gateway always agree on one.",
         secret=True,
+        check=Matches(
+            "[A-Za-z0-9_-]{1,256}", "1-256 characters of A-Z a-z 0-9 _ - (what Telegram accepts)"
+        ),
     )
     api_url: str = setting(
         "https://api.telegram.org",
         "TELEGRAM_API_URL",
         "Base URL of the Bot API; calls go to {url}/bot<token>/<method>.",
+        check=HttpUrl(),
     )
     chat_rate_per_s: float = setting(
-        1.0, "TELEGRAM_CHAT_RATE_PER_S", "Most messages per second to one chat."
+        1.0, "TELEGRAM_CHAT_RATE_PER_S", "Most messages per second to one chat.", check=POSITIVE
     )
     global_rate_per_s: float = setting(
-        30.0, "TELEGRAM_GLOBAL_RATE_PER_S", "Most messages per second overall (all workers)."
+        30.0,
+        "TELEGRAM_GLOBAL_RATE_PER_S",
+        "Most messages per second overall (all workers).",
+        check=POSITIVE,
     )
     max_retries: int = setting(
-        3, "TELEGRAM_MAX_RETRIES", "Retries of a send refused with 429 (after retry_after) or 5xx."
+        3,
+        "TELEGRAM_MAX_RETRIES",
+        "Retries of a send refused with 429 (after retry_after) or 5xx.",
+        check=NOT_NEGATIVE,
     )
     max_retry_after_s: float = setting(
-        60.0, "TELEGRAM_MAX_RETRY_AFTER_S", "Longest retry_after the sender waits before giving up."
+        60.0,
+        "TELEGRAM_MAX_RETRY_AFTER_S",
+        "Longest retry_after the sender waits before giving up.",
+        check=NOT_NEGATIVE,
     )
     callback_ttl_s: float = setting(
-        86400.0, "TELEGRAM_CALLBACK_TTL_S", "How long an inline button stays valid."
+        86400.0, "TELEGRAM_CALLBACK_TTL_S", "How long an inline button stays valid.", check=POSITIVE
     )
 
     @property
@@ -155,27 +170,6 @@ class TelegramSettings(base.ChannelSettings):
         assert self.bot_token is not None
         digest = hmac.new(self.bot_token.encode(), b"switchboard-webhook", hashlib.sha256)
         return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
-
-    def __post_init__(self) -> None:
-        if self.secret_token is not None and not re.fullmatch(
-            r"[A-Za-z0-9_-]{1,256}", self.secret_token
-        ):
-            raise SettingsError(
-                PREFIX + "TELEGRAM_SECRET_TOKEN",
-                "Telegram accepts 1-256 characters of A-Z a-z 0-9 _ - only",
-            )
-        if not self.enabled:
-            return
-        if not re.fullmatch(r"\d+:[A-Za-z0-9_-]{30,}", self.bot_token or ""):
-            raise SettingsError(
-                PREFIX + "TELEGRAM_BOT_TOKEN", "does not look like a bot token (123456:ABC...)"
-            )
-        if urlparse(self.api_url).scheme not in {"http", "https"}:
-            raise SettingsError(PREFIX + "TELEGRAM_API_URL", "must be an http(s) URL")
-        if self.chat_rate_per_s <= 0 or self.global_rate_per_s <= 0:
-            raise SettingsError(PREFIX + "TELEGRAM_CHAT_RATE_PER_S", "rates must be positive")
-        if self.max_retries < 0 or self.max_retry_after_s < 0 or self.callback_ttl_s <= 0:
-            raise SettingsError(PREFIX + "TELEGRAM_MAX_RETRIES", "must not be negative")
 
 
 def _user_id(address: str) -> str:

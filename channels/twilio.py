@@ -35,7 +35,15 @@ from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.templates import fill_template
 from channels.validation import require_text
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
-from dispatch.infra.config import PREFIX, CoreSettings, setting
+from dispatch.infra.config import (
+    NOT_NEGATIVE,
+    POSITIVE,
+    PREFIX,
+    CoreSettings,
+    HttpUrl,
+    Matches,
+    setting,
+)
 from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
 from dispatch.infra.phone import to_e164
 from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage, StatusReport
@@ -76,7 +84,12 @@ _STATUS = {
 class TwilioSettings(base.ChannelSettings):
     """WhatsApp through Twilio. Enabled when the account SID is set."""
 
-    account_sid: str | None = setting(None, "TWILIO_ACCOUNT_SID", "Twilio account SID (AC...).")
+    account_sid: str | None = setting(
+        None,
+        "TWILIO_ACCOUNT_SID",
+        "Twilio account SID (AC...).",
+        check=Matches("AC[0-9a-fA-F]{32}", "AC followed by 32 hex digits"),
+    )
     auth_token: str | None = setting(
         None,
         "TWILIO_AUTH_TOKEN",
@@ -92,32 +105,41 @@ class TwilioSettings(base.ChannelSettings):
         None,
         "TWILIO_MESSAGING_SERVICE_SID",
         "Send replies through this Messaging Service (MG...) instead of a single sender.",
+        check=Matches("MG[0-9a-fA-F]{32}", "MG followed by 32 hex digits"),
     )
     api_url: str = setting(
         "https://api.twilio.com",
         "TWILIO_API_URL",
         "Base URL of Twilio's REST API; calls go to {url}/2010-04-01/Accounts/...",
+        check=HttpUrl(),
     )
     rate_per_s: float = setting(
-        10.0, "TWILIO_RATE_PER_S", "Most messages per second sent from one sender (all workers)."
+        10.0,
+        "TWILIO_RATE_PER_S",
+        "Most messages per second sent from one sender (all workers).",
+        check=POSITIVE,
     )
     max_retries: int = setting(
-        4, "TWILIO_MAX_RETRIES", "Retries of a send refused with 429 or 5xx (4xx is final)."
+        4,
+        "TWILIO_MAX_RETRIES",
+        "Retries of a send refused with 429 or 5xx (4xx is final).",
+        check=NOT_NEGATIVE,
     )
     backoff_s: float = setting(
-        0.5, "TWILIO_BACKOFF_S", "First retry delay; doubles each retry, with jitter."
+        0.5,
+        "TWILIO_BACKOFF_S",
+        "First retry delay; doubles each retry, with jitter.",
+        check=NOT_NEGATIVE,
     )
-    timeout_s: float = setting(10.0, "TWILIO_TIMEOUT_S", "Timeout of one API call.")
+    timeout_s: float = setting(10.0, "TWILIO_TIMEOUT_S", "Timeout of one API call.", check=POSITIVE)
 
     @property
     def enabled(self) -> bool:
         return self.account_sid is not None
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.enabled:
             return
-        if not re.fullmatch(r"AC[0-9a-fA-F]{32}", self.account_sid or ""):
-            raise SettingsError(PREFIX + "TWILIO_ACCOUNT_SID", "must be AC followed by 32 hex")
         if not self.auth_token:
             raise SettingsError(PREFIX + "TWILIO_AUTH_TOKEN", "is required with an account SID")
         if self.whatsapp_from is None and self.messaging_service_sid is None:
@@ -127,18 +149,6 @@ class TwilioSettings(base.ChannelSettings):
             )
         if self.whatsapp_from is not None and not _is_whatsapp_address(self.whatsapp_from):
             raise SettingsError(PREFIX + "TWILIO_WHATSAPP_FROM", "must be whatsapp:+E164")
-        if self.messaging_service_sid is not None and not re.fullmatch(
-            r"MG[0-9a-fA-F]{32}", self.messaging_service_sid
-        ):
-            raise SettingsError(
-                PREFIX + "TWILIO_MESSAGING_SERVICE_SID", "must be MG followed by 32 hex"
-            )
-        if urlparse(self.api_url).scheme not in {"http", "https"}:
-            raise SettingsError(PREFIX + "TWILIO_API_URL", "must be an http(s) URL")
-        if self.rate_per_s <= 0:
-            raise SettingsError(PREFIX + "TWILIO_RATE_PER_S", "must be positive")
-        if self.max_retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
-            raise SettingsError(PREFIX + "TWILIO_MAX_RETRIES", "retries, backoff, timeout >= 0")
 
     def check(self, core: CoreSettings) -> None:
         if self.enabled and core.public_url is None:

@@ -34,7 +34,7 @@ import msgspec
 from channels.base import Channel, ChannelContext, ChannelSettings
 from channels.bus import ReplyBus
 from channels.validation import decode_body, require_text
-from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.config import POSITIVE, PREFIX, setting
 from dispatch.infra.constants import reply_channel
 from dispatch.infra.errors import ClientError, InvalidInput, PayloadTooLarge, SettingsError
 from dispatch.infra.outage import is_overload, is_unavailable
@@ -82,6 +82,7 @@ class WebChatSettings(ChannelSettings):
         30 * 86400.0,
         "WEBCHAT_SESSION_TTL_S",
         "How long a web chat session lasts unused (each visit renews it).",
+        check=POSITIVE,
     )
 
     @property
@@ -92,15 +93,13 @@ class WebChatSettings(ChannelSettings):
     def origins(self) -> frozenset[str]:
         return frozenset(_origin(o) for o in (self.widget_origins or "").split(",") if o.strip())
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for origin in (self.widget_origins or "").split(","):
             if origin.strip() and not _origin(origin):
                 raise SettingsError(
                     PREFIX + "WIDGET_ORIGINS",
                     f"{origin.strip()!r} is not an origin like https://host",
                 )
-        if self.session_ttl_s <= 0:
-            raise SettingsError(PREFIX + "WEBCHAT_SESSION_TTL_S", "must be positive")
 
 
 def _origin(value: str) -> str:

@@ -25,9 +25,7 @@ import functools
 import hashlib
 import hmac
 import logging
-import re
 from typing import Any, ClassVar
-from urllib.parse import urlparse
 
 import httpx
 import msgspec
@@ -38,7 +36,7 @@ from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.templates import fill_template
 from channels.validation import require_depth, require_text, require_utf8
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
-from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.config import NOT_NEGATIVE, POSITIVE, PREFIX, HttpUrl, Matches, setting
 from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
 from dispatch.infra.phone import to_e164
 from dispatch.record.messages import (
@@ -89,6 +87,7 @@ class WhatsAppCloudSettings(base.ChannelSettings):
         "WHATSAPP_CLOUD_PHONE_NUMBER_ID",
         "The business phone number's id (Meta app → WhatsApp → API Setup); setting it enables "
         "the channel.",
+        check=Matches("[0-9]+", "digits"),
     )
     access_token: str | None = setting(
         None,
@@ -113,37 +112,51 @@ class WhatsAppCloudSettings(base.ChannelSettings):
         "https://graph.facebook.com",
         "WHATSAPP_CLOUD_API_URL",
         "Base URL of the Graph API; sends go to {url}/{version}/{phone_number_id}/messages.",
+        check=HttpUrl(),
     )
-    api_version: str = setting("v21.0", "WHATSAPP_CLOUD_API_VERSION", "Graph API version.")
+    api_version: str = setting(
+        "v21.0",
+        "WHATSAPP_CLOUD_API_VERSION",
+        "Graph API version.",
+        check=Matches(r"v\d+\.\d+", "a version like v21.0"),
+    )
     rate_per_s: float = setting(
         80.0,
         "WHATSAPP_CLOUD_RATE_PER_S",
         "Most messages per second from the phone number, across all workers (Meta's default "
         "throughput is 80).",
+        check=POSITIVE,
     )
     max_retries: int = setting(
         4,
         "WHATSAPP_CLOUD_MAX_RETRIES",
         "Retries of a send refused for its rate (130429, 429) or with a 5xx; other errors are "
         "final.",
+        check=NOT_NEGATIVE,
     )
     backoff_s: float = setting(
-        0.5, "WHATSAPP_CLOUD_BACKOFF_S", "First retry delay; doubles each retry, with jitter."
+        0.5,
+        "WHATSAPP_CLOUD_BACKOFF_S",
+        "First retry delay; doubles each retry, with jitter.",
+        check=NOT_NEGATIVE,
     )
-    timeout_s: float = setting(10.0, "WHATSAPP_CLOUD_TIMEOUT_S", "Timeout of one API call.")
+    timeout_s: float = setting(
+        10.0, "WHATSAPP_CLOUD_TIMEOUT_S", "Timeout of one API call.", check=POSITIVE
+    )
     button_ttl_s: float = setting(
-        86400.0, "WHATSAPP_CLOUD_BUTTON_TTL_S", "How long a reply button or list row stays valid."
+        86400.0,
+        "WHATSAPP_CLOUD_BUTTON_TTL_S",
+        "How long a reply button or list row stays valid.",
+        check=POSITIVE,
     )
 
     @property
     def enabled(self) -> bool:
         return self.phone_number_id is not None
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not self.enabled:
             return
-        if not (self.phone_number_id or "").isdigit():
-            raise SettingsError(PREFIX + "WHATSAPP_CLOUD_PHONE_NUMBER_ID", "must be digits")
         for name, value in (
             ("WHATSAPP_CLOUD_ACCESS_TOKEN", self.access_token),
             ("WHATSAPP_CLOUD_APP_SECRET", self.app_secret),
@@ -151,14 +164,6 @@ class WhatsAppCloudSettings(base.ChannelSettings):
         ):
             if not value:
                 raise SettingsError(PREFIX + name, "is required with a phone number id")
-        if urlparse(self.api_url).scheme not in {"http", "https"}:
-            raise SettingsError(PREFIX + "WHATSAPP_CLOUD_API_URL", "must be an http(s) URL")
-        if not re.fullmatch(r"v\d+\.\d+", self.api_version):
-            raise SettingsError(PREFIX + "WHATSAPP_CLOUD_API_VERSION", "like v21.0")
-        if self.rate_per_s <= 0 or self.timeout_s <= 0 or self.button_ttl_s <= 0:
-            raise SettingsError(PREFIX + "WHATSAPP_CLOUD_RATE_PER_S", "rates, timeouts positive")
-        if self.max_retries < 0 or self.backoff_s < 0:
-            raise SettingsError(PREFIX + "WHATSAPP_CLOUD_MAX_RETRIES", "must not be negative")
 
 
 class CloudTemplate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

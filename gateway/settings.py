@@ -12,7 +12,7 @@ import ipaddress
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.config import PREFIX, Group, Matches, Within, setting
 from dispatch.infra.errors import SettingsError
 from workers.runtime import RuntimeSettings
 
@@ -20,17 +20,18 @@ __all__ = ["HttpSettings", "Settings", "get_settings"]
 
 
 @dataclasses.dataclass(frozen=True)
-class HttpSettings:
+class HttpSettings(Group):
     """The HTTP edge."""
 
     host: str = setting("127.0.0.1", "HOST", "Interface `switchboard serve` binds.")
-    port: int = setting(8000, "PORT", "Port `switchboard serve` binds.")
+    port: int = setting(8000, "PORT", "Port `switchboard serve` binds.", check=Within(1, 65535))
     admin_token: str | None = setting(
         None,
         "ADMIN_TOKEN",
         "An admin bearer token for the HTTP API from the environment, to bootstrap real ones "
         "(`switchboard tokens create`). At least 24 characters.",
         secret=True,
+        check=Matches("(?s).{24,}", "at least 24 characters"),
     )
 
     trusted_proxies: str = setting(
@@ -49,6 +50,7 @@ class HttpSettings:
         "database or Redis was just seen down, else `overloaded`), whatever it waits on; a "
         "synchronous execution waits its own `timeout_s` on top. Under the 5 s a client or "
         "provider should wait for an answer.",
+        check=Within(0.5, 60),
     )
 
     @property
@@ -56,7 +58,7 @@ class HttpSettings:
         """``trusted_proxies`` as a list (empty: none)."""
         return [item.strip() for item in self.trusted_proxies.split(",") if item.strip()]
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for proxy in self.proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
@@ -64,12 +66,6 @@ class HttpSettings:
                 raise SettingsError(
                     PREFIX + "TRUSTED_PROXIES", f"{proxy!r} is not an address or network"
                 ) from None
-        if self.admin_token is not None and len(self.admin_token) < 24:
-            raise SettingsError(PREFIX + "ADMIN_TOKEN", "must be at least 24 characters")
-        if not 0.5 <= self.request_timeout_s <= 60:
-            raise SettingsError(PREFIX + "REQUEST_TIMEOUT_S", "must be between 0.5 and 60")
-        if not 0 < self.port < 65536:
-            raise SettingsError(PREFIX + "PORT", "must be 1-65535")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from channels.registry import settings_types
 from dispatch.infra.config import (
-    PREFIX,
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
     CoreSettings,
     Environment,
+    Group,
     SettingView,
+    Within,
     describe_group,
     read_group,
     setting,
 )
-from dispatch.infra.errors import SettingsError
 from dispatch.infra.queue import QueueSettings
 from dispatch.infra.throttle import ThrottleSettings
 from dispatch.record.db import DatabaseSettings
@@ -59,7 +62,7 @@ S = TypeVar("S")
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerSettings:
+class WorkerSettings(Group):
     """How jobs run, in the arq worker or in-process."""
 
     max_jobs: int = setting(
@@ -67,11 +70,13 @@ class WorkerSettings:
         "WORKER_MAX_JOBS",
         "Jobs one worker runs at a time, and conversations it works on at once (a job may "
         "carry up to 16 new messages).",
+        check=AT_LEAST_ONE,
     )
     poll_delay_s: float = setting(
         0.05,
         "WORKER_POLL_DELAY_S",
         "Seconds between queue polls (arq's default of 0.5 s adds up to half a second per hop).",
+        check=Within(0, 10, open_low=True),
     )
     lease_s: float = setting(
         30.0,
@@ -79,38 +84,27 @@ class WorkerSettings:
         "How long a claim on a running activity or a message being interpreted holds without "
         "renewal; a live run renews it every third of that, so a dead worker's work is run "
         "again within it (and a run that cannot renew stops itself before it runs out).",
+        check=POSITIVE,
     )
     shutdown_grace_s: float = setting(
         30.0,
         "WORKER_SHUTDOWN_GRACE_S",
         "On SIGTERM, how long a worker lets running jobs finish (taking no new ones) before it "
         "gives the rest back to be run at once elsewhere.",
+        check=NOT_NEGATIVE,
     )
     recover_every_s: float = setting(
         10.0,
         "WORKER_RECOVER_EVERY_S",
         "How often stored-but-unfinished messages and activities are re-driven from the database.",
+        check=POSITIVE,
     )
     recover_after_s: float = setting(
         5.0,
         "WORKER_RECOVER_AFTER_S",
         "Age a stored message or queued activity must reach before recovery re-drives it.",
+        check=POSITIVE,
     )
-
-    def __post_init__(self) -> None:
-        if self.max_jobs < 1:
-            raise SettingsError(PREFIX + "WORKER_MAX_JOBS", "must be at least 1")
-        if not 0 < self.poll_delay_s <= 10:
-            raise SettingsError(PREFIX + "WORKER_POLL_DELAY_S", "must be in (0, 10]")
-        if self.shutdown_grace_s < 0:
-            raise SettingsError(PREFIX + "WORKER_SHUTDOWN_GRACE_S", "must not be negative")
-        for name, value in (
-            ("WORKER_LEASE_S", self.lease_s),
-            ("WORKER_RECOVER_EVERY_S", self.recover_every_s),
-            ("WORKER_RECOVER_AFTER_S", self.recover_after_s),
-        ):
-            if value <= 0:
-                raise SettingsError(PREFIX + name, "must be positive")
 
 
 @dataclasses.dataclass(frozen=True)

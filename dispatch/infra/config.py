@@ -17,21 +17,33 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import msgspec
+from dotenv import dotenv_values
 
 from dispatch.infra.errors import SettingsError
 
 __all__ = [
+    "AT_LEAST_ONE",
+    "NOT_NEGATIVE",
+    "POSITIVE",
     "PREFIX",
+    "AtLeast",
+    "Check",
     "CoreSettings",
     "Environment",
+    "Group",
+    "HttpUrl",
+    "Matches",
+    "OneOf",
     "SettingView",
     "Source",
+    "Within",
     "describe_group",
     "read_dotenv",
     "read_group",
@@ -44,11 +56,125 @@ MASK = "********"
 T = TypeVar("T")
 
 
-def setting(default: Any, env: str, doc: str, *, secret: bool = False) -> Any:
-    """A settings field read from ``SWITCHBOARD_<env>``; secrets stay out of ``repr()``."""
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class Check:
+    """What a setting's value must be; :meth:`problem` says what is wrong with one, or None."""
+
+    def problem(self, value: Any) -> str | None:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class AtLeast(Check):
+    """A number at least ``low`` (``open``: strictly above it)."""
+
+    low: float
+    open: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value > self.low or (value == self.low and not self.open):
+            return None
+        if self.open and self.low == 0:
+            return "must be positive"
+        return f"must be {'above' if self.open else 'at least'} {_number(self.low)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Within(Check):
+    """A number in ``[low, high]`` (``open_low``: strictly above ``low``)."""
+
+    low: float
+    high: float
+    open_low: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        above = value > self.low if self.open_low else value >= self.low
+        if above and value <= self.high:
+            return None
+        low, high = _number(self.low), _number(self.high)
+        return f"must be in {'(' if self.open_low else '['}{low}, {high}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Matches(Check):
+    """Text matching ``pattern`` whole; ``what`` says what that is, for the message."""
+
+    pattern: str
+    what: str
+
+    def problem(self, value: Any) -> str | None:
+        return None if re.fullmatch(self.pattern, str(value)) else f"must be {self.what}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(Check):
+    """One of ``choices`` (compared without case)."""
+
+    choices: tuple[str, ...]
+
+    def problem(self, value: Any) -> str | None:
+        if str(value).upper() in {c.upper() for c in self.choices}:
+            return None
+        return "must be one of " + ", ".join(self.choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpUrl(Check):
+    """An ``http(s)://host...`` URL (``base``: no query either)."""
+
+    base: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        parsed = urlparse(str(value))
+        if (
+            parsed.scheme in {"http", "https"}
+            and parsed.netloc
+            and not (self.base and parsed.query)
+        ):
+            return None
+        return (
+            "must be an http(s) base URL such as https://host"
+            if self.base
+            else ("must be an http(s) URL")
+        )
+
+
+POSITIVE = AtLeast(0, open=True)
+NOT_NEGATIVE = AtLeast(0)
+AT_LEAST_ONE = AtLeast(1)
+
+
+def setting(
+    default: Any, env: str, doc: str, *, secret: bool = False, check: Check | None = None
+) -> Any:
+    """A settings field read from ``SWITCHBOARD_<env>``; secrets stay out of ``repr()``; a value
+    (not None) that ``check`` finds a problem with is refused naming the variable."""
     return dataclasses.field(
-        default=default, repr=not secret, metadata={"env": env, "doc": doc, "secret": secret}
+        default=default,
+        repr=not secret,
+        metadata={"env": env, "doc": doc, "secret": secret, "check": check},
     )
+
+
+class Group:
+    """A settings group's base: each field's ``check`` runs when the group is built, and a
+    group's own rules between fields in :meth:`validate`; every refusal names one variable."""
+
+    def __post_init__(self) -> None:
+        for f in _fields(type(self)):
+            check: Check | None = f.metadata["check"]
+            value = getattr(self, f.name)
+            if check is not None and value is not None:
+                problem = check.problem(value)
+                if problem is not None:
+                    raise SettingsError(PREFIX + f.metadata["env"], problem)
+        self.validate()
+
+    def validate(self) -> None:
+        """Rules between fields (override); refuse with :class:`SettingsError`."""
 
 
 class Source(enum.StrEnum):
@@ -166,26 +292,19 @@ def describe_group(group: Any, env: Environment) -> list[SettingView]:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse a ``KEY=VALUE`` file (comments, blank lines, optional quotes); missing file → {}."""
+    """A ``.env`` file's ``KEY=VALUE`` pairs, read by python-dotenv (comments, quotes, ``export``,
+    ``A=1 # note``); missing file → {}. A key without a value is refused, naming the file."""
     if not path.is_file():
         return {}
-    values: dict[str, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, sep, value = stripped.removeprefix("export ").partition("=")
-        if not sep:
-            raise SettingsError(str(path), f"line {lineno}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
+    values = dotenv_values(path, interpolate=False)
+    empty = sorted(key for key, value in values.items() if value is None)
+    if empty:
+        raise SettingsError(str(path), f"{', '.join(empty)}: expected KEY=VALUE")
+    return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclasses.dataclass(frozen=True)
-class CoreSettings:
+class CoreSettings(Group):
     """What belongs to no single part: the catalog, logs, message limits, the public URL."""
 
     catalog_path: Path | None = setting(
@@ -193,36 +312,32 @@ class CoreSettings:
         "CATALOG",
         "Path of the catalog file (TOML or YAML). Default: the bundled catalog.",
     )
-    log_level: str = setting("INFO", "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.")
+    log_level: str = setting(
+        "INFO",
+        "LOG_LEVEL",
+        "DEBUG, INFO, WARNING or ERROR.",
+        check=OneOf(("DEBUG", "INFO", "WARNING", "ERROR")),
+    )
     clarify_timeout_s: float = setting(
         600.0,
         "CLARIFY_TIMEOUT_S",
         "How long a question the gateway asked (a missing detail, which of two actions was "
         "meant) waits for its answer in the conversation.",
+        check=POSITIVE,
     )
     public_url: str | None = setting(
         None,
         "PUBLIC_URL",
         "The gateway's public base URL as providers call it (e.g. https://bot.example.com). "
         "Webhook signatures are checked against it, so they hold behind a TLS-terminating proxy.",
+        check=HttpUrl(base=True),
     )
     max_body_bytes: int = setting(
-        65536, "MAX_BODY_BYTES", "Largest accepted request body or WebSocket frame, in bytes."
+        65536,
+        "MAX_BODY_BYTES",
+        "Largest accepted request body or WebSocket frame, in bytes.",
+        check=Within(256, 100 * 1024 * 1024),
     )
-    max_text_chars: int = setting(4096, "MAX_TEXT_CHARS", "Longest accepted message text.")
-
-    def __post_init__(self) -> None:
-        if self.clarify_timeout_s <= 0:
-            raise SettingsError(PREFIX + "CLARIFY_TIMEOUT_S", "must be positive")
-        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise SettingsError(PREFIX + "LOG_LEVEL", "must be DEBUG, INFO, WARNING or ERROR")
-        if self.public_url is not None:
-            parsed = urlparse(self.public_url)
-            if parsed.scheme not in {"http", "https"} or not parsed.netloc or parsed.query:
-                raise SettingsError(
-                    PREFIX + "PUBLIC_URL", "must be an http(s) base URL such as https://host"
-                )
-        if not 256 <= self.max_body_bytes <= 100 * 1024 * 1024:
-            raise SettingsError(PREFIX + "MAX_BODY_BYTES", "must be between 256 and 104857600")
-        if self.max_text_chars < 1:
-            raise SettingsError(PREFIX + "MAX_TEXT_CHARS", "must be at least 1")
+    max_text_chars: int = setting(
+        4096, "MAX_TEXT_CHARS", "Longest accepted message text.", check=AT_LEAST_ONE
+    )

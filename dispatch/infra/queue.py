@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import msgspec
 
-from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.config import (
+    Group,
+    Matches,
+    Within,
+    setting,
+)
 from dispatch.infra.constants import (
     AGAIN,
     DISPATCH_BATCH,
@@ -29,7 +32,6 @@ from dispatch.infra.constants import (
     run_job_id,
     worker_key,
 )
-from dispatch.infra.errors import SettingsError
 from dispatch.infra.outage import Outage
 
 __all__ = [
@@ -55,17 +57,21 @@ def _text(value: bytes | str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class QueueSettings:
+class QueueSettings(Group):
     """The job transport. Redis is only a transport: the database is the record."""
 
     redis_url: str | None = setting(
-        None, "REDIS_URL", "redis://host:port/db. Unset: jobs run in-process (embedded mode)."
+        None,
+        "REDIS_URL",
+        "redis://host:port/db. Unset: jobs run in-process (embedded mode).",
+        check=Matches(r"(redis|rediss|unix)://.*", "a redis:// or rediss:// URL"),
     )
     prefix: str = setting(
         "switchboard",
         "REDIS_PREFIX",
         "Prefix of the queue name, job ids and pub/sub channels, so several gateways can share "
         "one Redis.",
+        check=Matches(r"[A-Za-z0-9_.-]{1,64}", "1-64 characters of letters, digits, _ . -"),
     )
 
     redis_timeout_s: float = setting(
@@ -73,21 +79,8 @@ class QueueSettings:
         "REDIS_TIMEOUT_S",
         "How long one Redis call may take, connecting included, before Redis counts as down "
         "(work goes on from the database; webhooks are still acknowledged).",
+        check=Within(0, 60, open_low=True),
     )
-
-    def __post_init__(self) -> None:
-        if not 0 < self.redis_timeout_s <= 60:
-            raise SettingsError(PREFIX + "REDIS_TIMEOUT_S", "must be in (0, 60]")
-        if self.redis_url is not None and urlparse(self.redis_url).scheme not in {
-            "redis",
-            "rediss",
-            "unix",
-        }:
-            raise SettingsError(PREFIX + "REDIS_URL", "must start with redis:// or rediss://")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.prefix):
-            raise SettingsError(
-                PREFIX + "REDIS_PREFIX", "1-64 characters of letters, digits, _ . -"
-            )
 
 
 def redis_client(settings: QueueSettings) -> Any:

@@ -16,8 +16,12 @@ import math
 import time
 from typing import Any
 
-from dispatch.infra.config import PREFIX, setting
-from dispatch.infra.errors import SettingsError
+from dispatch.infra.config import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    Group,
+    setting,
+)
 from dispatch.infra.outage import Outage
 
 __all__ = ["AddressSlots", "RedisThrottle", "Throttle", "ThrottleSettings"]
@@ -26,33 +30,46 @@ log = logging.getLogger("switchboard.throttle")
 
 
 @dataclasses.dataclass(frozen=True)
-class ThrottleSettings:
+class ThrottleSettings(Group):
     """What one sender, one socket and one conversation may send."""
 
     sender_rate_per_s: float = setting(
-        2.0, "SENDER_RATE_PER_S", "Messages per second one sender may keep sending."
+        2.0, "SENDER_RATE_PER_S", "Messages per second one sender may keep sending.", check=POSITIVE
     )
     sender_burst: int = setting(
-        20, "SENDER_BURST", "Messages one sender may send at once before the rate applies."
+        20,
+        "SENDER_BURST",
+        "Messages one sender may send at once before the rate applies.",
+        check=AT_LEAST_ONE,
     )
     socket_frames_per_s: float = setting(
-        5.0, "SOCKET_FRAMES_PER_S", "Frames per second one web chat socket may send."
+        5.0,
+        "SOCKET_FRAMES_PER_S",
+        "Frames per second one web chat socket may send.",
+        check=POSITIVE,
     )
-    socket_burst: int = setting(20, "SOCKET_BURST", "Frames one web chat socket may send at once.")
+    socket_burst: int = setting(
+        20, "SOCKET_BURST", "Frames one web chat socket may send at once.", check=AT_LEAST_ONE
+    )
     conversation_backlog: int = setting(
         50,
         "CONVERSATION_BACKLOG",
         "Messages of one conversation that may wait to be interpreted; more are kept but not "
         "acted on until it catches up.",
+        check=AT_LEAST_ONE,
     )
     notice_window_s: float = setting(
-        60.0, "SLOW_DOWN_WINDOW_S", "A sender is told to slow down at most once in this time."
+        60.0,
+        "SLOW_DOWN_WINDOW_S",
+        "A sender is told to slow down at most once in this time.",
+        check=POSITIVE,
     )
     sockets_per_address: int = setting(
         20,
         "SOCKETS_PER_ADDRESS",
         "Web chat sockets one client address may hold open at once in one gateway process; "
         "more are refused at the handshake (HTTP 403) before anything is built for them.",
+        check=AT_LEAST_ONE,
     )
     new_chats_per_address_per_min: int = setting(
         20,
@@ -60,19 +77,8 @@ class ThrottleSettings:
         "Web chat conversations (each a guest user) one client address may start per minute; "
         "a new chat's first message beyond it is refused (nothing stored) and told when to "
         "try again.",
+        check=AT_LEAST_ONE,
     )
-
-    def __post_init__(self) -> None:
-        if self.sender_rate_per_s <= 0 or self.socket_frames_per_s <= 0:
-            raise SettingsError(PREFIX + "SENDER_RATE_PER_S", "rates must be positive")
-        if self.sender_burst < 1 or self.socket_burst < 1 or self.conversation_backlog < 1:
-            raise SettingsError(PREFIX + "SENDER_BURST", "bursts and backlog must be at least 1")
-        if self.notice_window_s <= 0:
-            raise SettingsError(PREFIX + "SLOW_DOWN_WINDOW_S", "must be positive")
-        if self.sockets_per_address < 1:
-            raise SettingsError(PREFIX + "SOCKETS_PER_ADDRESS", "must be at least 1")
-        if self.new_chats_per_address_per_min < 1:
-            raise SettingsError(PREFIX + "NEW_CHATS_PER_ADDRESS_PER_MIN", "must be at least 1")
 
 
 class AddressSlots:

@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from dispatch.infra.clean import storable_json
-from dispatch.infra.config import PREFIX, setting
+from dispatch.infra.config import (
+    AT_LEAST_ONE,
+    POSITIVE,
+    PREFIX,
+    Group,
+    setting,
+)
 from dispatch.infra.errors import SettingsError
 
 __all__ = ["DEFAULT_SQLITE_URL", "DatabaseSettings", "create_engine", "create_sessionmaker"]
@@ -25,7 +31,7 @@ DEFAULT_SQLITE_URL = "sqlite+aiosqlite:///./switchboard.db"
 
 
 @dataclasses.dataclass(frozen=True)
-class DatabaseSettings:
+class DatabaseSettings(Group):
     """Where the record lives."""
 
     url: str = setting(
@@ -40,10 +46,15 @@ class DatabaseSettings:
         "Apply migrations when the gateway starts. Default: yes on SQLite, no on PostgreSQL "
         "(run `switchboard migrate`).",
     )
-    pool_size: int = setting(10, "DATABASE_POOL_SIZE", "Connections per process (PostgreSQL).")
+    pool_size: int = setting(
+        10, "DATABASE_POOL_SIZE", "Connections per process (PostgreSQL).", check=AT_LEAST_ONE
+    )
     echo: bool = setting(False, "DATABASE_ECHO", "Log every SQL statement.")
     connect_timeout_s: float = setting(
-        2.0, "DATABASE_CONNECT_TIMEOUT_S", "Longest wait for a new connection (PostgreSQL)."
+        2.0,
+        "DATABASE_CONNECT_TIMEOUT_S",
+        "Longest wait for a new connection (PostgreSQL).",
+        check=POSITIVE,
     )
     pool_timeout_s: float = setting(
         3.0,
@@ -51,6 +62,7 @@ class DatabaseSettings:
         "Longest wait for a free connection of the pool. A burst queues here: long enough to "
         "absorb one (a retry storm of 2,000 webhooks on two busy cores waits up to 4 s), "
         "within the gateway's `SWITCHBOARD_REQUEST_TIMEOUT_S`, which answers 503 first.",
+        check=POSITIVE,
     )
     statement_timeout_s: float = setting(
         2.5,
@@ -58,9 +70,10 @@ class DatabaseSettings:
         "Longest wait for one statement's answer (PostgreSQL; migrations have none). Together "
         "these bound how long a request waits on an unreachable or frozen database before it is "
         "answered 503.",
+        check=POSITIVE,
     )
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         scheme = urlparse(self.url).scheme
         if scheme not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
             raise SettingsError(
@@ -68,15 +81,6 @@ class DatabaseSettings:
                 f"scheme {scheme!r} is not supported; use sqlite+aiosqlite:/// or "
                 "postgresql+asyncpg://",
             )
-        if self.pool_size < 1:
-            raise SettingsError(PREFIX + "DATABASE_POOL_SIZE", "must be at least 1")
-        for name, value in (
-            ("DATABASE_CONNECT_TIMEOUT_S", self.connect_timeout_s),
-            ("DATABASE_POOL_TIMEOUT_S", self.pool_timeout_s),
-            ("DATABASE_STATEMENT_TIMEOUT_S", self.statement_timeout_s),
-        ):
-            if value <= 0:
-                raise SettingsError(PREFIX + name, "must be positive")
 
     @property
     def is_sqlite(self) -> bool:

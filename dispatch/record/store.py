@@ -282,18 +282,6 @@ class MessageStore:
             duplicate=True,
         )
 
-    async def ignore(self, message_id: int, reason: str) -> bool:
-        """A stored message not to be acted on after all (its sender went over the rate)."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(
-                update(Message)
-                .where(Message.id == message_id, Message.state == MessageState.RECEIVED.value)
-                .values(state=MessageState.IGNORED.value)
-                .execution_options(synchronize_session=False)
-            )
-            log.info("message not acted on", extra={"message_id": message_id, "reason": reason})
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-
     @staticmethod
     async def _owed(session: AsyncSession, conversation_id: int) -> int:
         """Messages of the conversation not interpreted yet."""
@@ -450,14 +438,6 @@ class MessageStore:
             return await read_outbox(session, list(pending), source_message_id)
 
     # -- dispatch claims ------------------------------------------------------------------
-
-    async def claim_message(self, message_id: int, *, lease_s: float) -> int | None:
-        """Take a stored message to interpret: from ``received``, or from a ``dispatching``
-        whose claim ran out. One caller wins and gets the attempt number (or None)."""
-        async with self._sessions.begin() as session:
-            result = await session.execute(MESSAGES.claim(message_id, lease_s=lease_s))
-            attempt = result.scalar_one_or_none()
-            return None if attempt is None else int(attempt)
 
     async def release_message(self, message_id: int, *, attempt: int) -> bool:
         """Give a claimed message back to be interpreted again (its attempt failed)."""

@@ -15,13 +15,19 @@ import json
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import msgspec
 
-from dispatch.infra.config import PREFIX, setting
-from dispatch.infra.errors import SettingsError
+from dispatch.infra.config import (
+    AT_LEAST_ONE,
+    NOT_NEGATIVE,
+    POSITIVE,
+    Group,
+    HttpUrl,
+    Within,
+    setting,
+)
 from dispatch.policy.specs import ActionSpec, FieldSpec
 
 __all__ = [
@@ -35,7 +41,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class LlmSettings:
+class LlmSettings(Group):
     """The LLM fallback for text no rule understood. Enabled when the base URL is set."""
 
     base_url: str | None = setting(
@@ -43,39 +49,44 @@ class LlmSettings:
         "LLM_BASE_URL",
         "OpenAI-compatible base URL (https://api.openai.com/v1, http://localhost:11434/v1 for "
         "Ollama, ...); requests go to {base}/chat/completions.",
+        check=HttpUrl(),
     )
     model: str = setting("gpt-4o-mini", "LLM_MODEL", "Model name sent with each request.")
     api_key: str | None = setting(
         None, "LLM_API_KEY", "Bearer token, if the server wants one.", secret=True
     )
-    timeout_s: float = setting(8.0, "LLM_TIMEOUT_S", "Timeout of one LLM request.")
-    max_retries: int = setting(1, "LLM_MAX_RETRIES", "Retries after a timeout, 429 or 5xx.")
+    timeout_s: float = setting(8.0, "LLM_TIMEOUT_S", "Timeout of one LLM request.", check=POSITIVE)
+    max_retries: int = setting(
+        1, "LLM_MAX_RETRIES", "Retries after a timeout, 429 or 5xx.", check=NOT_NEGATIVE
+    )
     confidence_floor: float = setting(
-        0.6, "LLM_CONFIDENCE_FLOOR", "Proposals the model rates below this are not acted on."
+        0.6,
+        "LLM_CONFIDENCE_FLOOR",
+        "Proposals the model rates below this are not acted on.",
+        check=Within(0, 1),
     )
     history_turns: int = setting(
-        6, "LLM_HISTORY_TURNS", "Earlier messages of the conversation sent for context."
+        6,
+        "LLM_HISTORY_TURNS",
+        "Earlier messages of the conversation sent for context.",
+        check=NOT_NEGATIVE,
     )
     breaker_failures: int = setting(
-        3, "LLM_BREAKER_FAILURES", "Consecutive failures that open the circuit breaker."
+        3,
+        "LLM_BREAKER_FAILURES",
+        "Consecutive failures that open the circuit breaker.",
+        check=AT_LEAST_ONE,
     )
     breaker_cooldown_s: float = setting(
-        30.0, "LLM_BREAKER_COOLDOWN_S", "How long an open breaker skips the LLM entirely."
+        30.0,
+        "LLM_BREAKER_COOLDOWN_S",
+        "How long an open breaker skips the LLM entirely.",
+        check=POSITIVE,
     )
 
     @property
     def enabled(self) -> bool:
         return self.base_url is not None
-
-    def __post_init__(self) -> None:
-        if self.base_url is not None and urlparse(self.base_url).scheme not in {"http", "https"}:
-            raise SettingsError(PREFIX + "LLM_BASE_URL", "must be an http(s) URL")
-        if self.timeout_s <= 0 or self.max_retries < 0 or self.history_turns < 0:
-            raise SettingsError(PREFIX + "LLM_TIMEOUT_S", "timeouts positive, counts >= 0")
-        if not 0 <= self.confidence_floor <= 1:
-            raise SettingsError(PREFIX + "LLM_CONFIDENCE_FLOOR", "must be between 0 and 1")
-        if self.breaker_failures < 1 or self.breaker_cooldown_s <= 0:
-            raise SettingsError(PREFIX + "LLM_BREAKER_FAILURES", "must be positive")
 
 
 PROMPT_VERSION = "intent-v1"

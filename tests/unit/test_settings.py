@@ -1,12 +1,24 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from channels.registry import settings_types
 from channels.telegram import TelegramSettings
 from channels.twilio import TwilioSettings
-from dispatch.infra.config import Environment, read_dotenv
+from dispatch.infra.config import (
+    PREFIX,
+    AtLeast,
+    Check,
+    Environment,
+    HttpUrl,
+    Matches,
+    OneOf,
+    Within,
+    read_dotenv,
+)
 from dispatch.infra.errors import SettingsError
 from dispatch.record.db import DEFAULT_SQLITE_URL
 from gateway.settings import Settings
@@ -43,7 +55,7 @@ def test_values_are_typed() -> None:
     ("variable", "value", "message"),
     [
         ("SWITCHBOARD_MAX_BODY_BYTES", "lots", "invalid literal"),
-        ("SWITCHBOARD_MAX_BODY_BYTES", "10", "between 256"),
+        ("SWITCHBOARD_MAX_BODY_BYTES", "10", "[256, 104857600]"),
         ("SWITCHBOARD_DATABASE_URL", "mysql://x/y", "not supported"),
         ("SWITCHBOARD_REDIS_URL", "http://x", "redis://"),
         ("SWITCHBOARD_AUTO_MIGRATE", "maybe", "boolean"),
@@ -66,14 +78,69 @@ def test_bad_values_fail_at_start_naming_the_variable(
     assert message in str(caught.value)
 
 
+def _bad(check: Check) -> str:
+    """A value ``check`` refuses."""
+    match check:
+        case AtLeast(low=low, open=open_):
+            return f"{low:g}" if open_ else f"{low - 1:g}"
+        case Within(high=high):
+            return f"{high + 1:g}" if high < 1e6 else str(int(high) + 1)
+        case Matches():
+            return "not this !"
+        case OneOf():
+            return "NONE_OF_THESE"
+        case HttpUrl():
+            return "ftp://example.com/"
+    raise AssertionError(f"no bad value for {check!r}")
+
+
+CHECKED = sorted(
+    (PREFIX + field.metadata["env"], _bad(field.metadata["check"]))
+    for group in [*Settings.GROUPS.values(), *settings_types()]
+    for field in dataclasses.fields(group)
+    if field.metadata.get("check") is not None
+)
+
+
+def test_every_group_and_channel_declares_its_checks() -> None:
+    checked = {variable for variable, _ in CHECKED}
+    for group in [*Settings.GROUPS.values(), *settings_types()]:
+        assert any(PREFIX + f.metadata.get("env", "") in checked for f in dataclasses.fields(group))
+
+
+@pytest.mark.parametrize(("variable", "value"), CHECKED)
+def test_a_bad_value_is_refused_naming_exactly_its_variable(variable: str, value: str) -> None:
+    """Each checked setting of every group and channel, given a value its check refuses: the
+    error names that variable and no other (a bad timeout is not reported as a rate)."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert caught.value.variable == variable
+
+
 def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text('# comment\nSWITCHBOARD_PORT=9000\nexport SWITCHBOARD_HOST="0.0.0.0"\n')
+    env_file.write_text(
+        "# comment\nSWITCHBOARD_PORT=9000  # the usual one\n"
+        "export SWITCHBOARD_HOST=\"0.0.0.0\"\nSWITCHBOARD_LLM_MODEL='a # b'\n"
+    )
     values = read_dotenv(env_file)
-    assert values == {"SWITCHBOARD_PORT": "9000", "SWITCHBOARD_HOST": "0.0.0.0"}
+    assert values == {
+        "SWITCHBOARD_PORT": "9000",
+        "SWITCHBOARD_HOST": "0.0.0.0",
+        "SWITCHBOARD_LLM_MODEL": "a # b",
+    }
     settings = Settings.from_env({**values, "SWITCHBOARD_PORT": "9100"})
     assert settings.http.port == 9100
     assert settings.http.host == "0.0.0.0"
+
+
+def test_a_dotenv_key_without_a_value_is_refused_naming_the_file(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SWITCHBOARD_PORT\n")
+    with pytest.raises(SettingsError) as caught:
+        read_dotenv(env_file)
+    assert caught.value.variable == str(env_file)
+    assert "SWITCHBOARD_PORT" in str(caught.value)
 
 
 def test_every_setting_is_documented() -> None:
