@@ -45,7 +45,7 @@ from dispatch.infra.config import (
     setting,
 )
 from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
-from dispatch.infra.phone import to_e164
+from dispatch.infra.phone import from_provider, to_e164
 from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage, StatusReport
 from dispatch.record.models import Delivery
 from dispatch.record.users import IdentityKind
@@ -252,7 +252,7 @@ class TwilioChannel(base.WebhookChannel):
             # SMS or another product pointed at this webhook: keep it, answer nothing.
             ignored = self.ignored(sid, fields, "not a WhatsApp message", sender_raw or "unknown")
             return base.Received(messages=(ignored,))
-        number = to_e164(sender_raw.removeprefix(WHATSAPP_PREFIX))
+        number = from_provider(sender_raw.removeprefix(WHATSAPP_PREFIX))
         media = self._media(fields)
         if not fields.get("Body", "").strip() and not media:
             # A shared location, a contact card: kept as it came, nothing to act on.

@@ -38,7 +38,7 @@ from channels.validation import require_depth, require_text, require_utf8
 from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
 from dispatch.infra.config import NOT_NEGATIVE, POSITIVE, PREFIX, HttpUrl, Matches, setting
 from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
-from dispatch.infra.phone import to_e164
+from dispatch.infra.phone import from_provider
 from dispatch.record.messages import (
     Choice,
     Delivered,
@@ -347,7 +347,7 @@ class WhatsAppCloudChannel(base.WebhookChannel):
         if not ours:
             return self.ignored(message.id, raw, "sent to another phone number of the account")
         try:
-            number = to_e164(message.sender)
+            number = from_provider(message.sender)
             text, media = await self._content(message, number)
             if text is None:
                 return self.ignored(message.id, raw, f"unsupported message type: {message.type}")

@@ -55,7 +55,11 @@ Role = Literal["gateway", "worker", "cli"]
 
 def load_checked_catalog(settings: RuntimeSettings) -> Catalog:
     """The catalog, its handlers and its channel templates checked (CatalogError if not)."""
-    catalog = load_catalog(settings.core.catalog_path, HandlerRegistry(BUILTIN_HANDLERS).names())
+    catalog = load_catalog(
+        settings.core.catalog_path,
+        HandlerRegistry(BUILTIN_HANDLERS).names(),
+        region=settings.core.default_region,
+    )
     check_templates(catalog)
     return catalog
 

@@ -27,6 +27,7 @@ import msgspec
 from dotenv import dotenv_values
 
 from dispatch.infra.errors import SettingsError
+from dispatch.infra.phone import is_region
 
 __all__ = [
     "AT_LEAST_ONE",
@@ -341,3 +342,14 @@ class CoreSettings(Group):
     max_text_chars: int = setting(
         4096, "MAX_TEXT_CHARS", "Longest accepted message text.", check=AT_LEAST_ONE
     )
+    default_region: str | None = setting(
+        None,
+        "DEFAULT_REGION",
+        "Region (ES, US, MX...) a phone number typed without its country code is read in, as "
+        'in a catalog\'s phone slots ("612 345 678" with ES is +34612345678). Unset: such a '
+        "number is refused and its country code asked for.",
+    )
+
+    def validate(self) -> None:
+        if self.default_region is not None and not is_region(self.default_region):
+            raise SettingsError(PREFIX + "DEFAULT_REGION", "must be a region code such as ES")

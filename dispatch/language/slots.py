@@ -6,6 +6,7 @@ every path into a payload goes through the same checks.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from collections.abc import Callable
@@ -15,11 +16,20 @@ from dispatch.infra.errors import InvalidInput
 from dispatch.infra.phone import to_e164
 from dispatch.language.text import normalize
 
-__all__ = ["SlotError", "coerce", "parse_date", "parse_number"]
+__all__ = ["SlotContext", "SlotError", "coerce", "parse_date", "parse_number"]
 
 
 class SlotError(ValueError):
     """The value does not fit the slot's type; the message says why, for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotContext:
+    """What reading a value may depend on: the day (for "tomorrow") and the region (for a
+    phone number typed without its country code)."""
+
+    today: dt.date
+    region: str | None = None
 
 
 _CURRENCIES = {
@@ -115,21 +125,21 @@ def parse_date(text: str, today: dt.date) -> str:
         raise SlotError(f"{text!r} is not a real date") from None
 
 
-def _integer(text: str, _today: dt.date) -> int:
+def _integer(text: str, _context: SlotContext) -> int:
     try:
         return int(parse_number(text)) if re.fullmatch(r"[\d.,\s]+", text) else int(text)
     except ValueError:
         raise SlotError(f"{text!r} is not a whole number") from None
 
 
-def _id(text: str, _today: dt.date) -> int:
+def _id(text: str, _context: SlotContext) -> int:
     digits = text.lstrip("#nNº°o. ")
     if not digits.isdigit():
         raise SlotError(f"{text!r} is not a request number like #12")
     return int(digits)
 
 
-def _amount(text: str, _today: dt.date) -> dict[str, Any]:
+def _amount(text: str, _context: SlotContext) -> dict[str, Any]:
     match = _AMOUNT.fullmatch(normalize(text).replace("€ ", "€"))
     if match is None:
         raise SlotError(f"{text!r} is not an amount like 120.50 €")
@@ -137,20 +147,20 @@ def _amount(text: str, _today: dt.date) -> dict[str, Any]:
     return {"value": parse_number(match["number"]), "currency": _CURRENCIES[code] if code else None}
 
 
-def _phone(text: str, _today: dt.date) -> str:
+def _phone(text: str, context: SlotContext) -> str:
     try:
-        return to_e164(text)
+        return to_e164(text, context.region)
     except InvalidInput as exc:
         raise SlotError(exc.detail) from None
 
 
-def _email(text: str, _today: dt.date) -> str:
+def _email(text: str, _context: SlotContext) -> str:
     if not _EMAIL.fullmatch(text):
         raise SlotError(f"{text!r} is not an email address")
     return text.lower()
 
 
-def _boolean(text: str, _today: dt.date) -> bool:
+def _boolean(text: str, _context: SlotContext) -> bool:
     lowered = normalize(text)
     if lowered in {"yes", "si", "true", "1", "y", "s"}:
         return True
@@ -159,24 +169,27 @@ def _boolean(text: str, _today: dt.date) -> bool:
     raise SlotError(f"{text!r} is not yes or no")
 
 
-_COERCERS: dict[str, Callable[[str, dt.date], Any]] = {
-    "string": lambda text, _today: text,
+_COERCERS: dict[str, Callable[[str, SlotContext], Any]] = {
+    "string": lambda text, _context: text,
     "integer": _integer,
     "id": _id,
-    "number": lambda text, _today: parse_number(text),
+    "number": lambda text, _context: parse_number(text),
     "amount": _amount,
-    "date": parse_date,
+    "date": lambda text, context: parse_date(text, context.today),
     "phone": _phone,
     "email": _email,
     "boolean": _boolean,
 }
 
 
-def coerce(slot_type: str, value: Any, *, today: dt.date | None = None) -> Any:
-    """``value`` (usually text) as ``slot_type``; raises :class:`SlotError`."""
+def coerce(
+    slot_type: str, value: Any, *, today: dt.date | None = None, region: str | None = None
+) -> Any:
+    """``value`` (usually text) as ``slot_type``; raises :class:`SlotError`. Relative dates are
+    read from ``today``, phone numbers without a country code in ``region`` (``ES``...)."""
     if not isinstance(value, str):
         return value  # already typed (an LLM's JSON number, say): the schema checks it
     coercer = _COERCERS.get(slot_type)
     if coercer is None:
         raise SlotError(f"unknown slot type {slot_type!r}")
-    return coercer(value.strip(), today or dt.datetime.now(dt.UTC).date())
+    return coercer(value.strip(), SlotContext(today or dt.datetime.now(dt.UTC).date(), region))

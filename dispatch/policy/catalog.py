@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,6 +103,8 @@ class Catalog:
     """The same schemas with every field optional, for requests still being completed."""
     source: str
     workflows: dict[str, Workflow] = field(default_factory=dict)
+    region: str | None = None
+    """Where a phone number typed without its country code is read (``DEFAULT_REGION``)."""
 
     def action(self, agent: str, action_type: str) -> ActionSpec | None:
         spec = self.agents.get(agent)
@@ -138,7 +140,7 @@ class Catalog:
             if field is None:
                 raise PayloadError(f"unknown field {name!r}", name)
             try:
-                coerced[name] = coerce(field.type, value, today=today)
+                coerced[name] = coerce(field.type, value, today=today, region=self.region)
             except SlotError as exc:
                 raise PayloadError(str(exc), name) from None
         try:
@@ -424,13 +426,17 @@ def _locate(raw: Any, source: str, error: msgspec.ValidationError) -> tuple[str,
     return source, str(error)
 
 
-def load_catalog(path: Path | None, handlers: Collection[str]) -> Catalog:
-    """Load the catalog at ``path``, or the bundled default catalog when ``path`` is None."""
+def load_catalog(
+    path: Path | None, handlers: Collection[str], *, region: str | None = None
+) -> Catalog:
+    """Load the catalog at ``path``, or the bundled default catalog when ``path`` is None;
+    phone numbers typed without a country code are read in ``region``."""
     if path is None:
         ref = resources.files("dispatch.policy").joinpath("default_catalog.toml")
-        return decode_catalog(ref.read_bytes(), "default_catalog.toml", handlers)
-    try:
-        content = path.read_bytes()
-    except OSError as exc:
-        raise CatalogError(str(path), f"cannot read: {exc.strerror}") from None
-    return decode_catalog(content, str(path), handlers)
+        content, source = ref.read_bytes(), "default_catalog.toml"
+    else:
+        try:
+            content, source = path.read_bytes(), str(path)
+        except OSError as exc:
+            raise CatalogError(str(path), f"cannot read: {exc.strerror}") from None
+    return replace(decode_catalog(content, source, handlers), region=region)

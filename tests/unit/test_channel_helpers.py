@@ -8,7 +8,7 @@ import pytest
 from channels.ratelimit import LocalRateLimiter
 from channels.text import split_text
 from dispatch.infra.errors import InvalidInput
-from dispatch.infra.phone import to_e164
+from dispatch.infra.phone import from_provider, to_e164
 from dispatch.policy.permissions import may_request
 from dispatch.policy.specs import ActionSpec
 
@@ -42,7 +42,6 @@ def test_split_prefers_line_then_word_boundaries() -> None:
     [
         ("+34600111222", "+34600111222"),
         ("+34 600-111 222", "+34600111222"),
-        ("34600111222", "+34600111222"),
         ("0034600111222", "+34600111222"),
         ("+1 (415) 523-8886", "+14155238886"),
     ],
@@ -51,8 +50,45 @@ def test_numbers_normalize_to_e164(raw: str, e164: str) -> None:
     assert to_e164(raw) == e164
 
 
+def test_a_providers_international_digits_need_no_plus() -> None:
+    """Meta sends ``34600111222``; Twilio ``+34600111222``."""
+    assert from_provider("34600111222") == from_provider("+34600111222") == "+34600111222"
+
+
 @pytest.mark.parametrize(
-    "raw", ["", "whatsapp:+34600111222", "+0123456", "+12", "+1234567890123456", "abc"]
+    ("raw", "region", "e164"),
+    [
+        ("612 345 678", "ES", "+34612345678"),
+        ("(415) 523-8886", "US", "+14155238886"),
+        ("+34 612 345 678", "US", "+34612345678"),  # a country code wins over the region
+        ("55 1234 5678", "MX", "+525512345678"),
+    ],
+)
+def test_a_number_typed_the_local_way_is_read_in_the_region(
+    raw: str, region: str, e164: str
+) -> None:
+    assert to_e164(raw, region) == e164
+
+
+def test_without_a_region_a_local_number_is_refused_not_guessed() -> None:
+    """ "612 345 678" was read as +612345678, an Australian number."""
+    with pytest.raises(InvalidInput) as caught:
+        to_e164("612 345 678")
+    assert "country code" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "whatsapp:+34600111222",
+        "+0123456",
+        "+12",
+        "+1234567890123456",
+        "abc",
+        "34600111222",
+        "+34 12",
+    ],
 )
 def test_bad_numbers_are_refused(raw: str) -> None:
     with pytest.raises(InvalidInput):

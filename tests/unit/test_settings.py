@@ -67,6 +67,7 @@ def test_values_are_typed() -> None:
         ("SWITCHBOARD_TELEGRAM_BOT_TOKEN", "nonsense", "bot token"),
         ("SWITCHBOARD_TWILIO_ACCOUNT_SID", "AC123", "AC followed by 32 hex"),
         ("SWITCHBOARD_PUBLIC_URL", "bot.example.com", "http(s) base URL"),
+        ("SWITCHBOARD_DEFAULT_REGION", "Spain", "region code"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_variable(

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from dispatch.language.slots import SlotError, coerce
-from dispatch.policy.catalog import PayloadError, decode_catalog
+from dispatch.policy.catalog import PayloadError, decode_catalog, load_catalog
 from workers.handlers import BUILTIN_HANDLER_NAMES
 
 TODAY = dt.date(2026, 11, 21)  # a Saturday
@@ -65,6 +66,12 @@ def test_bad_slots_say_why(slot: str, text: str) -> None:
         coerce(slot, text, today=TODAY)
 
 
+def test_a_phone_slot_is_read_in_the_deployments_region() -> None:
+    assert coerce("phone", "612 345 678", today=TODAY, region="ES") == "+34612345678"
+    with pytest.raises(SlotError, match="country code"):
+        coerce("phone", "612 345 678", today=TODAY)
+
+
 def test_payloads_are_coerced_then_checked_against_the_schema() -> None:
     catalog = decode_catalog(
         b"""
@@ -97,3 +104,20 @@ due = { type = "date", required = false }
     with pytest.raises(PayloadError, match="unknown field 'admin'"):
         catalog.validate_payload("b", "invoice", {"client": "A", "amount": "1", "admin": True})
     assert catalog.missing_fields("b", "invoice", {"client": "ACME"}) == ["amount"]
+
+
+def test_the_catalog_reads_phone_slots_in_the_region_it_was_loaded_with(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[fallback]\nagent = "crm"\naction = "call"\n'
+        '[agents.crm.actions.call]\ndescription = "Call back"\nhandler = "echo"\npublic = true\n'
+        '[agents.crm.actions.call.payload]\nnumber = { type = "phone" }\n'
+    )
+    spain = load_catalog(path, BUILTIN_HANDLER_NAMES, region="ES")
+    assert spain.validate_payload("crm", "call", {"number": "612 345 678"}) == {
+        "number": "+34612345678"
+    }
+    with pytest.raises(PayloadError, match="country code"):
+        load_catalog(path, BUILTIN_HANDLER_NAMES).validate_payload(
+            "crm", "call", {"number": "612 345 678"}
+        )
