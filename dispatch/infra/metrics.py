@@ -11,9 +11,18 @@ from typing import Any
 
 from dispatch.infra.outage import Outage
 
-__all__ = ["Counters", "RedisCounters"]
+__all__ = ["COUNTERS", "Counters", "RedisCounters"]
 
 log = logging.getLogger("switchboard.metrics")
+
+COUNTERS = {
+    "llm_accepted_total": "LLM proposals acted on (a catalog action, allowed, its payload valid).",
+    "llm_rejected_total": "LLM proposals refused in code (unknown or forbidden action, bad "
+    "payload, low confidence).",
+    "llm_unavailable_total": "Texts the LLM could not be asked about (down, timed out, breaker "
+    "open).",
+}
+"""Every counter raised in passing, with its HELP: ``/metrics`` shows each from the start."""
 
 
 class Counters:
@@ -21,6 +30,7 @@ class Counters:
         self._values: Counter[str] = Counter()
 
     async def incr(self, name: str, by: int = 1) -> None:
+        _declared(name)
         self._values[name] += by
 
     async def snapshot(self) -> dict[str, int]:
@@ -36,6 +46,7 @@ class RedisCounters(Counters):
 
     async def incr(self, name: str, by: int = 1) -> None:
         """Counting is best effort: a Redis outage costs counts, never the work counted."""
+        _declared(name)
 
         async def counted() -> None:
             await self._redis.hincrby(self._key, name, by)
@@ -48,3 +59,8 @@ class RedisCounters(Counters):
     async def snapshot(self) -> dict[str, int]:
         raw = await self._redis.hgetall(self._key)
         return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw.items()}
+
+
+def _declared(name: str) -> None:
+    if name not in COUNTERS:
+        raise ValueError(f"counter {name!r} is not declared in COUNTERS")

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatch.record.models import Activity, ActivityEvent, Message
 from gateway.app import create_app
@@ -305,11 +306,15 @@ async def test_embedded_metrics_read_the_sqlite_record(client: AsyncTestClient[A
     body = (await post(client, "echo medido", id="metrics-1")).json()
     await outbound(client, body["conversation_id"])
     text = (await client.get("/metrics")).text
-    assert (
-        'switchboard_activities{agent="assistant",action_type="echo",status="completed"} 1' in text
-    )
-    assert "switchboard_handler_duration_seconds_count 1" in text
-    assert 'switchboard_handler_duration_seconds_bucket{le="+Inf"} 1' in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    labels = (("action_type", "echo"), ("agent", "assistant"), ("status", "completed"))
+    assert samples["switchboard_activities", labels] == 1
+    assert samples["switchboard_handler_duration_seconds_count", ()] == 1
+    assert samples["switchboard_handler_duration_seconds_bucket", (("le", "+Inf"),)] == 1
 
 
 async def test_help_buttons_send_what_works_and_a_missing_number_is_asked_for(

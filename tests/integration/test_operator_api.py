@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from dispatch.record.models import Activity, ActivityStatus, Message
@@ -462,11 +463,15 @@ async def test_workers_and_queue_need_an_operator(client: AsyncTestClient[Any]) 
 
 
 def _scraped(text: str) -> dict[str, float]:
-    return {
-        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
+    """Every sample, as Prometheus' own parser reads the page (labels in name order); each
+    family must have HELP."""
+    series: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, family.name
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            series[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return series
 
 
 async def test_metrics_count_what_the_database_recorded(
@@ -484,13 +489,13 @@ async def test_metrics_count_what_the_database_recorded(
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     series = _scraped(response.text)
-    inbound = 'switchboard_messages{direction="inbound",channel="rest",state="dispatched"}'
+    inbound = 'switchboard_messages{channel="rest",direction="inbound",state="dispatched"}'
     assert series[inbound] == 2
     assert (
-        series['switchboard_messages{direction="outbound",channel="rest",state="delivered"}'] == 2
+        series['switchboard_messages{channel="rest",direction="outbound",state="delivered"}'] == 2
     )
     assert (
-        series['switchboard_activities{agent="assistant",action_type="echo",status="completed"}']
+        series['switchboard_activities{action_type="echo",agent="assistant",status="completed"}']
         == 3
     )
     buckets = [
@@ -502,6 +507,29 @@ async def test_metrics_count_what_the_database_recorded(
     assert series["switchboard_handler_duration_seconds_sum"] > 0
     assert "switchboard_queue_scheduled" in series  # arq's next recovery pass may be there
     assert "# TYPE switchboard_handler_duration_seconds histogram" in response.text
+    # Counters are there from the start, at 0 until raised.
+    assert series["switchboard_llm_accepted_total"] == 0
+    assert series['switchboard_approval_decisions_total{decision="approved"}'] == 0
+
+
+async def test_metrics_labels_are_only_what_the_deployment_declares(
+    client: AsyncTestClient[Any],
+) -> None:
+    """An audit note may name any agent; the page counts what the catalog does not declare
+    as ``other`` (no client can add a series), and a large count reads as a whole number."""
+    for n in range(3):
+        note = {"agent": f"invented-{n}", "action_type": "x", "status": "completed"}
+        assert (await client.post("/api/v1/activities", json=note)).status_code == 201
+    note = {"agent": "assistant", "action_type": "made-up", "status": "completed"}
+    assert (await client.post("/api/v1/activities", json=note)).status_code == 201
+    text = (await client.get("/metrics")).text
+    assert "invented" not in text
+    assert "made-up" not in text
+    series = _scraped(text)
+    other = 'switchboard_activities{action_type="other",agent="other",status="completed"}'
+    assert series[other] == 3
+    assistant = 'switchboard_activities{action_type="other",agent="assistant",status="completed"}'
+    assert series[assistant] == 1
 
 
 async def test_the_metrics_summary_counts_a_window_with_rates_and_percentiles(
