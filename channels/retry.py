@@ -10,12 +10,11 @@ settle as failed itself: retrying it could send the message twice.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 from collections.abc import Awaitable, Callable
 
-from dispatch.infra.backoff import backoff
+from dispatch.infra.retry import RetryPolicy
 from dispatch.record.messages import Delivered
 from dispatch.record.models import Delivery
 
@@ -31,6 +30,12 @@ class TryAgain:
     """The provider's own ``retry_after``; None: back off exponentially."""
 
 
+class _Refused(Exception):
+    def __init__(self, outcome: TryAgain) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
 async def with_retries(
     attempt: Callable[[], Awaitable[Delivered | TryAgain]],
     *,
@@ -38,20 +43,29 @@ async def with_retries(
     backoff_s: float,
     max_wait_s: float = math.inf,
 ) -> Delivered:
-    """Run ``attempt`` until it settles, at most ``retries`` times more."""
-    retry = 0
-    while True:
-        outcome = await attempt()
-        if isinstance(outcome, Delivered):
-            return outcome
-        wait_s = outcome.after_s
-        if retry == retries or (wait_s is not None and wait_s > max_wait_s):
-            return Delivered(status=Delivery.FAILED.value, error=outcome.reason)
-        if wait_s is None:
-            await backoff(retry, backoff_s)
-        else:
-            await asyncio.sleep(wait_s)
-        retry += 1
+    """Run ``attempt`` until it settles, at most ``retries`` times more (the one retry policy,
+    :class:`~dispatch.infra.retry.RetryPolicy`; the provider's ``retry_after`` when it gives
+    one, unless that is longer than ``max_wait_s``)."""
+
+    def again(exc: BaseException) -> bool:
+        if not isinstance(exc, _Refused):
+            return False
+        after_s = exc.outcome.after_s
+        return after_s is None or after_s <= max_wait_s
+
+    def after_s(exc: BaseException) -> float | None:
+        return exc.outcome.after_s if isinstance(exc, _Refused) else None
+
+    try:
+        async for trying in RetryPolicy(retries, backoff_s).attempts(again, after_s):
+            with trying:
+                outcome = await attempt()
+                if isinstance(outcome, TryAgain):
+                    raise _Refused(outcome)
+                return outcome
+    except _Refused as refused:
+        return Delivered(status=Delivery.FAILED.value, error=refused.outcome.reason)
+    raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
 
 
 def unknown_outcome(exc: BaseException) -> Delivered:

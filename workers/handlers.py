@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from dispatch.infra.backoff import backoff
+from dispatch.infra.retry import RetryPolicy
 from dispatch.language.i18n import in_language, say, say_each, status_word
 from dispatch.policy.permissions import may_request
 from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
@@ -245,6 +245,10 @@ class HttpCallError(RuntimeError):
     pass
 
 
+class _Transient(Exception):
+    """An attempt the service may answer next time (no connection, a timeout, 429, 5xx)."""
+
+
 class HttpCallHandler(Handler):
     """POST the payload as JSON to the action's URL and reply with the answer.
 
@@ -265,26 +269,34 @@ class HttpCallHandler(Handler):
             "payload": ctx.payload,
         }
         headers = {"Idempotency-Key": f"switchboard-activity-{ctx.activity.id}", **spec.headers}
-        last_error = "no attempt made"
-        for attempt in range(spec.retries + 1):
-            if attempt:
-                await backoff(attempt - 1, spec.backoff_s)
-            try:
-                response = await ctx.http.post(
-                    spec.url, json=body, headers=headers, timeout=spec.timeout_s
-                )
-            except httpx.HTTPError as exc:
-                last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last_error = f"HTTP {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                raise HttpCallError(f"HTTP {response.status_code}: {response.text[:200]}")
-            if len(response.content) > MAX_ANSWER_BYTES:
-                raise HttpCallError(f"the answer is {len(response.content)} bytes; too large")
-            return self._result(response, spec.reply_field, attempt + 1)
-        raise HttpCallError(f"gave up after {spec.retries + 1} attempts: {last_error}")
+        policy = RetryPolicy(spec.retries, spec.backoff_s)
+        try:
+            async for attempt in policy.attempts(lambda exc: isinstance(exc, _Transient)):
+                with attempt:
+                    response = await self._post(ctx, spec.url, body, headers, spec.timeout_s)
+                    return self._result(
+                        response, spec.reply_field, attempt.retry_state.attempt_number
+                    )
+        except _Transient as last:
+            raise HttpCallError(f"gave up after {spec.retries + 1} attempts: {last}") from None
+        raise AssertionError("the retry loop ended without an outcome")  # pragma: no cover
+
+    @staticmethod
+    async def _post(
+        ctx: HandlerContext, url: str, body: Any, headers: dict[str, str], timeout_s: float
+    ) -> httpx.Response:
+        """One attempt: the answer, :class:`_Transient` to try again, or a final error."""
+        try:
+            response = await ctx.http.post(url, json=body, headers=headers, timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise _Transient(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise HttpCallError(f"HTTP {response.status_code}: {response.text[:200]}")
+        if len(response.content) > MAX_ANSWER_BYTES:
+            raise HttpCallError(f"the answer is {len(response.content)} bytes; too large")
+        return response
 
     @staticmethod
     def _result(response: httpx.Response, reply_field: str | None, attempts: int) -> HandlerResult:

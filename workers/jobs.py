@@ -24,13 +24,14 @@ import msgspec
 
 from dispatch.infra.logs import bind
 from dispatch.infra.queue import RetryLater
+from dispatch.infra.retry import RetryPolicy
 from dispatch.language.i18n import language_of
 from dispatch.policy.permissions import acting_role, may_request, requester_role
 from dispatch.record.models import ActivityStatus as S
 from dispatch.record.models import utcnow
 from dispatch.record.outbox import Outbox, reply_text
 from dispatch.work.runs import run_of
-from dispatch.work.service import Claimed, Dispatched, DispatchFailed
+from dispatch.work.service import MAX_DISPATCH_ATTEMPTS, Claimed, Dispatched, DispatchFailed
 from workers.lease import Lease, LeaseLost, RunCancelled
 from workers.registry import Handler, HandlerContext, UnknownAction
 
@@ -46,8 +47,9 @@ log = logging.getLogger("switchboard.jobs")
 INLINE_RUNS = 8
 """Activities one job runs for its conversation before handing the rest to a job of their own
 (so a busy conversation does not hold a worker's slot for long)."""
-RETRY_DEFER_S = (1.0, 5.0)
-"""Delay before the second and third attempt of a message's dispatch."""
+DISPATCH_RETRIES = RetryPolicy(retries=MAX_DISPATCH_ATTEMPTS - 1, first_s=1.0, max_s=10.0)
+"""When a message's dispatch is tried again (about 1 s, then 2 s, with jitter): the one retry
+policy; the attempts are counted by the message's claim, the last ends it."""
 
 
 class JobOutcome(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,7 +125,7 @@ async def dispatch_message(
             claim=True,
         )
     except DispatchFailed as failed:
-        defer_s = RETRY_DEFER_S[min(failed.attempt, len(RETRY_DEFER_S)) - 1]
+        defer_s = DISPATCH_RETRIES.delay_s(failed.attempt)
         raise RetryLater(defer_s, str(failed)) from failed
     if dispatched is None:
         return JobOutcome(outcome="missing", message_id=message_id)

@@ -14,6 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from dispatch.infra.retry import RetryPolicy
+
 __all__ = ["LoopLate", "Outage", "is_overload", "is_unavailable"]
 
 log = logging.getLogger("switchboard.outage")
@@ -81,19 +83,22 @@ class Outage:
     every time with its traceback, since that is a bug to see.
 
     It is also a circuit breaker: while it is down, :meth:`call` does not try it, except for
-    one probe at a time after a pause (1 s, doubling up to ``MAX_PAUSE_S``), so that while it
-    hangs, requests do not each wait for its timeout: webhooks are acknowledged all the same.
+    one probe at a time after a pause (about 1 s, doubling up to 5 s: :attr:`PROBES`), so that
+    while it hangs, requests do not each wait for its timeout: webhooks are acknowledged all the
+    same.
     """
 
-    FIRST_PAUSE_S = 1.0
-    MAX_PAUSE_S = 5.0
+    PROBES = RetryPolicy(retries=0, first_s=1.0, max_s=5.0)
+    """The pause before each probe while it is down (the one retry policy's delays; it is
+    probed for as long as it stays down)."""
 
     def __init__(self, what: str, *, timeout_s: float | None = None) -> None:
         self._what = what
         self._timeout_s = timeout_s
         self._since: float | None = None
         self._last_failure = 0.0
-        self._pause_s = self.FIRST_PAUSE_S
+        self._failures = 0
+        self._pause_s = 0.0
         self._probing = False
         self._abandoned: set[asyncio.Future[Any]] = set()
 
@@ -107,8 +112,8 @@ class Outage:
         if not is_unavailable(exc):
             log.error("%s failed; %s", self._what, meanwhile, exc_info=exc, extra=extra)
             return
-        if self._since is not None:
-            self._pause_s = min(self.MAX_PAUSE_S, self._pause_s * 2)
+        self._failures += 1
+        self._pause_s = self.PROBES.delay_s(self._failures)
         self._last_failure = time.monotonic()
         if self._since is None:
             self._since = self._last_failure
@@ -187,4 +192,4 @@ class Outage:
                 "%s reachable again after %.1f s", self._what, time.monotonic() - self._since
             )
             self._since = None
-            self._pause_s = self.FIRST_PAUSE_S
+            self._failures = 0

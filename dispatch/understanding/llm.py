@@ -9,7 +9,6 @@ A circuit breaker keeps an LLM outage from slowing every message.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
@@ -28,6 +27,7 @@ from dispatch.infra.config import (
     Within,
     setting,
 )
+from dispatch.infra.retry import RetryPolicy
 from dispatch.policy.specs import ActionSpec, FieldSpec
 
 __all__ = [
@@ -38,6 +38,20 @@ __all__ = [
     "LlmUnavailable",
     "Proposal",
 ]
+
+
+RETRY_FIRST_S = 0.2
+"""The LLM's first retry waits about this long (then twice as long, with jitter)."""
+RETRY_MAX_S = 2.0
+"""and never longer: someone is waiting for the answer."""
+
+
+class _Transient(Exception):
+    """An attempt the endpoint may answer next time (no connection, a timeout, 429, 5xx)."""
+
+
+class _Refused(Exception):
+    """The endpoint's final word on this request (another 4xx)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,35 +240,38 @@ class LlmClient:
             {"Authorization": f"Bearer {self._settings.api_key}"} if self._settings.api_key else {}
         )
         started = time.perf_counter()
-        last = "no attempt"
-        for attempt in range(self._settings.max_retries + 1):
-            if attempt:
-                await asyncio.sleep(0.2 * 2 ** (attempt - 1))
-            try:
-                response = await self._http.post(
-                    self._url, json=body, headers=headers, timeout=self._settings.timeout_s
-                )
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                last = f"HTTP {response.status_code}"
-                continue
-            if response.status_code >= 400:
-                last = f"HTTP {response.status_code}"
-                break
-            if len(response.content) > MAX_ANSWER_BYTES:
-                self.breaker.failure()
-                raise LlmUnavailable(f"answer of {len(response.content)} bytes is too large")
-            try:
-                proposal = self._parse(response.json(), started)
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                self.breaker.failure()
-                raise LlmUnavailable(f"unexpected answer: {exc}") from None
-            self.breaker.success()
-            return proposal
-        self.breaker.failure()
-        raise LlmUnavailable(last)
+        policy = RetryPolicy(self._settings.max_retries, RETRY_FIRST_S, RETRY_MAX_S)
+        try:
+            async for attempt in policy.attempts(lambda exc: isinstance(exc, _Transient)):
+                with attempt:
+                    response = await self._post(body, headers)
+        except (_Transient, _Refused) as failed:
+            self.breaker.failure()
+            raise LlmUnavailable(str(failed)) from None
+        if len(response.content) > MAX_ANSWER_BYTES:
+            self.breaker.failure()
+            raise LlmUnavailable(f"answer of {len(response.content)} bytes is too large")
+        try:
+            proposal = self._parse(response.json(), started)
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            self.breaker.failure()
+            raise LlmUnavailable(f"unexpected answer: {exc}") from None
+        self.breaker.success()
+        return proposal
+
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """One attempt: the answer, :class:`_Transient` to try again, :class:`_Refused`."""
+        try:
+            response = await self._http.post(
+                self._url, json=body, headers=headers, timeout=self._settings.timeout_s
+            )
+        except httpx.HTTPError as exc:
+            raise _Transient(type(exc).__name__) from None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise _Refused(f"HTTP {response.status_code}")
+        return response
 
     @staticmethod
     def _parse(answer: dict[str, Any], started: float) -> Proposal:

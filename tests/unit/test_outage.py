@@ -10,6 +10,7 @@ import time
 import pytest
 
 from dispatch.infra.outage import Outage
+from dispatch.infra.retry import RetryPolicy
 
 
 async def _fallback() -> str:
@@ -38,7 +39,7 @@ async def test_a_hanging_call_whose_clean_up_also_hangs_costs_one_timeout() -> N
 async def test_while_down_callers_skip_it_and_one_probe_at_a_time_finds_it_back(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Outage, "FIRST_PAUSE_S", 0.1)
+    monkeypatch.setattr(Outage, "PROBES", RetryPolicy(retries=0, first_s=0.1, max_s=0.1))
     outage = Outage("Redis", timeout_s=1.0)
     calls = 0
     healthy = False
