@@ -1,12 +1,16 @@
 """The activity log: activities, their state machine, and the append-only events beside them.
 
-Every state change is a conditional UPDATE that only succeeds from the expected states and
-writes its event in the same transaction (:meth:`ActivityLog.claim`, :meth:`ActivityLog.finish`):
-two workers can never both move an activity, and the events always agree with the row.
+An activity is opened in one place, :meth:`ActivityLog.open` (its row and its first event,
+together), whatever asked for it: chat, the operator API, a workflow step, a takeover, the
+system agent. Every state change is a conditional UPDATE that only succeeds from the expected
+states and writes its event in the same transaction (:meth:`ActivityLog.claim`,
+:meth:`ActivityLog.finish`): two workers can never both move an activity, and the events always
+agree with the row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import os
@@ -39,6 +43,7 @@ __all__ = [
     "ActivityLog",
     "ActivityView",
     "EventView",
+    "Opening",
     "Renewal",
 ]
 
@@ -143,9 +148,85 @@ class ActivityFilter(msgspec.Struct, frozen=True, kw_only=True):
     """Created at or after."""
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Opening:
+    """An activity as it is opened: what its row starts with, and its first event."""
+
+    agent: str
+    action_type: str
+    description: str
+    details: dict[str, Any]
+    status: ActivityStatus
+    event: str = "created"
+    """Its first event (``created``; a takeover's is ``taken_over``)."""
+    event_data: dict[str, Any] | None = None
+    actor: str = "system"
+    """Who the first event names: ``user:3``, an API caller, ``system``."""
+    actor_user_id: int | None = None
+    source_message_id: int | None = None
+    source_channel: str | None = None
+    conversation_id: int | None = None
+    order_key: int | None = None
+    priority: str = "normal"
+    expires_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    idempotency_key: str | None = None
+    workflow_run_id: int | None = None
+    workflow_step: str | None = None
+    lease_s: float | None = None
+    """Opened already running here (its first attempt, leased this long): ``in_progress``."""
+
+
 class ActivityLog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+
+    @classmethod
+    async def open(cls, session: AsyncSession, opening: Opening) -> Activity:
+        """The one place an activity is created: its row and its first event (and, opened
+        running, its ``started`` event), in ``session``'s transaction."""
+        now = utcnow()
+        running = opening.lease_s is not None
+        activity = Activity(
+            agent_name=opening.agent,
+            action_type=opening.action_type,
+            action_description=opening.description,
+            details=opening.details,
+            status=(ActivityStatus.IN_PROGRESS if running else opening.status).value,
+            attempts=1 if running else 0,
+            started_at=now if running else None,
+            lease_expires_at=now + dt.timedelta(seconds=opening.lease_s or 0) if running else None,
+            actor_user_id=opening.actor_user_id,
+            source_message_id=opening.source_message_id,
+            source_channel=opening.source_channel,
+            conversation_id=opening.conversation_id,
+            order_key=opening.order_key,
+            priority=opening.priority,
+            expires_at=opening.expires_at,
+            completed_at=opening.completed_at,
+            idempotency_key=opening.idempotency_key,
+            workflow_run_id=opening.workflow_run_id,
+            workflow_step=opening.workflow_step,
+        )
+        session.add(activity)
+        await session.flush()
+        cls.add_event(
+            session,
+            activity.id,
+            opening.event,
+            status=opening.status.value,
+            actor=opening.actor,
+            data=opening.event_data,
+        )
+        if running:
+            cls.add_event(
+                session,
+                activity.id,
+                "started",
+                status=ActivityStatus.IN_PROGRESS.value,
+                data={"attempt": 1, "runner": RUNNER},
+            )
+        return activity
 
     @staticmethod
     def add_event(

@@ -29,7 +29,7 @@ from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request
 from dispatch.policy.specs import ActionSpec
 from dispatch.policy.workflows import WORKFLOWS_AGENT
-from dispatch.record.activities import ActivityLog, ActivityView
+from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.models import (
     TERMINAL_STATUSES,
     Activity,
@@ -242,24 +242,23 @@ class Executor:
         if note.error is not None:
             details["error"] = clean_json(note.error)
         async with self._sessions.begin() as session:
-            activity = Activity(
-                agent_name=clean_text(note.agent),
-                action_type=clean_text(note.action_type),
-                action_description=clean_text(note.description),
-                details=details,
-                status=note.status.value,
-                actor_user_id=caller.user_id,
-                completed_at=utcnow(),
-            )
-            session.add(activity)
-            await session.flush()
-            self._activities.add_event(
+            activity = await ActivityLog.open(
                 session,
-                activity.id,
-                "created",
-                status=note.status.value,
-                actor=caller.actor,
-                data={"payload": details["payload"], "channel": "api", "audit_only": True},
+                Opening(
+                    agent=clean_text(note.agent),
+                    action_type=clean_text(note.action_type),
+                    description=clean_text(note.description),
+                    details=details,
+                    status=ActivityStatus(note.status.value),
+                    event_data={
+                        "payload": details["payload"],
+                        "channel": "api",
+                        "audit_only": True,
+                    },
+                    actor=caller.actor,
+                    actor_user_id=caller.user_id,
+                    completed_at=utcnow(),
+                ),
             )
             self._activities.add_event(
                 session,
@@ -359,26 +358,21 @@ class Executor:
             details["retry_of"] = retry_of
         try:
             async with self._sessions.begin() as session:
-                activity = Activity(
-                    agent_name=agent,
-                    action_type=action_type,
-                    action_description=action.description,
-                    details=details,
-                    status=status.value,
-                    actor_user_id=caller.user_id,
-                    priority=(request.priority or action.priority),
-                    expires_at=expiry(approval) if approval is not None else None,
-                    idempotency_key=key,
-                )
-                session.add(activity)
-                await session.flush()
-                self._activities.add_event(
+                activity = await ActivityLog.open(
                     session,
-                    activity.id,
-                    "created",
-                    status=status.value,
-                    actor=caller.actor,
-                    data={"payload": payload, "channel": "api", "retry_of": retry_of},
+                    Opening(
+                        agent=agent,
+                        action_type=action_type,
+                        description=action.description,
+                        details=details,
+                        status=status,
+                        event_data={"payload": payload, "channel": "api", "retry_of": retry_of},
+                        actor=caller.actor,
+                        actor_user_id=caller.user_id,
+                        priority=(request.priority or action.priority),
+                        expires_at=expiry(approval) if approval is not None else None,
+                        idempotency_key=key,
+                    ),
                 )
                 if retry_of is not None:
                     self._activities.add_event(

@@ -30,7 +30,7 @@ from dispatch.language.i18n import language_of, say, status_word
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request, requester_role
 from dispatch.policy.workflows import WORKFLOWS_AGENT, TemplateError, Workflow, fill
-from dispatch.record.activities import ActivityLog
+from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
     TERMINAL_STATUSES,
     Activity,
@@ -353,23 +353,28 @@ class WorkflowRuns:
         details: dict[str, Any] = {"payload": payload, "provenance": provenance}
         if error is not None:
             details["error"] = error
-        row = Activity(
-            agent_name=step.agent,
-            action_type=step.action,
-            action_description=action.description,
-            details=details,
-            status=status.value,
-            actor_user_id=start.actor_user_id,
-            priority=(step.priority or action.priority).value,
-            expires_at=expiry(approval) if approval is not None else None,
-            completed_at=utcnow() if error else None,
-            workflow_run_id=run.id,
-            workflow_step=step_id,
+        row = await ActivityLog.open(
+            session,
+            Opening(
+                agent=step.agent,
+                action_type=step.action,
+                description=action.description,
+                details=details,
+                status=status,
+                event_data={
+                    "payload": payload,
+                    "channel": "workflow",
+                    "run": run.id,
+                    "step": step_id,
+                },
+                actor_user_id=start.actor_user_id,
+                priority=(step.priority or action.priority).value,
+                expires_at=expiry(approval) if approval is not None else None,
+                completed_at=utcnow() if error else None,
+                workflow_run_id=run.id,
+                workflow_step=step_id,
+            ),
         )
-        session.add(row)
-        await session.flush()
-        created = {"payload": payload, "channel": "workflow", "run": run.id, "step": step_id}
-        self._activities.add_event(session, row.id, "created", status=status.value, data=created)
         if error is not None:
             self._activities.add_event(session, row.id, "failed", status=status.value, data=error)
         elif approval is not None:

@@ -27,7 +27,7 @@ from dispatch.language.i18n import language_of, say_each, spoken
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.control import NOTICE_ACTION, SYSTEM_AGENT
 from dispatch.policy.permissions import may_request
-from dispatch.record.activities import RUNNER, ActivityLog, ActivityView
+from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.claims import MESSAGES
 from dispatch.record.intake import Arrival, Intake
 from dispatch.record.messages import InboundMessage, StatusReport
@@ -421,23 +421,25 @@ class DispatchService:
     ) -> int:
         """Record a finished activity of the system agent for a message, with its event and a
         reply to the sender (``text``, or what its status says); returns its id."""
-        activity = Activity(
-            agent_name=SYSTEM_AGENT,
-            action_type=action_type,
-            action_description=description,
-            details=details,
-            status=status.value,
-            actor_user_id=user_id,
-            source_message_id=message_id,
-            source_channel=channel,
-            conversation_id=conversation_id,
-            order_key=message_id,
-            completed_at=utcnow(),
-        )
-        session.add(activity)
-        await session.flush()
         kind, data = event
-        self._activities.add_event(session, activity.id, kind, status=status.value, data=data)
+        activity = await ActivityLog.open(
+            session,
+            Opening(
+                agent=SYSTEM_AGENT,
+                action_type=action_type,
+                description=description,
+                details=details,
+                status=status,
+                event=kind,
+                event_data=data,
+                actor_user_id=user_id,
+                source_message_id=message_id,
+                source_channel=channel,
+                conversation_id=conversation_id,
+                order_key=message_id,
+                completed_at=utcnow(),
+            ),
+        )
         reply = text or reply_text(activity.id, status.value, details) or ""
         await add_reply(
             session,
@@ -755,43 +757,27 @@ class DispatchService:
                 or await ActivityLog.blocking(session, message.conversation_id, message.id) is None
             )
         )
-        now = utcnow()
-        activity = Activity(
-            agent_name=intent.agent,
-            action_type=intent.action_type,
-            action_description=action.description if action else "",
-            details=details,
-            status=ActivityStatus.IN_PROGRESS.value if run_here else status.value,
-            attempts=1 if run_here else 0,
-            started_at=now if run_here else None,
-            lease_expires_at=now + dt.timedelta(seconds=lease_s or 0) if run_here else None,
-            actor_user_id=message.user_id,
-            source_message_id=message.id,
-            source_channel=message.channel,
-            conversation_id=message.conversation_id,
-            order_key=message.id,
-            priority=(action.priority if action else "normal"),
-            completed_at=None if allowed else message.received_at,
-            expires_at=expiry(approval) if approval is not None else None,
-        )
-        session.add(activity)
-        await session.flush()
-        self._activities.add_event(
+        activity = await ActivityLog.open(
             session,
-            activity.id,
-            "created",
-            status=status.value,
-            actor=f"user:{message.user_id}" if message.user_id else "system",
-            data={"payload": intent.payload, "provenance": provenance},
+            Opening(
+                agent=intent.agent,
+                action_type=intent.action_type,
+                description=action.description if action else "",
+                details=details,
+                status=status,
+                event_data={"payload": intent.payload, "provenance": provenance},
+                actor=f"user:{message.user_id}" if message.user_id else "system",
+                actor_user_id=message.user_id,
+                source_message_id=message.id,
+                source_channel=message.channel,
+                conversation_id=message.conversation_id,
+                order_key=message.id,
+                priority=(action.priority if action else "normal"),
+                completed_at=None if allowed else message.received_at,
+                expires_at=expiry(approval) if approval is not None else None,
+                lease_s=lease_s if run_here else None,
+            ),
         )
-        if run_here:
-            self._activities.add_event(
-                session,
-                activity.id,
-                "started",
-                status=ActivityStatus.IN_PROGRESS.value,
-                data={"attempt": 1, "runner": RUNNER},
-            )
         if approval is not None and action is not None:
             asked = await self._approvals.request(session, activity, action, user)
             if not asked:

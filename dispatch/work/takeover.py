@@ -23,7 +23,7 @@ from dispatch.infra.errors import ConflictError, InvalidInput, NotFoundError
 from dispatch.infra.queue import JobQueue
 from dispatch.infra.routing import ChannelRouting
 from dispatch.language.i18n import say_each
-from dispatch.record.activities import ActivityLog
+from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
     Activity,
     ActivityStatus,
@@ -89,19 +89,22 @@ class Takeovers:
                     f"conversation {conversation_id} is taken over already",
                     extra={"by": state.data.get("by"), "activity_id": state.question_activity_id},
                 )
-            activity = Activity(
-                agent_name="system",
-                action_type=TAKEOVER,
-                action_description="A person answers instead of the bot",
-                details={"payload": {}, "result": {"text": "taken over"}, "by": user_id},
-                status=ActivityStatus.COMPLETED.value,
-                actor_user_id=user_id,
-                source_channel=conversation.channel,
-                conversation_id=conversation.id,
-                completed_at=utcnow(),
+            activity = await ActivityLog.open(
+                session,
+                Opening(
+                    agent="system",
+                    action_type=TAKEOVER,
+                    description="A person answers instead of the bot",
+                    details={"payload": {}, "result": {"text": "taken over"}, "by": user_id},
+                    status=ActivityStatus.COMPLETED,
+                    event="taken_over",
+                    actor=f"user:{user_id}",
+                    actor_user_id=user_id,
+                    source_channel=conversation.channel,
+                    conversation_id=conversation.id,
+                    completed_at=utcnow(),
+                ),
             )
-            session.add(activity)
-            await session.flush()
             values = {
                 "kind": TAKEOVER,
                 "data": {"by": user_id},
@@ -114,9 +117,6 @@ class Takeovers:
             else:  # an open question is dropped: the person asks what they need
                 for name, value in values.items():
                     setattr(state, name, value)
-            self._activities.add_event(
-                session, activity.id, "taken_over", status=activity.status, actor=f"user:{user_id}"
-            )
             await self._tell(session, activity, conversation, say_each("takeover.start"))
             activity_id = activity.id
         log.info("conversation taken over", extra={"conversation_id": conversation_id})
