@@ -43,6 +43,7 @@ __all__ = [
     "ActivityLog",
     "ActivityView",
     "EventView",
+    "Move",
     "Opening",
     "Renewal",
 ]
@@ -177,9 +178,60 @@ class Opening:
     """Opened already running here (its first attempt, leased this long): ``in_progress``."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Move:
+    """A named move of an activity a transaction holds locked: from which statuses, to which,
+    and the event it writes (see :meth:`ActivityLog.move`)."""
+
+    event: str
+    to: ActivityStatus
+    source: frozenset[ActivityStatus]
+
+
+_ASKING = frozenset({ActivityStatus.AWAITING_APPROVAL})
+NO_ONE_TO_ASK = Move("failed", ActivityStatus.FAILED, _ASKING)
+REJECT = Move("rejected", ActivityStatus.REJECTED, _ASKING)
+GRANT_AND_QUEUE = Move("approval_granted", ActivityStatus.QUEUED, _ASKING)
+GRANT = Move("approval_granted", ActivityStatus.PENDING, _ASKING)
+"""Approved, waiting for someone to ask it to run (``auto_run = false``)."""
+RUN = Move("run_requested", ActivityStatus.QUEUED, frozenset({ActivityStatus.PENDING}))
+EXPIRE = Move("expired", ActivityStatus.EXPIRED, _ASKING)
+
+
+class MoveRefused(RuntimeError):
+    """A move from a status it does not start from: the caller read the row wrong."""
+
+
 class ActivityLog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+
+    @classmethod
+    def move(
+        cls,
+        session: AsyncSession,
+        activity: Activity,
+        move: Move,
+        *,
+        actor: str = "system",
+        data: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Move ``activity`` (locked by ``session``'s transaction) as ``move`` says, with its
+        event: an ended one gets its end time, one no longer waiting for approval no expiry;
+        ``details`` are merged into its own."""
+        if ActivityStatus(activity.status) not in move.source:
+            raise MoveRefused(f"activity {activity.id} is {activity.status}: no {move.event}")
+        activity.status = move.to.value
+        if move.to.is_terminal:
+            activity.completed_at = utcnow()
+        elif move.to != ActivityStatus.AWAITING_APPROVAL:
+            activity.expires_at = None
+        if details:
+            activity.details = {**activity.details, **details}
+        cls.add_event(
+            session, activity.id, move.event, status=move.to.value, actor=actor, data=data
+        )
 
     @classmethod
     async def open(cls, session: AsyncSession, opening: Opening) -> Activity:

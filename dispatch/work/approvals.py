@@ -28,7 +28,15 @@ from dispatch.infra.sql import insert_or_get
 from dispatch.language.i18n import language_of, say
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.specs import ActionSpec, ApprovalSpec
-from dispatch.record.activities import ActivityLog
+from dispatch.record.activities import (
+    EXPIRE,
+    GRANT,
+    GRANT_AND_QUEUE,
+    NO_ONE_TO_ASK,
+    REJECT,
+    RUN,
+    ActivityLog,
+)
 from dispatch.record.messages import Choice
 from dispatch.record.models import (
     Activity,
@@ -95,11 +103,8 @@ class ApprovalService:
         fails at once (``no_approver``, with its event). Whether anyone was asked."""
         if await self.request(session, activity, action, requester):
             return True
-        activity.status = S.FAILED.value
-        activity.details = {**activity.details, "error": NO_APPROVER}
-        activity.completed_at = utcnow()
-        ActivityLog.add_event(
-            session, activity.id, "failed", status=activity.status, data=NO_APPROVER
+        ActivityLog.move(
+            session, activity, NO_ONE_TO_ASK, data=NO_APPROVER, details={"error": NO_APPROVER}
         )
         return False
 
@@ -340,13 +345,8 @@ class ApprovalService:
         code = activity.id
         actor = f"user:{user.id}"
         base = {"code": code, "channel": channel, "approver": user.name, "role": user.role}
-        now = utcnow()
         if decision == Decision.REJECT:
-            activity.status = S.REJECTED.value
-            activity.completed_at = now
-            ActivityLog.add_event(
-                session, code, "rejected", status=activity.status, actor=actor, data=base
-            )
+            ActivityLog.move(session, activity, REJECT, actor=actor, data=base)
             await self._tell_requester(
                 session,
                 activity,
@@ -383,13 +383,10 @@ class ApprovalService:
                 status=activity.status,
                 code=code,
             ), True
-        activity.status = (S.QUEUED if approval.auto_run else S.PENDING).value
-        activity.expires_at = None
-        ActivityLog.add_event(
+        ActivityLog.move(
             session,
-            code,
-            "approval_granted",
-            status=activity.status,
+            activity,
+            GRANT_AND_QUEUE if approval.auto_run else GRANT,
             actor=actor,
             data={"approvals": approvals, "auto_run": approval.auto_run},
         )
@@ -430,12 +427,10 @@ class ApprovalService:
                     status=activity.status,
                     code=code,
                 )
-            activity.status = S.QUEUED.value
-            ActivityLog.add_event(
+            ActivityLog.move(
                 session,
-                code,
-                "run_requested",
-                status=activity.status,
+                activity,
+                RUN,
                 actor=f"user:{user.id}",
                 data={"code": code, "channel": channel},
             )
@@ -503,14 +498,8 @@ class ApprovalService:
     async def _expire(self, session: AsyncSession, activity: Activity) -> bool:
         if activity.expires_at is None or activity.expires_at > utcnow():
             return False
-        activity.status = S.EXPIRED.value
-        activity.completed_at = utcnow()
-        ActivityLog.add_event(
-            session,
-            activity.id,
-            "expired",
-            status=activity.status,
-            data={"expires_at": activity.expires_at.isoformat()},
+        ActivityLog.move(
+            session, activity, EXPIRE, data={"expires_at": activity.expires_at.isoformat()}
         )
         await self._tell_requester(
             session,

@@ -47,7 +47,7 @@ from dispatch.record.store import Accepted, MessageStore
 from dispatch.understanding.clarify import Clarifier, Pending
 from dispatch.understanding.intents import Intent
 from dispatch.understanding.interpret import Interpreter
-from dispatch.work.approvals import NO_APPROVER, ApprovalService, expiry
+from dispatch.work.approvals import ApprovalService, expiry
 from dispatch.work.takeover import TAKEOVER
 
 __all__ = [
@@ -778,22 +778,17 @@ class DispatchService:
                 lease_s=lease_s if run_here else None,
             ),
         )
-        if approval is not None and action is not None:
-            asked = await self._approvals.request(session, activity, action, user)
-            if not asked:
-                status = ActivityStatus.FAILED
-                details = {**details, "error": NO_APPROVER}
-                activity.status = status.value
-                activity.details = details
-                activity.completed_at = utcnow()
-        if status == ActivityStatus.FAILED:
+        if (
+            approval is not None
+            and action is not None
+            and not await self._approvals.gate(session, activity, action, user)
+        ):
+            status, details = ActivityStatus.FAILED, activity.details  # no one to ask
+        if not allowed:
             self._activities.add_event(
-                session,
-                activity.id,
-                "denied" if not allowed else "failed",
-                status=status.value,
-                data=details["error"],
+                session, activity.id, "denied", status=status.value, data=details["error"]
             )
+        if status == ActivityStatus.FAILED:
             text = reply_text(activity.id, status.value, details, language_of(details))
             await add_reply(
                 session,
