@@ -10,7 +10,6 @@ assigned anywhere else (approvals did, five times), fails this test. A workflow 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
