@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Literal
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from channels.base import ChannelContext
 from channels.bus import RedisBus, ReplyBus
@@ -64,6 +66,133 @@ def load_checked_catalog(settings: RuntimeSettings) -> Catalog:
     return catalog
 
 
+@dataclasses.dataclass(frozen=True)
+class _Transport:
+    """What carries work and counts between processes: Redis when there is one, else this
+    process's own."""
+
+    queue: JobQueue
+    bus: ReplyBus
+    limiter: RateLimiter
+    counters: Counters
+    throttle: Throttle
+
+
+async def _transport(settings: RuntimeSettings, stack: contextlib.AsyncExitStack) -> _Transport:
+    prefix = settings.queue.prefix
+    if not settings.queue.redis_url:
+        return _Transport(
+            queue=InProcessQueue(prefix, concurrency=settings.worker.max_jobs),
+            bus=ReplyBus(),
+            limiter=LocalRateLimiter(),
+            counters=Counters(),
+            throttle=Throttle(),
+        )
+    arq_queue = await ArqQueue.connect(settings.queue)
+    stack.push_async_callback(arq_queue.close)
+    # One Redis, one view of its health: what fails one user is skipped by all.
+    redis, outage = arq_queue.redis, arq_queue.outage
+    return _Transport(
+        queue=arq_queue,
+        bus=RedisBus(redis, reply_channel(prefix, "*", "*"), outage),
+        limiter=RedisRateLimiter(redis, prefix, outage),
+        counters=RedisCounters(redis, prefix, outage),
+        throttle=RedisThrottle(redis, prefix, outage),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Base:
+    """What every service is built on."""
+
+    settings: RuntimeSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    catalog: Catalog
+    transport: _Transport
+    http: httpx.AsyncClient
+    store: MessageStore
+    secret: bytes
+    channels: ChannelRegistry
+
+
+def _runtime(base: _Base) -> Runtime:
+    """Every service of the core, wired once."""
+    settings, sessions, catalog, channels = (
+        base.settings,
+        base.sessions,
+        base.catalog,
+        base.channels,
+    )
+    queue, store = base.transport.queue, base.store
+    activities = ActivityLog(sessions)
+    approvals = ApprovalService(sessions=sessions, catalog=catalog, queue=queue, routing=channels)
+    workflows = WorkflowRuns(
+        sessions=sessions,
+        activities=activities,
+        catalog=catalog,
+        approvals=approvals,
+        queue=queue,
+        routing=channels,
+    )
+    interpreter = Interpreter(
+        catalog=catalog,
+        parser=IntentParser(catalog),
+        llm=LlmClient(settings.llm, base.http) if settings.llm.enabled else None,
+        counters=base.transport.counters,
+        confidence_floor=settings.llm.confidence_floor,
+    )
+    return Runtime(
+        settings=settings,
+        secret=base.secret,
+        engine=base.engine,
+        sessions=sessions,
+        catalog=catalog,
+        handlers=HandlerRegistry(BUILTIN_HANDLERS),
+        store=store,
+        activities=activities,
+        dispatcher=DispatchService(
+            sessions=sessions,
+            store=store,
+            activities=activities,
+            catalog=catalog,
+            interpreter=interpreter,
+            queue=queue,
+            routing=channels,
+            history_turns=settings.llm.history_turns,
+            clarify_timeout_s=settings.core.clarify_timeout_s,
+            approvals=approvals,
+            throttle=base.transport.throttle,
+            limits=settings.throttle,
+        ),
+        approvals=approvals,
+        steering=Steering(activities=activities, queue=queue, routing=channels),
+        stats=Stats(sessions),
+        feed=EventFeed(sessions),
+        executor=Executor(
+            sessions=sessions,
+            activities=activities,
+            catalog=catalog,
+            interpreter=interpreter,
+            approvals=approvals,
+            queue=queue,
+            workflows=workflows,
+        ),
+        workflows=workflows,
+        takeovers=Takeovers(
+            sessions=sessions, activities=activities, queue=queue, routing=channels
+        ),
+        users=UserDirectory(sessions, identity_kinds()),
+        queue=queue,
+        bus=base.transport.bus,
+        channels=channels,
+        replies=ReplySender(store=store, channels=channels, activities=activities, catalog=catalog),
+        http=base.http,
+        counters=base.transport.counters,
+        slots=asyncio.Semaphore(settings.worker.max_jobs),
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterator[Runtime]:
     """Open everything a process needs and close it all on exit.
@@ -71,125 +200,36 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
     ``role`` decides who runs jobs: with Redis, the gateway and CLI only enqueue and the arq
     worker runs them; without Redis, every role runs them in-process.
     """
-    handlers = HandlerRegistry(BUILTIN_HANDLERS)
     catalog = load_checked_catalog(settings)
     engine = create_engine(settings.database)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         sessions = create_sessionmaker(engine)
-        prefix = settings.queue.prefix
-        queue: JobQueue
-        bus: ReplyBus
-        limiter: RateLimiter
-        counters: Counters
-        throttle: Throttle
-        if settings.queue.redis_url:
-            arq_queue = await ArqQueue.connect(settings.queue)
-            stack.push_async_callback(arq_queue.close)
-            queue = arq_queue
-            # One Redis, one view of its health: what fails one user is skipped by all.
-            redis, outage = arq_queue.redis, arq_queue.outage
-            bus = RedisBus(redis, reply_channel(prefix, "*", "*"), outage)
-            limiter = RedisRateLimiter(redis, prefix, outage)
-            counters = RedisCounters(redis, prefix, outage)
-            throttle = RedisThrottle(redis, prefix, outage)
-        else:
-            queue = InProcessQueue(prefix, concurrency=settings.worker.max_jobs)
-            bus = ReplyBus()
-            limiter = LocalRateLimiter()
-            counters = Counters()
-            throttle = Throttle()
+        transport = await _transport(settings, stack)
         http = httpx.AsyncClient(follow_redirects=False)
         stack.push_async_callback(http.aclose)
         store = MessageStore(sessions)
         secret = await deployment_secret(sessions)
         context = ChannelContext(
             core=settings.core,
-            prefix=prefix,
-            limiter=limiter,
-            bus=bus,
+            prefix=settings.queue.prefix,
+            limiter=transport.limiter,
+            bus=transport.bus,
             choices=store.choices_of,
             secret=secret,
         )
         channels = ChannelRegistry.create(settings.channel, context)
         stack.push_async_callback(channels.close)
-        activities = ActivityLog(sessions)
-        approvals = ApprovalService(
-            sessions=sessions, catalog=catalog, queue=queue, routing=channels
-        )
-        workflows = WorkflowRuns(
-            sessions=sessions,
-            activities=activities,
-            catalog=catalog,
-            approvals=approvals,
-            queue=queue,
-            routing=channels,
-        )
-        interpreter = Interpreter(
-            catalog=catalog,
-            parser=IntentParser(catalog),
-            llm=LlmClient(settings.llm, http) if settings.llm.enabled else None,
-            counters=counters,
-            confidence_floor=settings.llm.confidence_floor,
-        )
-        runtime = Runtime(
-            settings=settings,
-            secret=secret,
-            engine=engine,
-            sessions=sessions,
-            catalog=catalog,
-            handlers=handlers,
-            store=store,
-            activities=activities,
-            dispatcher=DispatchService(
-                sessions=sessions,
-                store=store,
-                activities=activities,
-                catalog=catalog,
-                interpreter=interpreter,
-                queue=queue,
-                routing=channels,
-                history_turns=settings.llm.history_turns,
-                clarify_timeout_s=settings.core.clarify_timeout_s,
-                approvals=approvals,
-                throttle=throttle,
-                limits=settings.throttle,
-            ),
-            approvals=approvals,
-            steering=Steering(activities=activities, queue=queue, routing=channels),
-            stats=Stats(sessions),
-            feed=EventFeed(sessions),
-            executor=Executor(
-                sessions=sessions,
-                activities=activities,
-                catalog=catalog,
-                interpreter=interpreter,
-                approvals=approvals,
-                queue=queue,
-                workflows=workflows,
-            ),
-            workflows=workflows,
-            takeovers=Takeovers(
-                sessions=sessions, activities=activities, queue=queue, routing=channels
-            ),
-            users=UserDirectory(sessions, identity_kinds()),
-            queue=queue,
-            bus=bus,
-            channels=channels,
-            replies=ReplySender(
-                store=store, channels=channels, activities=activities, catalog=catalog
-            ),
-            http=http,
-            counters=counters,
-            slots=asyncio.Semaphore(settings.worker.max_jobs),
+        runtime = _runtime(
+            _Base(settings, engine, sessions, catalog, transport, http, store, secret, channels)
         )
         stack.push_async_callback(runtime.dispatcher.close)
         if role == "gateway" and settings.queue.redis_url:
-            await bus.start()
-            stack.push_async_callback(bus.close)
-        if isinstance(queue, InProcessQueue):
-            await queue.start(runtime)
-            stack.push_async_callback(queue.close)
+            await transport.bus.start()
+            stack.push_async_callback(transport.bus.close)
+        if isinstance(transport.queue, InProcessQueue):
+            await transport.queue.start(runtime)
+            stack.push_async_callback(transport.queue.close)
         log.info(
             "runtime ready",
             extra={

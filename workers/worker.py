@@ -22,6 +22,9 @@ import time
 from typing import Any
 
 import msgspec
+from arq import cron, func
+from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from dispatch.infra.constants import (
     DISPATCH_BATCH,
@@ -38,6 +41,7 @@ from dispatch.infra.queue import (
     job_serializer,
     redis_client,
 )
+from dispatch.infra.retry import RetryPolicy
 from dispatch.record.activities import RUNNER
 from workers import jobs
 from workers.compose import open_runtime
@@ -48,8 +52,11 @@ __all__ = ["HEARTBEAT_S", "beat_on_this_host", "create_worker"]
 
 log = logging.getLogger("switchboard.worker")
 RUNTIME = "switchboard_runtime"
-MAX_OUTAGE_BACKOFF_S = 5.0
-FINISH_PATIENCE_S = 60.0
+POLL_AGAIN = RetryPolicy(retries=0, first_s=0.1, max_s=5.0)
+"""How long a worker whose poll could not reach Redis waits before the next (the n-th outage in
+a row waits the n-th delay)."""
+FINISHING = RetryPolicy(retries=1000, first_s=0.1, max_s=5.0, within_s=60.0)
+"""A finished job's bookkeeping in Redis, tried through an outage for a minute."""
 HEARTBEAT_S = 5.0
 """How often a worker says it is alive (``GET /api/v1/workers``; gone after three missed)."""
 
@@ -112,22 +119,18 @@ async def recover_job(ctx: dict[str, Any]) -> dict[str, int]:
 
 
 async def _patiently(call: Any, *args: Any, **kwargs: Any) -> None:
-    """Retry a Redis bookkeeping ``call`` through an outage, for up to ``FINISH_PATIENCE_S``;
-    then leave it: a job left in the queue runs again later and finds its work done."""
-    from redis.exceptions import RedisError
+    """Retry a Redis bookkeeping ``call`` through an outage (:data:`FINISHING`); then leave it:
+    a job left in the queue runs again later and finds its work done."""
+    try:
+        async for attempt in FINISHING.attempts(_redis_down):
+            with attempt:
+                await call(*args, **kwargs)
+    except (RedisError, OSError):
+        log.warning("Redis unreachable for a minute; a finished job stays queued")
 
-    waited_s, pause_s = 0.0, 0.1
-    while True:
-        try:
-            await call(*args, **kwargs)
-            return
-        except (RedisError, OSError):
-            if waited_s >= FINISH_PATIENCE_S:
-                log.warning("Redis unreachable for %.0f s; a finished job stays queued", waited_s)
-                return
-            await asyncio.sleep(pause_s)
-            waited_s += pause_s
-            pause_s = min(MAX_OUTAGE_BACKOFF_S, pause_s * 2)
+
+def _redis_down(exc: BaseException) -> bool:
+    return isinstance(exc, RedisError | OSError)
 
 
 def _ticks(every_s: float) -> tuple[set[int] | None, set[int]]:
@@ -138,104 +141,107 @@ def _ticks(every_s: float) -> tuple[set[int] | None, set[int]]:
     return set(range(0, 60, max(1, round(every_s / 60)))), {0}
 
 
+class ResilientWorker(Worker):
+    """arq's worker, made to live through Redis outages.
+
+    A poll that cannot reach Redis waits (backing off) and tries again instead of ending
+    the worker; a job slot taken for a job Redis then failed to start is given back (arq
+    keeps it, so a worker that lived through a few outages would take no more jobs); and a
+    finished job's bookkeeping waits for Redis to answer (for a while) instead of failing
+    the poll loop. Running jobs go on meanwhile: their record is the database.
+    """
+
+    _outages = 0
+    """Polls in a row that could not reach Redis."""
+    _started_at = time.time()
+
+    def __init__(self, *args: Any, prefix: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prefix = prefix
+
+    async def close(self) -> None:
+        """A worker that stops says so at once (no wait for its heartbeat to lapse)."""
+        with contextlib.suppress(Exception):
+            await self.pool.delete(worker_key(self._prefix, RUNNER))
+        await super().close()
+
+    async def record_health(self) -> None:
+        """arq's health check, and this worker's heartbeat for ``GET /api/v1/workers``
+        (it expires when the worker stops beating)."""
+        due = time.time() - self._last_health_check >= self.health_check_interval
+        await super().record_health()
+        if not due:
+            return
+        beat = WorkerBeat(
+            id=RUNNER,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            last_seen=time.time(),
+            jobs_running=sum(not task.done() for task in self.tasks.values()),
+            jobs_done=self.jobs_complete,
+            jobs_failed=self.jobs_failed,
+            jobs_retried=self.jobs_retried,
+        )
+        await self.pool.psetex(
+            worker_key(self._prefix, RUNNER),
+            int(HEARTBEAT_S * 3 * 1000),
+            msgspec.json.encode(beat),
+        )
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError):
+            self._outages += 1
+            pause_s = POLL_AGAIN.delay_s(self._outages)
+            log.warning("Redis unreachable; polling again in %.1f s", pause_s)
+            await asyncio.sleep(pause_s)
+        else:
+            self._outages = 0
+        # A stop (arq cancels this task once) must not be lost on the way: under a socket
+        # timeout redis-py sends with asyncio.wait_for, which on Python 3.11 swallows a
+        # cancellation that arrives as the send completes (CPython gh-86296), and the
+        # worker would poll on, never stopping. The request is still counted on the task.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+    _ended = 0
+    """Jobs that gave their slot back (arq's completion callback)."""
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        self._ended += 1
+        super()._release_sem_dec_counter_on_complete()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            counted, ended = self.job_counter, self._ended
+            holder = self.tasks.get(job_id.decode())
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                # arq takes a slot before asking Redis whether the job may start, and keeps
+                # it when Redis fails. Give it back, unless arq already did (the job runs
+                # elsewhere; the error came from the pipeline's clean-up) or a task of the
+                # job now holds it.
+                kept = counted + 1 - (self._ended - ended)
+                if self.job_counter == kept and self.tasks.get(job_id.decode()) is holder:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
+
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        await _patiently(super().finish_job, *args, **kwargs)
+
+    async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
+        await _patiently(super().finish_failed_job, *args, **kwargs)
+
+
 def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
     """An arq ``Worker`` wired to ``settings`` (Redis must be configured)."""
-    from arq import cron, func
-    from arq.worker import Worker
-    from redis.exceptions import RedisError
-
     if not settings.queue.redis_url:
         raise RuntimeError("SWITCHBOARD_REDIS_URL is not set: the embedded mode needs no worker")
-
-    class ResilientWorker(Worker):
-        """arq's worker, made to live through Redis outages.
-
-        A poll that cannot reach Redis waits (backing off) and tries again instead of ending
-        the worker; a job slot taken for a job Redis then failed to start is given back (arq
-        keeps it, so a worker that lived through a few outages would take no more jobs); and a
-        finished job's bookkeeping waits for Redis to answer (for a while) instead of failing
-        the poll loop. Running jobs go on meanwhile: their record is the database.
-        """
-
-        _outage_s = 0.0
-        _started_at = time.time()
-
-        async def close(self) -> None:
-            """A worker that stops says so at once (no wait for its heartbeat to lapse)."""
-            with contextlib.suppress(Exception):
-                await self.pool.delete(worker_key(settings.queue.prefix, RUNNER))
-            await super().close()
-
-        async def record_health(self) -> None:
-            """arq's health check, and this worker's heartbeat for ``GET /api/v1/workers``
-            (it expires when the worker stops beating)."""
-            due = time.time() - self._last_health_check >= self.health_check_interval
-            await super().record_health()
-            if not due:
-                return
-            beat = WorkerBeat(
-                id=RUNNER,
-                host=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=self._started_at,
-                last_seen=time.time(),
-                jobs_running=sum(not task.done() for task in self.tasks.values()),
-                jobs_done=self.jobs_complete,
-                jobs_failed=self.jobs_failed,
-                jobs_retried=self.jobs_retried,
-            )
-            await self.pool.psetex(
-                worker_key(settings.queue.prefix, RUNNER),
-                int(HEARTBEAT_S * 3 * 1000),
-                msgspec.json.encode(beat),
-            )
-
-        async def _poll_iteration(self) -> None:
-            try:
-                await super()._poll_iteration()
-            except (RedisError, OSError):
-                self._outage_s = min(MAX_OUTAGE_BACKOFF_S, max(0.1, self._outage_s * 2))
-                log.warning("Redis unreachable; polling again in %.1f s", self._outage_s)
-                await asyncio.sleep(self._outage_s)
-            else:
-                self._outage_s = 0.0
-            # A stop (arq cancels this task once) must not be lost on the way: under a socket
-            # timeout redis-py sends with asyncio.wait_for, which on Python 3.11 swallows a
-            # cancellation that arrives as the send completes (CPython gh-86296), and the
-            # worker would poll on, never stopping. The request is still counted on the task.
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
-
-        _ended = 0
-        """Jobs that gave their slot back (arq's completion callback)."""
-
-        def _release_sem_dec_counter_on_complete(self) -> None:
-            self._ended += 1
-            super()._release_sem_dec_counter_on_complete()
-
-        async def start_jobs(self, job_ids: list[bytes]) -> None:
-            for job_id in job_ids:
-                counted, ended = self.job_counter, self._ended
-                holder = self.tasks.get(job_id.decode())
-                try:
-                    await super().start_jobs([job_id])
-                except (RedisError, OSError):
-                    # arq takes a slot before asking Redis whether the job may start, and keeps
-                    # it when Redis fails. Give it back, unless arq already did (the job runs
-                    # elsewhere; the error came from the pipeline's clean-up) or a task of the
-                    # job now holds it.
-                    kept = counted + 1 - (self._ended - ended)
-                    if self.job_counter == kept and self.tasks.get(job_id.decode()) is holder:
-                        self.job_counter -= 1
-                        self.sem.release()
-                    raise
-
-        async def finish_job(self, *args: Any, **kwargs: Any) -> None:
-            await _patiently(super().finish_job, *args, **kwargs)
-
-        async def finish_failed_job(self, *args: Any, **kwargs: Any) -> None:
-            await _patiently(super().finish_failed_job, *args, **kwargs)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         stack = contextlib.AsyncExitStack()
@@ -251,6 +257,7 @@ def create_worker(settings: RuntimeSettings, *, burst: bool = False) -> Any:
     backstop_s = 3600
     minute, second = _ticks(settings.worker.recover_every_s)
     return ResilientWorker(
+        prefix=settings.queue.prefix,
         functions=[
             func(dispatch_message_job, name=DISPATCH_MESSAGE, max_tries=10, timeout=backstop_s),
             func(run_activity_job, name=RUN_ACTIVITY, max_tries=10, timeout=backstop_s),

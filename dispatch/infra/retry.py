@@ -46,6 +46,8 @@ class RetryPolicy:
     retries: int
     first_s: float
     max_s: float = 60.0
+    within_s: float | None = None
+    """No retry starts this long after the first attempt did (None: no such limit)."""
 
     def _wait(self) -> tenacity.wait_exponential_jitter:
         return tenacity.wait_exponential_jitter(
@@ -73,8 +75,11 @@ class RetryPolicy:
             hinted = hint_s(failed) if failed is not None else None
             return wait(state) if hinted is None else hinted
 
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(self.retries + 1)
+        if self.within_s is not None:
+            stop = stop | tenacity.stop_after_delay(self.within_s)
         return tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.retries + 1),
+            stop=stop,
             wait=waited,
             retry=tenacity.retry_if_exception(retry_on),
             reraise=True,
