@@ -107,37 +107,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"outages": outages}),
         request_class=GatewayRequest,
         request_max_body_size=settings.core.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="Switchboard",
-            version="0.1.0",
-            path="/schema",
-            components=Components(
-                security_schemes={
-                    "bearer": SecurityScheme(
-                        type="http",
-                        scheme="bearer",
-                        description="A token from `switchboard tokens create --role ...`. "
-                        "Roles: `actions` runs catalog actions and workflows as a guest would "
-                        "and reads requests (for ChatGPT Actions); `operator` also posts "
-                        "messages, approves, rejects, cancels and takes conversations over; "
-                        "`admin` also manages users, tokens and settings. Each operation says "
-                        "the role it needs.",
-                    )
-                }
-            ),
-            use_handler_docstrings=True,
-            operation_id_creator=operation_id,
-            # Served from the package: the docs work offline, nothing loads from a CDN.
-            render_plugins=[
-                SwaggerRenderPlugin(
-                    path=["/", "/swagger"],
-                    js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-                    css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-                    standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
-                    favicon="<link rel='icon' href='data:,'>",
-                )
-            ],
-        ),
+        openapi_config=_openapi_config(),
         debug=False,
     )
     refine(
@@ -148,6 +118,41 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     _complete_allow(app)
     return app
+
+
+def _openapi_config() -> OpenAPIConfig:
+    """The OpenAPI document's frame (``refine`` in :mod:`gateway.openapi` completes it)."""
+    return OpenAPIConfig(
+        title="Switchboard",
+        version="0.1.0",
+        path="/schema",
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description="A token from `switchboard tokens create --role ...`. "
+                    "Roles: `actions` runs catalog actions and workflows as a guest would "
+                    "and reads requests (for ChatGPT Actions); `operator` also posts "
+                    "messages, approves, rejects, cancels and takes conversations over; "
+                    "`admin` also manages users, tokens and settings. Each operation says "
+                    "the role it needs.",
+                )
+            }
+        ),
+        use_handler_docstrings=True,
+        operation_id_creator=operation_id,
+        # Served from the package: the docs work offline, nothing loads from a CDN.
+        render_plugins=[
+            SwaggerRenderPlugin(
+                path=["/", "/swagger"],
+                js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                favicon="<link rel='icon' href='data:,'>",
+            )
+        ],
+    )
 
 
 def _complete_allow(app: Litestar) -> None:

@@ -27,6 +27,7 @@ from dispatch.language.i18n import language_of, say_each, spoken
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.control import NOTICE_ACTION, SYSTEM_AGENT
 from dispatch.policy.permissions import may_request
+from dispatch.policy.specs import ActionSpec
 from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.claims import MESSAGES
 from dispatch.record.intake import Arrival, Intake
@@ -150,6 +151,73 @@ class DispatchFailed(Exception):
     def __init__(self, attempt: int, reason: str) -> None:
         super().__init__(reason)
         self.attempt = attempt
+
+
+def _language(
+    message: Message, user: User | None, intent: Intent, change: StateChange
+) -> tuple[str | None, StateChange]:
+    """The language the sender is answered in (theirs if chosen, else what they wrote in), and
+    an open question's change carrying it (its answer, "12", is read in the asker's language)."""
+    earlier = (intent.provenance.get("original") or {}).get("language")
+    chosen = user.language if user is not None else None
+    language = chosen or spoken(message.text, message.raw, earlier)
+    if language is not None and isinstance(change, tuple):
+        pending, attempts = change
+        kept = {**pending.provenance, "language": language}
+        change = (msgspec.structs.replace(pending, provenance=kept), attempts)
+    return language, change
+
+
+def _details(intent: Intent, provenance: dict[str, Any], *, allowed: bool) -> dict[str, Any]:
+    """A chat request's details: its payload and where it came from, and why it was refused."""
+    details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
+    if not allowed:
+        details["error"] = {
+            "reason": "forbidden",
+            "message": f"you may not run {intent.agent}.{intent.action_type}",
+        }
+    return details
+
+
+def _opening(
+    message: Message,
+    intent: Intent,
+    action: ActionSpec | None,
+    details: dict[str, Any],
+    status: ActivityStatus,
+    *,
+    lease_s: float | None,
+) -> Opening:
+    """The activity a chat message asks for, as it is opened (running here with ``lease_s``)."""
+    approval = action.approval if action is not None else None
+    return Opening(
+        agent=intent.agent,
+        action_type=intent.action_type,
+        description=action.description if action else "",
+        details=details,
+        status=status,
+        event_data={"payload": intent.payload, "provenance": details["provenance"]},
+        actor=f"user:{message.user_id}" if message.user_id else "system",
+        actor_user_id=message.user_id,
+        source_message_id=message.id,
+        source_channel=message.channel,
+        conversation_id=message.conversation_id,
+        order_key=message.id,
+        priority=(action.priority if action else "normal"),
+        completed_at=message.received_at if status == ActivityStatus.FAILED else None,
+        expires_at=expiry(approval)
+        if approval is not None and status == ActivityStatus.AWAITING_APPROVAL
+        else None,
+        lease_s=lease_s,
+    )
+
+
+async def _free_to_run(session: AsyncSession, message: Message, action: ActionSpec) -> bool:
+    """Whether the message's activity may run at once: it overtakes, or nothing earlier of its
+    conversation holds it back (:meth:`ActivityLog.blocking`)."""
+    return action.overtakes or (
+        await ActivityLog.blocking(session, message.conversation_id, message.id) is None
+    )
 
 
 class DispatchService:
@@ -698,6 +766,31 @@ class DispatchService:
                 look_ahead=look_ahead,
             )
 
+    @staticmethod
+    async def _fence(session: AsyncSession, message: Message, attempt: int) -> None:
+        """Only the attempt holding the message's claim records its activity."""
+        claimed = await session.execute(
+            MESSAGES.update_held(
+                message.id, attempt, state=MessageState.DISPATCHED.value, claimed_until=None
+            )
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise ClaimLost(message.id)
+
+    async def _tell_failed(
+        self, session: AsyncSession, activity: Activity, message: Message
+    ) -> None:
+        """The sender is told why their request failed (refused, no one to approve it)."""
+        details = activity.details
+        text = reply_text(activity.id, activity.status, details, language_of(details))
+        await add_reply(
+            session,
+            activity_id=activity.id,
+            conversation_id=message.conversation_id,
+            channel=message.channel,
+            parts=self._routing.split(message.channel, text) if text else [],
+        )
+
     async def _record_in(
         self,
         session: AsyncSession,
@@ -714,99 +807,47 @@ class DispatchService:
         run at once if nothing earlier holds it back (:meth:`ActivityLog.blocking`)."""
         intent, change = understood
         action = self._catalog.action(intent.agent, intent.action_type)
-        # Fenced: only the attempt holding the message's claim records its activity.
-        claimed = await session.execute(
-            MESSAGES.update_held(
-                message.id, attempt, state=MessageState.DISPATCHED.value, claimed_until=None
-            )
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            raise ClaimLost(message.id)
+        await self._fence(session, message, attempt)
         role = user.role if user else None
         allowed = action is not None and may_request(role, user.active if user else True, action)
-        earlier = (intent.provenance.get("original") or {}).get("language")
-        chosen = user.language if user is not None else None
-        language = chosen or spoken(message.text, message.raw, earlier)
-        if language is not None and isinstance(change, tuple):
-            # A question asked back: its answer ("12") is read in the asker's language.
-            pending, attempts = change
-            kept = {**pending.provenance, "language": language}
-            change = (msgspec.structs.replace(pending, provenance=kept), attempts)
+        language, change = _language(message, user, intent, change)
         provenance: dict[str, Any] = {
             **intent.provenance,
             "matched": intent.matched,
             "parse_us": parse_us,
             "language": language,
         }
-        details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
-        status = ActivityStatus.QUEUED if allowed else ActivityStatus.FAILED
-        if not allowed:
-            details["error"] = {
-                "reason": "forbidden",
-                "message": f"you may not run {intent.agent}.{intent.action_type}",
-            }
+        details = _details(intent, provenance, allowed=allowed)
         approval = action.approval if allowed and action is not None else None
-        if approval is not None:
-            status = ActivityStatus.AWAITING_APPROVAL
+        status = (
+            ActivityStatus.FAILED
+            if not allowed
+            else ActivityStatus.AWAITING_APPROVAL
+            if approval is not None
+            else ActivityStatus.QUEUED
+        )
         run_here = (
             lease_s is not None
             and action is not None
             and status == ActivityStatus.QUEUED
-            and (
-                action.overtakes
-                or await ActivityLog.blocking(session, message.conversation_id, message.id) is None
-            )
+            and await _free_to_run(session, message, action)
         )
-        activity = await ActivityLog.open(
-            session,
-            Opening(
-                agent=intent.agent,
-                action_type=intent.action_type,
-                description=action.description if action else "",
-                details=details,
-                status=status,
-                event_data={"payload": intent.payload, "provenance": provenance},
-                actor=f"user:{message.user_id}" if message.user_id else "system",
-                actor_user_id=message.user_id,
-                source_message_id=message.id,
-                source_channel=message.channel,
-                conversation_id=message.conversation_id,
-                order_key=message.id,
-                priority=(action.priority if action else "normal"),
-                completed_at=None if allowed else message.received_at,
-                expires_at=expiry(approval) if approval is not None else None,
-                lease_s=lease_s if run_here else None,
-            ),
+        opening = _opening(
+            message, intent, action, details, status, lease_s=lease_s if run_here else None
         )
-        if (
-            approval is not None
-            and action is not None
-            and not await self._approvals.gate(session, activity, action, user)
-        ):
-            status, details = ActivityStatus.FAILED, activity.details  # no one to ask
+        activity = await ActivityLog.open(session, opening)
+        if approval is not None and action is not None:
+            await self._approvals.gate(session, activity, action, user)  # may fail: no one to ask
         if not allowed:
             self._activities.add_event(
                 session, activity.id, "denied", status=status.value, data=details["error"]
             )
-        if status == ActivityStatus.FAILED:
-            text = reply_text(activity.id, status.value, details, language_of(details))
-            await add_reply(
-                session,
-                activity_id=activity.id,
-                conversation_id=message.conversation_id,
-                channel=message.channel,
-                parts=self._routing.split(message.channel, text) if text else [],
-            )
+        if activity.status == ActivityStatus.FAILED:
+            await self._tell_failed(session, activity, message)
         await self._change_state(session, message.conversation_id, change, activity.id)
         log.info(
             "activity recorded",
-            extra={
-                "activity_id": activity.id,
-                "message_id": message.id,
-                "agent": intent.agent,
-                "action_type": intent.action_type,
-                "status": status.value,
-            },
+            extra={"activity_id": activity.id, "message_id": message.id, "status": activity.status},
         )
         following = (
             await MessageStore.next_undispatched_in(
@@ -815,19 +856,18 @@ class DispatchService:
             if look_ahead
             else None
         )
+        running = Claimed(
+            activity=ActivityView.of(activity),
+            attempt=1,
+            role=role,
+            active=user.active if user else True,
+        )
         return Dispatched(
             activity_id=activity.id,
             status=activity.status,
             created=True,
             conversation_id=message.conversation_id,
-            running=Claimed(
-                activity=ActivityView.of(activity),
-                attempt=1,
-                role=role,
-                active=user.active if user else True,
-            )
-            if run_here
-            else None,
+            running=running if run_here else None,
             looked_ahead=look_ahead,
             following=following,
         )
