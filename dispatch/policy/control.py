@@ -9,6 +9,8 @@ question back to the user (see :mod:`dispatch.understanding.clarify`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from dispatch.policy.specs import ActionSpec, AgentSpec, FieldSpec, LocalizedSpec, RuleSpec
 
 __all__ = [
@@ -151,88 +153,96 @@ def _decision(description: str) -> ActionSpec:
     )
 
 
+def _asked(
+    description: str, handler: str, example: str, spanish: LocalizedSpec, **more: Any
+) -> ActionSpec:
+    """A built-in action people ask for (public, ahead of what waits)."""
+    return ActionSpec(
+        description=description,
+        handler=handler,
+        public=True,
+        overtakes=True,
+        timeout_s=more.pop("timeout_s", 5),
+        examples=(example,),
+        localized={"es": spanish},
+        **more,
+    )
+
+
+def _internal(
+    description: str, handler: str, field: str, spec: FieldSpec, **more: Any
+) -> ActionSpec:
+    """A built-in action only the gateway itself starts (never offered to people or the LLM)."""
+    return ActionSpec(
+        description=description,
+        handler=handler,
+        public=True,
+        internal=True,
+        timeout_s=more.pop("timeout_s", 5),
+        payload={field: spec},
+        **more,
+    )
+
+
 def system_agent() -> AgentSpec:
     return AgentSpec(
         description="Built in: help, the state of a request, cancelling one.",
         actions={
-            "help": ActionSpec(
-                description="List what you can ask",
-                handler="help",
-                public=True,
-                overtakes=True,
-                timeout_s=5,
-                examples=("help",),
-                localized={"es": LocalizedSpec("Lista lo que puedes pedir", ("ayuda",))},
+            "help": _asked(
+                "List what you can ask",
+                "help",
+                "help",
+                LocalizedSpec("Lista lo que puedes pedir", ("ayuda",)),
             ),
-            "status": ActionSpec(
-                description="Show the state of one of your requests",
-                handler="status",
-                public=True,
-                overtakes=True,
-                timeout_s=5,
+            "status": _asked(
+                "Show the state of one of your requests",
+                "status",
+                "status 12",
+                LocalizedSpec(
+                    "Muestra el estado de una de tus solicitudes", ("estado 12",), "estado"
+                ),
                 payload={"activity_id": _ID},
-                examples=("status 12",),
                 button="status",
-                localized={
-                    "es": LocalizedSpec(
-                        "Muestra el estado de una de tus solicitudes", ("estado 12",), "estado"
-                    )
-                },
             ),
-            "cancel": ActionSpec(
-                description="Cancel one of your requests that has not started",
-                handler="cancel",
-                public=True,
-                overtakes=True,
-                timeout_s=5,
+            "cancel": _asked(
+                "Cancel one of your requests that has not started",
+                "cancel",
+                "cancel 12",
+                LocalizedSpec(
+                    "Cancela una de tus solicitudes que no haya empezado",
+                    ("cancelar 12",),
+                    "cancelar",
+                ),
                 payload={"activity_id": _ID},
-                examples=("cancel 12",),
                 button="cancel",
-                localized={
-                    "es": LocalizedSpec(
-                        "Cancela una de tus solicitudes que no haya empezado",
-                        ("cancelar 12",),
-                        "cancelar",
-                    )
-                },
             ),
-            "human": ActionSpec(
-                description="Ask for a person to answer instead of the bot",
-                handler="human",
-                public=True,
-                overtakes=True,
+            "human": _asked(
+                "Ask for a person to answer instead of the bot",
+                "human",
+                "agent",
+                LocalizedSpec("Pide que te atienda una persona", ("humano",)),
                 timeout_s=10,
-                examples=("agent",),
-                localized={"es": LocalizedSpec("Pide que te atienda una persona", ("humano",))},
             ),
             # Decisions on requests awaiting approval ("YES 123" / "NO 123"). Never offered to
             # the LLM: only these exact words decide, and only from an eligible approver.
             "approve": _decision("Approve a request awaiting your decision"),
             "reject": _decision("Reject a request awaiting your decision"),
-            "run": ActionSpec(
-                description="Run an approved request that waits to be run",
-                handler="run",
-                public=True,
-                internal=True,
+            "run": _internal(
+                "Run an approved request that waits to be run",
+                "run",
+                "code",
+                FieldSpec(type="id", description="the request number"),
                 overtakes=True,
                 timeout_s=10,
-                payload={"code": FieldSpec(type="id", description="the request number")},
             ),
-            NOTICE_ACTION: ActionSpec(
-                description="Tell the sender something (to slow down)",
-                handler="echo",
-                public=True,
-                internal=True,
-                timeout_s=5,
-                payload={"text": FieldSpec(type="string")},
+            NOTICE_ACTION: _internal(
+                "Tell the sender something (to slow down)", "echo", "text", FieldSpec(type="string")
             ),
-            CLARIFY_ACTION: ActionSpec(
-                description="Ask the user for what a request lacks",
-                handler="clarify",
-                public=True,
-                internal=True,
-                timeout_s=5,
-                payload={"question": FieldSpec(type="string")},
+            CLARIFY_ACTION: _internal(
+                "Ask the user for what a request lacks",
+                "clarify",
+                "question",
+                FieldSpec(type="string"),
             ),
         },
     )

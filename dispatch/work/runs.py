@@ -29,6 +29,7 @@ from dispatch.infra.sql import insert_ignore
 from dispatch.language.i18n import language_of, say, status_word
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request, requester_role
+from dispatch.policy.specs import StepSpec
 from dispatch.policy.workflows import WORKFLOWS_AGENT, TemplateError, Workflow, fill
 from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
@@ -138,6 +139,24 @@ def _lets_on(flow: Workflow, step_id: str, state: str) -> bool:
     return state == ActivityStatus.COMPLETED or (
         _ended(state) and not _blocks(flow, step_id, state)
     )
+
+
+def _scope(run: WorkflowRun, rows: dict[str, Activity]) -> dict[str, Any]:
+    """What a step's payload templates may name: the run's input, and each earlier step's
+    result, error, status and activity id."""
+    return {
+        "input": run.input,
+        "run": {"id": run.id},
+        "steps": {
+            sid: {
+                "result": row.details.get("result"),
+                "error": row.details.get("error"),
+                "status": row.status,
+                "activity_id": row.id,
+            }
+            for sid, row in rows.items()
+        },
+    }
 
 
 class WorkflowRuns:
@@ -296,6 +315,19 @@ class WorkflowRuns:
                 woken.append((start.id, start.priority))  # delivers its news to the requester
             return woken
 
+    def _payload(
+        self, step: StepSpec, scope: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """A step's payload, its templates filled from ``scope`` and checked against its
+        action's schema; or why it could not be (the step fails with it)."""
+        try:
+            filled = fill(step.payload, scope)
+            return clean_json(self._catalog.validate_payload(step.agent, step.action, filled)), None
+        except TemplateError as exc:
+            return {}, {"reason": "template", "message": str(exc), "reference": exc.reference}
+        except PayloadError as exc:
+            return {}, {"reason": "payload", "message": str(exc), "field": exc.field}
+
     async def _create(  # noqa: PLR0917 - the parts of one step's activity
         self,
         session: AsyncSession,
@@ -309,30 +341,8 @@ class WorkflowRuns:
         step = flow.steps[step_id]
         action = self._catalog.action(step.agent, step.action)
         assert action is not None  # checked when the catalog loaded
-        scope = {
-            "input": run.input,
-            "run": {"id": run.id},
-            "steps": {
-                sid: {
-                    "result": row.details.get("result"),
-                    "error": row.details.get("error"),
-                    "status": row.status,
-                    "activity_id": row.id,
-                }
-                for sid, row in rows.items()
-            },
-        }
         user, role, active = requester
-        error: dict[str, Any] | None = None
-        payload: dict[str, Any] = {}
-        try:
-            payload = clean_json(
-                self._catalog.validate_payload(step.agent, step.action, fill(step.payload, scope))
-            )
-        except TemplateError as exc:
-            error = {"reason": "template", "message": str(exc), "reference": exc.reference}
-        except PayloadError as exc:
-            error = {"reason": "payload", "message": str(exc), "field": exc.field}
+        payload, error = self._payload(step, _scope(run, rows))
         if error is None and not may_request(role, active, action):
             who = user.name if user else role or "the requester"
             error = {"reason": "forbidden", "message": f"{who} may not run this action"}
