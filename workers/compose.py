@@ -32,6 +32,7 @@ from dispatch.record.feed import EventFeed
 from dispatch.record.keys import deployment_secret
 from dispatch.record.stats import Stats
 from dispatch.record.store import MessageStore
+from dispatch.record.turns import Turns
 from dispatch.record.users import UserDirectory
 from dispatch.understanding.intents import IntentParser
 from dispatch.understanding.interpret import Interpreter
@@ -151,6 +152,7 @@ def _runtime(base: _Base) -> Runtime:
         handlers=HandlerRegistry(BUILTIN_HANDLERS),
         store=store,
         activities=activities,
+        turns=Turns(sessions),
         dispatcher=DispatchService(
             sessions=sessions,
             store=store,

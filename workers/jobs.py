@@ -231,7 +231,7 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
     if running is None and activity.status in (S.QUEUED, S.IN_PROGRESS):
         action = runtime.catalog.action(activity.agent_name, activity.action_type)
         overtakes = action is not None and action.overtakes
-        if await activities.blocker(activity, overtakes=overtakes) is not None:
+        if await runtime.turns.blocker(activity, overtakes=overtakes) is not None:
             return _Step(held=True)  # what holds it back wakes it when it ends
         claimed_at = time.monotonic()
         taken = await activities.take(activity_id, lease_s=runtime.settings.worker.lease_s)
@@ -258,7 +258,7 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
         await runtime.workflows.advance(run_id)  # what its end lets run, or the run's end
     following = delivered.following
     if turn is not None and not delivered.looked:
-        following = await activities.next_in_conversation(*turn)
+        following = await runtime.turns.next_in_conversation(*turn)
     return _Step(held=False, following=following, ran=ran)
 
 

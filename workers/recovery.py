@@ -45,8 +45,8 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
         await runtime.queue.enqueue_dispatch(message_id)
     expired = await runtime.approvals.expire_due()
     uncertain = await runtime.store.resolve_stale_sending()
-    heads = await runtime.activities.heads(older_than=cutoff)
-    unanswered = await runtime.activities.unanswered(older_than=cutoff)
+    heads = await runtime.turns.heads(older_than=cutoff)
+    unanswered = await runtime.turns.unanswered(older_than=cutoff)
     for activity_id in sorted({*heads, *unanswered, *uncertain}):
         await runtime.queue.enqueue_run(activity_id)
     runs = await runtime.workflows.unfinished()

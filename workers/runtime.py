@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from dispatch.record.feed import EventFeed
     from dispatch.record.stats import Stats
     from dispatch.record.store import MessageStore
+    from dispatch.record.turns import Turns
     from dispatch.record.users import UserDirectory
     from dispatch.work.approvals import ApprovalService
     from dispatch.work.execution import Executor
@@ -170,6 +171,7 @@ class Runtime:
     handlers: HandlerRegistry
     store: MessageStore
     activities: ActivityLog
+    turns: Turns
     dispatcher: DispatchService
     approvals: ApprovalService
     steering: Steering

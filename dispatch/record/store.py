@@ -33,6 +33,7 @@ from dispatch.record.models import (
     utcnow,
 )
 from dispatch.record.outbox import Outbox, add_reply, pending_of, read_outbox
+from dispatch.record.turns import Turns
 
 __all__ = ["Accepted", "MessageStore", "MessageView", "storable"]
 
@@ -579,13 +580,13 @@ class MessageStore:
         ``turn`` (conversation id, order key), now that this reply holds it back no more.
 
         An activity recorded meanwhile that found this reply still being sent waited for this
-        transaction (:meth:`ActivityLog.blocking` locks the reply it finds) and so either saw
+        transaction (:meth:`Turns.blocking` locks the reply it finds) and so either saw
         it sent, or was committed first and is found here."""
         async with self._sessions.begin() as session:
             await self._move_delivery(
                 session, message_id, status, external_id=external_id, error=error, event=event
             )
-            return await ActivityLog.waiting_after(session, *turn)
+            return await Turns.waiting_after(session, *turn)
 
     @staticmethod
     async def _move_delivery(

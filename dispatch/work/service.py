@@ -45,6 +45,7 @@ from dispatch.record.models import (
 )
 from dispatch.record.outbox import add_reply, reply_text
 from dispatch.record.store import Accepted, MessageStore
+from dispatch.record.turns import Turns
 from dispatch.understanding.clarify import Clarifier, Pending
 from dispatch.understanding.intents import Intent
 from dispatch.understanding.interpret import Interpreter
@@ -214,9 +215,9 @@ def _opening(
 
 async def _free_to_run(session: AsyncSession, message: Message, action: ActionSpec) -> bool:
     """Whether the message's activity may run at once: it overtakes, or nothing earlier of its
-    conversation holds it back (:meth:`ActivityLog.blocking`)."""
+    conversation holds it back (:meth:`Turns.blocking`)."""
     return action.overtakes or (
-        await ActivityLog.blocking(session, message.conversation_id, message.id) is None
+        await Turns.blocking(session, message.conversation_id, message.id) is None
     )
 
 
@@ -804,7 +805,7 @@ class DispatchService:
         look_ahead: bool,
     ) -> Dispatched:
         """Record the message's activity (fenced by its claim); with ``lease_s``, claim it to
-        run at once if nothing earlier holds it back (:meth:`ActivityLog.blocking`)."""
+        run at once if nothing earlier holds it back (:meth:`Turns.blocking`)."""
         intent, change = understood
         action = self._catalog.action(intent.agent, intent.action_type)
         await self._fence(session, message, attempt)

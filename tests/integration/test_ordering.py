@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from dispatch.record.activities import ActivityLog, ActivityView
+from dispatch.record.activities import ActivityView
 from dispatch.record.messages import InboundMessage
 from dispatch.record.models import Activity, ActivityStatus
+from dispatch.record.turns import Turns
 from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.http_server import Answer, ScriptedServer
@@ -311,7 +312,7 @@ async def test_a_message_recorded_while_the_reply_before_it_is_being_recorded_is
     catalog.write_text(CATALOG.format(url=server.url))
     settings = make_settings(database_url=own_pg, catalog=catalog, worker_recover_every_s=3600)
     looked, release = asyncio.Event(), asyncio.Event()
-    original = ActivityLog.waiting_after
+    original = Turns.waiting_after
 
     async def held_open(session: Any, conversation_id: int, after_key: int) -> int | None:
         found = await original(session, conversation_id, after_key)
@@ -320,7 +321,7 @@ async def test_a_message_recorded_while_the_reply_before_it_is_being_recorded_is
             await release.wait()  # the transaction stays open, the reply's row locked
         return found
 
-    monkeypatch.setattr(ActivityLog, "waiting_after", staticmethod(held_open))
+    monkeypatch.setattr(Turns, "waiting_after", staticmethod(held_open))
     async with runtime_for(settings) as runtime:
         first = await activity_of(runtime, await say(runtime, "echo one"))
         await asyncio.wait_for(looked.wait(), timeout=10)

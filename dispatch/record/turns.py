@@ -1,0 +1,170 @@
+"""A conversation's turns: its activities run, and are answered, in the order its messages
+arrived. What holds an activity back, which one comes next, and which were left behind (for
+recovery to re-drive from the database).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+
+from dispatch.record.activities import SENDING_STALE, ActivityView
+from dispatch.record.models import (
+    BLOCKING_STATUSES,
+    UNDISPATCHED,
+    Activity,
+    ActivityStatus,
+    Delivery,
+    Message,
+    utcnow,
+)
+
+__all__ = ["Turns"]
+
+
+class Turns:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def blocker(self, activity: ActivityView, *, overtakes: bool = False) -> str | None:
+        """What holds this activity back in its conversation, or None if it may run now.
+
+        Activities of one conversation run, and are answered, in the order their messages
+        arrived: an earlier activity still queued or running, an earlier message not yet
+        dispatched, or an earlier reply not yet handed to its channel, blocks. A control
+        intent (``overtakes``: cancel, status, a decision) is held back by nothing.
+        """
+        order_key = activity.order_key
+        if activity.conversation_id is None or order_key is None or overtakes:
+            return None
+        async with self._sessions() as session:
+            return await self.blocking(session, activity.conversation_id, order_key)
+
+    @staticmethod
+    async def blocking(session: AsyncSession, conversation_id: int, order_key: int) -> str | None:
+        """What holds back an activity at ``order_key`` of its conversation (:meth:`blocker`)."""
+        earlier_activity = (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                )
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if earlier_activity is not None:
+            return f"activity {earlier_activity}"
+        earlier_message = (
+            await session.execute(
+                select(
+                    exists().where(
+                        Message.conversation_id == conversation_id,
+                        Message.id < order_key,
+                        Message.state.in_([s.value for s in UNDISPATCHED]),
+                    )
+                )
+            )
+        ).scalar_one()
+        if earlier_message:
+            return "an earlier message"
+        earlier_reply = (
+            await session.execute(
+                select(Message.id)
+                .join(Activity, Message.activity_id == Activity.id)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Activity.order_key < order_key,
+                    or_(
+                        Message.delivery == Delivery.PENDING.value,
+                        and_(
+                            Message.delivery == Delivery.SENDING.value,
+                            Message.updated_at > utcnow() - SENDING_STALE,
+                        ),
+                    ),
+                )
+                .limit(1)
+                # A reply whose sender is recording its outcome right now is waited for, then
+                # read as recorded: that transaction looks for what waits behind the reply, so
+                # an activity recorded as held must be either seen by it or not held at all.
+                .with_for_update(read=True, of=Message)
+            )
+        ).scalar_one_or_none()
+        return None if earlier_reply is None else f"reply {earlier_reply}"
+
+    async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
+        """The next activity waiting its turn in a conversation, if any."""
+        async with self._sessions() as session:
+            return await self.waiting_after(session, conversation_id, after_key)
+
+    @staticmethod
+    async def waiting_after(
+        session: AsyncSession, conversation_id: int, after_key: int
+    ) -> int | None:
+        """:meth:`next_in_conversation` in the caller's transaction."""
+        return (
+            await session.execute(
+                select(Activity.id)
+                .where(
+                    Activity.conversation_id == conversation_id,
+                    Activity.order_key > after_key,
+                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+                )
+                .order_by(Activity.order_key)
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+
+    async def heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities to re-drive: each conversation's first queued or running one, if queued
+        before ``older_than`` or running past its lease. Those behind it wait their turn (its
+        end wakes the next), so re-driving them would only add jobs."""
+        now = utcnow()
+        earlier = aliased(Activity)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Activity.id)
+                .where(
+                    or_(
+                        and_(
+                            Activity.status == ActivityStatus.QUEUED.value,
+                            Activity.created_at < older_than,
+                        ),
+                        and_(
+                            Activity.status == ActivityStatus.IN_PROGRESS.value,
+                            Activity.lease_expires_at < now,
+                        ),
+                    ),
+                    or_(
+                        Activity.conversation_id.is_(None),
+                        ~exists().where(
+                            earlier.conversation_id == Activity.conversation_id,
+                            earlier.order_key < Activity.order_key,
+                            earlier.status.in_([s.value for s in BLOCKING_STATUSES]),
+                        ),
+                    ),
+                )
+                .order_by(Activity.id)
+                .limit(limit)
+            )
+            return [int(r) for r in rows.scalars()]
+
+    async def unanswered(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """Activities with a reply written but never handed to its channel."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Message.activity_id)
+                .where(
+                    Message.delivery == Delivery.PENDING.value,
+                    Message.activity_id.is_not(None),
+                    Message.updated_at < older_than,
+                )
+                .distinct()
+                .limit(limit)
+            )
+            return sorted(int(r) for r in rows.scalars() if r is not None)
