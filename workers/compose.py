@@ -28,6 +28,7 @@ from dispatch.infra.throttle import RedisThrottle, Throttle
 from dispatch.policy.catalog import Catalog, load_catalog
 from dispatch.record.activities import ActivityLog
 from dispatch.record.db import create_engine, create_sessionmaker
+from dispatch.record.delivery import Deliveries
 from dispatch.record.feed import EventFeed
 from dispatch.record.keys import deployment_secret
 from dispatch.record.stats import Stats
@@ -117,6 +118,18 @@ class _Base:
     channels: ChannelRegistry
 
 
+def _interpreter(base: _Base) -> Interpreter:
+    """From text to an intent: the catalog's rules, then the LLM if one is configured."""
+    llm = base.settings.llm
+    return Interpreter(
+        catalog=base.catalog,
+        parser=IntentParser(base.catalog),
+        llm=LlmClient(llm, base.http) if llm.enabled else None,
+        counters=base.transport.counters,
+        confidence_floor=llm.confidence_floor,
+    )
+
+
 def _runtime(base: _Base) -> Runtime:
     """Every service of the core, wired once."""
     settings, sessions, catalog, channels = (
@@ -127,6 +140,7 @@ def _runtime(base: _Base) -> Runtime:
     )
     queue, store = base.transport.queue, base.store
     activities = ActivityLog(sessions)
+    turns, deliveries = Turns(sessions), Deliveries(sessions)
     approvals = ApprovalService(sessions=sessions, catalog=catalog, queue=queue, routing=channels)
     workflows = WorkflowRuns(
         sessions=sessions,
@@ -136,13 +150,7 @@ def _runtime(base: _Base) -> Runtime:
         queue=queue,
         routing=channels,
     )
-    interpreter = Interpreter(
-        catalog=catalog,
-        parser=IntentParser(catalog),
-        llm=LlmClient(settings.llm, base.http) if settings.llm.enabled else None,
-        counters=base.transport.counters,
-        confidence_floor=settings.llm.confidence_floor,
-    )
+    interpreter = _interpreter(base)
     return Runtime(
         settings=settings,
         secret=base.secret,
@@ -152,10 +160,13 @@ def _runtime(base: _Base) -> Runtime:
         handlers=HandlerRegistry(BUILTIN_HANDLERS),
         store=store,
         activities=activities,
-        turns=Turns(sessions),
+        turns=turns,
+        deliveries=deliveries,
         dispatcher=DispatchService(
             sessions=sessions,
             store=store,
+            deliveries=deliveries,
+            turns=turns,
             activities=activities,
             catalog=catalog,
             interpreter=interpreter,
@@ -188,7 +199,9 @@ def _runtime(base: _Base) -> Runtime:
         queue=queue,
         bus=base.transport.bus,
         channels=channels,
-        replies=ReplySender(store=store, channels=channels, activities=activities, catalog=catalog),
+        replies=ReplySender(
+            deliveries=deliveries, channels=channels, activities=activities, catalog=catalog
+        ),
         http=base.http,
         counters=base.transport.counters,
         slots=asyncio.Semaphore(settings.worker.max_jobs),

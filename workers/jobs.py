@@ -138,7 +138,7 @@ async def dispatch_message(
         # Later messages of the conversation waited for this one to be understood.
         following = dispatched.following
         if not dispatched.looked_ahead:
-            following = await runtime.store.next_undispatched(
+            following = await runtime.turns.next_undispatched(
                 dispatched.conversation_id, after_id=message_id
             )
         if following is not None and after == "wake":

@@ -40,11 +40,11 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
         # its own job waiting behind it: re-driving it would only queue it twice.
         backlog = dt.datetime.fromtimestamp(oldest, dt.UTC) - dt.timedelta(seconds=age_s)
         cutoff = min(cutoff, backlog)
-    messages = await runtime.store.undispatched_heads(older_than=cutoff)
+    messages = await runtime.turns.undispatched_heads(older_than=cutoff)
     for message_id in messages:
         await runtime.queue.enqueue_dispatch(message_id)
     expired = await runtime.approvals.expire_due()
-    uncertain = await runtime.store.resolve_stale_sending()
+    uncertain = await runtime.deliveries.resolve_stale_sending()
     heads = await runtime.turns.heads(older_than=cutoff)
     unanswered = await runtime.turns.unanswered(older_than=cutoff)
     for activity_id in sorted({*heads, *unanswered, *uncertain}):

@@ -10,10 +10,10 @@ import msgspec
 from channels.registry import ChannelRegistry
 from dispatch.policy.catalog import Catalog
 from dispatch.record.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
+from dispatch.record.delivery import Deliveries
 from dispatch.record.messages import Choice, Media, OutboundMessage
 from dispatch.record.models import Delivery
 from dispatch.record.outbox import Outbox
-from dispatch.record.store import MessageStore
 
 __all__ = ["Delivered", "ReplySender"]
 
@@ -40,12 +40,12 @@ class ReplySender:
     def __init__(
         self,
         *,
-        store: MessageStore,
+        deliveries: Deliveries,
         channels: ChannelRegistry,
         activities: ActivityLog,
         catalog: Catalog,
     ) -> None:
-        self._store = store
+        self._deliveries = deliveries
         self._channels = channels
         self._activities = activities
         self._catalog = catalog
@@ -68,7 +68,7 @@ class ReplySender:
         call that it never handed over (it was stopped first) is given back to be sent later.
         """
         if outbox is None:
-            outbox = await self._store.outbox(activity.id, activity.source_message_id)
+            outbox = await self._deliveries.outbox(activity.id, activity.source_message_id)
         if not outbox.replies:
             return Delivered()
         handed: set[int] = set()
@@ -76,7 +76,7 @@ class ReplySender:
             return await self._hand_over(activity, outbox, handed, turn)
         finally:
             if outbox.reserved is not None and outbox.reserved not in handed:
-                await asyncio.shield(self._store.release_replies([outbox.reserved]))
+                await asyncio.shield(self._deliveries.release_replies([outbox.reserved]))
 
     async def _hand_over(
         self,
@@ -96,7 +96,7 @@ class ReplySender:
             conversation = outbox.conversations.get(row.conversation_id)
             if conversation is None:
                 continue
-            if row.id != outbox.reserved and not await self._store.claim_reply(row.id):
+            if row.id != outbox.reserved and not await self._deliveries.claim_reply(row.id):
                 continue
             handed.add(row.id)
             ends = turn if row.id == last_own else None
@@ -170,11 +170,11 @@ class ReplySender:
     ) -> _Outcome:
         """A reply's outcome; with ``turn``, what waits behind it too (one transaction)."""
         if turn is None:
-            await self._store.update_delivery(
+            await self._deliveries.update_delivery(
                 message_id, status, external_id=external_id, error=error, event=event
             )
             return _Outcome(status=status)
-        following = await self._store.end_delivery(
+        following = await self._deliveries.end_delivery(
             message_id, status, external_id=external_id, error=error, event=event, turn=turn
         )
         return _Outcome(status=status, following=following)
@@ -185,6 +185,6 @@ class ReplySender:
         while True:
             await asyncio.sleep(SENDING_HEARTBEAT_S)
             try:
-                await self._store.touch_sending(message_id)
+                await self._deliveries.touch_sending(message_id)
             except Exception:
                 log.warning("could not mark a reply as still sending", exc_info=True)

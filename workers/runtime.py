@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from dispatch.infra.queue import JobQueue
     from dispatch.policy.catalog import Catalog
     from dispatch.record.activities import ActivityLog
+    from dispatch.record.delivery import Deliveries
     from dispatch.record.feed import EventFeed
     from dispatch.record.stats import Stats
     from dispatch.record.store import MessageStore
@@ -172,6 +173,7 @@ class Runtime:
     store: MessageStore
     activities: ActivityLog
     turns: Turns
+    deliveries: Deliveries
     dispatcher: DispatchService
     approvals: ApprovalService
     steering: Steering

@@ -3,8 +3,10 @@
 Tables (``models``), the engine and sessions (``db``), claims on rows (``claims``), messages as
 every channel normalizes them (``messages``), storing them (``intake`` in batches, ``store``),
 users and their identities (``users``), the activity log and its events (``activities``, ``feed``),
-a conversation's turns (``turns``: what holds an activity back, what comes next),
-replies written with the activity that produced them (``outbox``), the deployment's secret
+a conversation's turns (``turns``: what holds an activity back, which message or activity
+comes next),
+replies written with the activity that produced them (``outbox``) and on their way to the
+channel, each at most once (``delivery``), the deployment's secret
 (``keys``) and figures read back (``stats``). It imports ``dispatch.infra`` and
 ``dispatch.language`` only.
 """

@@ -12,13 +12,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from dispatch.record.activities import SENDING_STALE, ActivityView
+from dispatch.record.claims import MESSAGES
 from dispatch.record.models import (
     BLOCKING_STATUSES,
     UNDISPATCHED,
     Activity,
     ActivityStatus,
     Delivery,
+    Direction,
     Message,
+    MessageState,
     utcnow,
 )
 
@@ -168,3 +171,83 @@ class Turns:
                 .limit(limit)
             )
             return sorted(int(r) for r in rows.scalars() if r is not None)
+
+    # -- a conversation's messages, in turn --------------------------------------------
+
+    async def release_message(self, message_id: int, *, attempt: int) -> bool:
+        """Give a claimed message back to be interpreted again (its attempt failed)."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                MESSAGES.update_held(
+                    message_id, attempt, state=MessageState.RECEIVED.value, claimed_until=None
+                )
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    @staticmethod
+    async def earlier_undispatched_in(session: AsyncSession, message: Message) -> bool:
+        """Whether an earlier message of the conversation still awaits its dispatch."""
+        return bool(
+            await session.scalar(
+                select(
+                    exists().where(
+                        Message.conversation_id == message.conversation_id,
+                        Message.direction == Direction.INBOUND.value,
+                        Message.state.in_([s.value for s in UNDISPATCHED]),
+                        Message.id < message.id,
+                    )
+                )
+            )
+        )
+
+    async def next_undispatched(self, conversation_id: int, *, after_id: int) -> int | None:
+        """The next message of the conversation awaiting its dispatch, if any."""
+        async with self._sessions() as session:
+            return await self.next_undispatched_in(session, conversation_id, after_id=after_id)
+
+    @staticmethod
+    async def next_undispatched_in(
+        session: AsyncSession, conversation_id: int, *, after_id: int
+    ) -> int | None:
+        found = await session.scalar(
+            select(Message.id)
+            .where(
+                Message.conversation_id == conversation_id,
+                Message.direction == Direction.INBOUND.value,
+                Message.state.in_([s.value for s in UNDISPATCHED]),
+                Message.id > after_id,
+            )
+            .order_by(Message.id)
+            .limit(1)
+        )
+        return None if found is None else int(found)
+
+    async def undispatched_heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
+        """For recovery: each conversation's first message awaiting dispatch (unclaimed, or
+        whose claim ran out), received before ``older_than``."""
+        now = utcnow()
+        earlier = aliased(Message)
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(Message.id)
+                .where(
+                    Message.direction == Direction.INBOUND.value,
+                    Message.received_at < older_than,
+                    or_(
+                        Message.state == MessageState.RECEIVED.value,
+                        and_(
+                            Message.state == MessageState.DISPATCHING.value,
+                            Message.claimed_until < now,
+                        ),
+                    ),
+                    ~exists().where(
+                        earlier.conversation_id == Message.conversation_id,
+                        earlier.direction == Direction.INBOUND.value,
+                        earlier.state.in_([s.value for s in UNDISPATCHED]),
+                        earlier.id < Message.id,
+                    ),
+                )
+                .order_by(Message.id)
+                .limit(limit)
+            )
+            return [int(r) for r in rows.scalars()]

@@ -30,6 +30,7 @@ from dispatch.policy.permissions import may_request
 from dispatch.policy.specs import ActionSpec
 from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.claims import MESSAGES
+from dispatch.record.delivery import Deliveries
 from dispatch.record.intake import Arrival, Intake
 from dispatch.record.messages import InboundMessage, StatusReport
 from dispatch.record.models import (
@@ -227,6 +228,8 @@ class DispatchService:
         *,
         sessions: async_sessionmaker[AsyncSession],
         store: MessageStore,
+        deliveries: Deliveries,
+        turns: Turns,
         activities: ActivityLog,
         catalog: Catalog,
         interpreter: Interpreter,
@@ -240,6 +243,8 @@ class DispatchService:
     ) -> None:
         self._sessions = sessions
         self._store = store
+        self._deliveries = deliveries
+        self._turns = turns
         self._activities = activities
         self._catalog = catalog
         self._interpreter = interpreter
@@ -363,7 +368,7 @@ class DispatchService:
         ]
         accepted = await self._intake.submit(arrivals) if arrivals else []
         for report in statuses:
-            await self._store.apply_status(channel, report)
+            await self._deliveries.apply_status(channel, report)
         return accepted
 
     async def _after_stored(self, stored: Sequence[tuple[Arrival, Accepted]]) -> None:
@@ -548,7 +553,7 @@ class DispatchService:
             )
         following = None
         if look_ahead:
-            following = await MessageStore.next_undispatched_in(
+            following = await Turns.next_undispatched_in(
                 session, message.conversation_id, after_id=message.id
             )
         return Dispatched(
@@ -576,7 +581,7 @@ class DispatchService:
             )
         if message.state not in UNDISPATCHED:
             return Dispatched(outcome=str(message.state), conversation_id=message.conversation_id)
-        if await MessageStore.earlier_undispatched_in(session, message):
+        if await Turns.earlier_undispatched_in(session, message):
             # Understood in the light of the ones before it (an open question): they go first.
             return Dispatched(outcome="waiting", conversation_id=message.conversation_id)
         return Dispatched(outcome="busy", conversation_id=message.conversation_id)
@@ -620,7 +625,7 @@ class DispatchService:
                 exc_info=True,
                 extra={"message_id": message.id, "attempt": attempt},
             )
-            await self._store.release_message(message.id, attempt=attempt)
+            await self._turns.release_message(message.id, attempt=attempt)
             raise DispatchFailed(attempt, f"{type(exc).__name__}: {exc}") from exc
 
     async def _give_up(self, message: Message, attempt: int, exc: Exception) -> Dispatched:
@@ -851,9 +856,7 @@ class DispatchService:
             extra={"activity_id": activity.id, "message_id": message.id, "status": activity.status},
         )
         following = (
-            await MessageStore.next_undispatched_in(
-                session, message.conversation_id, after_id=message.id
-            )
+            await Turns.next_undispatched_in(session, message.conversation_id, after_id=message.id)
             if look_ahead
             else None
         )

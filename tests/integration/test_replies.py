@@ -14,9 +14,9 @@ from channels.base import Channel, ChannelContext
 from channels.registry import ChannelRegistry
 from channels.rest import REST
 from dispatch.record.activities import SENDING_STALE
+from dispatch.record.delivery import UNCERTAIN
 from dispatch.record.messages import Delivered, InboundMessage, OutboundMessage
 from dispatch.record.models import Activity, ActivityStatus, Message, utcnow
-from dispatch.record.store import UNCERTAIN
 from gateway.settings import Settings
 from tests.conftest import count_rows
 from tests.support.runtime import runtime_for
@@ -69,7 +69,7 @@ async def finished_activity(services: Runtime) -> int:
 async def test_concurrent_and_repeated_runs_send_one_reply(services: Runtime) -> None:
     channel = CountingChannel()
     replies = ReplySender(
-        store=services.store,
+        deliveries=services.deliveries,
         channels=ChannelRegistry([channel]),
         activities=services.activities,
         catalog=services.catalog,
@@ -90,7 +90,7 @@ async def test_a_reply_cut_off_while_sending_is_never_sent_again(services: Runti
     activity_id = await finished_activity(services)
     # Run the handler but "die" before the reply is handed over: claim it, then stop.
     replies = ReplySender(
-        store=services.store,
+        deliveries=services.deliveries,
         channels=ChannelRegistry([channel]),
         activities=services.activities,
         catalog=services.catalog,
@@ -107,8 +107,8 @@ async def test_a_reply_cut_off_while_sending_is_never_sent_again(services: Runti
         metrics={},
         reply=["cut off"],
     )
-    [pending] = await services.store.pending_replies(activity_id)
-    assert await services.store.claim_reply(pending.id)
+    [pending] = await services.deliveries.pending_replies(activity_id)
+    assert await services.deliveries.claim_reply(pending.id)
     # Recovery and re-runs find nothing to send: at most once.
     await recover(patched, older_than_s=0)
     await jobs.run_activity(patched, activity_id)
@@ -128,7 +128,7 @@ async def test_a_reply_left_sending_by_a_dead_sender_is_resolved_and_the_convers
     again), with an event, the requester is told, and the conversation's next request runs."""
     channel = CountingChannel()
     replies = ReplySender(
-        store=services.store,
+        deliveries=services.deliveries,
         channels=ChannelRegistry([channel]),
         activities=services.activities,
         catalog=services.catalog,
@@ -147,8 +147,8 @@ async def test_a_reply_left_sending_by_a_dead_sender_is_resolved_and_the_convers
         metrics={},
         reply=["lost"],
     )
-    [stuck] = await services.store.pending_replies(activity_id)
-    assert await services.store.claim_reply(stuck.id)  # ... and its sender dies here
+    [stuck] = await services.deliveries.pending_replies(activity_id)
+    assert await services.deliveries.claim_reply(stuck.id)  # ... and its sender dies here
     later = await services.store.accept(
         InboundMessage(
             channel="rest", external_id="next", conversation_key="k", sender="s", text="echo next"

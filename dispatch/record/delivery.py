@@ -1,0 +1,269 @@
+"""Replies on their way: what an activity still owes its conversation, the at-most-once gate
+of each reply (``pending`` → ``sending`` for exactly one sender), its outcome as the channel
+tells it, and the status reports providers send later (delivered, read, failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import bindparam, case, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatch.record.activities import SENDING_STALE, ActivityLog
+from dispatch.record.messages import StatusReport
+from dispatch.record.models import (
+    Delivery,
+    Direction,
+    Message,
+    utcnow,
+)
+from dispatch.record.outbox import Outbox, add_reply, pending_of, read_outbox
+from dispatch.record.turns import Turns
+
+__all__ = ["Deliveries"]
+
+log = logging.getLogger("switchboard.store")
+
+UNCERTAIN = (
+    "outcome unknown: the process handing this reply to the channel stopped before it could "
+    "record the answer; not sent again"
+)
+
+
+def _delivery_statements() -> tuple[Any, Any]:
+    """Built once (building them costs more than running them): record a provider's id for
+    message ``:mid`` unless another message of its channel has it; move its delivery status
+    to ``:delivery`` (of ``:rank``) only from a lower-ranked one."""
+    messages: Any = Message.__table__
+    other = messages.alias("other")
+    mid: Any = bindparam("mid")
+    ext: Any = bindparam("ext")
+    record = (
+        update(messages)
+        .where(
+            messages.c.id == mid,
+            messages.c.external_id.is_(None),
+            ~exists().where(other.c.channel == messages.c.channel, other.c.external_id == ext),
+        )
+        .values(external_id=ext)
+    )
+    rank = case(*((messages.c.delivery == d.value, d.rank) for d in Delivery), else_=len(Delivery))
+    move = (
+        update(messages)
+        .where(messages.c.id == mid, rank < bindparam("rank"))
+        .values(
+            delivery=bindparam("delivery"),
+            delivery_error=bindparam("error"),
+            updated_at=bindparam("at"),
+        )
+    )
+    return record, move
+
+
+_RECORD_EXTERNAL_ID, _MOVE_DELIVERY = _delivery_statements()
+
+
+class Deliveries:
+    """Replies from written to delivered (or failed), each sent at most once."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def pending_replies(self, activity_id: int) -> list[Message]:
+        async with self._sessions() as session:
+            return list(await session.scalars(pending_of(activity_id)))
+
+    async def outbox(self, activity_id: int, source_message_id: int | None) -> Outbox:
+        """An activity's replies still to send (see :class:`~dispatch.record.outbox.Outbox`)."""
+        async with self._sessions() as session:
+            pending = await session.scalars(pending_of(activity_id))
+            return await read_outbox(session, list(pending), source_message_id)
+
+    # -- replies ---------------------------------------------------------------------------
+
+    async def claim_reply(self, message_id: int) -> bool:
+        """pending → sending for exactly one caller: the at-most-once gate of a reply."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.delivery == Delivery.PENDING.value)
+                .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
+            )
+            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def release_replies(self, message_ids: list[int]) -> None:
+        """sending → pending: replies reserved to be sent that were never handed to their
+        channel (the sender was stopped first), for a later delivery to send."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids), Message.delivery == Delivery.SENDING.value)
+                .values(delivery=Delivery.PENDING.value, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def update_delivery(
+        self,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None = None,
+        error: str | None = None,
+        event: tuple[int, str] | None = None,
+    ) -> bool:
+        """Move an outbound message's delivery status forward; an older status is ignored.
+
+        Provider callbacks arrive out of order and may overtake our own record of the send, so
+        the update only applies over a lower-ranked status (one conditional statement).
+        ``external_id`` (the provider's message id) is recorded whatever the status outcome,
+        unless another message of the channel has it already (ids a provider re-uses must not
+        cost the status: the send happened), and ``event`` ((activity id, kind):
+        ``reply_sent``, ``reply_failed``) in the same transaction, so the record never shows a
+        delivery without its event.
+        """
+        async with self._sessions.begin() as session:
+            return await self._move_delivery(
+                session, message_id, status, external_id=external_id, error=error, event=event
+            )
+
+    async def end_delivery(
+        self,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None = None,
+        error: str | None = None,
+        event: tuple[int, str] | None = None,
+        turn: tuple[int, int],
+    ) -> int | None:
+        """:meth:`update_delivery` for the last reply an activity owes its conversation, and
+        in the same transaction the conversation's next activity waiting its turn after
+        ``turn`` (conversation id, order key), now that this reply holds it back no more.
+
+        An activity recorded meanwhile that found this reply still being sent waited for this
+        transaction (:meth:`Turns.blocking` locks the reply it finds) and so either saw
+        it sent, or was committed first and is found here."""
+        async with self._sessions.begin() as session:
+            await self._move_delivery(
+                session, message_id, status, external_id=external_id, error=error, event=event
+            )
+            return await Turns.waiting_after(session, *turn)
+
+    @staticmethod
+    async def _move_delivery(
+        session: AsyncSession,
+        message_id: int,
+        status: Delivery,
+        *,
+        external_id: str | None,
+        error: str | None,
+        event: tuple[int, str] | None,
+    ) -> bool:
+        if external_id is not None:
+            await session.execute(_RECORD_EXTERNAL_ID, {"mid": message_id, "ext": external_id})
+        result = await session.execute(
+            _MOVE_DELIVERY,
+            {
+                "mid": message_id,
+                "rank": status.rank,
+                "delivery": status.value,
+                "error": error,
+                "at": utcnow(),
+            },
+        )
+        if event is not None:
+            activity_id, kind = event
+            ActivityLog.add_event(
+                session,
+                activity_id,
+                kind,
+                data={"message_id": message_id, "delivery": status.value, "error": error},
+            )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def touch_sending(self, message_id: int) -> None:
+        """The sender of this reply is alive and still handing it over (a heartbeat)."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.delivery == Delivery.SENDING.value)
+                .values(updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    async def resolve_stale_sending(self, *, limit: int = 500) -> list[int]:
+        """Replies whose sender died while handing them over: marked failed with the outcome
+        unknown (never sent again: a reply goes out at most once), each with an event. Returns
+        their activities, whose requesters are to be told."""
+        stale_before = utcnow() - SENDING_STALE
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Message.id, Message.activity_id, Message.conversation_id, Message.channel
+                    )
+                    .where(
+                        Message.delivery == Delivery.SENDING.value,
+                        Message.updated_at < stale_before,
+                    )
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for message_id, activity_id, conversation_id, channel in rows:
+                await session.execute(
+                    update(Message)
+                    .where(Message.id == message_id, Message.delivery == Delivery.SENDING.value)
+                    .values(
+                        delivery=Delivery.FAILED.value,
+                        delivery_error=UNCERTAIN,
+                        updated_at=utcnow(),
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+                if activity_id is not None:
+                    ActivityLog.add_event(
+                        session,
+                        activity_id,
+                        "reply_uncertain",
+                        data={"message_id": message_id, "error": UNCERTAIN},
+                    )
+                    note = (
+                        f"I may not have been able to send you part of my answer to request "
+                        f'#{activity_id}. Send "status {activity_id}" to see where it stands.'
+                    )
+                    await add_reply(
+                        session,
+                        activity_id=activity_id,
+                        conversation_id=conversation_id,
+                        channel=channel,
+                        parts=[note],
+                    )
+        return sorted({int(row[1]) for row in rows if row[1] is not None})
+
+    async def apply_status(self, channel: str, report: StatusReport) -> bool:
+        """A provider's status report on one of our messages on ``channel``: its delivery
+        status moves forward only; a report on a message we do not know changes nothing."""
+        message_id = report.message_id or await self._outbound_by_external_id(
+            channel, report.external_id
+        )
+        if message_id is None:
+            return False
+        return await self.update_delivery(
+            message_id, Delivery(report.status), external_id=report.external_id, error=report.error
+        )
+
+    async def _outbound_by_external_id(self, channel: str, external_id: str) -> int | None:
+        async with self._sessions() as session:
+            found = (
+                await session.execute(
+                    select(Message.id).where(
+                        Message.channel == channel,
+                        Message.external_id == external_id,
+                        Message.direction == Direction.OUTBOUND.value,
+                    )
+                )
+            ).scalar_one_or_none()
+            return None if found is None else int(found)
