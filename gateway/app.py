@@ -54,7 +54,7 @@ DOCS_ASSETS = "/schema/assets"
 def create_app(settings: Settings | None = None) -> Litestar:
     """The gateway application; ``settings`` default to the environment's (read once)."""
     settings = settings or get_settings()
-    configure_logging(settings.core.log_level)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     outages = OutageWatch()
 
     @contextlib.asynccontextmanager

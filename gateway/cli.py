@@ -108,7 +108,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.check:
         return asyncio.run(_worker_check(settings))
-    configure_logging(settings.core.log_level)
+    configure_logging(settings.core.log_level, settings.core.log_format)
     asyncio.run(prepare(settings.database))
     worker = create_worker(settings, burst=args.burst)
     worker.run()

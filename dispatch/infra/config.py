@@ -319,6 +319,12 @@ class CoreSettings(Group):
         "DEBUG, INFO, WARNING or ERROR.",
         check=OneOf(("DEBUG", "INFO", "WARNING", "ERROR")),
     )
+    log_format: str = setting(
+        "console",
+        "LOG_FORMAT",
+        "console: readable lines; json: one JSON object a line (for a log collector).",
+        check=OneOf(("console", "json")),
+    )
     clarify_timeout_s: float = setting(
         600.0,
         "CLARIFY_TIMEOUT_S",

@@ -68,7 +68,8 @@ action = "work"
 patterns = ['^work\\s+(?P<text>\\S+)$']
 """
 FIRST_CHAT = 700_000
-JOB_LINE = re.compile(rb"switchboard\.worker: job (dispatch_message|run_activity): ")
+JOB_LINE = re.compile(rb"\] job (dispatch_message|run_activity): [^\n]*\[switchboard\.worker\]")
+"""A worker's line for each job it ran (structlog's console lines)."""
 
 
 @dataclass
