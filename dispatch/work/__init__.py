@@ -10,8 +10,8 @@ and ``may_request``, and asks approvers through ``ApprovalService.gate``. Where 
 and why (refused request / refused payload / priority):
 
 - **chat**: recorded ``failed`` with a ``denied`` event and the sender told (they asked, they
-  get an answer) / what is missing is asked for, nothing recorded (a person is typing) / the
-  action's.
+  get an answer) / a question (the system's ``clarify`` activity) asks for what is missing or
+  wrong, and the request is recorded once it is whole (a person is typing) / the action's.
 - **operator API**: ``403``, nothing recorded (a program reads the status code) / ``422``
   naming the field, nothing recorded / the request's, else the action's.
 - **workflow step**: the step recorded ``failed`` (``forbidden``) and the run fails / the step
