@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from dispatch.infra.metrics import COUNTERS
 from dispatch.infra.queue import QueueDepth
@@ -73,7 +74,7 @@ class Exposition:
             "switchboard_handler_duration_seconds", "How long handlers ran, per run that ended."
         )
         bounds = zip(DURATION_BUCKETS_S, stats.duration_buckets, strict=True)
-        buckets = [(_bound(b), float(n)) for b, n in bounds]
+        buckets = [(floatToGoString(b), float(n)) for b, n in bounds]  # type: ignore[no-untyped-call]
         durations.add_metric(
             [], [*buckets, ("+Inf", float(stats.duration_count))], stats.duration_sum_s
         )
@@ -127,10 +128,6 @@ class Exposition:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(families))
         return generate_latest(registry)
-
-
-def _bound(seconds: float) -> str:
-    return str(int(seconds)) + ".0" if float(seconds).is_integer() else str(seconds)
 
 
 def _add(family: GaugeMetricFamily, rows: Iterable[tuple[tuple[str, ...], int]]) -> None:

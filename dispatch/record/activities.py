@@ -222,7 +222,7 @@ class ActivityLog:
         activity.status = move.to.value
         if move.to.is_terminal:
             activity.completed_at = utcnow()
-        elif move.to != ActivityStatus.AWAITING_APPROVAL:
+        else:  # no move leads back to awaiting approval: its expiry is over
             activity.expires_at = None
         if details:
             activity.details = {**activity.details, **details}
