@@ -398,7 +398,7 @@ def _user_commands(sub: Any) -> None:
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", help="add a user")
     add.add_argument("name")
-    add.add_argument("--role", choices=roles, default="guest")
+    add.add_argument("--role", choices=roles, default=Role.GUEST.value)
     kinds = identity_kinds()
     for kind in kinds.values():
         add.add_argument(f"--{kind.name}", help=kind.help)

@@ -1,7 +1,8 @@
 """The record: what happened, as the database keeps it.
 
 Tables (``models``), the engine and sessions (``db``), claims on rows (``claims``), messages as
-every channel normalizes them (``messages``), storing them (``intake`` in batches, ``store``),
+every channel normalizes them (``messages``), storing them (``inbound``: one path
+for both databases, ``intake``: group commit for webhooks, ``store``: reading them back),
 users and their identities (``users``), the activity log and its events (``activities``, ``feed``),
 a conversation's turns (``turns``: what holds an activity back, which message or activity
 comes next),

@@ -200,7 +200,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(32), default="guest")
+    role: Mapped[str] = mapped_column(String(32), default=Role.GUEST.value)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # For the supervisor portal (argon2id; None: no password, no portal).

@@ -1,21 +1,20 @@
-"""Storing messages, conversations and sender identities."""
+"""Messages and conversations: storing what arrives (through :mod:`dispatch.record.inbound`)
+and reading them back."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
-from dispatch.infra.clean import clean_json, clean_text, fit
-from dispatch.infra.errors import ForbiddenError, RateLimited
-from dispatch.infra.sql import insert_or_get
-from dispatch.record.messages import Choice, InboundMessage, Media
+from dispatch.infra.clean import fit
+from dispatch.record.inbound import KEY_CHARS, Accepted, Arrival, store_inbound
+from dispatch.record.messages import Choice, InboundMessage
 from dispatch.record.models import (
     UNDISPATCHED,
     Activity,
@@ -23,33 +22,9 @@ from dispatch.record.models import (
     Conversation,
     Direction,
     Message,
-    MessageState,
-    User,
-    UserIdentity,
 )
 
-__all__ = ["Accepted", "MessageStore", "MessageView", "storable"]
-
-log = logging.getLogger("switchboard.store")
-
-GUEST_ROLE = "guest"
-ANONYMOUS = "web visitor"
-KEY_CHARS = 255
-"""Width of the columns that key messages, conversations and identities."""
-NAME_CHARS = 200
-
-
-class Accepted(msgspec.Struct, frozen=True, kw_only=True):
-    """The outcome of storing an inbound message."""
-
-    message_id: int
-    conversation_id: int
-    user_id: int | None
-    duplicate: bool
-    over_backlog: bool = False
-    """Its conversation owed too many messages already: kept, not to be acted on."""
-    over_rate: bool = False
-    """Its sender sent too fast: kept, not to be acted on."""
+__all__ = ["MessageStore", "MessageView"]
 
 
 class Backlog(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,23 +90,6 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-def storable(message: InboundMessage) -> InboundMessage:
-    """The message as the columns can hold it (see :mod:`dispatch.infra.clean`)."""
-    return msgspec.structs.replace(
-        message,
-        external_id=fit(message.external_id, KEY_CHARS),
-        conversation_key=fit(message.conversation_key, KEY_CHARS),
-        sender=fit(message.sender, KEY_CHARS),
-        sender_name=None if message.sender_name is None else fit(message.sender_name, NAME_CHARS),
-        text=clean_text(message.text),
-        media=tuple(
-            Media(url=clean_text(m.url), content_type=fit(m.content_type, KEY_CHARS))
-            for m in message.media
-        ),
-        raw=clean_json(message.raw),
-    )
-
-
 class MessageStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -142,10 +100,6 @@ class MessageStore:
         async with self._sessions.begin() as session:
             yield await session.connection()
 
-    @property
-    def postgres(self) -> bool:
-        return bool(self._sessions.kw["bind"].dialect.name == "postgresql")
-
     async def accept(
         self,
         message: InboundMessage,
@@ -154,69 +108,16 @@ class MessageStore:
         refuse: bool = False,
         over_rate: bool = False,
     ) -> Accepted:
-        """Store an inbound message with its sender and conversation, in one transaction.
-
-        A second message with the same (channel, external_id) stores nothing new and comes back
-        with ``duplicate=True`` and the first one's ids. A message ``over_rate`` (its sender
-        sends too fast) is kept, not to be acted on. An ignored message (something a
-        provider sent that nobody acts on) is kept, but makes no one a guest.
-        """
-        message = storable(message)
-        async with self._sessions.begin() as session:
-            user_id = await self._identify(session, message)
-            conversation_id, _ = await insert_or_get(
-                session,
-                Conversation.__table__,  # type: ignore[arg-type]
-                {"channel": message.channel, "key": message.conversation_key, "user_id": user_id},
-                ("channel", "key"),
+        """Store one inbound message with its sender and conversation, in one transaction
+        (:func:`~dispatch.record.inbound.store_inbound`, as every inbound message is)."""
+        async with self.connection() as conn:
+            (accepted,) = await store_inbound(
+                conn,
+                [Arrival(message=message, over_rate=over_rate)],
+                backlog=backlog,
+                refuse=refuse,
             )
-            over = (
-                backlog is not None
-                and not message.ignored
-                and await self._owed(session, conversation_id) >= backlog
-            )
-            if over and refuse:
-                raise RateLimited(
-                    f"this conversation has {backlog} messages waiting to be read; "
-                    "send again once they are answered",
-                    retry_after_s=5,
-                )
-            if over:
-                message = msgspec.structs.replace(message, ignored="conversation backlog full")
-            message_id, created = await insert_or_get(
-                session,
-                Message.__table__,  # type: ignore[arg-type]
-                {
-                    "direction": Direction.INBOUND,
-                    "channel": message.channel,
-                    "external_id": message.external_id,
-                    "conversation_id": conversation_id,
-                    "user_id": user_id,
-                    "sender": message.sender,
-                    "text": message.text,
-                    "media": msgspec.to_builtins(message.media),
-                    "raw": message.raw,
-                    "state": MessageState.IGNORED
-                    if message.ignored or over_rate
-                    else MessageState.RECEIVED,
-                    "received_at": message.received_at,
-                },
-                ("channel", "external_id"),
-            )
-            if created and not message.ignored:
-                await session.execute(
-                    update(Conversation)
-                    .where(Conversation.id == conversation_id)
-                    .values(last_inbound_at=message.received_at)
-                )
-            return Accepted(
-                message_id=message_id,
-                conversation_id=conversation_id,
-                user_id=user_id,
-                duplicate=not created,
-                over_backlog=over and created,
-                over_rate=over_rate and created,
-            )
+        return accepted
 
     async def stored(self, message: InboundMessage) -> Accepted | None:
         """The message as already stored (a repeat of a provider's or a client's id), or None:
@@ -238,67 +139,6 @@ class MessageStore:
             user_id=row.user_id,
             duplicate=True,
         )
-
-    @staticmethod
-    async def _owed(session: AsyncSession, conversation_id: int) -> int:
-        """Messages of the conversation not interpreted yet."""
-        owed = await session.scalar(
-            select(func.count())
-            .select_from(Message)
-            .where(
-                Message.conversation_id == conversation_id,
-                Message.state.in_([s.value for s in UNDISPATCHED]),
-            )
-        )
-        return int(owed or 0)
-
-    async def _identify(self, session: AsyncSession, message: InboundMessage) -> int | None:
-        """The sender's user id; an unknown sender becomes a guest user (unless ignored)."""
-        if message.as_user is not None:
-            return message.as_user
-        kind, address = message.identity
-        existing = await self._identity_owner(session, kind, address)
-        if existing is not None and message.guests_only:
-            role = await session.scalar(select(User.role).where(User.id == existing))
-            if role != GUEST_ROLE:
-                raise ForbiddenError(
-                    f"{address!r} is a {role}'s address; a token acting for no user speaks only "
-                    "for guests (create one with `switchboard tokens create --user ...`)",
-                    extra={"field": "sender"},
-                )
-        if existing is not None or message.ignored:
-            return existing
-        async with session.begin_nested() as savepoint:
-            shown = message.sender_name or (ANONYMOUS if message.anonymous else address)
-            user = User(name=fit(shown, NAME_CHARS), role=GUEST_ROLE)
-            session.add(user)
-            await session.flush()
-            if not message.sender_name and message.anonymous:
-                user.name = f"{ANONYMOUS} #{user.id}"
-            _, created = await insert_or_get(
-                session,
-                UserIdentity.__table__,  # type: ignore[arg-type]
-                {"user_id": user.id, "channel": kind, "address": address},
-                ("channel", "address"),
-            )
-            if created:
-                return user.id
-            # Another request registered this sender first: keep theirs, drop ours.
-            await savepoint.rollback()
-        winner = await self._identity_owner(session, kind, address)
-        assert winner is not None
-        return winner
-
-    @staticmethod
-    async def _identity_owner(session: AsyncSession, kind: str, address: str) -> int | None:
-        owner = (
-            await session.execute(
-                select(UserIdentity.user_id).where(
-                    UserIdentity.channel == kind, UserIdentity.address == address
-                )
-            )
-        ).scalar_one_or_none()
-        return None if owner is None else int(owner)
 
     async def conversation(self, conversation_id: int) -> Conversation | None:
         async with self._sessions() as session:

@@ -1,8 +1,8 @@
 """Users, their roles and their identities on channels (``switchboard users ...``).
 
-An unknown sender becomes a guest the first time they write (``MessageStore.accept``); here an
-operator names people, gives them roles, deactivates them, and links their channel addresses,
-moving an address a guest already used over to the named user.
+An unknown sender becomes a guest the first time they write (:mod:`dispatch.record.inbound`);
+here an operator names people, gives them roles, deactivates them, and links their channel
+addresses, moving an address a guest already used over to the named user.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from dispatch.policy.specs import ActionSpec
 from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.claims import MESSAGES
 from dispatch.record.delivery import Deliveries
+from dispatch.record.inbound import Accepted
 from dispatch.record.intake import Arrival, Intake
 from dispatch.record.messages import InboundMessage, StatusReport
 from dispatch.record.models import (
@@ -45,7 +46,7 @@ from dispatch.record.models import (
     utcnow,
 )
 from dispatch.record.outbox import add_reply, reply_text
-from dispatch.record.store import Accepted, MessageStore
+from dispatch.record.store import MessageStore
 from dispatch.record.turns import Turns
 from dispatch.understanding.clarify import Clarifier, Pending
 from dispatch.understanding.intents import Intent
