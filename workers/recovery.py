@@ -10,7 +10,7 @@ still queued or running is not queued again; and what is younger (by ``recover_a
 the job that has waited longest in the queue is left alone, as its own job (a batch's, whose id
 recovery cannot know) may be waiting behind it: a backlog is not a loss. It also resolves
 replies whose sender died while handing them over (marked failed, outcome unknown; the
-recipient is told).
+recipient is told), and folds what the database counted for ``/metrics`` into its tallies.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
             await runtime.workflows.advance(run_id)
         except Exception:  # one run's trouble does not hold up the others
             log.exception("advancing a workflow run failed", extra={"run": run_id})
+    await runtime.stats.fold()  # /metrics' deltas, should nobody scrape for a while
     counts = {
         "messages": len(messages),
         "activities": len(heads),

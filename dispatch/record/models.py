@@ -410,3 +410,35 @@ class DeploymentSecret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Tally(Base):
+    """A figure ``/metrics`` shows, kept up to date by the database itself: triggers on
+    ``messages``, ``agent_activities`` and ``activity_events`` (migration 0010) count each
+    change as it is written, so a scrape reads a few rows instead of the tables.
+
+    ``family`` names the figure, ``a``, ``b``, ``c`` its labels ('' where unused); ``n`` the
+    count (for ``duration_sum``, microseconds)."""
+
+    __tablename__ = "tallies"
+
+    family: Mapped[str] = mapped_column(String(32), primary_key=True)
+    a: Mapped[str] = mapped_column(String(255), primary_key=True)
+    b: Mapped[str] = mapped_column(String(255), primary_key=True)
+    c: Mapped[str] = mapped_column(String(255), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+class TallyDelta(Base):
+    """A change to a :class:`Tally` not folded in yet (PostgreSQL: each writing statement
+    appends its changes here, so concurrent writers never wait on a shared counter row;
+    :meth:`dispatch.record.stats.Stats.fold` moves them into ``tallies``)."""
+
+    __tablename__ = "tally_deltas"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    family: Mapped[str] = mapped_column(String(32))
+    a: Mapped[str] = mapped_column(String(255))
+    b: Mapped[str] = mapped_column(String(255))
+    c: Mapped[str] = mapped_column(String(255))
+    n: Mapped[int] = mapped_column(BigInteger)

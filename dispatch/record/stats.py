@@ -2,8 +2,8 @@
 
 Counters raised in passing (``dispatch.infra.metrics``) are lost with Redis; these are not: messages
 by channel and state, replies by delivery status, activities by status, handler durations, and
-approval decisions are counted from their rows when Prometheus scrapes, in a few grouped
-queries on indexed columns.
+approval decisions are counted by the database as rows change (triggers into ``tallies``,
+migration 0010), so a scrape reads a few dozen rows whatever the size of the tables.
 """
 
 from __future__ import annotations
@@ -12,15 +12,28 @@ import datetime as dt
 from typing import Any
 
 import msgspec
-from sqlalchemy import Float, case, cast, func, select
+from sqlalchemy import Float, cast, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch.record.models import Activity, ActivityEvent, ActivityStatus, Message, utcnow
+from dispatch.record.models import Activity, ActivityStatus, Tally, TallyDelta, utcnow
 
 __all__ = ["DURATION_BUCKETS_S", "ActionFigures", "Stats", "StatsSnapshot", "Summary"]
 
 SUMMARY_ROWS = 100_000
 """Runs a summary reads at most (the newest) to work out its percentiles."""
+FOLD_ROWS = 50_000
+"""Deltas one fold moves at most (a scrape, or a recovery pass, folds)."""
+
+_FOLD_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('switchboard:tallies'))")
+_FOLD = text(
+    "WITH moved AS ("
+    " DELETE FROM tally_deltas WHERE id IN (SELECT id FROM tally_deltas ORDER BY id LIMIT :rows)"
+    " RETURNING family, a, b, c, n)"
+    " INSERT INTO tallies (family, a, b, c, n)"
+    " SELECT family, a, b, c, sum(n) FROM moved GROUP BY family, a, b, c"
+    " ON CONFLICT (family, a, b, c) DO UPDATE SET n = tallies.n + excluded.n"
+    " RETURNING 1"
+)
 
 
 class ActionFigures(msgspec.Struct, frozen=True, kw_only=True):
@@ -148,44 +161,51 @@ class Stats:
             actions=actions,
         )
 
+    async def fold(self) -> int:
+        """Move what PostgreSQL's triggers appended to ``tally_deltas`` into ``tallies`` (at most
+        ``FOLD_ROWS`` a call; one caller at a time, the others skip); the tallies changed."""
+        async with self._sessions.begin() as session:
+            return await self._fold(session)
+
+    async def _fold(self, session: AsyncSession) -> int:
+        if session.get_bind().dialect.name != "postgresql":
+            return 0  # SQLite's triggers add to ``tallies`` directly
+        if not await session.scalar(_FOLD_LOCK):
+            return 0
+        return len((await session.execute(_FOLD, {"rows": FOLD_ROWS})).all())
+
     async def snapshot(self) -> StatsSnapshot:
-        async with self._sessions() as session:
-            outcome = func.coalesce(Message.delivery, Message.state, "unknown")
-            messages = await session.execute(
-                select(Message.direction, Message.channel, outcome, func.count()).group_by(
-                    Message.direction, Message.channel, outcome
-                )
-            )
-            activities = await session.execute(
+        """The figures as the triggers counted them: a read of ``tallies`` (and what was not
+        folded into them yet), whatever the size of the tables."""
+        async with self._sessions.begin() as session:
+            await self._fold(session)
+            every = union_all(
+                select(Tally.family, Tally.a, Tally.b, Tally.c, Tally.n),
+                select(TallyDelta.family, TallyDelta.a, TallyDelta.b, TallyDelta.c, TallyDelta.n),
+            ).subquery()
+            rows = await session.execute(
                 select(
-                    Activity.agent_name, Activity.action_type, Activity.status, func.count()
-                ).group_by(Activity.agent_name, Activity.action_type, Activity.status)
+                    every.c.family, every.c.a, every.c.b, every.c.c, func.sum(every.c.n)
+                ).group_by(every.c.family, every.c.a, every.c.b, every.c.c)
             )
-            duration_ms: Any = cast(Activity.metrics["duration_ms"].as_float(), Float)
-            ran = Activity.started_at.is_not(None) & duration_ms.is_not(None)
-            histogram = (
-                await session.execute(
-                    select(
-                        *(
-                            func.sum(case((ran & (duration_ms <= bound * 1000), 1), else_=0))
-                            for bound in DURATION_BUCKETS_S
-                        ),
-                        func.sum(case((ran, 1), else_=0)),
-                        func.sum(case((ran, duration_ms), else_=0.0)),
-                    )
-                )
-            ).one()
-            decisions = await session.execute(
-                select(ActivityEvent.kind, func.count())
-                .where(ActivityEvent.kind.in_(["approved", "rejected"]))
-                .group_by(ActivityEvent.kind)
-            )
-        *buckets, count, total_ms = histogram
-        return StatsSnapshot(
-            messages=[(str(d), str(c), str(o), int(n)) for d, c, o, n in messages],
-            activities=[(str(a), str(t), str(s), int(n)) for a, t, s, n in activities],
-            duration_buckets=[int(b or 0) for b in buckets],
-            duration_count=int(count or 0),
-            duration_sum_s=round(float(total_ms or 0.0) / 1000, 6),
-            decisions=[(str(k), int(n)) for k, n in decisions],
-        )
+            figures: dict[str, list[tuple[str, str, str, int]]] = {}
+            for family, a, b, c, n in rows:
+                figures.setdefault(str(family), []).append((str(a), str(b), str(c), int(n or 0)))
+        return _snapshot(figures)
+
+
+def _snapshot(figures: dict[str, list[tuple[str, str, str, int]]]) -> StatsSnapshot:
+    in_bucket = {a: n for a, _, _, n in figures.get("duration", [])}
+    cumulative, buckets = 0, []
+    for bound in DURATION_BUCKETS_S:
+        cumulative += in_bucket.get(repr(bound), 0)
+        buckets.append(cumulative)
+    total_us = sum(n for *_, n in figures.get("duration_sum", []))
+    return StatsSnapshot(
+        messages=[f for f in figures.get("messages", []) if f[3]],
+        activities=[f for f in figures.get("activities", []) if f[3]],
+        duration_buckets=buckets,
+        duration_count=sum(in_bucket.values()),
+        duration_sum_s=round(total_us / 1_000_000, 6),
+        decisions=[(a, n) for a, _, _, n in figures.get("decisions", [])],
+    )
