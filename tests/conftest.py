@@ -133,6 +133,31 @@ async def pg_migrated(pg_url: str) -> str:
     return pg_url
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each database the product runs on, in turn."""
+    if request.param == "postgresql":
+        request.getfixturevalue("pg_url")  # skips (or fails, in CI) without PostgreSQL
+    return str(request.param)
+
+
+@pytest.fixture
+async def migrated_engine(backend: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """An engine on a migrated database of this test's own, on each ``backend`` in turn."""
+    from dispatch.record.db import DatabaseSettings, create_engine
+    from migrations import upgrade
+
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "postgresql":
+            url = await stack.enter_async_context(own_database("switchboard_test", migrated=False))
+        else:
+            url = f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+        engine = create_engine(DatabaseSettings(url=url))
+        stack.push_async_callback(engine.dispose)
+        await upgrade(engine)
+        yield engine
+
+
 @contextlib.asynccontextmanager
 async def open_db(url: str) -> AsyncIterator[Any]:
     """A session factory on its own engine, in the test's event loop, for assertions."""

@@ -3,47 +3,27 @@ same batch gives the same outcomes, rows and refusals on both."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dispatch.infra.errors import ForbiddenError, RateLimited
-from dispatch.record.db import DatabaseSettings, create_engine, create_sessionmaker
+from dispatch.record.db import create_sessionmaker
 from dispatch.record.inbound import ANONYMOUS, Arrival, store_inbound
 from dispatch.record.messages import InboundMessage, Media
 from dispatch.record.models import Conversation, Message, MessageState, User, UserIdentity
 from dispatch.record.store import MessageStore
-from migrations import upgrade
 from tests.conftest import count_rows
-from tests.support.services import own_database
 
 T0 = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_url")  # skips (or fails, in CI) without PostgreSQL
-    return str(request.param)
-
-
 @pytest.fixture
-async def sessions(backend: str, tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "postgresql":
-            url = await stack.enter_async_context(own_database("switchboard_test"))
-        else:
-            url = f"sqlite+aiosqlite:///{tmp_path / 'inbound.db'}"
-        engine = create_engine(DatabaseSettings(url=url))
-        stack.push_async_callback(engine.dispose)
-        await upgrade(engine)
-        yield create_sessionmaker(engine)
+def sessions(migrated_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(migrated_engine)
 
 
 def whatsapp(external_id: str, sender: str, text: str, **fields: Any) -> InboundMessage:

@@ -6,42 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Float, case, cast, delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from dispatch.record.db import DatabaseSettings, create_engine, create_sessionmaker
+from dispatch.record.db import create_sessionmaker
 from dispatch.record.inbound import Arrival, store_inbound
 from dispatch.record.messages import InboundMessage
 from dispatch.record.models import Activity, ActivityEvent, Message, TallyDelta, utcnow
 from dispatch.record.stats import DURATION_BUCKETS_S, Stats, StatsSnapshot
-from migrations import upgrade
 from tests.conftest import count_rows
-from tests.support.services import own_database
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgresql":
-        request.getfixturevalue("pg_url")  # skips (or fails, in CI) without PostgreSQL
-    return str(request.param)
 
 
 @pytest.fixture
-async def engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "postgresql":
-            url = await stack.enter_async_context(own_database("switchboard_test"))
-        else:
-            url = f"sqlite+aiosqlite:///{tmp_path / 'tallies.db'}"
-        engine = create_engine(DatabaseSettings(url=url))
-        stack.push_async_callback(engine.dispose)
-        await upgrade(engine)
-        yield engine
+def engine(migrated_engine: AsyncEngine) -> AsyncEngine:
+    return migrated_engine
 
 
 async def counted_from_the_tables(sessions: async_sessionmaker[AsyncSession]) -> StatsSnapshot:
