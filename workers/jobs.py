@@ -27,6 +27,7 @@ from dispatch.infra.queue import RetryLater
 from dispatch.infra.retry import RetryPolicy
 from dispatch.language.i18n import language_of
 from dispatch.policy.permissions import acting_role, may_request, requester_role
+from dispatch.record.activities import Ending
 from dispatch.record.models import ActivityStatus as S
 from dispatch.record.models import utcnow
 from dispatch.record.outbox import Outbox, reply_text
@@ -426,17 +427,16 @@ async def _finish(
 ) -> _Ended | None:
     """Persist the run's end with its reply, reserved to be sent at once; the activity as it
     ended, or None if this attempt no longer held it (its result is discarded)."""
-    outbox = await runtime.activities.finish(
-        activity,
-        to,
+    ending = Ending(
+        to=to,
         attempt=attempt,
         kind=to.value,
         details=details,
         metrics=metrics,
         reply=_reply_parts(runtime, activity, to, details),
         data=data,
-        reserve=True,
     )
+    outbox = await runtime.activities.finish(activity, ending, reserve=True)
     if outbox is None:
         return None
     ended = msgspec.structs.replace(

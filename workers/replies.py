@@ -10,7 +10,7 @@ import msgspec
 from channels.registry import ChannelRegistry
 from dispatch.policy.catalog import Catalog
 from dispatch.record.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
-from dispatch.record.delivery import Deliveries
+from dispatch.record.delivery import Deliveries, DeliveryUpdate
 from dispatch.record.messages import Choice, Media, OutboundMessage
 from dispatch.record.models import Delivery
 from dispatch.record.outbox import Outbox
@@ -103,7 +103,8 @@ class ReplySender:
             if conversation.id in failed_part:
                 # Never leave a gap in a conversation: the rest to it is not sent either.
                 error = f"not sent: part {failed_part[conversation.id]} of this reply failed"
-                outcome = await self._record(row.id, Delivery.FAILED, error=error, turn=ends)
+                failed = DeliveryUpdate(message_id=row.id, status=Delivery.FAILED, error=error)
+                outcome = await self._record(failed, turn=ends)
             else:
                 own = conversation.id == activity.conversation_id
                 outbound = OutboundMessage(
@@ -149,35 +150,22 @@ class ReplySender:
             heartbeat.cancel()
         assert outbound.activity_id is not None
         kind = "reply_failed" if status == Delivery.FAILED else "reply_sent"
-        return await self._record(
-            message_id,
-            status,
+        change = DeliveryUpdate(
+            message_id=message_id,
+            status=status,
             external_id=external_id,
             error=error,
             event=(outbound.activity_id, kind),
-            turn=turn,
         )
+        return await self._record(change, turn=turn)
 
-    async def _record(
-        self,
-        message_id: int,
-        status: Delivery,
-        *,
-        external_id: str | None = None,
-        error: str | None = None,
-        event: tuple[int, str] | None = None,
-        turn: tuple[int, int] | None,
-    ) -> _Outcome:
+    async def _record(self, change: DeliveryUpdate, *, turn: tuple[int, int] | None) -> _Outcome:
         """A reply's outcome; with ``turn``, what waits behind it too (one transaction)."""
         if turn is None:
-            await self._deliveries.update_delivery(
-                message_id, status, external_id=external_id, error=error, event=event
-            )
-            return _Outcome(status=status)
-        following = await self._deliveries.end_delivery(
-            message_id, status, external_id=external_id, error=error, event=event, turn=turn
-        )
-        return _Outcome(status=status, following=following)
+            await self._deliveries.update_delivery(change)
+            return _Outcome(status=change.status)
+        following = await self._deliveries.end_delivery(change, turn=turn)
+        return _Outcome(status=change.status, following=following)
 
     async def _still_sending(self, message_id: int) -> None:
         """While a channel takes its time (retries, rate limits), the reply is marked as still

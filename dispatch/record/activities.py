@@ -39,6 +39,7 @@ __all__ = [
     "SENDING_STALE",
     "ActivityLog",
     "ActivityView",
+    "Ending",
     "EventView",
     "Move",
     "Opening",
@@ -125,6 +126,19 @@ class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
                 for e in events
             ],
         )
+
+
+class Ending(msgspec.Struct, frozen=True, kw_only=True):
+    """How an attempt ends its activity: the status it moves to, the event (``kind``, with
+    ``data``), the result's ``details`` and ``metrics``, and the reply's parts to send."""
+
+    to: ActivityStatus
+    attempt: int
+    kind: str
+    details: dict[str, Any]
+    metrics: dict[str, Any]
+    reply: list[str]
+    data: dict[str, Any] | None = None
 
 
 class Renewal(enum.StrEnum):
@@ -324,39 +338,18 @@ class ActivityLog:
             return ActivityView.of(row, events)
 
     async def finish(
-        self,
-        activity: ActivityView,
-        to: ActivityStatus,
-        *,
-        attempt: int,
-        kind: str,
-        details: dict[str, Any],
-        metrics: dict[str, Any],
-        reply: list[str],
-        data: dict[str, Any] | None = None,
-        reserve: bool = False,
+        self, activity: ActivityView, ending: Ending, *, reserve: bool = False
     ) -> Outbox | None:
-        """in_progress → completed/failed with its result, event and reply (``reply``: the
-        parts to send), in one transaction; only for the attempt that holds the claim (a
-        stale attempt's result is refused: None, and an event says so).
+        """in_progress → completed/failed with its result, event and reply, in one
+        transaction; only for the attempt that holds the claim (a stale attempt's result is
+        refused: None, and an event says so).
 
         With ``reserve``, for a caller that hands the reply over at once, the activity's
         replies still to send are read back in the same transaction, the first claimed
         (``sending``, see :func:`~dispatch.record.outbox.reserve_replies`): the outbox returned;
         without, they stay pending (an empty outbox)."""
         async with self._sessions.begin() as session:
-            moved = await self._finish_in(
-                session,
-                activity,
-                to,
-                attempt=attempt,
-                kind=kind,
-                details=details,
-                metrics=metrics,
-                reply=reply,
-                data=data,
-            )
-            if not moved:
+            if not await self._finish_in(session, activity, ending):
                 return None
             if not reserve:
                 return Outbox(replies=[], conversations={})
@@ -366,25 +359,16 @@ class ActivityLog:
             )
 
     async def _finish_in(
-        self,
-        session: AsyncSession,
-        activity: ActivityView,
-        to: ActivityStatus,
-        *,
-        attempt: int,
-        kind: str,
-        details: dict[str, Any],
-        metrics: dict[str, Any],
-        reply: list[str],
-        data: dict[str, Any] | None,
+        self, session: AsyncSession, activity: ActivityView, ending: Ending
     ) -> bool:
+        details = ending.details
         result = await session.execute(
             ACTIVITIES.update_held(
                 activity.id,
-                attempt,
-                status=to.value,
+                ending.attempt,
+                status=ending.to.value,
                 details=details,
-                metrics=metrics,
+                metrics=ending.metrics,
                 completed_at=utcnow(),
                 lease_expires_at=None,
             )
@@ -394,16 +378,16 @@ class ActivityLog:
                 session,
                 activity.id,
                 "stale_result",
-                data={"attempt": attempt, "discarded": kind, "runner": RUNNER},
+                data={"attempt": ending.attempt, "discarded": ending.kind, "runner": RUNNER},
             )
             return False
-        self.add_event(session, activity.id, kind, status=to.value, data=data)
+        self.add_event(session, activity.id, ending.kind, status=ending.to.value, data=ending.data)
         await add_reply(
             session,
             activity_id=activity.id,
             conversation_id=activity.conversation_id,
             channel=activity.source_channel,
-            parts=reply,
+            parts=ending.reply,
             media=(details.get("result") or {}).get("media"),
             choices=(details.get("result") or {}).get("choices"),
         )

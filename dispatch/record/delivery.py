@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from sqlalchemy import bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,7 +23,7 @@ from dispatch.record.models import (
 from dispatch.record.outbox import Outbox, add_reply, pending_of, read_outbox
 from dispatch.record.turns import Turns
 
-__all__ = ["Deliveries"]
+__all__ = ["Deliveries", "DeliveryUpdate"]
 
 log = logging.getLogger("switchboard.store")
 
@@ -65,6 +66,18 @@ def _delivery_statements() -> tuple[Any, Any]:
 _RECORD_EXTERNAL_ID, _MOVE_DELIVERY = _delivery_statements()
 
 
+class DeliveryUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of one of our outbound messages: its delivery ``status``, the provider's id
+    for it, why it failed, and the event to record with it ((activity id, kind):
+    ``reply_sent``, ``reply_failed``)."""
+
+    message_id: int
+    status: Delivery
+    external_id: str | None = None
+    error: str | None = None
+    event: tuple[int, str] | None = None
+
+
 class Deliveries:
     """Replies from written to delivered (or failed), each sent at most once."""
 
@@ -104,40 +117,20 @@ class Deliveries:
                 .execution_options(synchronize_session=False)
             )
 
-    async def update_delivery(
-        self,
-        message_id: int,
-        status: Delivery,
-        *,
-        external_id: str | None = None,
-        error: str | None = None,
-        event: tuple[int, str] | None = None,
-    ) -> bool:
+    async def update_delivery(self, change: DeliveryUpdate) -> bool:
         """Move an outbound message's delivery status forward; an older status is ignored.
 
         Provider callbacks arrive out of order and may overtake our own record of the send, so
-        the update only applies over a lower-ranked status (one conditional statement).
-        ``external_id`` (the provider's message id) is recorded whatever the status outcome,
-        unless another message of the channel has it already (ids a provider re-uses must not
-        cost the status: the send happened), and ``event`` ((activity id, kind):
-        ``reply_sent``, ``reply_failed``) in the same transaction, so the record never shows a
-        delivery without its event.
+        the update only applies over a lower-ranked status (one conditional statement). The
+        provider's message id is recorded whatever the status outcome, unless another message
+        of the channel has it already (ids a provider re-uses must not cost the status: the
+        send happened), and the change's event in the same transaction, so the record never
+        shows a delivery without its event.
         """
         async with self._sessions.begin() as session:
-            return await self._move_delivery(
-                session, message_id, status, external_id=external_id, error=error, event=event
-            )
+            return await self._move_delivery(session, change)
 
-    async def end_delivery(
-        self,
-        message_id: int,
-        status: Delivery,
-        *,
-        external_id: str | None = None,
-        error: str | None = None,
-        event: tuple[int, str] | None = None,
-        turn: tuple[int, int],
-    ) -> int | None:
+    async def end_delivery(self, change: DeliveryUpdate, *, turn: tuple[int, int]) -> int | None:
         """:meth:`update_delivery` for the last reply an activity owes its conversation, and
         in the same transaction the conversation's next activity waiting its turn after
         ``turn`` (conversation id, order key), now that this reply holds it back no more.
@@ -146,40 +139,36 @@ class Deliveries:
         transaction (:meth:`Turns.blocking` locks the reply it finds) and so either saw
         it sent, or was committed first and is found here."""
         async with self._sessions.begin() as session:
-            await self._move_delivery(
-                session, message_id, status, external_id=external_id, error=error, event=event
-            )
+            await self._move_delivery(session, change)
             return await Turns.waiting_after(session, *turn)
 
     @staticmethod
-    async def _move_delivery(
-        session: AsyncSession,
-        message_id: int,
-        status: Delivery,
-        *,
-        external_id: str | None,
-        error: str | None,
-        event: tuple[int, str] | None,
-    ) -> bool:
-        if external_id is not None:
-            await session.execute(_RECORD_EXTERNAL_ID, {"mid": message_id, "ext": external_id})
+    async def _move_delivery(session: AsyncSession, change: DeliveryUpdate) -> bool:
+        if change.external_id is not None:
+            await session.execute(
+                _RECORD_EXTERNAL_ID, {"mid": change.message_id, "ext": change.external_id}
+            )
         result = await session.execute(
             _MOVE_DELIVERY,
             {
-                "mid": message_id,
-                "rank": status.rank,
-                "delivery": status.value,
-                "error": error,
+                "mid": change.message_id,
+                "rank": change.status.rank,
+                "delivery": change.status.value,
+                "error": change.error,
                 "at": utcnow(),
             },
         )
-        if event is not None:
-            activity_id, kind = event
+        if change.event is not None:
+            activity_id, kind = change.event
             ActivityLog.add_event(
                 session,
                 activity_id,
                 kind,
-                data={"message_id": message_id, "delivery": status.value, "error": error},
+                data={
+                    "message_id": change.message_id,
+                    "delivery": change.status.value,
+                    "error": change.error,
+                },
             )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -252,7 +241,12 @@ class Deliveries:
         if message_id is None:
             return False
         return await self.update_delivery(
-            message_id, Delivery(report.status), external_id=report.external_id, error=report.error
+            DeliveryUpdate(
+                message_id=message_id,
+                status=Delivery(report.status),
+                external_id=report.external_id,
+                error=report.error,
+            )
         )
 
     async def _outbound_by_external_id(self, channel: str, external_id: str) -> int | None:

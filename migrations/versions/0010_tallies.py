@@ -5,9 +5,10 @@ handler durations (a histogram) and approval decisions are counted by the databa
 is written, in the writing transaction: a rollback takes its counts with it, and nothing in the
 code can forget to count.
 
-- PostgreSQL: statement-level triggers read the statement's transition tables and append one
-  row per figure that changed to ``tally_deltas`` (append-only: concurrent writers never wait
-  on a shared counter row); ``Stats.fold`` moves them into ``tallies``.
+- PostgreSQL: triggers append one row per figure that changed to ``tally_deltas``
+  (append-only: concurrent writers never wait on a shared counter row), an insert statement
+  once for all its rows (its transition table), an update only when it changes a column the
+  figures read; ``Stats.fold`` moves them into ``tallies``.
 - SQLite (one writer at a time): row-level triggers add to ``tallies`` directly.
 
 The duration buckets are frozen here (seconds): a change of buckets is a new revision.
@@ -85,6 +86,14 @@ def _figures(dialect: str) -> dict[str, list[Figure]]:
 
 # Decisions are a counter: an event deleted (with its activity) does not count down.
 _COUNTS_DOWN = {"messages": True, "agent_activities": True, "activity_events": False}
+# The columns the figures read: an update that changes none of them (a lease renewed, a claim
+# taken) fires nothing (a row trigger's WHEN, checked before any function runs).
+_READS = {
+    "messages": ("direction", "channel", "state", "delivery"),
+    "agent_activities": ("agent_name", "action_type", "status", "started_at", "metrics"),
+    "activity_events": ("kind",),
+}
+_ROW = "(SELECT 1) AS one"
 
 
 def _select(figures: list[Figure], rows: str, r: str, sign: int) -> str:
@@ -104,17 +113,26 @@ def _summed(parts: list[str]) -> str:
     )
 
 
+def _changed(table: str, differ: str) -> str:
+    return " OR ".join(f"OLD.{column} {differ} NEW.{column}" for column in _READS[table])
+
+
 def _postgres_triggers(table: str, figures: list[Figure]) -> None:
+    """A batch of inserts is counted once per statement (its transition table); an update or
+    a delete, row by row, and only when it changes what is counted."""
     ops = {
-        "insert": ("NEW TABLE AS new_rows", [_select(figures, "new_rows", "", 1)]),
+        "insert": (
+            "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
+            [_select(figures, "new_rows", "", 1)],
+        ),
         "update": (
-            "OLD TABLE AS old_rows NEW TABLE AS new_rows",
-            [_select(figures, "new_rows", "", 1), _select(figures, "old_rows", "", -1)],
+            f"FOR EACH ROW WHEN ({_changed(table, 'IS DISTINCT FROM')})",
+            [_select(figures, _ROW, "NEW.", 1), _select(figures, _ROW, "OLD.", -1)],
         ),
     }
     if _COUNTS_DOWN[table]:
-        ops["delete"] = ("OLD TABLE AS old_rows", [_select(figures, "old_rows", "", -1)])
-    for event, (referencing, parts) in ops.items():
+        ops["delete"] = ("FOR EACH ROW", [_select(figures, _ROW, "OLD.", -1)])
+    for event, (when, parts) in ops.items():
         name = f"tally_{table}_{event}"
         op.execute(f"""
             CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -122,25 +140,26 @@ def _postgres_triggers(table: str, figures: list[Figure]) -> None:
                 INSERT INTO tally_deltas (family, a, b, c, n) {_summed(parts)};
                 RETURN NULL;
             END $$""")
-        op.execute(f"""
-            CREATE TRIGGER {name} AFTER {event.upper()} ON {table}
-            REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()""")
+        op.execute(
+            f"CREATE TRIGGER {name} AFTER {event.upper()} ON {table} {when} "
+            f"EXECUTE FUNCTION {name}()"
+        )
 
 
 def _sqlite_triggers(table: str, figures: list[Figure]) -> None:
     upsert = "ON CONFLICT (family, a, b, c) DO UPDATE SET n = n + excluded.n"
     ops = {
-        "insert": [_select(figures, "(SELECT 1)", "NEW.", 1)],
-        "update": [
-            _select(figures, "(SELECT 1)", "NEW.", 1),
-            _select(figures, "(SELECT 1)", "OLD.", -1),
-        ],
+        "insert": ("", [_select(figures, _ROW, "NEW.", 1)]),
+        "update": (
+            f"WHEN {_changed(table, 'IS NOT')}",
+            [_select(figures, _ROW, "NEW.", 1), _select(figures, _ROW, "OLD.", -1)],
+        ),
     }
     if _COUNTS_DOWN[table]:
-        ops["delete"] = [_select(figures, "(SELECT 1)", "OLD.", -1)]
-    for event, parts in ops.items():
+        ops["delete"] = ("", [_select(figures, _ROW, "OLD.", -1)])
+    for event, (when, parts) in ops.items():
         op.execute(f"""
-            CREATE TRIGGER tally_{table}_{event} AFTER {event.upper()} ON {table} BEGIN
+            CREATE TRIGGER tally_{table}_{event} AFTER {event.upper()} ON {table} {when} BEGIN
                 INSERT INTO tallies (family, a, b, c, n) {_summed(parts)} {upsert};
             END""")
 

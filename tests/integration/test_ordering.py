@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text, update
 
-from dispatch.record.activities import ActivityView
+from dispatch.record.activities import ActivityView, Ending
 from dispatch.record.messages import InboundMessage
 from dispatch.record.models import Activity, ActivityStatus
 from dispatch.record.turns import Turns
@@ -246,8 +246,9 @@ async def test_a_stale_attempt_cannot_finish(runtime: Runtime, server: ScriptedS
     assert activity is not None
     assert await runtime.activities.renew(activity_id, attempt=1, lease_s=30) == "lost"
     common: dict[str, Any] = {"kind": "completed", "details": {}, "metrics": {}, "reply": []}
-    stale = await runtime.activities.finish(activity, ActivityStatus.COMPLETED, attempt=1, **common)
-    fresh = await runtime.activities.finish(activity, ActivityStatus.COMPLETED, attempt=2, **common)
+    completed = ActivityStatus.COMPLETED
+    stale = await runtime.activities.finish(activity, Ending(to=completed, attempt=1, **common))
+    fresh = await runtime.activities.finish(activity, Ending(to=completed, attempt=2, **common))
     assert stale is None
     assert fresh is not None
     done = await runtime.activities.get(activity_id, with_events=True)

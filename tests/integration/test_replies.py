@@ -13,7 +13,7 @@ from sqlalchemy import update
 from channels.base import Channel, ChannelContext
 from channels.registry import ChannelRegistry
 from channels.rest import REST
-from dispatch.record.activities import SENDING_STALE
+from dispatch.record.activities import SENDING_STALE, Ending
 from dispatch.record.delivery import UNCERTAIN
 from dispatch.record.messages import Delivered, InboundMessage, OutboundMessage
 from dispatch.record.models import Activity, ActivityStatus, Message, utcnow
@@ -100,12 +100,14 @@ async def test_a_reply_cut_off_while_sending_is_never_sent_again(services: Runti
     assert attempt == 1
     await services.activities.finish(
         (await services.activities.get(activity_id)),  # type: ignore[arg-type]
-        ActivityStatus.COMPLETED,
-        attempt=attempt,
-        kind="completed",
-        details={"result": {"text": "cut off"}},
-        metrics={},
-        reply=["cut off"],
+        Ending(
+            to=ActivityStatus.COMPLETED,
+            attempt=attempt,
+            kind="completed",
+            details={"result": {"text": "cut off"}},
+            metrics={},
+            reply=["cut off"],
+        ),
     )
     [pending] = await services.deliveries.pending_replies(activity_id)
     assert await services.deliveries.claim_reply(pending.id)
@@ -140,12 +142,14 @@ async def test_a_reply_left_sending_by_a_dead_sender_is_resolved_and_the_convers
     assert view is not None
     await services.activities.finish(
         view,
-        ActivityStatus.COMPLETED,
-        attempt=attempt,
-        kind="completed",
-        details={"result": {"text": "lost"}},
-        metrics={},
-        reply=["lost"],
+        Ending(
+            to=ActivityStatus.COMPLETED,
+            attempt=attempt,
+            kind="completed",
+            details={"result": {"text": "lost"}},
+            metrics={},
+            reply=["lost"],
+        ),
     )
     [stuck] = await services.deliveries.pending_replies(activity_id)
     assert await services.deliveries.claim_reply(stuck.id)  # ... and its sender dies here
