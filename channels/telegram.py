@@ -33,6 +33,7 @@ from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.validation import decode_json, require_text
 from dispatch.infra.config import NOT_NEGATIVE, POSITIVE, HttpUrl, Matches, setting
 from dispatch.infra.errors import ForbiddenError, InvalidInput
+from dispatch.language.i18n import say
 from dispatch.record.messages import Delivered, InboundMessage, Media, OutboundMessage
 from dispatch.record.models import Delivery
 from dispatch.record.users import IdentityKind
@@ -43,7 +44,6 @@ log = logging.getLogger("switchboard.telegram")
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name
 ALLOWED_UPDATES = ("message", "callback_query")
-STALE_BUTTON = "This button is no longer valid."
 
 
 class _User(msgspec.Struct, frozen=True):
@@ -51,6 +51,7 @@ class _User(msgspec.Struct, frozen=True):
     is_bot: bool
     first_name: str
     last_name: str | None = None
+    language_code: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -313,7 +314,10 @@ class TelegramChannel(base.WebhookChannel):
             try:
                 bot = await self.bot()
                 await bot.answer_callback_query(
-                    query.id, text=STALE_BUTTON if text is None else None
+                    query.id,
+                    text=None
+                    if text is not None
+                    else say("button.stale", (query.from_user.language_code or "")[:2] or None),
                 )
             except TelegramError:
                 log.warning("answerCallbackQuery failed", exc_info=True)

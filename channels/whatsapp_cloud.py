@@ -39,6 +39,7 @@ from channels.whatsapp import WHATSAPP, WindowClosed, send_in_window
 from dispatch.infra.config import NOT_NEGATIVE, POSITIVE, PREFIX, HttpUrl, Matches, setting
 from dispatch.infra.errors import ForbiddenError, InvalidInput, SettingsError
 from dispatch.infra.phone import from_provider
+from dispatch.language.i18n import say
 from dispatch.record.messages import (
     Choice,
     Delivered,
@@ -435,6 +436,7 @@ class WhatsAppCloudChannel(base.WebhookChannel):
         if len(choices) > MAX_ROWS:
             log.warning("a list shows %d choices; %d dropped", MAX_ROWS, len(choices) - MAX_ROWS)
         titles = _titles(choices[:MAX_ROWS], ROW_TITLE_CHARS)
+        options = say("button.options", message.language)
         rows = [
             {"id": token, "title": title, "description": _cut(c.text, ROW_DESCRIPTION_CHARS)}
             for token, title, c in zip(tokens, titles, choices[:MAX_ROWS], strict=False)
@@ -442,7 +444,7 @@ class WhatsAppCloudChannel(base.WebhookChannel):
         return {
             "type": "list",
             "body": {"text": text},
-            "action": {"button": "Options", "sections": [{"title": "Options", "rows": rows}]},
+            "action": {"button": options, "sections": [{"title": options, "rows": rows}]},
         }
 
     async def _template(self, message: OutboundMessage) -> Delivered:

@@ -260,7 +260,7 @@ def _demo(settings: Settings, _args: argparse.Namespace) -> int:
                 user, _ = await users.link(str(user.id), "rest", DEMO_SUPERVISOR)
             password = secrets.token_urlsafe(12)
             await users.set_password(str(user.id), password)
-        print(f"portal: /portal  name: {DEMO_SUPERVISOR}  password: {password}")
+        print(f"portal: {settings.base_url}/portal  name: {DEMO_SUPERVISOR}  password: {password}")
         print("(shown once; run this again for a new one)")
         return 0
 

@@ -76,6 +76,16 @@ class Settings(RuntimeSettings):
 
     http: HttpSettings = dataclasses.field(default_factory=HttpSettings)
 
+    @property
+    def base_url(self) -> str:
+        """Where people reach this gateway: ``SWITCHBOARD_PUBLIC_URL``, else the address
+        ``switchboard serve`` binds (an any-address bind read as this machine)."""
+        if self.core.public_url is not None:
+            return self.core.public_url.rstrip("/")
+        host = "127.0.0.1" if self.http.host in {"0.0.0.0", "::", ""} else self.http.host  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http.port}"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -9,7 +9,7 @@ import httpx
 import msgspec
 
 from dispatch.infra.retry import RetryPolicy
-from dispatch.language.i18n import in_language, say, say_each, status_word
+from dispatch.language.i18n import in_language, say, status_word
 from dispatch.policy.permissions import may_request
 from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
 from dispatch.record.activities import ActivityView
@@ -186,13 +186,14 @@ class DecideHandler(Handler):
         if code is None:
             waiting = await ctx.approvals.pending_for(user_id) if user_id is not None else []
             if len(waiting) != 1:
-                return _waiting_list(waiting, decision)
+                return _waiting_list(waiting, decision, ctx.language)
             code = waiting[0]
         outcome = await ctx.approvals.decide(
             user_id=user_id,
             code=int(code),
             decision=decision,
             channel=ctx.activity.source_channel or "unknown",
+            language=ctx.language,
         )
         return HandlerResult(
             text=outcome.text,
@@ -205,17 +206,16 @@ class DecideHandler(Handler):
         )
 
 
-def _waiting_list(codes: list[int], decision: Decision) -> HandlerResult:
+def _waiting_list(codes: list[int], decision: Decision, language: str | None) -> HandlerResult:
     if not codes:
         return HandlerResult(
-            text="Nothing is awaiting your decision. / No hay nada pendiente de tu decisión.",
+            text=say("decision.none_waiting", language),
             data={"decision": decision.value, "applied": False, "waiting": []},
         )
     word = "YES" if decision == Decision.APPROVE else "NO"
     listed = ", ".join(f"#{c}" for c in codes)
     return HandlerResult(
-        text=f"Several requests await your decision ({listed}): reply {word} and the number, "
-        f"e.g. {word} {codes[0]}.",
+        text=say("decision.several", language, listed=listed, word=word, first=codes[0]),
         choices=tuple(
             Choice(label=f"{word} #{c}", text=f"{word} {c}") for c in codes[:MAX_CHOICES]
         ),
@@ -234,6 +234,7 @@ class RunHandler(Handler):
             user_id=ctx.activity.actor_user_id,
             code=code,
             channel=ctx.activity.source_channel or "unknown",
+            language=ctx.language,
         )
         return HandlerResult(
             text=outcome.text,
@@ -348,7 +349,7 @@ class LedgerHandler(Handler):
             {k: payload_text({k: v}).partition("=")[2] for k, v in ctx.payload.items()}
         )
         values["number"] = number + 1
-        template = ctx.action.reply or "{action} #{number}: {payload}"
+        template = ctx.action.reply_in(ctx.language) or "{action} #{number}: {payload}"
         values.setdefault("action", ctx.action.description)
         values.setdefault("payload", payload_text(ctx.payload))
         text = template.format_map(values).strip().rstrip(":,- ")
@@ -363,12 +364,16 @@ class HumanHandler(Handler):
 
     async def run(self, ctx: HandlerContext) -> HandlerResult:
         activity = ctx.activity
-        text = say_each(
-            "human.call",
-            who=f"user #{activity.actor_user_id}" if activity.actor_user_id else "someone",
-            conversation=activity.conversation_id or "-",
-            channel=activity.source_channel or "api",
-        )
+
+        def text(language: str | None, who: str | None) -> str:
+            return say(
+                "human.call",
+                language,
+                who=who or say("someone", language),
+                conversation=activity.conversation_id or "-",
+                channel=activity.source_channel or say("the_api", language),
+            )
+
         told = await ctx.approvals.call_people(
             activity.id, roles=("supervisor", "admin"), text=text
         )

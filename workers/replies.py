@@ -8,6 +8,7 @@ import logging
 import msgspec
 
 from channels.registry import ChannelRegistry
+from dispatch.language.i18n import language_of
 from dispatch.policy.catalog import Catalog
 from dispatch.record.activities import SENDING_HEARTBEAT_S, ActivityLog, ActivityView
 from dispatch.record.delivery import Deliveries, DeliveryUpdate
@@ -119,6 +120,7 @@ class ReplySender:
                     last_inbound_at=conversation.last_inbound_at,
                     # The action's template stands in for its reply to the requester only.
                     template=templates.get(row.channel) if own else None,
+                    language=language_of(activity.details),
                     choices=msgspec.convert(
                         (row.raw or {}).get("choices") or [], tuple[Choice, ...]
                     ),

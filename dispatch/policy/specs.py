@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from dispatch.language.i18n import in_language
 from dispatch.record.models import Priority
 
 __all__ = [
@@ -78,6 +79,10 @@ class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     examples: tuple[str, ...] = ()
     button: str | None = None
+    reply: str | None = None
+    """The ``ledger`` handler's answer in this language."""
+    questions: dict[str, str] = {}
+    """Per payload field, the question asked for it in this language."""
 
 
 class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -97,6 +102,21 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reply: str | None = None
     """For the ``ledger`` handler: the answer, filled from the payload's fields and
     ``{number}`` (``"Invoice INV-{number:04d} for {client}: {amount}"``)."""
+
+    def reply_in(self, language: str | None) -> str | None:
+        """The ``reply`` template in ``language``, else the default one."""
+        local = self.localized.get(language or "")
+        return (local.reply if local else None) or self.reply
+
+    def question(self, field_name: str, language: str | None) -> str:
+        """What is asked for a missing ``field_name``, in ``language``: its localized
+        question, else its question (a ``"English / Español"`` one cut to the language)."""
+        local = self.localized.get(language or "")
+        if local is not None and field_name in local.questions:
+            return local.questions[field_name]
+        field = self.payload.get(field_name)
+        asked = field.ask(field_name) if field else f"What is {field_name}?"
+        return in_language(asked, language)
 
     def words(self, language: str | None) -> tuple[str, tuple[str, ...], str | None]:
         """(description, examples, button) in ``language``, falling back to the defaults."""

@@ -200,7 +200,6 @@ class Move:
 
 
 _ASKING = frozenset({ActivityStatus.AWAITING_APPROVAL})
-NO_ONE_TO_ASK = Move("failed", ActivityStatus.FAILED, _ASKING)
 REJECT = Move("rejected", ActivityStatus.REJECTED, _ASKING)
 GRANT_AND_QUEUE = Move("approval_granted", ActivityStatus.QUEUED, _ASKING)
 GRANT = Move("approval_granted", ActivityStatus.PENDING, _ASKING)

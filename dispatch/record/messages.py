@@ -80,6 +80,8 @@ class OutboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     template: dict[str, Any] | None = None
     """The action's template for this channel (its own shape, checked at start-up): what to
     send instead when a free-form reply is not allowed."""
+    language: str | None = None
+    """The language of the conversation it answers (a channel's own words: a list's button)."""
     choices: tuple[Choice, ...] = ()
     """Offered answers (buttons where the channel has them)."""
 

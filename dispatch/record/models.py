@@ -234,6 +234,9 @@ class Conversation(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_inbound_at: Mapped[dt.datetime | None] = mapped_column()
+    language: Mapped[str | None] = mapped_column(String(8))
+    """The language its person writes in (the last one a message showed, or their choice):
+    what the gateway's own notices in it are written in."""
 
 
 class Message(Base):

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
 from dispatch.infra.sql import insert_or_get
-from dispatch.language.i18n import say, say_each
+from dispatch.language.i18n import say
 from dispatch.record.models import (
     ActivityStatus,
     Conversation,
@@ -97,9 +97,9 @@ def reply_text(
 
 
 def cancelled_notice(activity_id: int, language: str | None = None) -> str:
-    """What a requester is told when an operator withdraws or stops their request (in both
-    languages when theirs is not known)."""
-    return say_each("cancel.operator", language, id=activity_id)
+    """What a requester is told when an operator withdraws or stops their request, in their
+    language."""
+    return say("cancel.operator", language, id=activity_id)
 
 
 async def add_reply(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from dispatch.infra.clean import fit
@@ -24,7 +24,7 @@ from dispatch.record.models import (
     Message,
 )
 
-__all__ = ["MessageStore", "MessageView"]
+__all__ = ["MessageStore", "MessageView", "conversation_language"]
 
 
 class Backlog(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +88,24 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
             delivery_error=row.delivery_error,
             activity_id=row.activity_id,
         )
+
+
+async def conversation_language(
+    session: AsyncSession, conversation_id: int, shown: str | None
+) -> str | None:
+    """The conversation's language: ``shown`` (what a message of it showed, or its person's
+    choice), remembered for the notices to come, else the one remembered."""
+    if shown is None:
+        found: str | None = await session.scalar(
+            select(Conversation.language).where(Conversation.id == conversation_id)
+        )
+        return found
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.id == conversation_id, Conversation.language.is_distinct_from(shown))
+        .values(language=shown)
+    )
+    return shown
 
 
 class MessageStore:

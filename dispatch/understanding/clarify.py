@@ -10,14 +10,16 @@ the state in the transaction that records the activity.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
 
-from dispatch.language.i18n import LANGUAGES
+from dispatch.language.i18n import LANGUAGES, say
 from dispatch.language.text import normalize
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.control import CLARIFY_ACTION, SOFT_CONTROL_RULES, SYSTEM_AGENT
+from dispatch.policy.specs import ActionSpec
 from dispatch.record.messages import Choice
 from dispatch.understanding.intents import Intent
 
@@ -92,25 +94,29 @@ class Clarifier:
     def ask(self, pending: Pending, *, hint: str = "") -> Intent:
         """The ``system.clarify`` intent that puts ``pending``'s question to the user."""
         choices: list[Choice] = []
+        language = _asked_in(pending)
         if pending.kind == "choose":
-            lines = ["Which one do you mean? / ¿Cuál quieres decir?"]
+            lines = [_each(lambda lang: say("clarify.which", lang))]
             for number, (agent, action) in enumerate(pending.options, start=1):
                 spec = self._catalog.action(agent, action)
-                label = spec.description if spec else f"{agent}.{action}"
-                lines.append(f"{number}. {label}")
+                label = spec.words(language)[0] if spec else f"{agent}.{action}"
+                lines.append(f"{number}. {label}" if spec is None else _numbered(number, spec))
                 choices.append(Choice(label=label[:64], text=str(number)))
             question = "\n".join(lines)
             asked: dict[str, Any] = {"options": [f"{a}.{n}" for a, n in pending.options]}
         else:
             field_name = pending.missing[0]
             spec = self._catalog.action(pending.agent, pending.action)
-            field = spec.payload[field_name] if spec else None
-            question = field.ask(field_name) if field else f"What is {field_name}?"
+            question = (
+                _each(lambda lang: spec.question(field_name, lang))
+                if spec
+                else f"What is {field_name}?"
+            )
             asked = {"field": field_name}
         return Intent(
             agent=SYSTEM_AGENT,
             action_type=CLARIFY_ACTION,
-            payload={"question": f"{hint} {question}".strip()},
+            payload={"question": f"{hint}\n{question}" if hint else question},
             rule_id=pending.provenance.get("rule_id"),
             provenance={
                 **pending.provenance,
@@ -142,7 +148,7 @@ class Clarifier:
             return Resolution(intent=answered, state="clear")
         if attempts + 1 >= MAX_ASKS:
             return Resolution(intent=None, state="clear")
-        hint = answered or "Sorry, I need one of the options. / Elige una de las opciones."
+        hint = answered or say("clarify.pick", _asked_in(pending))
         return Resolution(intent=self.ask(pending, hint=hint), state=pending, attempts=attempts + 1)
 
     def _fill(self, pending: Pending, text: str) -> Intent | str:
@@ -153,7 +159,7 @@ class Clarifier:
                 pending.agent, pending.action, {**pending.payload, field_name: value}, partial=True
             )
         except PayloadError as exc:
-            return f"That doesn't fit ({exc}). / Eso no encaja."
+            return say("clarify.misfit", _asked_in(pending), problem=exc)
         return self._resumed(pending, pending.agent, pending.action, payload, {field_name: value})
 
     def _choose(self, pending: Pending, folded: str) -> Intent | None:
@@ -210,3 +216,21 @@ class Clarifier:
             payload={"question": text},
             provenance={"parser": "clarify", "dropped": f"{pending.agent}.{pending.action}"},
         )
+
+
+def _asked_in(pending: Pending) -> str | None:
+    """The language the question was asked in (recorded with it)."""
+    language = pending.provenance.get("language")
+    return language if isinstance(language, str) else None
+
+
+def _each(render: Callable[[str], str]) -> str:
+    """A line in every language, ``"English / Español"`` (the order of :data:`LANGUAGES`), cut
+    to the conversation's language where it is sent (:func:`in_language`); once if all agree."""
+    texts = [render(language) for language in LANGUAGES]
+    return texts[0] if len(set(texts)) == 1 else " / ".join(texts)
+
+
+def _numbered(number: int, spec: ActionSpec) -> str:
+    """An option of a choice, in every language."""
+    return _each(lambda language: f"{number}. {spec.words(language)[0]}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -25,14 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dispatch.infra.queue import JobQueue
 from dispatch.infra.routing import ChannelRouting, reaching
 from dispatch.infra.sql import insert_or_get
-from dispatch.language.i18n import language_of, say
+from dispatch.language.i18n import language_of, say, status_word
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.specs import ActionSpec, ApprovalSpec
 from dispatch.record.activities import (
     EXPIRE,
     GRANT,
     GRANT_AND_QUEUE,
-    NO_ONE_TO_ASK,
     REJECT,
     RUN,
     ActivityLog,
@@ -50,20 +50,21 @@ from dispatch.record.models import (
 from dispatch.record.models import ActivityStatus as S
 from dispatch.record.outbox import add_reply, payload_text
 
-__all__ = ["NO_APPROVER", "ApprovalService", "Decision", "Outcome"]
-
-NO_APPROVER = {
-    "reason": "no_approver",
-    "message": "no one who may approve this request can be reached",
-}
-"""Why a request that needs an approval no one can give fails at once."""
+__all__ = ["ApprovalService", "Decision", "Outcome"]
 
 log = logging.getLogger("switchboard.approvals")
 
 CALL_AGAIN_AFTER = dt.timedelta(minutes=10)
 """A conversation's call for a person pages the staff at most once in this long."""
 
-_UNCHANGED = "your decision changes nothing."
+
+class Reach(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a person is messaged (a channel, a conversation of theirs) and in what language."""
+
+    user: User
+    channel: str
+    conversation_id: int
+    language: str | None
 
 
 class Decision(enum.StrEnum):
@@ -99,14 +100,10 @@ class ApprovalService:
     async def gate(
         self, session: AsyncSession, activity: Activity, action: ActionSpec, requester: User | None
     ) -> bool:
-        """In the transaction recording ``activity``: ask its approvers; with none to ask, it
-        fails at once (``no_approver``, with its event). Whether anyone was asked."""
-        if await self.request(session, activity, action, requester):
-            return True
-        ActivityLog.move(
-            session, activity, NO_ONE_TO_ASK, data=NO_APPROVER, details={"error": NO_APPROVER}
-        )
-        return False
+        """In the transaction recording ``activity``: ask its approvers. With none to ask now
+        it waits all the same (a supervisor decides in the portal or over the API, or it
+        expires), and the requester is told so. Whether anyone was asked."""
+        return bool(await self.request(session, activity, action, requester))
 
     async def request(
         self, session: AsyncSession, activity: Activity, action: ActionSpec, requester: User | None
@@ -117,21 +114,38 @@ class ApprovalService:
         requester_id = requester.id if requester else None
         approvers = await self._approvers(session, approval, requester_id)
         targets = [t for t in [await self._reach(session, user) for user in approvers] if t]
-        who = requester.name if requester else "someone"
         expires = activity.expires_at
         minutes = round((expires - utcnow()).total_seconds() / 60) if expires else 0
         payload = activity.details.get("payload") or {}
-        details = f"\nDetails: {payload_text(payload)}" if payload else ""
-        text = (
-            f"Approval needed for request #{activity.id}: {action.description}, asked by {who} "
-            f"on {activity.source_channel or 'the API'}.{details}\n"
-            f"Reply YES {activity.id} to approve or NO {activity.id} to reject "
-            f"(expires in {minutes} min)."
-        )
-        choices = [
-            msgspec.to_builtins(Choice(label=f"Approve #{activity.id}", text=f"YES {activity.id}")),
-            msgspec.to_builtins(Choice(label=f"Reject #{activity.id}", text=f"NO {activity.id}")),
-        ]
+        code = activity.id
+
+        def text(language: str | None) -> str:
+            details = payload_text(payload)
+            return say(
+                "approval.request",
+                language,
+                id=code,
+                what=action.words(language)[0],
+                who=requester.name if requester else say("someone", language),
+                where=activity.source_channel or say("the_api", language),
+                details=say("approval.details", language, details=details) if payload else "",
+                minutes=minutes,
+            )
+
+        def choices(language: str | None) -> list[Any]:
+            return [
+                msgspec.to_builtins(
+                    Choice(
+                        label=say("approval.approve_button", language, id=code), text=f"YES {code}"
+                    )
+                ),
+                msgspec.to_builtins(
+                    Choice(
+                        label=say("approval.reject_button", language, id=code), text=f"NO {code}"
+                    )
+                ),
+            ]
+
         await self._send(session, activity.id, targets, text, choices)
         ActivityLog.add_event(
             session,
@@ -144,30 +158,33 @@ class ApprovalService:
                 "quorum": approval.quorum,
                 "auto_run": approval.auto_run,
                 "expires_at": expires.isoformat() if expires else None,
-                "notified": [{"user_id": u.id, "channel": c} for u, c, _ in targets],
+                "notified": [{"user_id": t.user.id, "channel": t.channel} for t in targets],
             },
         )
-        if targets:
-            language = language_of(activity.details)
-            needed = (
-                say("approval.quorum", language, quorum=approval.quorum)
-                if approval.quorum > 1
-                else ""
-            )
-            what = action.words(language)[0]
-            await self._tell_requester(
-                session,
-                activity,
-                say("approval.asked", language, id=activity.id, what=what, needed=needed),
-            )
+        language = language_of(activity.details)
+        needed = (
+            say("approval.quorum", language, quorum=approval.quorum) if approval.quorum > 1 else ""
+        )
+        told = "approval.asked" if targets else "approval.waiting"
+        what = action.words(language)[0]
+        await self._tell_requester(
+            session, activity, say(told, language, id=activity.id, what=what, needed=needed)
+        )
         return len(targets)
 
-    async def call_people(self, activity_id: int, *, roles: tuple[str, ...], text: str) -> int:
+    async def call_people(
+        self,
+        activity_id: int,
+        *,
+        roles: tuple[str, ...],
+        text: Callable[[str | None, str | None], str],
+    ) -> int:
         """Tell every active user of ``roles`` (on the channel that reaches them, as approval
         requests go) ``text``, as replies of activity ``activity_id``: once per activity
         however often this is called, and once per conversation in ``CALL_AGAIN_AFTER`` (a
         visitor saying "agent" again and again does not page everyone each time). Returns
-        how many are (or were just) told."""
+        how many are (or were just) told. ``text(language, who)``: what to say in a person's
+        language, about the requester (their name, if known)."""
         async with self._sessions.begin() as session:
             activity = await session.scalar(
                 select(Activity).where(Activity.id == activity_id).with_for_update()
@@ -195,12 +212,14 @@ class ApprovalService:
                 select(User).where(User.active.is_(True), User.role.in_(roles)).order_by(User.id)
             )
             targets = [t for t in [await self._reach(session, user) for user in people] if t]
-            await self._send(session, activity_id, targets, text)
+            requester = activity.actor_user_id
+            who = await session.scalar(select(User.name).where(User.id == requester))
+            await self._send(session, activity_id, targets, lambda language: text(language, who))
             ActivityLog.add_event(
                 session,
                 activity_id,
                 "people_called",
-                data={"told": len(targets), "users": [u.id for u, _, _ in targets]},
+                data={"told": len(targets), "users": [t.user.id for t in targets]},
             )
             return len(targets)
 
@@ -208,20 +227,20 @@ class ApprovalService:
         self,
         session: AsyncSession,
         activity_id: int,
-        targets: list[tuple[User, str, int]],
-        text: str,
-        choices: list[Any] | None = None,
+        targets: list[Reach],
+        text: Callable[[str | None], str],
+        choices: Callable[[str | None], list[Any]] | None = None,
     ) -> None:
-        """``text`` to each (user, channel, conversation) :meth:`_reach` found, as replies of
-        activity ``activity_id``."""
-        for _user, channel, conversation_id in targets:
+        """``text`` (and ``choices``), in each one's language, to everyone :meth:`_reach`
+        found, as replies of activity ``activity_id``."""
+        for target in targets:
             await add_reply(
                 session,
                 activity_id=activity_id,
-                conversation_id=conversation_id,
-                channel=channel,
-                parts=self._routing.split(channel, text),
-                choices=choices,
+                conversation_id=target.conversation_id,
+                channel=target.channel,
+                parts=self._routing.split(target.channel, text(target.language)),
+                choices=choices(target.language) if choices else None,
             )
 
     async def _approvers(
@@ -234,10 +253,10 @@ class ApprovalService:
         )
         return [u for u in users if approval.self_approval or u.id != requester_id]
 
-    async def _reach(self, session: AsyncSession, user: User) -> tuple[User, str, int] | None:
-        """(user, channel, conversation id) where this approver is messaged, if anywhere: the
-        configured channel they last wrote from, else the first configured channel that reaches
-        one of their addresses (in the registry's order of preference)."""
+    async def _reach(self, session: AsyncSession, user: User) -> Reach | None:
+        """Where this person is messaged, if anywhere: the configured channel they last wrote
+        from, else the first configured channel that reaches one of their addresses (in the
+        registry's order of preference); in their language (chosen, else that conversation's)."""
         identities = list(
             await session.scalars(select(UserIdentity).where(UserIdentity.user_id == user.id))
         )
@@ -250,7 +269,7 @@ class ApprovalService:
         if not candidates:
             return None
         seen = {
-            (c.channel, c.key): c.last_inbound_at
+            (c.channel, c.key): c
             for c in await session.scalars(
                 select(Conversation).where(
                     Conversation.key.in_({address for _, address in candidates}),
@@ -260,7 +279,8 @@ class ApprovalService:
         }
 
         def rank(candidate: tuple[str, str]) -> tuple[float, int]:
-            last = seen.get(candidate)
+            found = seen.get(candidate)
+            last = found.last_inbound_at if found else None
             return (-(last.timestamp() if last else 0.0), order.index(candidate[0]))
 
         channel, address = min(candidates, key=rank)
@@ -270,18 +290,29 @@ class ApprovalService:
             {"channel": channel, "key": address, "user_id": user.id},
             ("channel", "key"),
         )
-        return user, channel, conversation_id
+        known = seen.get((channel, address))
+        language = user.language or (known.language if known else None)
+        return Reach(user=user, channel=channel, conversation_id=conversation_id, language=language)
 
     # -- deciding -------------------------------------------------------------------------
 
     async def decide(
-        self, *, user_id: int | None, code: int, decision: Decision, channel: str
+        self,
+        *,
+        user_id: int | None,
+        code: int,
+        decision: Decision,
+        channel: str,
+        language: str | None = None,
     ) -> Outcome:
+        """``user_id``'s decision on request ``code``, told to them in their language (chosen,
+        else ``language``: the one they write in)."""
         try:
-            outcome, changed = await self._decide(user_id, code, decision, channel)
+            outcome, changed = await self._decide(user_id, code, decision, channel, language)
         except IntegrityError:
             # The same approver decided twice at the same moment: the other one counted.
-            return Outcome(text=f"You already decided on request #{code}.", applied=False)
+            text = say("decision.already", language, id=code)
+            return Outcome(text=text, applied=False)
         if changed:
             # Delivers what the requester is told and, once approved, runs the action.
             await self._queue.enqueue_run(code)
@@ -292,22 +323,20 @@ class ApprovalService:
         return outcome
 
     async def _decide(
-        self, user_id: int | None, code: int, decision: Decision, channel: str
+        self, user_id: int | None, code: int, decision: Decision, channel: str, language: str | None
     ) -> tuple[Outcome, bool]:
         async with self._sessions.begin() as session:
             found = await self._locked(session, code)
             user = await session.get(User, user_id) if user_id is not None else None
+            language = (user.language if user else None) or language
             nothing = Outcome(
-                text=f"Nothing is awaiting your decision under {code}. / "
-                f"No hay nada pendiente de tu decisión con el código {code}.",
-                applied=False,
-                code=code,
+                text=say("decision.nothing", language, id=code), applied=False, code=code
             )
             if found is None:
                 return nothing, False
             activity, approval = found
             actor = f"user:{user_id}" if user_id is not None else "anonymous"
-            refusal = await self._refusal(session, activity, approval, user)
+            refusal = await self._refusal(session, activity, approval, user, language)
             if refusal is not None:
                 reason, text, changed = refusal
                 ActivityLog.add_event(
@@ -329,7 +358,13 @@ class ApprovalService:
             )
             await session.flush()
             return await self._apply(
-                session, activity, approval=approval, user=user, decision=decision, channel=channel
+                session,
+                activity,
+                approval=approval,
+                user=user,
+                decision=decision,
+                channel=channel,
+                language=language,
             )
 
     async def _apply(
@@ -341,7 +376,10 @@ class ApprovalService:
         user: User,
         decision: Decision,
         channel: str,
+        language: str | None,
     ) -> tuple[Outcome, bool]:
+        """The decision applied; what the decider is told is in ``language``, what the
+        requester is told in theirs."""
         code = activity.id
         actor = f"user:{user.id}"
         base = {"code": code, "channel": channel, "approver": user.name, "role": user.role}
@@ -353,7 +391,7 @@ class ApprovalService:
                 say("approval.rejected", language_of(activity.details), id=code, who=user.name),
             )
             return Outcome(
-                text=f"Rejected request #{code}; the requester has been told.",
+                text=say("decision.rejected", language, id=code),
                 applied=True,
                 status=activity.status,
                 code=code,
@@ -370,15 +408,44 @@ class ApprovalService:
         ActivityLog.add_event(
             session, code, "approved", status=activity.status, actor=actor, data=counted
         )
+        return await self._approved(
+            session, activity, approval, user=user, approvals=approvals, language=language
+        )
+
+    async def _approved(
+        self,
+        session: AsyncSession,
+        activity: Activity,
+        approval: ApprovalSpec,
+        *,
+        user: User,
+        approvals: int,
+        language: str | None,
+    ) -> tuple[Outcome, bool]:
+        """An approval counted: short of the quorum, the requester hears of it; at the quorum,
+        the request is granted (and queued if it runs at once)."""
+        code = activity.id
         if approvals < approval.quorum:
             await self._tell_requester(
                 session,
                 activity,
-                f"{user.name} approved request #{code} ({approvals} of {approval.quorum} "
-                "approvals).",
+                say(
+                    "approval.partial",
+                    language_of(activity.details),
+                    who=user.name,
+                    id=code,
+                    approvals=approvals,
+                    quorum=approval.quorum,
+                ),
             )
             return Outcome(
-                text=f"Your approval of request #{code} counts: {approvals} of {approval.quorum}.",
+                text=say(
+                    "decision.counted",
+                    language,
+                    id=code,
+                    approvals=approvals,
+                    quorum=approval.quorum,
+                ),
                 applied=True,
                 status=activity.status,
                 code=code,
@@ -387,32 +454,38 @@ class ApprovalService:
             session,
             activity,
             GRANT_AND_QUEUE if approval.auto_run else GRANT,
-            actor=actor,
+            actor=f"user:{user.id}",
             data={"approvals": approvals, "auto_run": approval.auto_run},
         )
-        language = language_of(activity.details)
+        asked_in = language_of(activity.details)
         then = say(
-            "approval.runs" if approval.auto_run else "approval.waits_run", language, id=code
+            "approval.runs" if approval.auto_run else "approval.waits_run", asked_in, id=code
         )
         await self._tell_requester(
             session,
             activity,
-            say("approval.approved", language, id=code, who=user.name, then=then),
+            say("approval.approved", asked_in, id=code, who=user.name, then=then),
         )
-        verb = "it runs now" if approval.auto_run else f"send RUN {code} to run it"
+        verb = say(
+            "decision.runs_now" if approval.auto_run else "decision.send_run", language, id=code
+        )
         return Outcome(
-            text=f"Approved request #{code}; {verb}.",
+            text=say("decision.approved", language, id=code, then=verb),
             applied=True,
             status=activity.status,
             code=code,
         ), True
 
-    async def run(self, *, user_id: int | None, code: int, channel: str) -> Outcome:
-        """Run an approved request that waits for it (``auto_run = false``)."""
+    async def run(
+        self, *, user_id: int | None, code: int, channel: str, language: str | None = None
+    ) -> Outcome:
+        """Run an approved request that waits for it (``auto_run = false``); told to the user
+        in their language (chosen, else ``language``)."""
         async with self._sessions.begin() as session:
             found = await self._locked(session, code)
             user = await session.get(User, user_id) if user_id is not None else None
-            nothing = Outcome(text=f"There is no request #{code} for you to run.", applied=False)
+            language = (user.language if user else None) or language
+            nothing = Outcome(text=say("run.nothing", language, id=code), applied=False)
             if found is None or user is None or not user.active:
                 return nothing
             activity, approval = found
@@ -421,8 +494,12 @@ class ApprovalService:
                 return nothing
             if activity.status != S.PENDING:
                 return Outcome(
-                    text=f"Request #{code} is {activity.status}; only an approved request "
-                    "waiting to run can be run.",
+                    text=say(
+                        "run.not_pending",
+                        language,
+                        id=code,
+                        status=status_word(activity.status, language),
+                    ),
                     applied=False,
                     status=activity.status,
                     code=code,
@@ -436,7 +513,10 @@ class ApprovalService:
             )
         await self._queue.enqueue_run(code)
         return Outcome(
-            text=f"Request #{code} is running.", applied=True, status=S.QUEUED.value, code=code
+            text=say("run.started", language, id=code),
+            applied=True,
+            status=S.QUEUED.value,
+            code=code,
         )
 
     async def pending_for(self, user_id: int) -> list[int]:
@@ -542,6 +622,7 @@ class ApprovalService:
         activity: Activity,
         approval: ApprovalSpec,
         user: User | None,
+        language: str | None,
     ) -> tuple[str, str | None, bool] | None:
         """Why this decision does not count: (reason, what to tell the decider, whether the
         record changed); None if it counts."""
@@ -550,14 +631,15 @@ class ApprovalService:
         if why is not None:
             return why, None, False
         if activity.status != S.AWAITING_APPROVAL:
-            return "not_awaiting", f"Request #{code} is {activity.status}; " + _UNCHANGED, False
+            status = status_word(activity.status, language)
+            return (
+                "not_awaiting",
+                say("decision.not_awaiting", language, id=code, status=status),
+                False,
+            )
         if activity.expires_at is not None and activity.expires_at <= utcnow():
             await self._expire(session, activity)  # news for the requester
-            return (
-                "expired",
-                f"Request #{code} expired before your decision; nothing was done.",
-                True,
-            )
+            return "expired", say("decision.expired", language, id=code), True
         assert user is not None
         already = await session.scalar(
             select(Approval.decision).where(
@@ -565,7 +647,8 @@ class ApprovalService:
             )
         )
         if already is not None:
-            return "already_decided", f"You already decided on request #{code} ({already}).", False
+            text = say("decision.already_as", language, id=code, decision=already)
+            return "already_decided", text, False
         return None
 
     async def _tell_requester(self, session: AsyncSession, activity: Activity, text: str) -> None:

@@ -378,6 +378,9 @@ class WorkflowRuns:
                     "step": step_id,
                 },
                 actor_user_id=start.actor_user_id,
+                # The requester's channel, for who asked; no conversation: a step's result is
+                # no reply of its own (the run's summary is).
+                source_channel=start.source_channel,
                 priority=(step.priority or action.priority).value,
                 expires_at=expiry(approval) if approval is not None else None,
                 completed_at=utcnow() if error else None,

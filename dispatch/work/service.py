@@ -23,7 +23,7 @@ from dispatch.infra.errors import RateLimited
 from dispatch.infra.queue import JobQueue
 from dispatch.infra.routing import ChannelRouting
 from dispatch.infra.throttle import Throttle, ThrottleSettings
-from dispatch.language.i18n import language_of, say_each, spoken
+from dispatch.language.i18n import language_of, say, spoken
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.control import NOTICE_ACTION, SYSTEM_AGENT
 from dispatch.policy.permissions import may_request
@@ -46,7 +46,7 @@ from dispatch.record.models import (
     utcnow,
 )
 from dispatch.record.outbox import add_reply, reply_text
-from dispatch.record.store import MessageStore
+from dispatch.record.store import MessageStore, conversation_language
 from dispatch.record.turns import Turns
 from dispatch.understanding.clarify import Clarifier, Pending
 from dispatch.understanding.intents import Intent
@@ -74,8 +74,8 @@ claim's attempt number."""
 
 
 def slow_down(language: str | None) -> str:
-    """What a sender over their rate is told: in their language, or both when unknown."""
-    return say_each("slow_down", language)
+    """What a sender over their rate is told, in their language."""
+    return say("slow_down", language)
 
 
 MAX_DISPATCH_ATTEMPTS = 3
@@ -156,14 +156,17 @@ class DispatchFailed(Exception):
         self.attempt = attempt
 
 
-def _language(
-    message: Message, user: User | None, intent: Intent, change: StateChange
+async def _language(
+    session: AsyncSession, message: Message, user: User | None, intent: Intent, change: StateChange
 ) -> tuple[str | None, StateChange]:
-    """The language the sender is answered in (theirs if chosen, else what they wrote in), and
-    an open question's change carrying it (its answer, "12", is read in the asker's language)."""
+    """The language the sender is answered in (theirs if chosen, else what they wrote in, else
+    their conversation's), and an open question's change carrying it (its answer, "12", is
+    read in the asker's language). What the message showed is remembered as the
+    conversation's language."""
     earlier = (intent.provenance.get("original") or {}).get("language")
     chosen = user.language if user is not None else None
-    language = chosen or spoken(message.text, message.raw, earlier)
+    shown = chosen or spoken(message.text, message.raw, earlier)
+    language = await conversation_language(session, message.conversation_id, shown)
     if language is not None and isinstance(change, tuple):
         pending, attempts = change
         kept = {**pending.provenance, "language": language}
@@ -333,8 +336,9 @@ class DispatchService:
         """Tell the sender, once per window, that what they send now is not acted on."""
         if not await self._throttle.first_in_window(key, window_s=self._limits.notice_window_s):
             return
-        text = slow_down(spoken(message.text, message.raw))
         async with self._sessions.begin() as session:
+            shown = spoken(message.text, message.raw)
+            text = slow_down(await conversation_language(session, accepted.conversation_id, shown))
             activity_id = await self._answer_sender(
                 session,
                 message_id=accepted.message_id,
@@ -817,7 +821,7 @@ class DispatchService:
         await self._fence(session, message, attempt)
         role = user.role if user else None
         allowed = action is not None and may_request(role, user.active if user else True, action)
-        language, change = _language(message, user, intent, change)
+        language, change = await _language(session, message, user, intent, change)
         provenance: dict[str, Any] = {
             **intent.provenance,
             "matched": intent.matched,

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dispatch.infra.errors import ConflictError, InvalidInput, NotFoundError
 from dispatch.infra.queue import JobQueue
 from dispatch.infra.routing import ChannelRouting
-from dispatch.language.i18n import say_each
+from dispatch.language.i18n import say
 from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
     Activity,
@@ -117,7 +117,9 @@ class Takeovers:
             else:  # an open question is dropped: the person asks what they need
                 for name, value in values.items():
                     setattr(state, name, value)
-            await self._tell(session, activity, conversation, say_each("takeover.start"))
+            await self._tell(
+                session, activity, conversation, say("takeover.start", conversation.language)
+            )
             activity_id = activity.id
         log.info("conversation taken over", extra={"conversation_id": conversation_id})
         await self._queue.try_enqueue(self._queue.enqueue_run, activity_id)
@@ -155,7 +157,9 @@ class Takeovers:
             if state is not None:
                 await session.delete(state)
             self._activities.add_event(session, activity.id, "handed_back", actor=f"user:{user_id}")
-            await self._tell(session, activity, conversation, say_each("takeover.end"))
+            await self._tell(
+                session, activity, conversation, say("takeover.end", conversation.language)
+            )
         await self._queue.try_enqueue(self._queue.enqueue_run, activity.id)
         return Takeover(
             conversation_id=conversation_id, activity_id=activity.id, by=user_id, active=False

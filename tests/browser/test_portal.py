@@ -212,6 +212,7 @@ def test_one_command_makes_a_demo_supervisor_and_prints_its_password_once(
     env = make_env(database_url=sqlite_url)
     first = cli(["demo"], env, tmp_path)
     assert "name: demo-supervisor" in first
+    assert first.startswith("portal: http://127.0.0.1:8000/portal ")  # an address to open
     password = first.split("password: ")[1].split()[0]
     again = cli(["demo"], env, tmp_path)  # a new password; still one user
     assert again.split("password: ")[1].split()[0] != password

@@ -231,7 +231,8 @@ async def test_guest_request_waits_for_a_supervisor_then_runs(services: Runtime)
 
     decision = await say(services, "sup", f"sí {code}")
     assert (decision.action_type, decision.status) == ("approve", "completed")
-    assert decision.details["result"]["text"] == f"Approved request #{code}; it runs now."
+    # "sí" shows Spanish: the supervisor is answered in it.
+    assert decision.details["result"]["text"] == f"Solicitud #{code} aprobada; se ejecuta ahora."
     done = await settled(services, code, "completed")
     assert [k for k in kinds(done) if k != "reply_sent"] == [
         "created",
@@ -382,9 +383,20 @@ async def test_a_guest_may_not_ask_for_a_role_restricted_action(services: Runtim
     assert await inbox(services, "sup") == []
 
 
-async def test_no_reachable_approver_fails_at_once(services: Runtime) -> None:
-    failed = await say(services, "guest-7", "refund 2")
-    assert (failed.status, failed.details["error"]["reason"]) == ("failed", "no_approver")
+async def test_with_no_approver_to_ask_a_request_waits_and_one_added_later_decides(
+    services: Runtime,
+) -> None:
+    """No one to ask yet (the demo before ``switchboard demo``): the request waits for a
+    supervisor, the requester is told so; a supervisor added later approves it and it runs."""
+    waiting = await say(services, "guest-7", "refund 2")
+    assert waiting.status == "awaiting_approval"
+    assert "error" not in waiting.details
+    [told] = await inbox(services, "guest-7")
+    assert told.startswith(f"Request #{waiting.id} (")
+    assert "it waits for a supervisor to decide in the portal" in told
+    await person(services, "late-sup", "supervisor")
+    await say(services, "late-sup", f"YES {waiting.id}")
+    assert (await settled(services, waiting.id, "completed")).status == "completed"
 
 
 async def test_a_deactivated_approver_cannot_decide(services: Runtime) -> None:

@@ -241,7 +241,8 @@ async def test_approval_keywords_are_reserved_before_catalog_rules(services: Run
     assert (decision.agent_name, decision.action_type) == ("system", "approve")
     assert decision.details["payload"] == {"code": 123}
     assert decision.details["result"]["data"]["applied"] is False
-    assert text.startswith("Nothing is awaiting your decision under 123.")
+    # "SÍ" shows Spanish: the answer is in it.
+    assert text.startswith("No hay nada pendiente de tu decisión con el código 123.")
     rejected, _ = await ask(services, "rechazar 123", sender="jon")
     assert rejected.action_type == "reject"
     filled, _ = await ask(services, "Acme", sender="jon")  # the question is still open

@@ -376,7 +376,7 @@ async def test_the_bundled_demo_does_what_the_readme_says(embedded: Runtime) -> 
     _, filled = await ask(embedded, "Globex", sender="demo")
     assert filled == "Invoice INV-0002 for Globex"
     _, spanish = await ask(embedded, "factura a Initech por 99,50 €", sender="demo")
-    assert spanish == "Invoice INV-0003 for Initech: 99.5 EUR"
+    assert spanish == "Factura INV-0003 para Initech: 99.5 EUR"
     _, ticket = await ask(embedded, "open a ticket: the printer is broken", sender="demo")
     assert ticket == "Ticket T-0001 opened: the printer is broken"
     sup = await embedded.users.add("demo-supervisor", "supervisor")

@@ -28,6 +28,10 @@ from tests.support.telegram_updates import (
     update_with,
 )
 
+STALE = "Este botón ya no es válido."
+"""A refused button, said in the language of whoever pressed it (the updates' Telegram user has
+``language_code`` "es")."""
+
 
 @pytest.fixture
 def api() -> Iterator[TelegramApi]:
@@ -336,7 +340,7 @@ async def test_forged_callbacks_change_nothing_and_are_answered(
     data = menu.params["reply_markup"]["inline_keyboard"][1][0]["callback_data"]
     await post_update(client, callback_update(61, forge(data), chat_id=909, query_id="q-61"))
     [answer] = await calls(api, "answerCallbackQuery")
-    assert answer.params == {"callback_query_id": "q-61", "text": "This button is no longer valid."}
+    assert answer.params == {"callback_query_id": "q-61", "text": STALE}
     await asyncio.sleep(0.3)
     assert len(api.calls_to("sendMessage")) == 1
     assert await stored(client, Activity) == 1
@@ -350,7 +354,7 @@ async def test_a_button_replayed_in_another_chat_is_refused(
     data = menu.params["reply_markup"]["inline_keyboard"][1][0]["callback_data"]
     await post_update(client, callback_update(71, data, chat_id=2002, query_id="q-71"))
     [answer] = await calls(api, "answerCallbackQuery")
-    assert answer.params["text"] == "This button is no longer valid."
+    assert answer.params["text"] == STALE
     await asyncio.sleep(0.3)
     assert await stored(client, Activity) == 1
 
@@ -502,7 +506,7 @@ async def test_an_approver_decides_with_buttons_and_a_replayed_button_is_refused
         # The requester replays the approve button in their own chat: refused, nothing counts.
         await post_update(client, callback_update(301, approve, chat_id=6006, query_id="q-301"))
         [refused] = await calls(api, "answerCallbackQuery")
-        assert refused.params["text"] == "This button is no longer valid."
+        assert refused.params["text"] == STALE
 
         # The supervisor taps it.
         await post_update(client, callback_update(302, approve, chat_id=7007, query_id="q-302"))
