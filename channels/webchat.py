@@ -140,6 +140,10 @@ class PastMessage(msgspec.Struct, frozen=True):
     message_id: int
     at: dt.datetime | None = None
     """When it was received (inbound) or written (a reply)."""
+    author: str | None = None
+    """A reply's writer: a person's name (a supervisor answering); None: the bot."""
+    choices: tuple[Choice, ...] = ()
+    """The answers a reply offered (the client offers the last reply's again)."""
 
 
 class HelloFrame(msgspec.Struct, frozen=True, tag="hello", tag_field="type"):
@@ -167,6 +171,8 @@ class ReplyFrame(msgspec.Struct, frozen=True, tag="reply", tag_field="type"):
     user's message."""
     at: dt.datetime | None = None
     """When it was sent."""
+    author: str | None = None
+    """Who wrote it: a person's name (a supervisor answering); None: the bot."""
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error", tag_field="type"):
@@ -258,7 +264,14 @@ class WebChatChannel(Channel):
         async with self._bus.subscribe(self.topic(session)) as replies:
             past = await store.recent(self.name, session, limit=HISTORY_MESSAGES)
             history = tuple(
-                PastMessage(direction=m.direction, text=m.text, message_id=m.id, at=m.received_at)
+                PastMessage(
+                    direction=m.direction,
+                    text=m.text,
+                    message_id=m.id,
+                    at=m.received_at,
+                    author=m.author,
+                    choices=msgspec.convert(m.choices, tuple[Choice, ...]),
+                )
                 for m in past
                 if m.direction == "inbound" or m.delivery not in {"pending", "sending"}
             )
@@ -358,6 +371,7 @@ class WebChatChannel(Channel):
             in_reply_to=in_reply_to,
             choices=message.choices,
             at=utcnow(),
+            author=message.author,
         )
         listeners = await self._bus.publish(
             self.topic(message.conversation_key), msgspec.json.encode(frame)

@@ -35,10 +35,12 @@ from gateway.routes.approvals import ApprovalsController
 from gateway.routes.chat import chat_socket, index, widget
 from gateway.routes.events import events_socket
 from gateway.routes.health import health
+from gateway.routes.inbox import InboxController
 from gateway.routes.messages import MessagesController
 from gateway.routes.metrics import metrics
 from gateway.routes.operations import OperationsController
 from gateway.routes.portal import PortalController
+from gateway.routes.portal_live import portal_live
 from gateway.routes.takeover import TakeoverController
 from gateway.routes.webhooks import webhook_get, webhook_post
 from gateway.routes.workflows import WorkflowsController
@@ -90,6 +92,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             WorkflowsController,
             PortalController,
             TakeoverController,
+            InboxController,
+            portal_live,
             OperationsController,
             ApprovalsController,
             AdminController,

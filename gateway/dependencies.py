@@ -52,6 +52,7 @@ PROVIDERS: dict[str, Provide] = {
             "engine",
             "executor",
             "feed",
+            "inbox",
             "queue",
             "stats",
             "steering",

@@ -30,6 +30,7 @@ from dispatch.record.activities import ActivityLog
 from dispatch.record.db import create_engine, create_sessionmaker
 from dispatch.record.delivery import Deliveries
 from dispatch.record.feed import EventFeed
+from dispatch.record.inbox import Inbox
 from dispatch.record.keys import deployment_secret
 from dispatch.record.stats import Stats
 from dispatch.record.store import MessageStore
@@ -181,6 +182,7 @@ def _runtime(base: _Base) -> Runtime:
         approvals=approvals,
         steering=Steering(activities=activities, queue=queue, routing=channels),
         stats=Stats(sessions),
+        inbox=Inbox(sessions),
         feed=EventFeed(sessions),
         executor=Executor(
             sessions=sessions,

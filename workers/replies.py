@@ -121,6 +121,7 @@ class ReplySender:
                     # The action's template stands in for its reply to the requester only.
                     template=templates.get(row.channel) if own else None,
                     language=language_of(activity.details),
+                    author=(row.raw or {}).get("author"),
                     choices=msgspec.convert(
                         (row.raw or {}).get("choices") or [], tuple[Choice, ...]
                     ),

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from dispatch.record.activities import ActivityLog
     from dispatch.record.delivery import Deliveries
     from dispatch.record.feed import EventFeed
+    from dispatch.record.inbox import Inbox
     from dispatch.record.stats import Stats
     from dispatch.record.store import MessageStore
     from dispatch.record.turns import Turns
@@ -181,6 +182,7 @@ class Runtime:
     workflows: WorkflowRuns
     takeovers: Takeovers
     stats: Stats
+    inbox: Inbox
     feed: EventFeed
     users: UserDirectory
     queue: JobQueue

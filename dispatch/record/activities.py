@@ -90,6 +90,8 @@ class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
     """Set while it runs: an operator asked for it to be stopped."""
     actor_name: str | None = None
     """The requester's name (in listings)."""
+    request_text: str | None = None
+    """What the requester wrote, for a request that came as a message (in listings)."""
     workflow_run_id: int | None = None
     """Set on a workflow's step: the run it belongs to (its step: ``workflow_step``)."""
     workflow_step: str | None = None
@@ -334,6 +336,14 @@ class ActivityLog:
                         )
                     ).scalars()
                 )
+                # Who asked and what they wrote, as a reader of its whole story wants them.
+                name = await session.scalar(select(User.name).where(User.id == row.actor_user_id))
+                text = await session.scalar(
+                    select(Message.text).where(Message.id == row.source_message_id)
+                )
+                return msgspec.structs.replace(
+                    ActivityView.of(row, events), actor_name=name, request_text=text
+                )
             return ActivityView.of(row, events)
 
     async def finish(
@@ -414,14 +424,16 @@ class ActivityLog:
             conditions.append(Activity.id < before_id)
         async with self._sessions() as session:
             rows = await session.execute(
-                select(Activity, User.name)
+                select(Activity, User.name, Message.text)
                 .outerjoin(User, User.id == Activity.actor_user_id)
+                .outerjoin(Message, Message.id == Activity.source_message_id)
                 .where(*conditions)
                 .order_by(Activity.id.desc())
                 .limit(limit)
             )
             return [
-                msgspec.structs.replace(ActivityView.of(row), actor_name=name) for row, name in rows
+                msgspec.structs.replace(ActivityView.of(row), actor_name=name, request_text=text)
+                for row, name, text in rows
             ]
 
     async def cancel(

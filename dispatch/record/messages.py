@@ -82,6 +82,8 @@ class OutboundMessage(msgspec.Struct, frozen=True, kw_only=True):
     send instead when a free-form reply is not allowed."""
     language: str | None = None
     """The language of the conversation it answers (a channel's own words: a list's button)."""
+    author: str | None = None
+    """Who wrote it: a person's name (a supervisor answering); None: the bot."""
     choices: tuple[Choice, ...] = ()
     """Offered answers (buttons where the channel has them)."""
 

@@ -226,7 +226,11 @@ class Conversation(Base):
     """Where replies go: one per (channel, key)."""
 
     __tablename__ = "conversations"
-    __table_args__ = (UniqueConstraint("channel", "key", name="uq_conversation_channel_key"),)
+    __table_args__ = (
+        UniqueConstraint("channel", "key", name="uq_conversation_channel_key"),
+        # The inbox: the conversations people wrote in last, first.
+        Index("ix_conversations_last_inbound_at", "last_inbound_at"),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     channel: Mapped[str] = mapped_column(String(32))
@@ -237,6 +241,8 @@ class Conversation(Base):
     language: Mapped[str | None] = mapped_column(String(8))
     """The language its person writes in (the last one a message showed, or their choice):
     what the gateway's own notices in it are written in."""
+    assignee_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    """The supervisor it is assigned to (who takes it over is, unless someone else was)."""
 
 
 class Message(Base):
@@ -350,6 +356,10 @@ class ActivityEvent(Base):
     actor: Mapped[str] = mapped_column(String(255), default="system")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+TAKEOVER = "takeover"
+"""The conversation state (and the system action) of a takeover: a person answers."""
 
 
 class ConversationState(Base):

@@ -111,6 +111,7 @@ async def add_reply(
     parts: list[str],
     media: list[dict[str, Any]] | None = None,
     choices: list[dict[str, Any]] | None = None,
+    author: str | None = None,
 ) -> None:
     """Queue a message as pending outbound rows, one per part, in order (once each).
 
@@ -134,12 +135,14 @@ async def add_reply(
                 "channel": channel,
                 "external_id": None,
                 "conversation_id": conversation_id,
-                "sender": "switchboard",
+                # Who wrote it: a person's name (a supervisor answering), else the bot.
+                "sender": author or "switchboard",
                 "text": clean_text(text),
                 # Attachments go with the first part.
                 "media": (media or []) if offset == 0 else [],
                 # Offered answers go with the last part, under which buttons make sense.
-                "raw": {"choices": choices} if choices and offset == len(parts) - 1 else {},
+                "raw": ({"choices": choices} if choices and offset == len(parts) - 1 else {})
+                | ({"author": author} if author else {}),
                 "delivery": Delivery.PENDING.value,
                 "activity_id": activity_id,
                 "part": index,

@@ -71,9 +71,14 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
     delivery: str | None = None
     delivery_error: str | None = None
     activity_id: int | None = None
+    author: str | None = None
+    """Who wrote an outbound message: a person's name (a supervisor answering); None: the bot."""
+    choices: list[dict[str, Any]] = []
+    """The answers it offered (buttons)."""
 
     @classmethod
     def of(cls, row: Message) -> MessageView:
+        raw = row.raw if row.direction == Direction.OUTBOUND.value and row.raw else {}
         return cls(
             id=row.id,
             direction=row.direction,
@@ -87,6 +92,8 @@ class MessageView(msgspec.Struct, frozen=True, kw_only=True):
             delivery=row.delivery,
             delivery_error=row.delivery_error,
             activity_id=row.activity_id,
+            author=raw.get("author"),
+            choices=raw.get("choices") or [],
         )
 
 
@@ -201,18 +208,17 @@ class MessageStore:
             return found
 
     async def list_messages(
-        self, conversation_id: int, *, after_id: int = 0, limit: int = 100
+        self, conversation_id: int, *, after_id: int = 0, limit: int = 100, latest: bool = False
     ) -> list[MessageView]:
+        """Messages after ``after_id``, oldest first: the first ``limit`` of them, or with
+        ``latest`` the last ``limit``."""
+        query = select(Message).where(
+            Message.conversation_id == conversation_id, Message.id > after_id
+        )
+        order = Message.id.desc() if latest else Message.id
         async with self._sessions() as session:
-            rows = (
-                await session.execute(
-                    select(Message)
-                    .where(Message.conversation_id == conversation_id, Message.id > after_id)
-                    .order_by(Message.id)
-                    .limit(limit)
-                )
-            ).scalars()
-            return [MessageView.of(row) for row in rows]
+            rows = list((await session.execute(query.order_by(order).limit(limit))).scalars())
+        return [MessageView.of(row) for row in (reversed(rows) if latest else rows)]
 
     async def recent(self, channel: str, key: str, *, limit: int = 50) -> list[MessageView]:
         """The latest ``limit`` messages of the conversation (channel, key), oldest first."""

@@ -25,6 +25,7 @@ from dispatch.infra.routing import ChannelRouting
 from dispatch.language.i18n import say
 from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
+    TAKEOVER,
     Activity,
     ActivityStatus,
     Conversation,
@@ -39,8 +40,6 @@ __all__ = ["TAKEOVER", "Takeover", "Takeovers"]
 
 log = logging.getLogger("switchboard.takeover")
 
-TAKEOVER = "takeover"
-"""The conversation state (and the system action) of a takeover."""
 LASTS = dt.timedelta(days=30)
 """A takeover nobody handed back ends by itself after this."""
 MAX_TEXT_CHARS = 4000
@@ -112,6 +111,7 @@ class Takeovers:
                 "attempts": 0,
                 "expires_at": utcnow() + LASTS,
             }
+            conversation.assignee_user_id = user_id  # who takes it over has it
             if state is None:
                 session.add(ConversationState(conversation_id=conversation_id, **values))
             else:  # an open question is dropped: the person asks what they need
@@ -141,7 +141,8 @@ class Takeovers:
             self._activities.add_event(
                 session, activity.id, "human_message", actor=f"user:{user_id}", data={"text": text}
             )
-            await self._tell(session, activity, conversation, text)
+            author = await session.scalar(select(User.name).where(User.id == user_id))
+            await self._tell(session, activity, conversation, text, author=author)
         await self._queue.try_enqueue(self._queue.enqueue_run, activity.id)
         return Takeover(
             conversation_id=conversation_id, activity_id=activity.id, by=user_id, active=True
@@ -207,12 +208,21 @@ class Takeovers:
         return conversation
 
     async def _tell(
-        self, session: AsyncSession, activity: Activity, conversation: Conversation, text: str
+        self,
+        session: AsyncSession,
+        activity: Activity,
+        conversation: Conversation,
+        text: str,
+        *,
+        author: str | None = None,
     ) -> None:
+        """``text`` to the conversation's person: from ``author`` (a supervisor's name), or
+        from the bot."""
         await add_reply(
             session,
             activity_id=activity.id,
             conversation_id=conversation.id,
             channel=conversation.channel,
             parts=self._routing.split(conversation.channel, text),
+            author=author,
         )

@@ -139,11 +139,17 @@ class MessagesController(Controller):
         conversation_id: Id,
         after: IdOrZero = 0,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+        latest: Annotated[
+            bool, Parameter(description="The last `limit` messages instead of the first ones")
+        ] = False,
     ) -> list[MessageView]:
-        """The conversation's messages, inbound and outbound, oldest first, after id ``after``."""
+        """The conversation's messages, inbound and outbound, oldest first, after id ``after``
+        (the first ``limit`` of them, or with ``latest`` the last)."""
         if await store.conversation(conversation_id) is None:
             raise NotFoundError(f"no conversation {conversation_id}")
-        return await store.list_messages(conversation_id, after_id=after, limit=limit)
+        return await store.list_messages(
+            conversation_id, after_id=after, limit=limit, latest=latest
+        )
 
     @get("/activities", guards=[require(ApiRole.OPERATOR)])
     async def list_activities(

@@ -37,13 +37,23 @@ class Me(msgspec.Struct, frozen=True, kw_only=True):
     """Send it as ``X-CSRF-Token`` with every call that changes something."""
 
 
+def _static(name: str) -> str:
+    return resources.files("gateway").joinpath(f"static/{name}").read_text("utf-8")
+
+
 class PortalController(Controller):
     path = "/portal"
     include_in_schema = False
 
-    @get("/", media_type=MediaType.HTML)
+    @get(["/", "/{view:str}", "/{view:str}/{item:int}"], media_type=MediaType.HTML)
     async def portal_page(self) -> str:
-        return resources.files("gateway").joinpath("static/portal.html").read_text("utf-8")
+        """The portal's one page, at every view's own address (``/portal/conversations/12``):
+        a reload or a shared link opens that view."""
+        return _static("portal.html")
+
+    @get("/app.js", media_type="text/javascript")
+    async def portal_script(self) -> str:
+        return _static("portal.js")
 
     @post("/login", status_code=200)
     async def login(

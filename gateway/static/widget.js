@@ -3,7 +3,9 @@
    <script src="https://bot.example.com/widget.js"
            data-switchboard-url="https://bot.example.com" async></script>
 
-   Optional: data-title="Help", data-open="true" (open on load), data-name="Ana".
+   Optional: data-title="Help", data-open="true" (open on load), data-name="Ana", and the
+   greeting shown when a visitor first opens it, per language: data-greeting-en="Hi! …",
+   data-greeting-es="¡Hola! …" (the browser's language picks; built-in ones otherwise).
    It renders in a shadow root (the host page's CSS cannot reach it), talks to the gateway's
    WebSocket (/chat/ws; the gateway checks the page's origin, SWITCHBOARD_WIDGET_ORIGINS), keeps
    the server-issued session in localStorage, gives every message a client id, re-sends what
@@ -17,6 +19,21 @@
   const title = (script && script.dataset.title) || "Switchboard";
   const startOpen = script && script.dataset.open === "true";
   const visitorName = script && script.dataset.name;
+  const language = (navigator.language || "en").slice(0, 2).toLowerCase();
+  const GREETINGS = {
+    en: "Hi! How can I help? Write what you need, or tap one of the options after \"help\".",
+    es: "¡Hola! ¿En qué puedo ayudarte? Escribe lo que necesites, o «ayuda» para ver las opciones.",
+  };
+  // The widget's own words, in the browser's language (English otherwise).
+  const WORDS = {
+    en: { connecting: "connecting…", online: "online", reconnecting: "reconnecting…", write: "Write a message…",
+      send: "Send", open: "Open chat", close: "Close chat", unread: "unread", choices: "Choices", message: "Message" },
+    es: { connecting: "conectando…", online: "en línea", reconnecting: "reconectando…", write: "Escribe un mensaje…",
+      send: "Enviar", open: "Abrir el chat", close: "Cerrar el chat", unread: "sin leer", choices: "Opciones", message: "Mensaje" },
+  };
+  const words = WORDS[language] || WORDS.en;
+  const greeting = (script && (script.dataset[`greeting${language[0].toUpperCase()}${language[1] || ""}`]
+    || script.dataset.greeting)) || GREETINGS[language] || GREETINGS.en;
   const storeKey = `switchboard:${origin}`;
   const MAX_BACKOFF_MS = 15000;
   const TYPING_MAX_MS = 60000;
@@ -42,7 +59,13 @@
   .log { flex: 1; overflow-y: auto; padding: 12px; display: flex; flex-direction: column; gap: 6px; background: #f9fafb; }
   .row { display: flex; flex-direction: column; max-width: 82%; }
   .row.me { align-self: flex-end; align-items: flex-end; }
-  .row.bot { align-self: flex-start; align-items: flex-start; }
+  .row.bot, .row.human { align-self: flex-start; align-items: flex-start; }
+  .row.human { flex-direction: row; gap: 6px; max-width: 88%; }
+  .avatar { flex: none; width: 28px; height: 28px; border-radius: 50%; background: #7c3aed; color: #fff;
+    font-size: 12px; font-weight: 600; display: flex; align-items: center; justify-content: center; margin-top: 16px; }
+  .who { font-size: 12px; color: #6d28d9; font-weight: 600; margin: 0 4px 2px; }
+  .human .bubble { background: #ede9fe; color: #1f1147; border-bottom-left-radius: 4px; }
+  .greeting .bubble { background: #e0e7ff; }
   .bubble { display: inline-block; padding: 8px 12px; border-radius: 16px; white-space: pre-wrap;
     overflow-wrap: anywhere; line-height: 1.35; }
   .me .bubble { background: #2563eb; color: #fff; border-bottom-right-radius: 4px; }
@@ -95,16 +118,18 @@
   icon.setAttribute("aria-hidden", "true");
   const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
   path.setAttribute("fill", "currentColor");
-  path.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z");
+  const CHAT_ICON = "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z";
+  const CLOSE_ICON = "M6.4 5 12 10.6 17.6 5 19 6.4 13.4 12 19 17.6 17.6 19 12 13.4 6.4 19 5 17.6 10.6 12 5 6.4z";
+  path.setAttribute("d", CHAT_ICON);
   icon.append(path);
-  const launcher = el("button", { class: "launcher", type: "button", "aria-label": `Open chat: ${title}`,
+  const launcher = el("button", { class: "launcher", type: "button", "aria-label": `${words.open}: ${title}`,
     "aria-expanded": "false" }, icon, badge);
-  const stateText = el("span", { class: "state", text: "connecting…", role: "status" });
-  const closeButton = el("button", { type: "button", "aria-label": "Close chat", text: "×" });
+  const stateText = el("span", { class: "state", text: words.connecting, role: "status" });
+  const closeButton = el("button", { type: "button", "aria-label": words.close, text: "×" });
   const log = el("div", { class: "log", role: "log", "aria-live": "polite", "aria-label": "Conversation" });
-  const input = el("textarea", { rows: 1, maxlength: "4096", placeholder: "Write a message…",
-    "aria-label": "Message" });
-  const sendButton = el("button", { type: "submit", text: "Send" });
+  const input = el("textarea", { rows: 1, maxlength: "4096", placeholder: words.write,
+    "aria-label": words.message });
+  const sendButton = el("button", { type: "submit", text: words.send });
   const form = el("form", {}, input, sendButton);
   const panel = el("section", { class: "panel", hidden: true, role: "dialog", "aria-label": title },
     el("header", {}, el("h2", { text: title }), stateText, closeButton), log, form);
@@ -151,14 +176,21 @@
     scroll();
   };
 
-  const bubble = (who, text, at, mark) => {
+  const initials = (name) => name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("");
+  const MARKS = { "": "sending", "✓": "sent", "✓✓": "answered" };
+  const bubble = (who, text, at, mark, author) => {
     const meta = el("div", { class: "meta" }, el("time", { text: clock(at) }));
     let markNode = null;
     if (mark !== undefined) {
-      markNode = el("span", { class: "mark", text: mark, "aria-label": mark ? "sent" : "sending" });
+      markNode = el("span", { class: "mark", text: mark, "aria-label": MARKS[mark] || "sent" });
       meta.append(" ", markNode);
     }
-    const row = el("div", { class: `row ${who}` }, el("div", { class: "bubble" }, ...linkified(text)), meta);
+    const content = [el("div", { class: "bubble" }, ...linkified(text)), meta];
+    const row = author
+      // A person's reply: their name and initials beside it; the bot's carry neither.
+      ? el("div", { class: "row human" }, el("span", { class: "avatar", "aria-hidden": "true", text: initials(author) }),
+        el("div", {}, el("div", { class: "who", text: author }), ...content))
+      : el("div", { class: `row ${who}` }, ...content);
     log.insertBefore(row, typing.isConnected ? typing : null);
     scroll();
     return { row, markNode };
@@ -168,7 +200,7 @@
   };
   const offer = (choices) => {
     if (!choices || !choices.length) return;
-    const row = el("div", { class: "choices", role: "group", "aria-label": "Choices" });
+    const row = el("div", { class: "choices", role: "group", "aria-label": words.choices });
     for (const choice of choices) {
       const label = choice.label || choice.text;
       row.append(el("button", { type: "button", text: label, onclick: () => send(label) }));
@@ -200,12 +232,15 @@
     state.unread = count;
     badge.hidden = count === 0;
     badge.textContent = String(count);
-    launcher.setAttribute("aria-label", count ? `Open chat: ${title} (${count} unread)` : `Open chat: ${title}`);
+    launcher.setAttribute("aria-label", count ? `${words.open}: ${title} (${count} ${words.unread})` : `${words.open}: ${title}`);
   };
   const toggle = (open) => {
     state.open = open;
     panel.hidden = !open;
     launcher.setAttribute("aria-expanded", String(open));
+    path.setAttribute("d", open ? CLOSE_ICON : CHAT_ICON);
+    launcher.setAttribute("aria-label", open ? `${words.close}: ${title}` : `${words.open}: ${title}`);
+    if (open && !log.querySelector(".row")) bubble("bot greeting", greeting, null).row.setAttribute("data-greeting", "");
     if (open) { setUnread(0); input.focus(); scroll(); } else launcher.focus();
   };
 
@@ -213,18 +248,24 @@
     if (frame.type === "hello") {
       state.session = frame.session;
       state.attempt = 0;
-      if (!log.querySelector(".row")) {
-        for (const past of frame.history || []) {
+      const history = frame.history || [];
+      if (!log.querySelector(".row:not([data-greeting])")) {
+        if (history.length) for (const shown of log.querySelectorAll("[data-greeting]")) shown.remove();
+        history.forEach((past, n) => {
           state.shown.add(past.message_id);
+          // A message of the visitor's that something answered since shows ✓✓, as it did.
+          const answered = history.slice(n + 1).some((later) => later.direction !== "inbound");
           bubble(past.direction === "inbound" ? "me" : "bot", past.text, past.at,
-            past.direction === "inbound" ? "✓" : undefined);
-        }
+            past.direction === "inbound" ? (answered ? "✓✓" : "✓") : undefined, past.author);
+        });
+        const last = history[history.length - 1];
+        if (last && last.direction !== "inbound") offer(last.choices);  // still to be chosen
       } else {
         // Replies that came while we were away.
         for (const past of frame.history || []) {
           if (past.direction === "inbound" || state.shown.has(past.message_id)) continue;
           state.shown.add(past.message_id);
-          bubble("bot", past.text, past.at);
+          bubble("bot", past.text, past.at, undefined, past.author);
           if (!state.open) setUnread(state.unread + 1);
         }
       }
@@ -246,7 +287,7 @@
       showTyping(false);
       const asked = frame.in_reply_to && state.pending.get(frame.in_reply_to);
       if (asked && asked.markNode) { asked.markNode.textContent = "✓✓"; asked.markNode.setAttribute("aria-label", "answered"); }
-      bubble("bot", frame.text, frame.at);
+      bubble("bot", frame.text, frame.at, undefined, frame.author);
       offer(frame.choices);
       if (!state.open) setUnread(state.unread + 1);
     } else if (frame.type === "error") {
@@ -273,14 +314,14 @@
     const url = `${origin.replace(/^http/, "ws")}/chat/ws`;
     const socket = new WebSocket(url, protocols);
     state.socket = socket;
-    socket.onopen = () => { stateText.textContent = "online"; };
+    socket.onopen = () => { stateText.textContent = words.online; };
     socket.onmessage = (event) => { try { onFrame(JSON.parse(event.data)); } catch (_) { /* not ours */ } };
     socket.onclose = () => {
       if (state.socket !== socket) return;
       showTyping(false);
       const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** state.attempt) * (0.75 + Math.random() / 2);
       state.attempt += 1;
-      stateText.textContent = "reconnecting…";
+      stateText.textContent = words.reconnecting;
       state.retryTimer = setTimeout(connect, delay);
     };
   };

@@ -104,15 +104,22 @@ async def test_a_supervisor_approves_in_the_portal_and_the_visitor_sees_the_resu
         await portal.fill("#name", "sup")
         await portal.fill("#password", PASSWORD)
         await portal.click("#login button")
-        row = portal.locator("#pending tr", has_text="Refund an invoice")
+        await portal.locator("nav a[data-view=approvals]").click()
+        assert portal.url.endswith("/portal/approvals")
+        row = portal.locator("#list tbody tr", has_text="Refund an invoice")
         await row.wait_for(timeout=10_000)
-        assert '"invoice":12' in (await row.inner_text()).replace(" ", "")
+        assert "refund 12" in await row.inner_text()  # what the visitor asked
+        await row.click()
+        payload = portal.locator("#detail dl", has_text="invoice")
+        await payload.wait_for(timeout=10_000)
+        assert "12" in await payload.inner_text()
         cookie = next(c for c in await context.cookies() if c["name"] == "sb_portal")
         assert cookie["httpOnly"] is True
         assert cookie["sameSite"] == "Strict"
         await portal.screenshot(path=str(screenshots(tmp_path) / "portal.png"))
-        await row.locator("button.approve").click()
-        await portal.locator("#pending-empty").wait_for(state="visible", timeout=10_000)
+        await portal.locator("#detail button", has_text="Approve").click()
+        # The list follows live: the request leaves it without a reload.
+        await portal.locator("#list .empty", has_text="Nothing waits").wait_for(timeout=10_000)
 
         # What came while the chat was closed shows as unread on the launcher, and opening
         # the chat shows it and clears the count.
@@ -128,8 +135,9 @@ async def test_a_supervisor_approves_in_the_portal_and_the_visitor_sees_the_resu
         await widget.locator(".launcher").click()
         await result.wait_for(timeout=5_000)
         assert await badge.is_hidden()
-        await portal.locator("#feed tr", has_text="billing.refund").first.click()
-        await portal.locator("#detail-events li", has_text="approved").first.wait_for(
+        await portal.locator("nav a[data-view=activity]").click()
+        await portal.locator("#list tbody tr", has_text="Refund an invoice").first.click()
+        await portal.locator("#detail ol.timeline li", has_text="approved").first.wait_for(
             timeout=10_000
         )
         await context.close()
@@ -176,7 +184,7 @@ async def test_a_supervisor_takes_over_a_whatsapp_conversation_and_the_user_gets
                 await portal.fill("#name", "sofia")
                 await portal.fill("#password", PASSWORD)
                 await portal.click("#login button")
-                row = portal.locator("#conversations tr", has_text="whatsapp")
+                row = portal.locator("#inbox .conv", has_text="whatsapp")
                 await row.first.click()
                 await portal.locator("#take-over").click()
                 await portal.locator("#reply-form").wait_for(state="visible", timeout=10_000)
@@ -184,13 +192,13 @@ async def test_a_supervisor_takes_over_a_whatsapp_conversation_and_the_user_gets
                 # The user writes: the bot keeps quiet and the supervisor sees it.
                 target, body, headers = signed(inbound_form("echo ¿hay alguien?", sid="SMtake2"))
                 assert (await client.post(target, content=body, headers=headers)).is_success
-                await portal.locator("#transcript .line.in", has_text="¿hay alguien?").wait_for(
+                await portal.locator("#transcript .msg.in", has_text="¿hay alguien?").wait_for(
                     timeout=10_000
                 )
                 await portal.fill("#reply-text", "Hola, soy Sofía. ¿En qué te ayudo?")
                 await portal.locator("#reply-form button").click()
                 await wait_for(lambda: asyncio.sleep(0, result=len(twilio.sent) == 3))
-                await portal.locator("#transcript .line.out", has_text="soy Sofía").wait_for(
+                await portal.locator("#transcript .msg.out.human", has_text="soy Sofía").wait_for(
                     timeout=10_000
                 )
                 await portal.screenshot(path=str(screenshots(tmp_path) / "portal-takeover.png"))

@@ -1,0 +1,356 @@
+"""The portal's inbox: conversations as a support lead works them — who, where, the last thing
+said, how long the person has waited, whether they asked for a person, who has it — and the
+person behind one. Every query is bounded by the page it reads (``limit`` conversations)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+import msgspec
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatch.record.models import (
+    TAKEOVER,
+    Activity,
+    ActivityEvent,
+    Conversation,
+    ConversationState,
+    Direction,
+    Message,
+    User,
+    UserIdentity,
+    utcnow,
+)
+
+__all__ = ["ChangeWatch", "Changes", "Inbox", "InboxRow", "InboxView", "Person", "Recent"]
+
+ASKED_FOR_PERSON = "human"
+"""The system action a "I want a person" message becomes."""
+
+
+class InboxView(enum.StrEnum):
+    ALL = "all"
+    MINE = "mine"
+    UNASSIGNED = "unassigned"
+
+
+class InboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    channel: str
+    name: str
+    """Who the person is, as people see them (their name, never a web session's key)."""
+    user_id: int | None
+    language: str | None
+    last_text: str
+    last_direction: str | None
+    last_at: dt.datetime | None
+    last_message_id: int
+    inbound: int
+    """Messages the person sent (the portal counts what a supervisor has not read yet)."""
+    waiting_since: dt.datetime | None
+    """When the person wrote last, if nothing has answered them since."""
+    wants_person: bool
+    """They asked for a person, and no one has taken the conversation over since."""
+    taken_over: bool
+    assignee_user_id: int | None
+    assignee_name: str | None
+
+
+class Recent(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    action: str
+    status: str
+    created_at: dt.datetime
+
+
+class Person(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: int | None
+    name: str
+    role: str | None
+    language: str | None
+    identities: list[tuple[str, str]]
+    """(channel kind, address); a web chat session's key is a credential: never shown."""
+    recent: list[Recent]
+
+
+def _shown_name(user: User | None, conversation: Conversation) -> str:
+    if user is not None:
+        return user.name
+    return "web visitor" if conversation.channel == "webchat" else conversation.key
+
+
+class Inbox:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def rows(
+        self,
+        *,
+        view: InboxView,
+        me: int | None,
+        channel: str | None = None,
+        limit: int = 50,
+    ) -> list[InboxRow]:
+        """The conversations people wrote in last, those asking for a person first."""
+        query = (
+            select(Conversation)
+            .order_by(Conversation.last_inbound_at.desc().nulls_last(), Conversation.id.desc())
+            .limit(limit)
+        )
+        if view == InboxView.MINE:
+            query = query.where(Conversation.assignee_user_id == me)
+        elif view == InboxView.UNASSIGNED:
+            query = query.where(Conversation.assignee_user_id.is_(None))
+        if channel is not None:
+            query = query.where(Conversation.channel == channel)
+        async with self._sessions() as session:
+            conversations = list(await session.scalars(query))
+            ids = [c.id for c in conversations]
+            if not ids:
+                return []
+            last = await self._last_messages(session, ids)
+            inbound = await self._inbound_counts(session, ids)
+            wants, taken = await self._person_asked(session, ids)
+            people = await self._users(
+                session,
+                {c.user_id for c in conversations} | {c.assignee_user_id for c in conversations},
+            )
+        rows = [
+            self._row(
+                c,
+                last.get(c.id),
+                inbound=inbound.get(c.id, 0),
+                wants=c.id in wants,
+                taken=c.id in taken,
+                people=people,
+            )
+            for c in conversations
+        ]
+        return sorted(rows, key=lambda r: not r.wants_person)  # stable: otherwise newest first
+
+    @staticmethod
+    def _row(
+        c: Conversation,
+        last: Message | None,
+        *,
+        inbound: int,
+        wants: bool,
+        taken: bool,
+        people: dict[int, User],
+    ) -> InboxRow:
+        waiting = last is not None and last.direction == Direction.INBOUND.value
+        assignee = people.get(c.assignee_user_id) if c.assignee_user_id else None
+        return InboxRow(
+            id=c.id,
+            channel=c.channel,
+            name=_shown_name(people.get(c.user_id) if c.user_id else None, c),
+            user_id=c.user_id,
+            language=c.language,
+            last_text=last.text if last is not None else "",
+            last_direction=last.direction if last is not None else None,
+            last_at=last.received_at if last is not None else None,
+            last_message_id=last.id if last is not None else 0,
+            inbound=inbound,
+            waiting_since=last.received_at if waiting and last is not None else None,
+            wants_person=wants and not taken,
+            taken_over=taken,
+            assignee_user_id=c.assignee_user_id,
+            assignee_name=assignee.name if assignee else None,
+        )
+
+    @staticmethod
+    async def _last_messages(session: AsyncSession, ids: list[int]) -> dict[int, Message]:
+        newest = (
+            select(func.max(Message.id))
+            .where(Message.conversation_id.in_(ids))
+            .group_by(Message.conversation_id)
+        )
+        found = await session.scalars(select(Message).where(Message.id.in_(newest)))
+        return {m.conversation_id: m for m in found}
+
+    @staticmethod
+    async def _inbound_counts(session: AsyncSession, ids: list[int]) -> dict[int, int]:
+        rows = await session.execute(
+            select(Message.conversation_id, func.count())
+            .where(Message.conversation_id.in_(ids), Message.direction == Direction.INBOUND.value)
+            .group_by(Message.conversation_id)
+        )
+        return {int(c): int(n) for c, n in rows}
+
+    @staticmethod
+    async def _person_asked(session: AsyncSession, ids: list[int]) -> tuple[set[int], set[int]]:
+        """(conversations whose latest call for a person came after their latest takeover,
+        conversations taken over now)."""
+        latest = await session.execute(
+            select(Activity.conversation_id, Activity.action_type, func.max(Activity.id))
+            .where(
+                Activity.conversation_id.in_(ids),
+                Activity.agent_name == "system",
+                Activity.action_type.in_([ASKED_FOR_PERSON, TAKEOVER]),
+            )
+            .group_by(Activity.conversation_id, Activity.action_type)
+        )
+        asked: dict[int, int] = {}
+        took: dict[int, int] = {}
+        for conversation_id, action, newest in latest:
+            if conversation_id is not None and newest is not None:
+                (asked if action == ASKED_FOR_PERSON else took)[int(conversation_id)] = int(newest)
+        taken = set(
+            await session.scalars(
+                select(ConversationState.conversation_id).where(
+                    ConversationState.conversation_id.in_(ids),
+                    ConversationState.kind == TAKEOVER,
+                    ConversationState.expires_at > utcnow(),
+                )
+            )
+        )
+        wants = {c for c, a in asked.items() if a > took.get(c, 0)}
+        return wants, taken
+
+    @staticmethod
+    async def _users(session: AsyncSession, ids: set[int | None]) -> dict[int, User]:
+        wanted = [i for i in ids if i is not None]
+        if not wanted:
+            return {}
+        return {u.id: u for u in await session.scalars(select(User).where(User.id.in_(wanted)))}
+
+    async def person(self, conversation_id: int) -> Person | None:
+        """Who is behind a conversation: their name, addresses, language, latest requests."""
+        async with self._sessions() as session:
+            conversation = await session.get(Conversation, conversation_id)
+            if conversation is None:
+                return None
+            user = await session.get(User, conversation.user_id) if conversation.user_id else None
+            identities: list[tuple[str, str]] = []
+            recent: list[Recent] = []
+            if user is not None:
+                identities = [
+                    (i.channel, i.address)
+                    for i in await session.scalars(
+                        select(UserIdentity)
+                        .where(UserIdentity.user_id == user.id, UserIdentity.channel != "webchat")
+                        .order_by(UserIdentity.id)
+                    )
+                ]
+                recent = [
+                    Recent(
+                        id=a.id,
+                        action=a.action_description or f"{a.agent_name}.{a.action_type}",
+                        status=a.status,
+                        created_at=a.created_at,
+                    )
+                    for a in await session.scalars(
+                        select(Activity)
+                        .where(
+                            Activity.actor_user_id == user.id,
+                            Activity.workflow_run_id.is_(None),  # a run's steps: its start is
+                        )
+                        .order_by(Activity.id.desc())
+                        .limit(5)
+                    )
+                ]
+        return Person(
+            user_id=user.id if user else None,
+            name=_shown_name(user, conversation),
+            role=user.role if user else None,
+            language=(user.language if user else None) or conversation.language,
+            identities=identities,
+            recent=recent,
+        )
+
+    async def assign(self, conversation_id: int, user_id: int | None) -> bool:
+        """Assign the conversation to ``user_id`` (None: to no one); False if there is none."""
+        async with self._sessions.begin() as session:
+            conversation = await session.get(Conversation, conversation_id, with_for_update=True)
+            if conversation is None:
+                return False
+            conversation.assignee_user_id = user_id
+            return True
+
+
+class Changes(msgspec.Struct, frozen=True, kw_only=True, tag="changed"):
+    """What changed since a reader's marks: conversations with new messages or activity
+    events, activities with new events, and the marks to resume from."""
+
+    conversations: list[int]
+    activities: list[int]
+    last_message_id: int
+    last_event_id: int
+
+
+LOOK_BACK_IDS = 200
+"""Ids are drawn at insert, not at commit: a reader looks this far behind its marks again, so a
+row whose transaction committed after a later one's is still seen (each id announced once)."""
+CHANGES_ROWS = 1000
+
+
+class ChangeWatch:
+    """One reader's view of what changed (the portal's live socket): rows after its marks, a
+    few behind them again, each announced once."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, messages: int, events: int):
+        self._sessions = sessions
+        self.last_message_id = messages
+        self.last_event_id = events
+        self._seen: set[tuple[str, int]] = set()
+
+    @classmethod
+    async def now(cls, sessions: async_sessionmaker[AsyncSession]) -> ChangeWatch:
+        """A watch from the current ends of both tables."""
+        async with sessions() as session:
+            messages = await session.scalar(select(func.max(Message.id))) or 0
+            events = await session.scalar(select(func.max(ActivityEvent.id))) or 0
+        return cls(sessions, messages=int(messages), events=int(events))
+
+    async def poll(self) -> Changes | None:
+        async with self._sessions() as session:
+            messages = (
+                await session.execute(
+                    select(Message.id, Message.conversation_id)
+                    .where(Message.id > self.last_message_id - LOOK_BACK_IDS)
+                    .order_by(Message.id)
+                    .limit(CHANGES_ROWS)
+                )
+            ).all()
+            events = (
+                await session.execute(
+                    select(ActivityEvent.id, ActivityEvent.activity_id, Activity.conversation_id)
+                    .join(Activity, Activity.id == ActivityEvent.activity_id)
+                    .where(ActivityEvent.id > self.last_event_id - LOOK_BACK_IDS)
+                    .order_by(ActivityEvent.id)
+                    .limit(CHANGES_ROWS)
+                )
+            ).all()
+        conversations: set[int] = set()
+        activities: set[int] = set()
+        for message_id, conversation_id in messages:
+            if ("m", message_id) not in self._seen:
+                self._seen.add(("m", message_id))
+                conversations.add(int(conversation_id))
+            self.last_message_id = max(self.last_message_id, int(message_id))
+        for event_id, activity_id, of_conversation in events:
+            if ("e", event_id) not in self._seen:
+                self._seen.add(("e", event_id))
+                activities.add(int(activity_id))
+                if of_conversation is not None:
+                    conversations.add(int(of_conversation))
+            self.last_event_id = max(self.last_event_id, int(event_id))
+        self._forget()
+        if not conversations and not activities:
+            return None
+        return Changes(
+            conversations=sorted(conversations),
+            activities=sorted(activities),
+            last_message_id=self.last_message_id,
+            last_event_id=self.last_event_id,
+        )
+
+    def _forget(self) -> None:
+        """Keep only the ids a later poll can still read again."""
+        self._seen = {
+            (kind, n)
+            for kind, n in self._seen
+            if n > (self.last_message_id if kind == "m" else self.last_event_id) - LOOK_BACK_IDS
+        }
