@@ -69,6 +69,7 @@ _UNPROCESSABLE = {
     "runWorkflow",
     "retryActivity",
     "linkIdentity",
+    "assignConversation",
 }
 """Operations whose well-formed request may name what this deployment does not have (422)."""
 _CONFLICTS = {

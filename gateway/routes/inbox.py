@@ -10,7 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
-from dispatch.infra.errors import InvalidInput, NotFoundError
+from dispatch.infra.errors import NotFoundError, Unprocessable
 from dispatch.record.inbox import Inbox, InboxRow, InboxView, Person
 from dispatch.record.users import UserDirectory
 from gateway.auth import ApiRole, caller_of, require
@@ -73,7 +73,7 @@ class InboxController(Controller):
         if data.user_id is not None:
             user = await users.get(str(data.user_id))
             if user.role not in {"supervisor", "operator", "admin"} or not user.active:
-                raise InvalidInput(
+                raise Unprocessable(
                     "user_id: only an active supervisor, operator or admin is given a conversation",
                     extra={"field": "user_id"},
                 )
