@@ -124,6 +124,8 @@ class Channel(abc.ABC):
     """The kind of address its senders are known by (several channels may share one)."""
     max_text_chars: ClassVar[int | None] = None
     """Longest text one provider message may carry; longer replies are split."""
+    buttons: ClassVar[bool] = False
+    """Whether it shows a reply's offered choices as buttons (else only its text reaches)."""
     settings_type: ClassVar[type[ChannelSettings] | None] = None
     """Its settings group; None: it needs none and is always on."""
     template_type: ClassVar[type[msgspec.Struct] | None] = None

@@ -131,6 +131,11 @@ class ChannelRegistry:
         kind = channel_type(channel)
         return kind.identity.name if kind is not None else channel
 
+    def buttons(self, channel: str) -> bool:
+        """Whether channel ``channel`` shows offered choices as buttons."""
+        kind = channel_type(channel)
+        return kind is not None and kind.buttons
+
     def split(self, channel: str, text: str) -> list[str]:
         """``text`` in the pieces channel ``channel`` can send (whole when not configured)."""
         found = self._channels.get(channel)

@@ -184,6 +184,7 @@ TELEGRAM = IdentityKind(name="telegram", normalize=_user_id, help="Telegram nume
 
 class TelegramChannel(base.WebhookChannel):
     name: ClassVar[str] = "telegram"
+    buttons: ClassVar[bool] = True
     identity: ClassVar[IdentityKind] = TELEGRAM
     max_text_chars: ClassVar[int | None] = 4096
     settings_type: ClassVar[type[base.ChannelSettings] | None] = TelegramSettings

@@ -188,6 +188,7 @@ WEB_SESSION = IdentityKind(
 
 class WebChatChannel(Channel):
     name: ClassVar[str] = "webchat"
+    buttons: ClassVar[bool] = True
     identity: ClassVar[IdentityKind] = WEB_SESSION
     settings_type: ClassVar[type[ChannelSettings] | None] = WebChatSettings
 

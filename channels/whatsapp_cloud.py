@@ -236,6 +236,7 @@ class _Envelope(msgspec.Struct, frozen=True):
 
 class WhatsAppCloudChannel(base.WebhookChannel):
     name: ClassVar[str] = "whatsapp_cloud"
+    buttons: ClassVar[bool] = True
     identity: ClassVar[IdentityKind] = WHATSAPP
     max_text_chars: ClassVar[int | None] = 4096
     settings_type: ClassVar[type[base.ChannelSettings] | None] = WhatsAppCloudSettings

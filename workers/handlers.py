@@ -48,6 +48,8 @@ class HelpHandler(Handler):
     name: ClassVar[str] = "help"
 
     async def run(self, ctx: HandlerContext) -> HandlerResult:
+        """On a channel with buttons, a short sentence and a button per action; elsewhere a
+        line per action with an example to type."""
         lines: list[str] = []
         choices: list[Choice] = []
         language = ctx.language
@@ -61,13 +63,12 @@ class HelpHandler(Handler):
             if button and len(choices) < MAX_CHOICES:
                 # Never a literal example id ("status 12"): its bare words, asked back.
                 choices.append(Choice(label=button, text=button))
-        provenance = ctx.activity.details.get("provenance", {})
-        intro = say(
-            "help.unknown" if provenance.get("matched") is False else "help.intro", language
-        )
-        return HandlerResult(
-            text="\n".join([intro, *lines]), choices=tuple(choices), data={"actions": len(lines)}
-        )
+        unknown = ctx.activity.details.get("provenance", {}).get("matched") is False
+        if ctx.buttons and choices:
+            text = say("help.short_unknown" if unknown else "help.short", language)
+        else:
+            text = "\n".join([say("help.unknown" if unknown else "help.intro", language), *lines])
+        return HandlerResult(text=text, choices=tuple(choices), data={"actions": len(lines)})
 
 
 class ClarifyHandler(Handler):

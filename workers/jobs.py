@@ -333,6 +333,7 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
             role=role_now,
             approvals=runtime.approvals,
             workflows=runtime.workflows,
+            buttons=runtime.channels.buttons(activity.source_channel or ""),
         )
         result = await lease.run(handler.run(ctx), timeout_s=action.timeout_s)
     except LeaseLost:

@@ -46,6 +46,8 @@ class HandlerContext:
     role: str | None
     approvals: ApprovalService
     workflows: WorkflowRuns
+    buttons: bool = False
+    """Whether the requester's channel shows offered choices as buttons."""
 
     @property
     def language(self) -> str | None:

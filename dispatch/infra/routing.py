@@ -25,6 +25,10 @@ class ChannelRouting(Protocol):
         """``text`` in the pieces channel ``channel`` can send, in order."""
         ...
 
+    def buttons(self, channel: str) -> bool:
+        """Whether channel ``channel`` shows offered choices as buttons."""
+        ...
+
 
 def reaching(routing: ChannelRouting, kind: str) -> tuple[str, ...]:
     """The configured channels that reach addresses of ``kind``, preferred first."""

@@ -126,9 +126,9 @@ async def test_a_visitor_on_another_site_chats_and_nothing_is_lost_when_the_gate
 async def test_a_spanish_visitor_is_answered_in_spanish_and_buttons_send_their_label(
     make_env: Callable[..., dict[str, str]], sqlite_url: str, tmp_path: Path, chromium: Any
 ) -> None:
-    """On the embedded default (the README's first command), a browser set to Spanish: the
-    help menu comes in Spanish, its buttons send their label (shown as typed, never a number),
-    and a bare "estado" asks which request, in Spanish too."""
+    """On the embedded default (the README's first command), a browser set to Spanish: help
+    comes in Spanish, a sentence and buttons, which send their label (shown as typed, never a
+    number), and a bare "estado" asks which request, in Spanish too."""
     port = free_port()
     gateway = f"http://127.0.0.1:{port}"
     env = make_env(database_url=sqlite_url, port=port)
@@ -142,9 +142,13 @@ async def test_a_spanish_visitor_is_answered_in_spanish_and_buttons_send_their_l
         box = widget.locator("textarea")
         await box.fill("hola, ¿qué puedes hacer?")
         await box.press("Enter")
-        menu = widget.locator(".row.bot .bubble", has_text="Puedes pedir:")
+        # On a chat with buttons, help is a short sentence and a button per action.
+        menu = widget.locator(".row.bot .bubble", has_text="Esto es lo que puedo hacer")
         await menu.wait_for(timeout=15_000)
-        assert "Repite un texto" in await menu.inner_text()
+        assert await menu.inner_text() == (
+            "Esto es lo que puedo hacer: toca una opción o escribe lo que necesites."
+        )
+        assert await widget.locator(".choices button", has_text="crear una factura").count() == 1
         await widget.locator(".choices button", has_text="estado").first.click()
         asked = widget.locator(".row.bot .bubble", has_text="¿Qué solicitud?")
         await asked.wait_for(timeout=15_000)
