@@ -27,7 +27,7 @@ const state = {
   inbox: [], filter: { view: "all", channel: "", status: "" },
   conversation: null, messages: [], lastMessageId: 0, takeover: null,
   marks: { last_message_id: null, last_event_id: null }, socket: null, attempt: 0,
-  wanting: new Set(), activities: [], activity: null, refreshTimer: null,
+  wanting: new Set(), inboxLoaded: false, activities: [], activity: null, refreshTimer: null,
 };
 
 /* ---------- HTTP ---------- */
@@ -107,10 +107,10 @@ function connect() {
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (frame.type === "ready") {
-      const resumed = state.marks.last_message_id !== null;
       state.marks = { last_message_id: frame.last_message_id, last_event_id: frame.last_event_id };
       state.attempt = 0;
-      if (resumed) changed({ conversations: state.conversation ? [state.conversation.id] : [], activities: [] });
+      // What changed between the page's first reads and the watch's start: read once more.
+      changed({ conversations: state.conversation ? [state.conversation.id] : [], activities: [] });
     } else if (frame.type === "changed") {
       state.marks = { last_message_id: frame.last_message_id, last_event_id: frame.last_event_id };
       changed(frame);
@@ -187,7 +187,7 @@ async function loadInbox() {
 function notifyNew(rows) {
   const wanting = new Set(rows.filter((r) => r.wants_person).map((r) => r.id));
   const fresh = [...wanting].filter((id) => !state.wanting.has(id));
-  if (state.wanting.size || state.inbox.length) {
+  if (state.inboxLoaded) {  // not for what was already waiting when the page opened
     for (const id of fresh) {
       const row = rows.find((r) => r.id === id);
       if ("Notification" in window && Notification.permission === "granted") {
@@ -195,7 +195,9 @@ function notifyNew(rows) {
       }
     }
   }
-  state.wanting = wanting;
+  // Remembered across views: switching filters shows no one twice.
+  for (const r of rows) { if (r.wants_person) state.wanting.add(r.id); else state.wanting.delete(r.id); }
+  state.inboxLoaded = true;
   const count = $("nav-person");
   count.hidden = wanting.size === 0;
   count.textContent = String(wanting.size);
@@ -449,8 +451,7 @@ function showListWithDetail(title, loader) {
       el("div", { class: "scroll", id: "list" }, el("div", { class: "empty", text: "Loading…" }))),
     el("section", { class: "detail", id: "detail", "aria-labelledby": "detail-title", "aria-live": "polite" },
       el("div", { class: "empty", text: "Choose a row to see it here." })));
-  loader();
-  if (state.id !== null) renderDetail(state.id, $("detail"));
+  loader();  // it opens the row of the address, if any, once the list is there
 }
 const showActivity = () => showListWithDetail("Activity", () => loadActivities());
 const showApprovals = () => showListWithDetail("Waiting for approval", () => loadApprovals());

@@ -228,18 +228,22 @@
     return true;
   };
 
+  const labelLauncher = () => {
+    const unread = state.unread ? ` (${state.unread} ${words.unread})` : "";
+    launcher.setAttribute("aria-label", state.open ? `${words.close}: ${title}` : `${words.open}: ${title}${unread}`);
+  };
   const setUnread = (count) => {
     state.unread = count;
     badge.hidden = count === 0;
     badge.textContent = String(count);
-    launcher.setAttribute("aria-label", count ? `${words.open}: ${title} (${count} ${words.unread})` : `${words.open}: ${title}`);
+    labelLauncher();
   };
   const toggle = (open) => {
     state.open = open;
     panel.hidden = !open;
     launcher.setAttribute("aria-expanded", String(open));
     path.setAttribute("d", open ? CLOSE_ICON : CHAT_ICON);
-    launcher.setAttribute("aria-label", open ? `${words.close}: ${title}` : `${words.open}: ${title}`);
+    labelLauncher();
     if (open && !log.querySelector(".row")) bubble("bot greeting", greeting, null).row.setAttribute("data-greeting", "");
     if (open) { setUnread(0); input.focus(); scroll(); } else launcher.focus();
   };

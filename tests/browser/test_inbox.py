@@ -15,9 +15,18 @@ import httpx
 from tests.browser.conftest import screenshots
 from tests.browser.test_portal import PASSWORD, cli
 from tests.conftest import ADMIN
+from tests.support.flow import wait_for
 from tests.support.processes import free_port, process, wait_healthy
 
 SUPERVISOR = "Sofia Ruiz"
+NOTIFICATIONS = """
+window.shown = [];
+window.Notification = class {
+  constructor(title, options) { window.shown.push([title, (options || {}).body || ""]); }
+  static get permission() { return "granted"; }
+  static requestPermission() { return Promise.resolve("granted"); }
+};
+"""
 VIEWPORT = {"width": 1280, "height": 800}
 
 
@@ -42,6 +51,8 @@ async def test_a_supervisor_works_the_inbox_live(
         cli(["users", "set-password", SUPERVISOR], env, tmp_path, PASSWORD + "\n")
 
         portal_context = await chromium.new_context(viewport=VIEWPORT)
+        # The supervisor allowed notifications; what the page shows is recorded.
+        await portal_context.add_init_script(NOTIFICATIONS)
         portal = await portal_context.new_page()
         asked: list[str] = []
         portal.on("request", lambda request: asked.append(request.url))
@@ -75,6 +86,10 @@ async def test_a_supervisor_works_the_inbox_live(
         await top.locator("[data-badge=person]").wait_for(timeout=2_000)
         assert time.monotonic() - started <= 2.0
         assert await portal.locator("nav #nav-person").inner_text() == "1"
+        notified = await portal.evaluate("window.shown")
+        assert len(notified) == 1
+        assert notified[0][0] == "A person is asked for"
+        assert "web visitor" in notified[0][1]
         await portal.screenshot(path=str(shots / "portal-inbox.png"))
 
         # A long conversation, read from its top while three new messages arrive.
@@ -123,8 +138,11 @@ async def test_a_supervisor_works_the_inbox_live(
         await row.click()
         title = portal.locator("#detail-title")
         await title.wait_for(timeout=10_000)
-        place = await title.bounding_box()
-        assert place is not None
+
+        async def placed() -> Any:  # once drawn (a live update may draw it again meanwhile)
+            return await title.bounding_box()
+
+        place = await wait_for(placed, timeout_s=5)
         assert place["y"] >= 0
         assert place["y"] + place["height"] <= VIEWPORT["height"]
         assert place["x"] + place["width"] <= VIEWPORT["width"]

@@ -161,3 +161,43 @@ async def test_a_spanish_visitor_is_answered_in_spanish_and_buttons_send_their_l
         assert "completada" in await status.inner_text()
         await page.screenshot(path=str(screenshots(tmp_path) / "widget-phone-es.png"))
         await context.close()
+
+
+async def test_a_reload_shows_the_conversation_as_it_was_marks_and_buttons_included(
+    make_env: Callable[..., dict[str, str]], sqlite_url: str, tmp_path: Path, chromium: Any
+) -> None:
+    """The greeting when the chat opens, a close icon on the launcher while it is open, and after
+    a reload: ✓✓ on what was answered, and the last reply's buttons, still to be chosen."""
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    env = make_env(database_url=sqlite_url, port=port)
+    log = tmp_path / "gateway.log"
+    with process(["serve"], env, tmp_path, log) as served:
+        wait_healthy(gateway, served, log)
+        context = await chromium.new_context(
+            locale="en-GB", viewport={"width": 1000, "height": 760}
+        )
+        page = await context.new_page()
+        await page.goto(gateway)  # the demo page: the widget opens by itself
+        widget = page.locator("switchboard-widget[data-switchboard-widget]")
+        await widget.locator("[data-greeting]", has_text="How can I help?").wait_for(timeout=10_000)
+        launcher = widget.locator(".launcher")
+        assert await launcher.get_attribute("aria-label") == "Close chat: Switchboard"
+        await widget.locator("textarea").fill("help")
+        await widget.locator("textarea").press("Enter")
+        await widget.locator(".choices button", has_text="create an invoice").wait_for(
+            timeout=15_000
+        )
+        await widget.locator(".row.me .mark", has_text="✓✓").wait_for(timeout=10_000)
+
+        await page.reload()
+        await widget.locator(".row.me .bubble", has_text="help").wait_for(timeout=10_000)
+        assert await widget.locator(".row.me .mark").inner_text() == "✓✓"
+        again = widget.locator(".choices button:enabled", has_text="create an invoice")
+        await again.wait_for(timeout=10_000)
+        assert await widget.locator("[data-greeting]").count() == 0  # the history instead
+        await again.click()  # a restored button works as it did
+        await widget.locator(".row.bot .bubble", has_text="Which client").wait_for(timeout=15_000)
+        await widget.locator(".panel header button").click()  # closed: the chat icon again
+        assert await launcher.get_attribute("aria-label") == "Open chat: Switchboard"
+        await context.close()
