@@ -126,8 +126,13 @@ async def test_commands_with_and_without_bot_name(
     await post_update(client, text_update(10, "/start", chat_id=1))
     await post_update(client, text_update(11, "/help@switchboard_test_bot", chat_id=2))
     sent = await calls(api, "sendMessage", 2)
-    # "/start" shows no language; the sender's Telegram language_code ("es") decides.
-    assert all(c.params["text"].startswith("Puedes pedir:") for c in sent)
+    # "/start" shows no language; the sender's Telegram language_code ("es") decides. Telegram
+    # shows buttons: help is one sentence, and a button per action.
+    for call in sent:
+        assert call.params["text"] == (
+            "Esto es lo que puedo hacer: toca una opción o escribe lo que necesites."
+        )
+        assert call.params["reply_markup"]["inline_keyboard"]
 
 
 async def test_captions_with_photo_and_document_keep_file_ids(

@@ -481,7 +481,8 @@ async def test_more_than_three_choices_become_a_list_and_a_row_runs_its_choice(
     [menu] = await sent(api)
     interactive = menu["interactive"]
     assert (menu["type"], interactive["type"]) == ("interactive", "list")
-    assert interactive["body"]["text"].startswith("Puedes pedir:")  # "ayuda": Spanish
+    # "ayuda": Spanish; buttons (a list): one sentence, the actions as rows.
+    assert interactive["body"]["text"].startswith("Esto es lo que puedo hacer:")
     rows = interactive["action"]["sections"][0]["rows"]
     assert [r["title"] for r in rows] == ["ayuda", "estado", "cancelar", "humano", "echo hola"]
     assert all(len(r["id"]) <= 200 for r in rows)
