@@ -7,12 +7,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from dispatch.infra.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
-from dispatch.record.users import UserDirectory
+from dispatch.record.users import UserDirectory, UserView
 from gateway.auth import portal_caller
 from gateway.portal import COOKIE, CSRF_HEADER, PORTAL_ROLES, SESSION_S, PortalSessions
 from gateway.settings import Settings
@@ -35,6 +36,21 @@ class Me(msgspec.Struct, frozen=True, kw_only=True):
     user: PortalUser
     csrf: str
     """Send it as ``X-CSRF-Token`` with every call that changes something."""
+
+
+async def portal_user(connection: ASGIConnection[Any, Any, Any, Any]) -> UserView | None:
+    """The user of the connection's portal session, if it is one who may still use the portal
+    (None: no session, or its user is gone, inactive or no longer of a portal role)."""
+    sessions: PortalSessions = connection.app.state.portal
+    session = sessions.read(connection.cookies.get(COOKIE))
+    if session is None:
+        return None
+    users: UserDirectory = connection.app.state.runtime.users
+    try:
+        user = await users.get(str(session.user_id))
+    except NotFoundError:
+        return None
+    return user if portal_caller(user.id, user.role, user.active) is not None else None
 
 
 def _static(name: str) -> str:
@@ -113,15 +129,10 @@ class PortalController(Controller):
         """Who is logged in, and the session's CSRF token (401 if no one)."""
         sessions: PortalSessions = request.app.state.portal
         cookie = request.cookies.get(COOKIE)
-        session = sessions.read(cookie)
-        if cookie is None or session is None:
+        if cookie is None or sessions.read(cookie) is None:
             raise UnauthorizedError("not logged in")
-        users: UserDirectory = request.app.state.runtime.users
-        try:
-            user = await users.get(str(session.user_id))
-        except NotFoundError:
-            user = None
-        if user is None or portal_caller(user.id, user.role, user.active) is None:
+        user = await portal_user(request)
+        if user is None:
             raise UnauthorizedError("this user may not use the portal any more")
         return Me(
             user=PortalUser(id=user.id, name=user.name, role=user.role),

@@ -20,12 +20,11 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from dispatch.infra.errors import NotFoundError
 from dispatch.record.inbox import ChangeWatch
-from gateway.auth import portal_caller
 from gateway.params import MAX_ID
 from gateway.portal import COOKIE, PortalSessions
 from gateway.routes.events import HELLO_TIMEOUT_S, WS_BAD_FRAME, WS_UNAUTHORIZED
+from gateway.routes.portal import portal_user
 
 __all__ = ["portal_live"]
 
@@ -47,17 +46,14 @@ async def _refuse(socket: WebSocket[Any, Any, Any], code: int, detail: str) -> N
         await socket.close(code=code, reason=detail[:120])
 
 
-async def _session_user(socket: WebSocket[Any, Any, Any], hello: LiveHello) -> int | None:
+async def _admitted(socket: WebSocket[Any, Any, Any], hello: LiveHello) -> bool:
+    """The socket carries a portal session of someone who may use the portal, and the
+    session's own CSRF token."""
     sessions: PortalSessions = socket.app.state.portal
     cookie = socket.cookies.get(COOKIE)
-    session = sessions.read(cookie)
-    if cookie is None or session is None or not sessions.csrf_matches(cookie, hello.csrf):
-        return None
-    try:
-        user = await socket.app.state.runtime.users.get(str(session.user_id))
-    except NotFoundError:
-        return None
-    return int(user.id) if portal_caller(user.id, user.role, user.active) else None
+    if cookie is None or not sessions.csrf_matches(cookie, hello.csrf):
+        return False
+    return await portal_user(socket) is not None
 
 
 @websocket("/portal/live", include_in_schema=False)
@@ -72,7 +68,7 @@ async def portal_live(socket: WebSocket[Any, Any, Any]) -> None:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         await _refuse(socket, WS_BAD_FRAME, f"first frame: {exc}")
         return
-    if await _session_user(socket, hello) is None:
+    if not await _admitted(socket, hello):
         await _refuse(socket, WS_UNAUTHORIZED, "log in to the portal first")
         return
     sessions = socket.app.state.runtime.sessions
