@@ -61,8 +61,31 @@ class EventView(msgspec.Struct, frozen=True, kw_only=True):
     kind: str
     status: str | None
     actor: str
+    """Who did it, as recorded (``user:12``, ``system``, ``token:3``...)."""
     data: dict[str, Any]
     at: dt.datetime
+    actor_name: str | None = None
+    """A user actor's name, as people know them (in an activity's whole story)."""
+
+
+USER_ACTOR = "user:"
+"""An event's actor that is a person: ``user:<id>``."""
+
+
+def _user_of(actor: str) -> int | None:
+    rest = actor.removeprefix(USER_ACTOR)
+    return int(rest) if rest != actor and rest.isdigit() else None
+
+
+async def _user_names(
+    session: AsyncSession, requester: int | None, events: Iterable[ActivityEvent]
+) -> dict[int, str]:
+    """The names of an activity's requester and of the people in its events, in one read."""
+    ids = {i for i in [requester, *(_user_of(e.actor) for e in events)] if i is not None}
+    if not ids:
+        return {}
+    rows = await session.execute(select(User.id, User.name).where(User.id.in_(ids)))
+    return {int(user_id): str(name) for user_id, name in rows}
 
 
 class ActivityView(msgspec.Struct, frozen=True, kw_only=True):
@@ -336,13 +359,21 @@ class ActivityLog:
                         )
                     ).scalars()
                 )
-                # Who asked and what they wrote, as a reader of its whole story wants them.
-                name = await session.scalar(select(User.name).where(User.id == row.actor_user_id))
+                # Who asked, what they wrote and who did what, as a reader of its whole story
+                # wants them: people by their names.
+                named = await _user_names(session, row.actor_user_id, events)
                 text = await session.scalar(
                     select(Message.text).where(Message.id == row.source_message_id)
                 )
+                view = ActivityView.of(row, events)
                 return msgspec.structs.replace(
-                    ActivityView.of(row, events), actor_name=name, request_text=text
+                    view,
+                    actor_name=named.get(row.actor_user_id or 0),
+                    request_text=text,
+                    events=[
+                        msgspec.structs.replace(e, actor_name=named.get(_user_of(e.actor) or 0))
+                        for e in view.events
+                    ],
                 )
             return ActivityView.of(row, events)
 

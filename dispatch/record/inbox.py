@@ -8,14 +8,17 @@ import datetime as dt
 import enum
 
 import msgspec
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.record.models import (
+    STAFF,
     TAKEOVER,
     Activity,
     ActivityEvent,
     Conversation,
+    ConversationRead,
     ConversationState,
     Direction,
     Message,
@@ -24,16 +27,37 @@ from dispatch.record.models import (
     utcnow,
 )
 
-__all__ = ["ChangeWatch", "Changes", "Inbox", "InboxRow", "InboxView", "Person", "Recent"]
+__all__ = [
+    "UNREAD_COUNTED",
+    "ChangeWatch",
+    "Changes",
+    "Inbox",
+    "InboxPeople",
+    "InboxRow",
+    "InboxView",
+    "Person",
+    "Recent",
+]
 
 ASKED_FOR_PERSON = "human"
 """The system action a "I want a person" message becomes."""
+UNREAD_COUNTED = 100
+"""Unread messages are counted up to this many (the portal shows "99+"): a long conversation
+costs no more to list than a short one."""
 
 
 class InboxView(enum.StrEnum):
     ALL = "all"
     MINE = "mine"
     UNASSIGNED = "unassigned"
+
+
+class InboxPeople(enum.StrEnum):
+    VISITORS = "visitors"
+    """The people the product serves: guests, customers, anyone who is not staff."""
+    STAFF = "staff"
+    """Supervisors', operators' and admins' own conversations with the bot."""
+    EVERYONE = "everyone"
 
 
 class InboxRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,8 +71,8 @@ class InboxRow(msgspec.Struct, frozen=True, kw_only=True):
     last_direction: str | None
     last_at: dt.datetime | None
     last_message_id: int
-    inbound: int
-    """Messages the person sent (the portal counts what a supervisor has not read yet)."""
+    unread: int
+    """Messages the person sent after what the caller has read (up to ``UNREAD_COUNTED``)."""
     waiting_since: dt.datetime | None
     """When the person wrote last, if nothing has answered them since."""
     wants_person: bool
@@ -90,15 +114,20 @@ class Inbox:
         *,
         view: InboxView,
         me: int | None,
+        people: InboxPeople = InboxPeople.VISITORS,
         channel: str | None = None,
         limit: int = 50,
     ) -> list[InboxRow]:
-        """The conversations people wrote in last, those asking for a person first."""
+        """The conversations people wrote in last, those asking for a person first; unread
+        counts are ``me``'s."""
         query = (
             select(Conversation)
             .order_by(Conversation.last_inbound_at.desc().nulls_last(), Conversation.id.desc())
             .limit(limit)
         )
+        if people != InboxPeople.EVERYONE:
+            owner = select(User.id).where(User.id == Conversation.user_id, User.role.in_(STAFF))
+            query = query.where(owner.exists() if people == InboxPeople.STAFF else ~owner.exists())
         if view == InboxView.MINE:
             query = query.where(Conversation.assignee_user_id == me)
         elif view == InboxView.UNASSIGNED:
@@ -111,9 +140,9 @@ class Inbox:
             if not ids:
                 return []
             last = await self._last_messages(session, ids)
-            inbound = await self._inbound_counts(session, ids)
+            unread = await self._unread(session, ids, me)
             wants, taken = await self._person_asked(session, ids)
-            people = await self._users(
+            named = await self._users(
                 session,
                 {c.user_id for c in conversations} | {c.assignee_user_id for c in conversations},
             )
@@ -121,10 +150,10 @@ class Inbox:
             self._row(
                 c,
                 last.get(c.id),
-                inbound=inbound.get(c.id, 0),
+                unread=unread.get(c.id, 0),
                 wants=c.id in wants,
                 taken=c.id in taken,
-                people=people,
+                people=named,
             )
             for c in conversations
         ]
@@ -135,7 +164,7 @@ class Inbox:
         c: Conversation,
         last: Message | None,
         *,
-        inbound: int,
+        unread: int,
         wants: bool,
         taken: bool,
         people: dict[int, User],
@@ -152,7 +181,7 @@ class Inbox:
             last_direction=last.direction if last is not None else None,
             last_at=last.received_at if last is not None else None,
             last_message_id=last.id if last is not None else 0,
-            inbound=inbound,
+            unread=unread,
             waiting_since=last.received_at if waiting and last is not None else None,
             wants_person=wants and not taken,
             taken_over=taken,
@@ -171,11 +200,31 @@ class Inbox:
         return {m.conversation_id: m for m in found}
 
     @staticmethod
-    async def _inbound_counts(session: AsyncSession, ids: list[int]) -> dict[int, int]:
+    async def _unread(session: AsyncSession, ids: list[int], me: int | None) -> dict[int, int]:
+        """Per conversation, what its person wrote after ``me``'s read mark, counted up to
+        ``UNREAD_COUNTED`` (each count reads at most that many index entries)."""
+        mark = (
+            select(ConversationRead.last_read_message_id)
+            .where(
+                ConversationRead.conversation_id == Conversation.id,
+                ConversationRead.user_id == me,
+            )
+            .scalar_subquery()
+        )
+        after = (
+            select(literal(1))
+            .where(
+                Message.conversation_id == Conversation.id,
+                Message.direction == Direction.INBOUND.value,
+                Message.id > func.coalesce(mark, 0),
+            )
+            .limit(UNREAD_COUNTED)
+            .correlate(Conversation)
+            .subquery()
+        )
+        counted = select(func.count()).select_from(after).scalar_subquery()
         rows = await session.execute(
-            select(Message.conversation_id, func.count())
-            .where(Message.conversation_id.in_(ids), Message.direction == Direction.INBOUND.value)
-            .group_by(Message.conversation_id)
+            select(Conversation.id, counted).where(Conversation.id.in_(ids))
         )
         return {int(c): int(n) for c, n in rows}
 
@@ -259,6 +308,47 @@ class Inbox:
             identities=identities,
             recent=recent,
         )
+
+    async def read(self, conversation_id: int, user_id: int, message_id: int | None) -> int | None:
+        """``user_id`` has read the conversation up to ``message_id`` (None: to its latest
+        message); a mark never moves back. The mark now, or None if there is no conversation."""
+        async with self._sessions.begin() as session:
+            if await session.get(Conversation, conversation_id) is None:
+                return None
+            newest = select(func.max(Message.id)).where(Message.conversation_id == conversation_id)
+            if message_id is not None:  # no further than what exists: later messages are unread
+                newest = newest.where(Message.id <= message_id)
+            upto = int(await session.scalar(newest) or 0)
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = insert(ConversationRead).values(
+                user_id=user_id,
+                conversation_id=conversation_id,
+                last_read_message_id=upto,
+                read_at=utcnow(),
+            )
+            kept = ConversationRead.last_read_message_id
+            statement = statement.on_conflict_do_update(
+                index_elements=[ConversationRead.user_id, ConversationRead.conversation_id],
+                set_={
+                    "last_read_message_id": case(
+                        (
+                            statement.excluded.last_read_message_id > kept,
+                            statement.excluded.last_read_message_id,
+                        ),
+                        else_=kept,
+                    ),
+                    "read_at": statement.excluded.read_at,
+                },
+            )
+            await session.execute(statement)
+            mark = await session.scalar(
+                select(ConversationRead.last_read_message_id).where(
+                    ConversationRead.user_id == user_id,
+                    ConversationRead.conversation_id == conversation_id,
+                )
+            )
+        return int(mark or 0)
 
     async def assign(self, conversation_id: int, user_id: int | None) -> bool:
         """Assign the conversation to ``user_id`` (None: to no one); False if there is none."""

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "STAFF",
     "UNDISPATCHED",
     "Activity",
     "ActivityEvent",
@@ -37,6 +38,7 @@ __all__ = [
     "Approval",
     "Base",
     "Conversation",
+    "ConversationRead",
     "ConversationState",
     "Delivery",
     "DeploymentSecret",
@@ -131,6 +133,11 @@ class Role(enum.StrEnum):
     OPERATOR = "operator"
     AGENT = "agent"
     GUEST = "guest"
+
+
+STAFF = frozenset({Role.ADMIN.value, Role.SUPERVISOR.value, Role.OPERATOR.value})
+"""The people who work the portal: they are given conversations, their own conversations are
+not taken over (they approve and decide through them) and are not listed with visitors'."""
 
 
 class Priority(enum.StrEnum):
@@ -243,6 +250,22 @@ class Conversation(Base):
     what the gateway's own notices in it are written in."""
     assignee_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     """The supervisor it is assigned to (who takes it over is, unless someone else was)."""
+
+
+class ConversationRead(Base):
+    """How far a staff member has read a conversation (the inbox counts what is unread after
+    it, for each of them, wherever they log in)."""
+
+    __tablename__ = "conversation_reads"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[int] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_read_message_id: Mapped[int] = mapped_column(Id)
+    read_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Message(Base):

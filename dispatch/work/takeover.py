@@ -25,6 +25,7 @@ from dispatch.infra.routing import ChannelRouting
 from dispatch.language.i18n import say
 from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
+    STAFF,
     TAKEOVER,
     Activity,
     ActivityStatus,
@@ -43,8 +44,6 @@ log = logging.getLogger("switchboard.takeover")
 LASTS = dt.timedelta(days=30)
 """A takeover nobody handed back ends by itself after this."""
 MAX_TEXT_CHARS = 4000
-STAFF = frozenset({Role.ADMIN.value, Role.SUPERVISOR.value, Role.OPERATOR.value})
-"""Whose conversations are not taken over: they approve and decide through them."""
 
 
 class Takeover(msgspec.Struct, frozen=True, kw_only=True):

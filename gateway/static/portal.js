@@ -24,7 +24,7 @@ const el = (tag, props = {}, ...children) => {
 
 const state = {
   me: null, csrf: null, view: "conversations", id: null,
-  inbox: [], filter: { view: "all", channel: "", status: "" },
+  inbox: [], filter: { view: "all", channel: "", status: "", people: "visitors" }, readUpTo: {},
   conversation: null, messages: [], lastMessageId: 0, takeover: null,
   marks: { last_message_id: null, last_event_id: null }, socket: null, attempt: 0,
   wanting: new Set(), inboxLoaded: false, activities: [], activity: null, refreshTimer: null,
@@ -65,14 +65,14 @@ function ago(iso) {
 }
 const statusPill = (status) => el("span", { class: `status ${status}`, text: status.replace(/_/g, " ") });
 
-/* ---------- unread: what this supervisor has seen, per conversation, in this browser ---------- */
-const seenKey = () => `switchboard:seen:${state.me.user.id}`;
-function seen() { try { return JSON.parse(localStorage.getItem(seenKey()) || "{}"); } catch (_) { return {}; } }
-function markSeen(id, inbound) {
-  const all = seen();
-  if ((all[id] || 0) >= inbound) return;
-  all[id] = inbound;
-  try { localStorage.setItem(seenKey(), JSON.stringify(all)); } catch (_) { /* private mode */ }
+/* ---------- unread: each supervisor's read marks, kept by the server (the same on every device) ---------- */
+const unreadText = (n) => (n >= 100 ? "99+" : String(n));
+async function markRead(id, messageId) {
+  if ((state.readUpTo[id] || 0) >= messageId) return;
+  state.readUpTo[id] = messageId;
+  const mark = await api(`/api/v1/conversations/${id}/read`, { method: "POST", body: JSON.stringify({ message_id: messageId }) }).catch(() => null);
+  const row = state.inbox.find((r) => r.id === id);
+  if (mark && row && row.unread) { row.unread = 0; renderInbox(); }
 }
 
 /* ---------- routing ---------- */
@@ -137,7 +137,7 @@ function changed(frame) {
 
 /* ---------- conversations ---------- */
 function layout(kind) {
-  $("app").className = kind;
+  $("app").className = kind;  // (the person's panel closed, too)
   state.conversation = null;  // a view drawn afresh shows no conversation until one is opened
   const view = $("view");
   view.replaceChildren();
@@ -152,12 +152,14 @@ function showConversations() {
           onclick: () => { state.filter.view = value; for (const b of tabs.children) b.setAttribute("aria-pressed", String(b.dataset.filter === value)); loadInbox(); }, text: label })));
     const channel = el("select", { id: "f-channel", "aria-label": "Channel", onchange: () => { state.filter.channel = channel.value; loadInbox(); } },
       el("option", { value: "", text: "Every channel" }));
+    const people = el("select", { id: "f-people", "aria-label": "Whose conversations", onchange: () => { state.filter.people = people.value; loadInbox(); } },
+      el("option", { value: "visitors", text: "Visitors" }), el("option", { value: "staff", text: "Staff" }), el("option", { value: "everyone", text: "Everyone" }));
     const status = el("select", { id: "f-status", "aria-label": "Status", onchange: () => { state.filter.status = status.value; renderInbox(); } },
       el("option", { value: "", text: "Any status" }), el("option", { value: "person", text: "Asked for a person" }),
       el("option", { value: "waiting", text: "Waiting for an answer" }), el("option", { value: "taken", text: "Taken over" }));
     view.append(
       el("section", { class: "column", "aria-labelledby": "h-inbox" },
-        el("header", {}, el("h1", { id: "h-inbox", text: "Conversations" }), tabs, el("div", { class: "filters" }, channel, status)),
+        el("header", {}, el("h1", { id: "h-inbox", text: "Conversations" }), tabs, el("div", { class: "filters" }, people, channel, status)),
         el("div", { class: "scroll", id: "inbox", role: "list", "aria-label": "Conversations" }, el("div", { class: "empty", text: "Loading…" }))),
       el("main", { id: "conversation", "aria-live": "off" }, el("div", { class: "empty", text: "Choose a conversation." })),
       el("aside", { id: "person", "aria-label": "About the person" }));
@@ -171,7 +173,7 @@ function showConversations() {
   }
 }
 async function loadInbox() {
-  const params = new URLSearchParams({ view: state.filter.view, limit: "100" });
+  const params = new URLSearchParams({ view: state.filter.view, people: state.filter.people, limit: "100" });
   if (state.filter.channel) params.set("channel", state.filter.channel);
   const rows = await act(api(`/api/v1/inbox?${params}`));
   if (!rows) return;
@@ -202,18 +204,28 @@ function notifyNew(rows) {
   count.hidden = wanting.size === 0;
   count.textContent = String(wanting.size);
 }
+/* Redrawing a list keeps the keyboard's place: the row that had the focus has it again. */
+function keepingFocus(list, key, draw) {
+  const had = list.contains(document.activeElement) ? document.activeElement.dataset[key] : undefined;
+  draw();
+  if (had === undefined) return;
+  const again = list.querySelector(`[data-${key}="${had}"]`);
+  if (again) again.focus({ preventScroll: true });
+}
 function renderInbox() {
   const list = $("inbox");
   if (!list) return;
+  keepingFocus(list, "conversation", () => drawInbox(list));
+}
+function drawInbox(list) {
   const keep = list.scrollTop;
-  const counts = seen();
   const rows = state.inbox.filter((r) => !state.filter.status
     || (state.filter.status === "person" && r.wants_person)
     || (state.filter.status === "waiting" && r.waiting_since)
     || (state.filter.status === "taken" && r.taken_over));
   if (!rows.length) { list.replaceChildren(el("div", { class: "empty", text: "No conversation here." })); return; }
   list.replaceChildren(...rows.map((r) => {
-    const unread = Math.max(0, r.inbound - (counts[r.id] || 0));
+    const unread = r.unread;
     const current = state.conversation && state.conversation.id === r.id;
     const last = `${r.last_direction === "outbound" ? "↩ " : ""}${r.last_text || "—"}`;
     return el("a", { href: `/portal/conversations/${r.id}`, class: `conv${r.wants_person ? " wants" : ""}`, role: "listitem",
@@ -223,7 +235,7 @@ function renderInbox() {
       el("span", { class: "when", "data-at": r.last_at || "", text: r.last_at ? ago(r.last_at) : "" }),
       el("span", { class: "last", text: last }),
       el("span", { class: "tags" },
-        unread && !current ? el("span", { class: "pill unread", "aria-label": `${unread} unread`, text: String(unread) }) : null),
+        unread && !current ? el("span", { class: "pill unread", "aria-label": `${unreadText(unread)} unread`, text: unreadText(unread) }) : null),
       el("span", { class: "sub" },
         r.wants_person ? el("span", { class: "pill person", "data-badge": "person", text: "asked for a person" }) : null,
         el("span", { text: r.channel }),
@@ -272,9 +284,7 @@ function readIfAtBottom() {
   // What the reader has in front of them, read to the end, is no longer unread.
   const transcript = $("transcript");
   if (!transcript || !state.conversation || !atBottom(transcript)) return;
-  const row = state.inbox.find((r) => r.id === state.conversation.id);
-  const loaded = state.messages.filter((m) => m.direction === "inbound").length;
-  markSeen(state.conversation.id, Math.max(loaded, row ? row.inbound : 0));
+  if (state.lastMessageId) markRead(state.conversation.id, state.lastMessageId);
 }
 function renderConversationShell(row) {
   const main = $("conversation");
@@ -301,6 +311,8 @@ function renderConversationHeader(row) {
   actions.append(assignedToMe
     ? el("button", { class: "btn", type: "button", text: "Unassign", onclick: () => assign(id, null) })
     : el("button", { class: "btn", type: "button", text: "Assign to me", onclick: () => assign(id, state.me.user.id) }));
+  actions.append(el("button", { class: "btn compact-only", type: "button", id: "about-toggle", "aria-controls": "person",
+    "aria-expanded": String($("app").classList.contains("show-person")), text: "About", onclick: () => showPerson(!$("app").classList.contains("show-person")) }));
   $("conv-header").replaceChildren(
     el("span", { class: "avatar", "aria-hidden": "true", text: initials(name) }),
     el("div", { class: "title" }, el("h2", { text: name }), el("div", { class: "sub", text: sub })),
@@ -364,17 +376,29 @@ function messageNode(m, row) {
 async function conversationAction(id, what) {
   await act(api(`/api/v1/conversations/${id}/${what}`, { method: "POST" }));
   await loadInbox();
-  refreshConversation(false);
+  await refreshConversation(false);
+  // Where the hands go next: the reply box once it is yours, the way back to the bot otherwise.
+  const next = $(what === "takeover" ? "reply-text" : "take-over");
+  if (next) next.focus();
 }
 async function assign(id, userId) {
   await act(api(`/api/v1/conversations/${id}/assign`, { method: "POST", body: JSON.stringify({ user_id: userId }) }));
   await loadInbox();
   refreshConversation(false);
 }
+function showPerson(shown) {
+  // On a tablet the person's panel opens over the conversation (Escape or its button closes it).
+  $("app").classList.toggle("show-person", shown);
+  const toggle = $("about-toggle");
+  if (toggle) toggle.setAttribute("aria-expanded", String(shown));
+  if (shown) { const close = $("about-close"); if (close) close.focus(); } else if (toggle) toggle.focus();
+}
+document.addEventListener("keydown", (event) => { if (event.key === "Escape" && $("app").classList.contains("show-person")) showPerson(false); });
 async function loadPerson(id) {
   const person = await act(api(`/api/v1/conversations/${id}/person`));
   if (!person || !state.conversation || state.conversation.id !== id) return;
   $("person").replaceChildren(
+    el("button", { class: "btn compact-only", type: "button", id: "about-close", text: "Close", onclick: () => showPerson(false) }),
     el("section", {}, el("h3", { text: "Person" }), el("dl", { class: "fields" },
       el("dt", { text: "Name" }), el("dd", { text: person.name }),
       el("dt", { text: "Role" }), el("dd", { text: person.role || "—" }),
@@ -390,7 +414,7 @@ async function loadPerson(id) {
 /* ---------- activities and approvals ---------- */
 function activityTable(items, { decide = false } = {}) {
   if (!items.length) return el("div", { class: "empty", text: decide ? "Nothing waits for a decision." : "No activity yet." });
-  return el("table", {}, el("thead", {}, el("tr", {}, ...["#", "Request", "Asked by", "Status", "Channel", "When"].map((h) => el("th", { text: h })))),
+  return el("table", {}, el("thead", {}, el("tr", {}, ...[["#"], ["Request"], ["Asked by"], ["Status"], ["Channel", "roomy"], ["When", "roomy"]].map(([h, kind]) => el("th", { text: h, class: kind })))),
     el("tbody", {}, ...items.map((a) => {
       const row = el("tr", { tabindex: "0", "data-activity": String(a.id), "aria-current": state.id === a.id ? "true" : null,
         onclick: () => go(`/portal/${state.view}/${a.id}`), onkeydown: (e) => { if (e.key === "Enter") go(`/portal/${state.view}/${a.id}`); } },
@@ -398,7 +422,7 @@ function activityTable(items, { decide = false } = {}) {
         el("td", {}, el("span", { class: "req", text: a.request_text || a.action_description || `${a.agent_name}.${a.action_type}` }),
           el("span", { class: "muted", text: a.action_description || `${a.agent_name}.${a.action_type}` })),
         el("td", { text: a.actor_name || (a.details.provenance || {}).api || "—" }),
-        el("td", {}, statusPill(a.status)), el("td", { text: a.source_channel || "api" }), el("td", { text: ago(a.created_at), "data-at": a.created_at }));
+        el("td", {}, statusPill(a.status)), el("td", { class: "roomy", text: a.source_channel || "api" }), el("td", { class: "roomy", text: ago(a.created_at), "data-at": a.created_at }));
       return row;
     })));
 }
@@ -442,7 +466,7 @@ async function renderDetail(id, into) {
       a.details.error ? el("p", { class: "error", text: a.details.error.message || a.details.error.reason }) : null),
     el("details", { class: "raw" }, el("summary", { text: "Raw JSON" }), el("pre", { text: JSON.stringify(a.details, null, 2) })),
     el("section", {}, el("h3", { text: "Timeline" }), el("ol", { class: "timeline" },
-      ...a.events.map((e) => el("li", { text: `${day(e.at)} — ${e.kind}${e.status ? ` (${e.status})` : ""} · ${e.actor}` })))));
+      ...a.events.map((e) => el("li", { text: `${day(e.at)} — ${e.kind}${e.status ? ` (${e.status})` : ""} · ${e.actor_name || e.actor}` })))));
 }
 function showListWithDetail(title, loader) {
   const view = layout("wide");
@@ -458,13 +482,13 @@ const showApprovals = () => showListWithDetail("Waiting for approval", () => loa
 async function loadActivities(changedIds = null) {
   const page = await act(api("/api/v1/activities?limit=50"));
   if (!page || !$("list")) return;
-  $("list").replaceChildren(activityTable(page.items));
+  keepingFocus($("list"), "activity", () => $("list").replaceChildren(activityTable(page.items)));
   if (state.id !== null && (!changedIds || changedIds.includes(state.id))) renderDetail(state.id, $("detail"));
 }
 async function loadApprovals() {
   const page = await act(api("/api/v1/activities?status=awaiting_approval&limit=100"));
   if (!page || !$("list")) return;
-  $("list").replaceChildren(activityTable(page.items, { decide: true }));
+  keepingFocus($("list"), "activity", () => $("list").replaceChildren(activityTable(page.items, { decide: true })));
   if (state.id !== null) renderDetail(state.id, $("detail"));
 }
 function showReviews() {

@@ -5,32 +5,60 @@ changed only to the portal's own page (its CSRF token, not the cookie alone)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
+from gateway.auth import TokenStore
 from gateway.settings import Settings
 from tests.conftest import ADMIN
 from tests.integration.test_portal import PASSWORD
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for
+from tests.support.services import own_database
+
+
+class Desk(NamedTuple):
+    client: AsyncTestClient[Any]
+    tom: dict[str, str]
+    """Headers of a second supervisor's own token."""
 
 
 @pytest.fixture
-async def client(
-    make_settings: Callable[..., Settings], sqlite_url: str
-) -> AsyncIterator[AsyncTestClient[Any]]:
-    settings = make_settings(database_url=sqlite_url)
+async def desk(
+    make_settings: Callable[..., Settings], sqlite_url: str, backend: str
+) -> AsyncIterator[Desk]:
+    """The portal's API on each database the product runs on."""
+    async with contextlib.AsyncExitStack() as stack:
+        url = sqlite_url
+        if backend == "postgresql":
+            url = await stack.enter_async_context(own_database("switchboard_test"))
+        yield await stack.enter_async_context(_desk(make_settings(database_url=url)))
+
+
+@contextlib.asynccontextmanager
+async def _desk(settings: Settings) -> AsyncIterator[Desk]:
     async with runtime_for(settings) as runtime:
         sup = await runtime.users.add("Sofia Ruiz", "supervisor")
         await runtime.users.set_password(str(sup.id), PASSWORD)
         await runtime.users.link(str(sup.id), "rest", "sofia")
         await runtime.users.add("gus", "guest")
+        tom = await runtime.users.add("Tom Lee", "supervisor")
+        await runtime.users.link(str(tom.id), "rest", "tom")
+        token, _ = await TokenStore(runtime.sessions, None).create(
+            name="tom", role="operator", user_id=tom.id
+        )
     async with AsyncTestClient(create_app(settings)) as test_client:
-        yield test_client
+        yield Desk(test_client, {"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture
+def client(desk: Desk) -> AsyncTestClient[Any]:
+    return desk.client
 
 
 async def login(client: AsyncTestClient[Any]) -> str:
@@ -67,7 +95,7 @@ async def test_who_asks_for_a_person_comes_first_until_someone_takes_it_over(
     rows = await wait_for(settled)
     assert rows[0]["id"] == bob
     assert rows[0]["name"] == "bob"
-    assert rows[0]["inbound"] == 1
+    assert rows[0]["unread"] == 1  # a token of no one: everything the person wrote
     assert {r["id"] for r in rows} >= {ana, bob}
     assert not any(r["wants_person"] for r in rows[1:])
 
@@ -125,6 +153,9 @@ async def test_assignments_are_checked_and_bad_input_is_a_clear_4xx(
     assert bad.status_code == 400
     bad_view = await client.get("/api/v1/inbox", params={"view": "everyone"}, headers=ADMIN)
     assert bad_view.status_code == 400
+    bad_people = await client.get("/api/v1/inbox", params={"people": "bots"}, headers=ADMIN)
+    assert bad_people.status_code == 400
+    assert "people" in bad_people.text
     cleared = await client.post(
         f"/api/v1/conversations/{conversation}/assign", json={"user_id": None}, headers=ADMIN
     )
@@ -149,3 +180,81 @@ async def test_the_live_socket_needs_the_portals_csrf_token_and_pushes_what_chan
         assert changed["type"] == "changed"
         assert conversation in changed["conversations"]
         assert changed["last_message_id"] > ready["last_message_id"]
+
+
+async def unread(client: AsyncTestClient[Any], headers: dict[str, str], conversation: int) -> int:
+    listed = await client.get("/api/v1/inbox", headers=headers)
+    assert listed.status_code == 200, listed.text
+    [row] = [r for r in listed.json() if r["id"] == conversation]
+    return int(row["unread"])
+
+
+async def test_each_supervisor_has_their_own_unread_counts_kept_on_the_server(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unread is what the person wrote after each reader's own mark, kept by the server (the
+    same on every device), counted up to a bound; a mark never moves back nor past what
+    exists; a token of no one has no marks."""
+    client, tom = desk
+    csrf = await login(client)  # Sofia, in the portal
+    sofia = {"X-CSRF-Token": csrf}
+    ivy = await write(client, "ivy", "echo one", 1)
+    await write(client, "ivy", "echo two", 2)
+
+    async def answered() -> int | None:
+        listed = await client.get(f"/api/v1/conversations/{ivy}/messages", headers=ADMIN)
+        outbound = [m for m in listed.json() if m["direction"] == "outbound"]
+        return max(m["id"] for m in outbound) if len(outbound) == 2 else None
+
+    newest = await wait_for(answered)
+    assert await unread(client, sofia, ivy) == 2
+    assert await unread(client, tom, ivy) == 2
+
+    read = await client.post(f"/api/v1/conversations/{ivy}/read", json={}, headers=sofia)
+    assert read.status_code == 200, read.text
+    assert read.json() == {"conversation_id": ivy, "last_read_message_id": newest}
+    assert await unread(client, sofia, ivy) == 0
+    assert await unread(client, tom, ivy) == 2  # his own count
+
+    await write(client, "ivy", "echo three", 3)
+    assert await unread(client, sofia, ivy) == 1
+    back = await client.post(
+        f"/api/v1/conversations/{ivy}/read", json={"message_id": 1}, headers=sofia
+    )
+    assert back.json()["last_read_message_id"] == newest  # never moves back
+    ahead = await client.post(
+        f"/api/v1/conversations/{ivy}/read", json={"message_id": 10**9}, headers=tom
+    )
+    assert ahead.status_code == 200
+    assert await unread(client, tom, ivy) == 0
+    await write(client, "ivy", "echo four", 4)
+    assert await unread(client, tom, ivy) == 1  # written after his mark: unread
+
+    # Counted up to a bound, however long the conversation.
+    monkeypatch.setattr("dispatch.record.inbox.UNREAD_COUNTED", 2)
+    assert await unread(client, sofia, ivy) == 2
+
+    nobody = await client.post(f"/api/v1/conversations/{ivy}/read", json={}, headers=ADMIN)
+    assert nobody.status_code == 403
+    assert "read marks" in nobody.json()["detail"]
+    missing = await client.post("/api/v1/conversations/999999/read", json={}, headers=tom)
+    assert missing.status_code == 404
+    bad = await client.post(
+        f"/api/v1/conversations/{ivy}/read", json={"message_id": 0}, headers=tom
+    )
+    assert bad.status_code == 400
+
+
+async def test_staff_conversations_are_not_listed_with_visitors(desk: Desk) -> None:
+    """A supervisor's own conversation with the bot is not a visitor's: listed apart."""
+    client = desk.client
+    body = {"id": "tom-1", "conversation": "tom", "sender": "tom", "text": "echo mine"}
+    sent = await client.post("/api/v1/messages", json=body, headers=desk.tom)
+    assert sent.status_code == 202, sent.text
+    staff = int(sent.json()["conversation_id"])
+    visitor = await write(client, "una", "echo hello", 1)
+    listed = {r["id"] for r in await inbox(client)}
+    assert visitor in listed
+    assert staff not in listed
+    assert [r["id"] for r in await inbox(client, people="staff")] == [staff]
+    assert {r["id"] for r in await inbox(client, people="everyone")} >= {staff, visitor}
