@@ -25,6 +25,7 @@ __all__ = [
     "HttpCallSpec",
     "LocalizedSpec",
     "RuleSpec",
+    "StepLocalizedSpec",
     "StepSpec",
     "WorkflowSpec",
 ]
@@ -170,6 +171,13 @@ class FallbackSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     action: str
 
 
+class StepLocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A step's words in another language (``localized.es = { payload = { text = "..." } }``):
+    these payload values replace the step's own when the run's requester writes in it."""
+
+    payload: dict[str, Any] = {}
+
+
 class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One step of a workflow: an action of the catalog, run once its dependencies completed.
 
@@ -187,6 +195,23 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     on_failure: Literal["stop", "continue"] = "stop"
     """``stop``: its dependents are skipped and the run fails; ``continue``: they run anyway
     (a reference to its result then fails them) and its failure does not fail the run."""
+    localized: dict[str, StepLocalizedSpec] = {}
+
+    def payload_in(self, language: str | None) -> dict[str, Any]:
+        """Its payload for a requester writing in ``language`` (its own words where the step
+        has none in it)."""
+        local = self.localized.get(language or "")
+        return self.payload if local is None else {**self.payload, **local.payload}
+
+    def payloads(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every payload it may run with: (where, payload), its own first."""
+        return [
+            ("payload", self.payload),
+            *(
+                (f"localized.{code}.payload", local.payload)
+                for code, local in self.localized.items()
+            ),
+        ]
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -180,12 +180,13 @@ def _check_step(step: StepSpec, steps: dict[str, StepSpec], known: Lookup, at: s
     action = known(step.agent, step.action, at)
     if action.internal:
         raise CatalogError(at, f"{step.agent}.{step.action} is internal to the gateway")
-    unknown_fields = sorted(set(step.payload) - set(action.payload))
-    if unknown_fields:
-        raise CatalogError(
-            at + ".payload",
-            f"fields {unknown_fields} are not in {step.agent}.{step.action}'s schema",
-        )
+    for where, payload in step.payloads():
+        unknown_fields = sorted(set(payload) - set(action.payload))
+        if unknown_fields:
+            raise CatalogError(
+                f"{at}.{where}",
+                f"fields {unknown_fields} are not in {step.agent}.{step.action}'s schema",
+            )
     for dependency in step.depends_on:
         if dependency not in steps:
             raise CatalogError(at + ".depends_on", f"unknown step {dependency!r}")
@@ -227,7 +228,7 @@ def _ancestors(steps: dict[str, StepSpec], step_id: str) -> set[str]:
 
 
 def _check_references(step: StepSpec, spec: WorkflowSpec, ancestors: set[str], at: str) -> None:
-    for reference in references(step.payload):
+    for reference in {r for _, payload in step.payloads() for r in references(payload)}:
         if not _PATH.fullmatch(reference):
             raise CatalogError(at, f"{{{{ {reference} }}}}: not a dotted name")
         root, _, rest = reference.partition(".")

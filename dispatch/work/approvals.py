@@ -180,7 +180,8 @@ class ApprovalService:
         text: Callable[[str | None, str | None], str],
     ) -> int:
         """Tell every active user of ``roles`` (on the channel that reaches them, as approval
-        requests go) ``text``, as replies of activity ``activity_id``: once per activity
+        requests go; those who log in to the portal see it there, too) ``text``, as replies of
+        activity ``activity_id``: once per activity
         however often this is called, and once per conversation in ``CALL_AGAIN_AFTER`` (a
         visitor saying "agent" again and again does not page everyone each time). Returns
         how many are (or were just) told. ``text(language, who)``: what to say in a person's
@@ -208,20 +209,32 @@ class ApprovalService:
             called = await session.scalar(recent)
             if called is not None:
                 return int(called.get("told", 0))
-            people = await session.scalars(
-                select(User).where(User.active.is_(True), User.role.in_(roles)).order_by(User.id)
+            people = list(
+                await session.scalars(
+                    select(User)
+                    .where(User.active.is_(True), User.role.in_(roles))
+                    .order_by(User.id)
+                )
             )
             targets = [t for t in [await self._reach(session, user) for user in people] if t]
+            # Who logs in to the portal sees the call there (a badge on the conversation, and
+            # a browser notification): told too, though no channel reaches them.
+            in_portal = [u.id for u in people if u.password_hash is not None]
             requester = activity.actor_user_id
             who = await session.scalar(select(User.name).where(User.id == requester))
             await self._send(session, activity_id, targets, lambda language: text(language, who))
+            told = {t.user.id for t in targets} | set(in_portal)
             ActivityLog.add_event(
                 session,
                 activity_id,
                 "people_called",
-                data={"told": len(targets), "users": [t.user.id for t in targets]},
+                data={
+                    "told": len(told),
+                    "users": [t.user.id for t in targets],
+                    "portal": in_portal,
+                },
             )
-            return len(targets)
+            return len(told)
 
     async def _send(
         self,

@@ -316,12 +316,13 @@ class WorkflowRuns:
             return woken
 
     def _payload(
-        self, step: StepSpec, scope: dict[str, Any]
+        self, step: StepSpec, scope: dict[str, Any], language: str | None
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """A step's payload, its templates filled from ``scope`` and checked against its
-        action's schema; or why it could not be (the step fails with it)."""
+        """A step's payload in the requester's ``language``, its templates filled from
+        ``scope`` and checked against its action's schema; or why it could not be (the step
+        fails with it)."""
         try:
-            filled = fill(step.payload, scope)
+            filled = fill(step.payload_in(language), scope)
             return clean_json(self._catalog.validate_payload(step.agent, step.action, filled)), None
         except TemplateError as exc:
             return {}, {"reason": "template", "message": str(exc), "reference": exc.reference}
@@ -342,7 +343,7 @@ class WorkflowRuns:
         action = self._catalog.action(step.agent, step.action)
         assert action is not None  # checked when the catalog loaded
         user, role, active = requester
-        payload, error = self._payload(step, _scope(run, rows))
+        payload, error = self._payload(step, _scope(run, rows), language_of(start.details))
         if error is None and not may_request(role, active, action):
             who = user.name if user else role or "the requester"
             error = {"reason": "forbidden", "message": f"{who} may not run this action"}

@@ -259,8 +259,9 @@ async function openConversation(id) {
 async function refreshConversation(opening = false) {
   const id = state.conversation.id;
   const [fresh, takeover] = await Promise.all([
-    // Opening: the latest 200; then whatever came after the last one shown.
-    act(api(`/api/v1/conversations/${id}/messages?${opening ? "latest=true&limit=200" : `after=${state.lastMessageId}&limit=500`}`)),
+    // Opening: the latest 200; then whatever came after the last one shown, and again those
+    // still on their way (their delivery moves on: "pending" becomes "delivered").
+    act(api(`/api/v1/conversations/${id}/messages?${opening ? "latest=true&limit=200" : `after=${readFrom()}&limit=500`}`)),
     api(`/api/v1/conversations/${id}/takeover`).catch(() => null),
   ]);
   if (!fresh || !state.conversation || state.conversation.id !== id) return;
@@ -279,6 +280,11 @@ async function refreshConversation(opening = false) {
   state.lastMessageId = Math.max(state.lastMessageId, ...fresh.map((m) => m.id));
   appendMessages(added, opening);
   readIfAtBottom();
+}
+const IN_FLIGHT = new Set(["pending", "sending", "queued", "sent"]);
+function readFrom() {  // (among the latest 50: what is older and still "sent" is not re-read forever)
+  const moving = state.messages.slice(-50).filter((m) => m.direction === "outbound" && IN_FLIGHT.has(m.delivery)).map((m) => m.id);
+  return moving.length ? Math.min(...moving) - 1 : state.lastMessageId;
 }
 function readIfAtBottom() {
   // What the reader has in front of them, read to the end, is no longer unread.

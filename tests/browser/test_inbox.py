@@ -129,6 +129,9 @@ async def test_a_supervisor_works_the_inbox_live(
             timeout=10_000
         )
         assert await portal.locator("#inbox .conv [data-badge=person]").count() == 0  # handled
+        # What was on its way when first drawn shows where it got to, without a reload.
+        notice = portal.locator("#transcript .msg.out.bot", has_text="Una persona atiende")
+        await notice.locator(".meta", has_text="delivered").wait_for(timeout=10_000)
         await portal.screenshot(path=str(shots / "portal-conversation.png"))
         await visitor.screenshot(path=str(shots / "widget-human.png"))
 

@@ -11,13 +11,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
+from dispatch.policy.catalog import load_catalog
 from dispatch.record.models import Message
 from tests.browser.conftest import screenshots
+from tests.browser.test_portal import PASSWORD, cli
 from tests.conftest import open_db
+from tests.support.flow import wait_for
+from tests.support.languages import foreign
 from tests.support.processes import free_port, process, wait_healthy
+from workers.handlers import BUILTIN_HANDLER_NAMES
 
 pytestmark = pytest.mark.services
 
@@ -200,4 +206,107 @@ async def test_a_reload_shows_the_conversation_as_it_was_marks_and_buttons_inclu
         await widget.locator(".row.bot .bubble", has_text="Which client").wait_for(timeout=15_000)
         await widget.locator(".panel header button").click()  # closed: the chat icon again
         assert await launcher.get_attribute("aria-label") == "Open chat: Switchboard"
+        await context.close()
+
+
+SPANISH_DEMO = [
+    # (what the visitor types, a reply it gets: None when the reply is any Spanish one)
+    ("hola, ¿qué puedes hacer?", "Esto es lo que puedo hacer"),
+    ("necesito algo rarísimo", None),
+    ("repite hola", "hola"),
+    ("factura a ACME por 120 €", "Factura INV-0001 para ACME: 120 EUR"),
+    ("crea una factura", "¿Para qué cliente es la factura?"),
+    ("Globex", "Factura INV-0002 para Globex"),
+    ("abre una incidencia: la impresora no funciona", "Incidencia T-0001 abierta"),
+    ("estado", "¿Qué solicitud?"),
+    ("1", "Solicitud #1"),
+    ("cancelar 1", "solo se puede cancelar una que no haya empezado"),
+    ("reembolsa la factura 1", "espera a que un supervisor decida en el portal"),
+]
+
+
+async def test_a_spanish_visitors_whole_demo_is_in_spanish(
+    make_env: Callable[..., dict[str, str]], sqlite_url: str, tmp_path: Path, chromium: Any
+) -> None:
+    """The README's first command, a browser set to Spanish, every flow of the demo — help,
+    not understood, echo, invoices (in one message, and asked for), a ticket, status, cancel, a
+    refund that waits for a supervisor's approval in the portal, a person asked for who takes
+    over and hands back, a workflow — and not one reply in English."""
+    port = free_port()
+    gateway = f"http://127.0.0.1:{port}"
+    env = make_env(database_url=sqlite_url, port=port, sender_rate_per_s=100, sender_burst=100)
+    log = tmp_path / "gateway.log"
+    with process(["serve"], env, tmp_path, log) as served:
+        wait_healthy(gateway, served, log)
+        cli(["users", "add", "Sofía Ruiz", "--role", "supervisor"], env, tmp_path)
+        cli(["users", "set-password", "Sofía Ruiz"], env, tmp_path, PASSWORD + "\n")
+        context = await chromium.new_context(locale="es-ES", viewport={"width": 420, "height": 900})
+        page = await context.new_page()
+        await page.goto(gateway)
+        widget = page.locator("switchboard-widget[data-switchboard-widget]")
+        await widget.locator("[data-greeting]", has_text="¡Hola!").wait_for(timeout=10_000)
+        box = widget.locator("textarea")
+        replies = widget.locator(".row.bot .bubble, .row.human .bubble")
+
+        async def say(text: str, expect: str | None) -> None:
+            """Send ``text``; wait for a new reply (one holding ``expect``)."""
+            before = await replies.count()
+            await box.fill(text)
+            await box.press("Enter")
+            await replies.nth(before).wait_for(timeout=15_000)
+
+            async def answered() -> bool | None:
+                texts = await replies.all_inner_texts()
+                return True if expect is None or any(expect in t for t in texts[before:]) else None
+
+            try:
+                await wait_for(answered, timeout_s=15)
+            except AssertionError:
+                got = (await replies.all_inner_texts())[before:]
+                raise AssertionError(f"{text!r}: no reply with {expect!r}, only {got}") from None
+
+        for text, expect in SPANISH_DEMO:
+            await say(text, expect)
+
+        # The supervisor, in the portal (its API, with the session a login gives): approves the
+        # refund, then takes the conversation over when the visitor asks for a person.
+        async with httpx.AsyncClient(base_url=gateway, timeout=10) as portal:
+            login = {"name": "Sofía Ruiz", "password": PASSWORD}
+            csrf = {"X-CSRF-Token": (await portal.post("/portal/login", json=login)).json()["csrf"]}
+            waiting = (await portal.get("/api/v1/activities?status=awaiting_approval")).json()
+            [refund] = waiting["items"]
+            approved = await portal.post(f"/api/v1/activities/{refund['id']}/approve", headers=csrf)
+            assert approved.status_code == 200, approved.text
+            await widget.locator(".row.bot .bubble", has_text="aprobó la solicitud").wait_for(
+                timeout=15_000
+            )
+            await say("quiero hablar con un humano", "He pedido que te atienda una persona")
+            [row] = [r for r in (await portal.get("/api/v1/inbox")).json() if r["wants_person"]]
+            here = f"/api/v1/conversations/{row['id']}"
+            assert (await portal.post(f"{here}/takeover", headers=csrf)).status_code == 200
+            await widget.locator(".row.bot .bubble", has_text="Una persona atiende").wait_for(
+                timeout=15_000
+            )
+            said = {"text": "Hola, soy Sofía: ya está reembolsada."}
+            assert (await portal.post(f"{here}/reply", json=said, headers=csrf)).status_code == 202
+            await widget.locator(".row.human .bubble", has_text="soy Sofía").wait_for(
+                timeout=15_000
+            )
+            assert (await portal.post(f"{here}/handback", headers=csrf)).status_code == 200
+            await widget.locator(".row.bot .bubble", has_text="Vuelves a hablar").wait_for(
+                timeout=15_000
+            )
+        await say("dar de alta a ACME", "Empezada")
+        await widget.locator(".row.bot .bubble", has_text="completada").last.wait_for(
+            timeout=30_000
+        )
+
+        texts = [await bubble.inner_text() for bubble in await replies.all()]
+        catalog = load_catalog(None, BUILTIN_HANDLER_NAMES)
+        wrong = {text: found for text in texts if (found := foreign(text, "es", catalog))}
+        assert wrong == {}
+        assert len(texts) >= 18
+        await page.screenshot(
+            path=str(screenshots(tmp_path) / "widget-demo-es.png"), full_page=True
+        )
         await context.close()

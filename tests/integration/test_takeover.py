@@ -122,6 +122,26 @@ async def test_a_user_asks_for_a_person_and_supervisors_are_told_once(embedded: 
     assert alone.startswith("I've asked a person")
 
 
+async def test_a_supervisor_who_only_uses_the_portal_counts_as_told(embedded: Any) -> None:
+    """No one at all: the visitor is told no one can join. A supervisor with a portal login
+    and no channel: they see the call in the portal, so the visitor is told a person comes."""
+    from tests.integration.test_approvals import inbox
+    from tests.support.flow import ask
+
+    await ask(embedded, "I want to talk to a human", sender="early")
+    [alone] = await wait_for(lambda: inbox(embedded, "early"))
+    assert alone == "No one can join right now; I'm still here to help."
+
+    sup = await embedded.users.add("Portal Only", "supervisor")
+    await embedded.users.set_password(str(sup.id), "correct horse battery")
+    activity, _ = await ask(embedded, "I want to talk to a human", sender="later")
+    [said] = await wait_for(lambda: inbox(embedded, "later"))
+    assert said == "I've asked a person to join; they will answer here."
+    story = await embedded.activities.get(activity.id, with_events=True)
+    [called] = [e for e in story.events if e.kind == "people_called"]
+    assert called.data == {"told": 1, "users": [], "portal": [sup.id]}
+
+
 async def test_only_the_holder_acts_on_a_takeover_and_staff_conversations_are_not_taken(
     make_settings: Callable[..., Settings], sqlite_url: str
 ) -> None:

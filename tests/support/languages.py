@@ -29,9 +29,24 @@ def _pattern(template: str) -> re.Pattern[str] | None:
     )
 
 
+_TEMPLATE = re.compile(r"\{\{.*?\}\}")
+
+
+def _step_texts(language: str, catalog: Catalog) -> Iterator[str]:
+    """A workflow's step texts in ``language`` (its templates' ``{{ ... }}`` as placeholders)."""
+    for flow in catalog.workflows.values():
+        for step in flow.steps.values():
+            local = step.localized.get(language)
+            payload = step.payload if language == DEFAULT else local.payload if local else {}
+            for value in payload.values():
+                if isinstance(value, str):
+                    yield _TEMPLATE.sub("{value}", value)
+
+
 def _texts(language: str, catalog: Catalog) -> Iterator[str]:
     data = tomllib.loads((MESSAGES / f"{language}.toml").read_text(encoding="utf-8"))
     yield from data["texts"].values()
+    yield from _step_texts(language, catalog)
     for _, _, spec in catalog.actions():
         if language == DEFAULT:
             yield spec.description

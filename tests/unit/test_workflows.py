@@ -100,6 +100,15 @@ def test_a_diamond_loads_in_dependency_order_and_is_an_action_of_its_own() -> No
             "not another workflow",
         ),
         ("", "1 to 50 steps"),
+        (
+            step("a", extra='localized.es = { payload = { txt = "x" } }\n'),
+            "localized.es.payload: fields ['txt'] are not in a.echo's schema",
+        ),
+        (
+            step("a", extra='localized.es = { payload = { text = "{{ input.nope }}" } }\n'),
+            "the input has no field 'nope'",
+        ),
+        (step("a", extra='localized.es = { words = "x" }\n'), "words"),
     ],
 )
 def test_what_could_never_run_is_refused_when_the_catalog_loads(steps: str, needle: str) -> None:
@@ -147,3 +156,20 @@ def test_the_bundled_demo_is_a_diamond_chat_can_start() -> None:
     roots = {dep for branch in deps[join] for dep in deps[branch]}
     assert len(roots) == 1  # both branches come from one step: a diamond
     assert any(r.agent == "workflows" and r.action == "onboard_customer" for r in catalog.rules)
+
+
+def test_a_step_speaks_the_requesters_language_where_it_has_words_in_it() -> None:
+    catalog = load(
+        flow(
+            step(
+                "a",
+                text="Hi {{ input.name }}",
+                extra='localized.es = { payload = { text = "Hola {{ input.name }}" } }\n',
+            )
+        )
+    )
+    [a] = catalog.workflows["w"].steps.values()  # type: ignore[attr-defined]
+    scope = {"input": {"name": "Ana"}}
+    assert fill(a.payload_in("es"), scope) == {"text": "Hola Ana"}
+    assert fill(a.payload_in("en"), scope) == {"text": "Hi Ana"}
+    assert fill(a.payload_in(None), scope) == {"text": "Hi Ana"}
