@@ -21,6 +21,7 @@ from litestar.types import Scope
 from channels.registry import identity_kinds
 from dispatch.infra.logs import configure_logging
 from dispatch.infra.throttle import AddressSlots
+from dispatch.record.inbox import ChangeHub
 from gateway.auth import TokenStore
 from gateway.deadline import OutageWatch, RequestDeadline
 from gateway.dependencies import PROVIDERS
@@ -40,7 +41,7 @@ from gateway.routes.messages import MessagesController
 from gateway.routes.metrics import metrics
 from gateway.routes.operations import OperationsController
 from gateway.routes.portal import PortalController
-from gateway.routes.portal_live import portal_live
+from gateway.routes.portal_live import WATCH_EVERY_S, portal_live
 from gateway.routes.takeover import TakeoverController
 from gateway.routes.webhooks import webhook_get, webhook_post
 from gateway.routes.workflows import WorkflowsController
@@ -70,8 +71,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.portal = PortalSessions(runtime.secret)
             app.state.login_throttle = LoginThrottle()
             app.state.chat_slots = AddressSlots(settings.throttle.sockets_per_address)
+            app.state.change_hub = ChangeHub(runtime.sessions, every_s=WATCH_EVERY_S)
             outages.watch(runtime.engine)
-            yield
+            try:
+                yield
+            finally:
+                await app.state.change_hub.stop()
 
     app = Litestar(
         route_handlers=[

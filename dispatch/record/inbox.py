@@ -4,8 +4,12 @@ person behind one. Every query is bounded by the page it reads (``limit`` conver
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import enum
+import logging
+from collections.abc import AsyncIterator
 
 import msgspec
 from sqlalchemy import case, func, literal, select
@@ -29,6 +33,7 @@ from dispatch.record.models import (
 
 __all__ = [
     "UNREAD_COUNTED",
+    "ChangeHub",
     "ChangeWatch",
     "Changes",
     "Inbox",
@@ -444,3 +449,85 @@ class ChangeWatch:
             for kind, n in self._seen
             if n > (self.last_message_id if kind == "m" else self.last_event_id) - LOOK_BACK_IDS
         }
+
+
+log = logging.getLogger("switchboard.inbox")
+
+HUB_QUEUE = 64
+"""Frames a reader may fall behind by; past it, it is let go (it resumes from its marks)."""
+
+
+class ChangeHub:
+    """One watch of the record for every live reader of a process: however many portals are
+    open, the database is read once per ``every_s`` (and not at all when none is). A reader
+    subscribes, gets the marks to resume from, then each :class:`Changes` as it is found; one
+    that falls ``HUB_QUEUE`` frames behind is let go (``None``) and resumes from its marks."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, every_s: float) -> None:
+        self._sessions = sessions
+        self._every_s = every_s
+        self._readers: set[asyncio.Queue[Changes | None]] = set()
+        self._watch: ChangeWatch | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[tuple[Changes, asyncio.Queue[Changes | None]]]:
+        """(the marks from which this reader sees every change, its queue of changes)."""
+        queue: asyncio.Queue[Changes | None] = asyncio.Queue(HUB_QUEUE)
+        async with self._lock:
+            if self._watch is None:
+                self._watch = await ChangeWatch.now(self._sessions)
+            self._readers.add(queue)
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._run(), name="portal-change-hub")
+            marks = Changes(
+                conversations=[],
+                activities=[],
+                last_message_id=self._watch.last_message_id,
+                last_event_id=self._watch.last_event_id,
+            )
+        try:
+            yield marks, queue
+        finally:
+            self._readers.discard(queue)
+
+    async def _run(self) -> None:
+        """Watch while anyone reads; stop (and forget the marks) when no one does (decided
+        under the lock a subscriber takes: a newcomer either is seen or starts a new watch)."""
+        while True:
+            await asyncio.sleep(self._every_s)
+            async with self._lock:
+                if not self._readers or self._watch is None:
+                    self._watch = None
+                    self._task = None
+                    return
+                watch = self._watch
+            try:
+                changes = await watch.poll()
+            except Exception:  # the database away for a moment: the next look retries
+                log.warning("portal change watch failed; retrying", exc_info=True)
+                continue
+            if changes is not None:
+                self._publish(changes)
+
+    def _publish(self, changes: Changes) -> None:
+        for queue in list(self._readers):
+            try:
+                queue.put_nowait(changes)
+            except asyncio.QueueFull:  # too far behind: let it go, it resumes from its marks
+                self._readers.discard(queue)
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.get_nowait()
+                    queue.put_nowait(None)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

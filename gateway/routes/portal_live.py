@@ -20,7 +20,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from dispatch.record.inbox import ChangeWatch
+from dispatch.record.inbox import ChangeHub, Changes, ChangeWatch
 from gateway.params import MAX_ID
 from gateway.portal import COOKIE, PortalSessions
 from gateway.routes.events import HELLO_TIMEOUT_S, WS_BAD_FRAME, WS_UNAUTHORIZED
@@ -29,7 +29,11 @@ from gateway.routes.portal import portal_user
 __all__ = ["portal_live"]
 
 WATCH_EVERY_S = 0.25
-"""How often the server looks for what changed (the browser asks nothing)."""
+"""How often the server looks for what changed (the browser asks nothing): once per process
+for all its open portals (:class:`ChangeHub`)."""
+CATCH_UP_READS = 5
+WS_TRY_AGAIN = 1013
+"""Close code for a reader let go for falling behind ("try again later")."""
 
 Mark = Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
 
@@ -71,38 +75,63 @@ async def portal_live(socket: WebSocket[Any, Any, Any]) -> None:
     if not await _admitted(socket, hello):
         await _refuse(socket, WS_UNAUTHORIZED, "log in to the portal first")
         return
-    sessions = socket.app.state.runtime.sessions
-    watch = await ChangeWatch.now(sessions)
-    if hello.last_message_id is not None:
-        watch.last_message_id = hello.last_message_id
-    if hello.last_event_id is not None:
-        watch.last_event_id = hello.last_event_id
-    await socket.send_data(
-        msgspec.json.encode(
-            {
-                "type": "ready",
-                "last_message_id": watch.last_message_id,
-                "last_event_id": watch.last_event_id,
-            }
-        ).decode()
-    )
+    hub: ChangeHub = socket.app.state.change_hub
+    async with hub.subscribe() as (marks, queue):
+        caught_up = await _catch_up(socket, hello, marks)
+        await socket.send_data(
+            msgspec.json.encode(
+                {
+                    "type": "ready",
+                    "last_message_id": max(marks.last_message_id, caught_up.last_message_id),
+                    "last_event_id": max(marks.last_event_id, caught_up.last_event_id),
+                }
+            ).decode()
+        )
 
-    async def watching() -> None:
-        while True:
-            changes = await watch.poll()
-            if changes is not None:
+        async def relaying() -> None:
+            while (changes := await queue.get()) is not None:
                 await socket.send_data(msgspec.json.encode(changes).decode())
-            await asyncio.sleep(WATCH_EVERY_S)
+            await _refuse(socket, WS_TRY_AGAIN, "too far behind: reconnect with your marks")
 
-    async def until_closed() -> None:
-        with contextlib.suppress(WebSocketDisconnect):
-            while True:
-                await socket.receive_data(mode="text")
+        async def until_closed() -> None:
+            with contextlib.suppress(WebSocketDisconnect):
+                while True:
+                    await socket.receive_data(mode="text")
 
-    tasks = {asyncio.create_task(watching()), asyncio.create_task(until_closed())}
-    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    for task in pending:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        tasks = {asyncio.create_task(relaying()), asyncio.create_task(until_closed())}
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _catch_up(socket: WebSocket[Any, Any, Any], hello: LiveHello, marks: Changes) -> Changes:
+    """A reader back after a drop: what changed between its marks and the hub's, read once
+    for it (up to ``CATCH_UP_READS`` reads; the page reads its views again anyway)."""
+    if hello.last_message_id is None and hello.last_event_id is None:
+        return marks
+    watch = ChangeWatch(
+        socket.app.state.runtime.sessions,
+        messages=hello.last_message_id
+        if hello.last_message_id is not None
+        else marks.last_message_id,
+        events=hello.last_event_id if hello.last_event_id is not None else marks.last_event_id,
+    )
+    for _ in range(CATCH_UP_READS):
+        changes = await watch.poll()
+        if changes is None:
+            break
+        await socket.send_data(msgspec.json.encode(changes).decode())
+        if (
+            watch.last_message_id >= marks.last_message_id
+            and watch.last_event_id >= marks.last_event_id
+        ):
+            break
+    return Changes(
+        conversations=[],
+        activities=[],
+        last_message_id=watch.last_message_id,
+        last_event_id=watch.last_event_id,
+    )

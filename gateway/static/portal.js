@@ -107,12 +107,12 @@ function connect() {
   socket.onmessage = (event) => {
     const frame = JSON.parse(event.data);
     if (frame.type === "ready") {
-      state.marks = { last_message_id: frame.last_message_id, last_event_id: frame.last_event_id };
+      advance(frame);
       state.attempt = 0;
       // What changed between the page's first reads and the watch's start: read once more.
       changed({ conversations: state.conversation ? [state.conversation.id] : [], activities: [] });
     } else if (frame.type === "changed") {
-      state.marks = { last_message_id: frame.last_message_id, last_event_id: frame.last_event_id };
+      advance(frame);
       changed(frame);
     }
   };
@@ -122,6 +122,10 @@ function connect() {
     state.attempt += 1;
     setTimeout(connect, delay);
   };
+}
+function advance(frame) {  // marks only move forward (a catch-up frame may trail the live ones)
+  const mark = (key) => Math.max(state.marks[key] || 0, frame[key]);
+  state.marks = { last_message_id: mark("last_message_id"), last_event_id: mark("last_event_id") };
 }
 function changed(frame) {
   if (state.view === "conversations" && state.conversation && frame.conversations.includes(state.conversation.id)) refreshConversation();

@@ -11,7 +11,9 @@ from typing import Any, NamedTuple
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import event
 
+from dispatch.record.inbox import HUB_QUEUE, ChangeHub, Changes
 from gateway.app import create_app
 from gateway.auth import TokenStore
 from gateway.settings import Settings
@@ -20,6 +22,7 @@ from tests.integration.test_portal import PASSWORD
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for
 from tests.support.services import own_database
+from workers.runtime import Runtime
 
 
 class Desk(NamedTuple):
@@ -258,3 +261,80 @@ async def test_staff_conversations_are_not_listed_with_visitors(desk: Desk) -> N
     assert staff not in listed
     assert [r["id"] for r in await inbox(client, people="staff")] == [staff]
     assert {r["id"] for r in await inbox(client, people="everyone")} >= {staff, visitor}
+
+
+async def test_one_watch_serves_every_open_portal_and_a_returning_one_catches_up(
+    client: AsyncTestClient[Any],
+) -> None:
+    """However many portals are open, the record is read once per look (not once per socket);
+    with none open it is not read at all; a portal back after a drop first gets what changed
+    while it was away."""
+    csrf = await login(client)
+    engine = client.app.state.runtime.engine
+    hub = client.app.state.change_hub
+    looks: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM messages" in statement and "ORDER BY messages.id" in statement:
+            looks.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", counted)
+    try:
+        with contextlib.ExitStack() as stack:
+            sockets = [
+                stack.enter_context(await client.websocket_connect("/portal/live"))
+                for _ in range(3)
+            ]
+            for socket in sockets:
+                socket.send_json({"csrf": csrf})
+            readies = [await asyncio.to_thread(s.receive_json, timeout=5) for s in sockets]
+            assert [r["type"] for r in readies] == ["ready"] * 3
+            assert hub.readers == 3
+            looks.clear()
+            await asyncio.sleep(2.0)
+            # One watch, a look every 0.25 s: about 8 in 2 s (three watches would be 24).
+            assert 4 <= len(looks) <= 12, len(looks)
+            conversation = await write(client, "fay", "echo to all", 1)
+            for socket in sockets:
+                changed = await asyncio.to_thread(socket.receive_json, timeout=10)
+                assert conversation in changed["conversations"]
+            marks = changed
+        await wait_for(lambda: asyncio.sleep(0, hub.readers == 0))
+        await asyncio.sleep(0.6)  # the watch notices no one reads, and stops
+        looks.clear()
+        await asyncio.sleep(1.0)
+        assert looks == []  # no portal open: nothing read
+
+        # Back after a drop, with its marks: what changed meanwhile comes first.
+        away = await write(client, "gil", "echo while away", 1)
+        with await client.websocket_connect("/portal/live") as socket:
+            socket.send_json(
+                {
+                    "csrf": csrf,
+                    "last_message_id": marks["last_message_id"],
+                    "last_event_id": marks["last_event_id"],
+                }
+            )
+            first = await asyncio.to_thread(socket.receive_json, timeout=5)
+            assert first["type"] == "changed"
+            assert away in first["conversations"]
+            ready = await asyncio.to_thread(socket.receive_json, timeout=5)
+            assert ready["type"] == "ready"
+            assert ready["last_message_id"] >= first["last_message_id"]
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", counted)
+
+
+async def test_a_reader_that_falls_too_far_behind_is_let_go(embedded: Runtime) -> None:
+    hub = ChangeHub(embedded.sessions, every_s=3600)  # no look of its own: changes fed below
+    news = Changes(conversations=[1], activities=[], last_message_id=1, last_event_id=0)
+    async with hub.subscribe() as (_, slow), hub.subscribe() as (_, quick):
+        for _ in range(HUB_QUEUE + 1):
+            hub._publish(news)
+            if not quick.empty():
+                await quick.get()
+        assert hub.readers == 1  # the slow one is gone; the quick one reads on
+        got = [slow.get_nowait() for _ in range(slow.qsize())]
+        assert got[-1] is None  # told to go (it reconnects with its marks)
+        assert len(got) == HUB_QUEUE
+    await hub.stop()
