@@ -51,6 +51,13 @@ function toast(text) {
 async function act(promise) {
   try { return await promise; } catch (error) { toast(error.message); return null; }
 }
+/* A list that could not be read says so, with a way to try again, instead of "Loading…" for
+   ever; one already drawn stays as it is (the toast says what failed). */
+function unreadable(node, what, again) {
+  if (!node || node.querySelector(".conv, table, .stat")) return;
+  node.replaceChildren(el("div", { class: "empty", role: "alert" }, el("p", { text: `Could not load ${what}.` }),
+    el("button", { class: "btn", type: "button", text: "Try again", onclick: again })));
+}
 
 /* ---------- words ---------- */
 const initials = (name) => (name || "?").split(/\s+/).filter(Boolean).slice(0, 2).map((w) => w[0].toUpperCase()).join("") || "?";
@@ -180,7 +187,7 @@ async function loadInbox() {
   const params = new URLSearchParams({ view: state.filter.view, people: state.filter.people, limit: "100" });
   if (state.filter.channel) params.set("channel", state.filter.channel);
   const rows = await act(api(`/api/v1/inbox?${params}`));
-  if (!rows) return;
+  if (!rows) { unreadable($("inbox"), "the conversations", () => loadInbox()); return; }
   notifyNew(rows);
   state.inbox = rows;
   const select = $("f-channel");
@@ -491,13 +498,15 @@ const showActivity = () => showListWithDetail("Activity", () => loadActivities()
 const showApprovals = () => showListWithDetail("Waiting for approval", () => loadApprovals());
 async function loadActivities(changedIds = null) {
   const page = await act(api("/api/v1/activities?limit=50"));
-  if (!page || !$("list")) return;
+  if (!page) { unreadable($("list"), "the activity", () => loadActivities()); return; }
+  if (!$("list")) return;
   keepingFocus($("list"), "activity", () => $("list").replaceChildren(activityTable(page.items)));
   if (state.id !== null && (!changedIds || changedIds.includes(state.id))) renderDetail(state.id, $("detail"));
 }
 async function loadApprovals() {
   const page = await act(api("/api/v1/activities?status=awaiting_approval&limit=100"));
-  if (!page || !$("list")) return;
+  if (!page) { unreadable($("list"), "the approvals", () => loadApprovals()); return; }
+  if (!$("list")) return;
   keepingFocus($("list"), "activity", () => $("list").replaceChildren(activityTable(page.items, { decide: true })));
   if (state.id !== null) renderDetail(state.id, $("detail"));
 }
@@ -517,7 +526,8 @@ function showWorkers() {
 async function loadWorkers() {
   const [summary, queue, workers] = await Promise.all([
     act(api("/api/v1/metrics/summary?window_s=3600")), act(api("/api/v1/queue")), act(api("/api/v1/workers"))]);
-  if (!summary || !queue || !workers || !$("stats")) return;
+  if (!summary || !queue || !workers) { unreadable($("stats"), "the figures", () => loadWorkers()); return; }
+  if (!$("stats")) return;
   const total = Object.values(summary.by_status).reduce((a, b) => a + b, 0);
   const waiting = Object.values(queue.queue.waiting).reduce((a, b) => a + b, 0);
   const stats = [["requests in the last hour", total], ["success rate", summary.success_rate == null ? "—" : `${Math.round(summary.success_rate * 100)} %`],

@@ -1,7 +1,8 @@
 """The portal on a tablet, worked with the keyboard alone, in a real browser on the embedded
 default: nothing overflows a 768 px screen; the navigation keeps its names as icons; a
 supervisor logs in, opens the conversation asking for a person, takes it over, replies, reads
-who the person is and opens an activity, never touching a mouse, the focus always visible."""
+who the person is and opens an activity, never touching a mouse, the focus always visible. A
+list that cannot be read says so and offers to try again."""
 
 from __future__ import annotations
 
@@ -84,6 +85,14 @@ async def test_a_supervisor_works_the_portal_on_a_tablet_with_the_keyboard_alone
 
         context = await chromium.new_context(viewport=TABLET, has_touch=True)
         page = await context.new_page()
+        # The first read of the inbox fails: the list says so and offers to try again.
+        unavailable = '{"error": "unavailable", "detail": "the database is unavailable"}'
+        await page.route(
+            "**/api/v1/inbox?*",
+            lambda route: route.fulfill(
+                status=503, body=unavailable, content_type="application/json"
+            ),
+        )
         await page.goto(f"{gateway}/portal")
         # The login form has the focus: type, Tab, type, Enter.
         await page.locator("#name").wait_for()
@@ -92,7 +101,12 @@ async def test_a_supervisor_works_the_portal_on_a_tablet_with_the_keyboard_alone
         await page.keyboard.press("Tab")
         await page.keyboard.type(PASSWORD)
         await page.keyboard.press("Enter")
-        await page.locator("#inbox .conv[data-badge], #inbox .conv").first.wait_for(timeout=10_000)
+        failed = page.locator("#inbox [role=alert]", has_text="Could not load the conversations")
+        await failed.wait_for(timeout=10_000)
+        await page.unroute("**/api/v1/inbox?*")
+        await tab_to(page, "#inbox [role=alert] button", text="Try again")
+        await page.keyboard.press("Enter")
+        await page.locator("#inbox .conv").first.wait_for(timeout=10_000)
         await page.locator("#inbox [data-badge=person]").wait_for(timeout=10_000)
 
         # Nothing wider than the screen; the navigation's icons keep their names.
