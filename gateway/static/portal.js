@@ -443,12 +443,21 @@ function activityTable(items, { decide = false } = {}) {
       return row;
     })));
 }
-function fields(object) {
+function fields(object, depth = 0) {
+  // Labelled fields, nested ones within (a money amount reads "120 EUR"); the raw JSON is
+  // behind its own toggle.
   const entries = Object.entries(object || {});
   if (!entries.length) return el("p", { class: "muted", text: "—" });
+  const shown = (value) => {
+    if (value === null || value === undefined) return el("span", { class: "muted", text: "—" });
+    if (Array.isArray(value)) return value.every((v) => typeof v !== "object" || v === null) ? document.createTextNode(value.join(", ")) : document.createTextNode(JSON.stringify(value));
+    if (typeof value !== "object") return document.createTextNode(String(value));
+    const keys = Object.keys(value);
+    if (keys.length === 2 && "value" in value && "currency" in value) return document.createTextNode(`${value.value} ${value.currency}`);
+    return depth < 2 ? fields(value, depth + 1) : document.createTextNode(JSON.stringify(value));
+  };
   return el("dl", { class: "fields" }, ...entries.flatMap(([key, value]) => [
-    el("dt", { text: key.replace(/_/g, " ") }),
-    el("dd", { text: typeof value === "object" && value !== null ? JSON.stringify(value) : String(value) })]));
+    el("dt", { text: key.replace(/_/g, " ") }), el("dd", {}, shown(value))]));
 }
 async function renderDetail(id, into) {
   const a = await act(api(`/api/v1/activities/${id}`));

@@ -151,6 +151,9 @@ async def test_a_supervisor_works_the_inbox_live(
         assert place["x"] + place["width"] <= VIEWPORT["width"]
         assert "/portal/activity/" in portal.url
         assert "Create an invoice for a client" in await title.inner_text()
+        # Payload as labelled fields: an amount reads as one, not as JSON.
+        amount = portal.locator("#detail dt:text-is('amount') + dd").first
+        assert await amount.inner_text() == "120 EUR"
         await portal.screenshot(path=str(shots / "portal-activity.png"))
         await portal.reload()  # its address opens it again
         await portal.locator("#detail-title").wait_for(timeout=10_000)
