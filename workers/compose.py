@@ -27,6 +27,7 @@ from dispatch.infra.queue import ArqQueue, JobQueue
 from dispatch.infra.throttle import RedisThrottle, Throttle
 from dispatch.policy.catalog import Catalog, load_catalog
 from dispatch.record.activities import ActivityLog
+from dispatch.record.artifacts import ArtifactLinks
 from dispatch.record.db import create_engine, create_sessionmaker
 from dispatch.record.delivery import Deliveries
 from dispatch.record.feed import EventFeed
@@ -45,6 +46,7 @@ from dispatch.work.runs import WorkflowRuns
 from dispatch.work.service import DispatchService
 from dispatch.work.steering import Steering
 from dispatch.work.takeover import Takeovers
+from dispatch.work.tasks import TaskService
 from workers.handlers import BUILTIN_HANDLERS
 from workers.inprocess import InProcessQueue
 from workers.registry import HandlerRegistry
@@ -196,6 +198,14 @@ def _runtime(base: _Base) -> Runtime:
         workflows=workflows,
         takeovers=Takeovers(
             sessions=sessions, activities=activities, queue=queue, routing=channels
+        ),
+        tasks=TaskService(
+            sessions=sessions,
+            catalog=catalog,
+            queue=queue,
+            approvals=approvals,
+            routing=channels,
+            link=ArtifactLinks(base.secret, settings.base_url).url,
         ),
         users=UserDirectory(sessions, identity_kinds()),
         queue=queue,

@@ -276,6 +276,9 @@ async def _execute(
     Returns the activity as it ended with its replies to send, or None if this attempt's
     result did not count."""
     started = time.perf_counter()
+    served = runtime.catalog.action(activity.agent_name, activity.action_type)
+    if served is not None and served.by_agent:
+        return await _to_agents(runtime, activity, attempt, served, role=role, started=started)
     try:
         action, handler = runtime.handlers.resolve(
             runtime.catalog, activity.agent_name, activity.action_type
@@ -299,6 +302,41 @@ async def _execute(
     if activity.cancel_requested_at is not None:
         return await _cancelled(runtime, activity, attempt, started=started)  # before it ran
     return await _run_handler(runtime, activity, attempt, claimed_at, action, handler, role_now)
+
+
+async def _to_agents(
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    action: ActionSpec,
+    *,
+    role: tuple[str | None, bool] | None,
+    started: float,
+) -> _Ended | None:
+    """An action external agents serve: its requester's permission checked again, it goes to
+    the queue they claim from (``waiting_for_agent``) and the requester is told; the tasks
+    service carries it on from there."""
+    role_now, active = role or await _role_of(runtime, activity)
+    if not may_request(role_now, active, action):
+        return await _fail(
+            runtime,
+            activity,
+            attempt,
+            reason="forbidden",
+            message="not allowed any more",
+            started=started,
+        )
+    if activity.cancel_requested_at is not None:
+        return await _cancelled(runtime, activity, attempt, started=started)
+    return await _finish(
+        runtime,
+        activity,
+        attempt,
+        S.WAITING_FOR_AGENT,
+        details=activity.details,
+        metrics=activity.metrics,
+        data={"lease_s": action.lease_s, "max_attempts": action.max_attempts},
+    )
 
 
 async def _run_handler(  # noqa: PLR0917 - one run's parts

@@ -10,7 +10,9 @@ still queued or running is not queued again; and what is younger (by ``recover_a
 the job that has waited longest in the queue is left alone, as its own job (a batch's, whose id
 recovery cannot know) may be waiting behind it: a backlog is not a loss. It also resolves
 replies whose sender died while handing them over (marked failed, outcome unknown; the
-recipient is told), and folds what the database counted for ``/metrics`` into its tallies.
+recipient is told), puts back in the queue the tasks whose external agent's claim lapsed (or
+fails them after their ``max_attempts``), and folds what the database counted for
+``/metrics`` into its tallies.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
     for message_id in messages:
         await runtime.queue.enqueue_dispatch(message_id)
     expired = await runtime.approvals.expire_due()
+    lapsed = await runtime.tasks.lapse()  # agents' claims that ran out; reviews nobody made
     uncertain = await runtime.deliveries.resolve_stale_sending()
     heads = await runtime.turns.heads(older_than=cutoff)
     unanswered = await runtime.turns.unanswered(older_than=cutoff)
@@ -63,6 +66,7 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
         "replies": len(unanswered),
         "uncertain": len(uncertain),
         "expired": len(expired),
+        "tasks": len(lapsed),
     }
     if any(counts.values()):
         log.info("re-driven from the database", extra=counts)

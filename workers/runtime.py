@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from dispatch.work.service import DispatchService
     from dispatch.work.steering import Steering
     from dispatch.work.takeover import Takeovers
+    from dispatch.work.tasks import TaskService
     from workers.registry import HandlerRegistry
     from workers.replies import ReplySender
 
@@ -110,6 +111,9 @@ class WorkerSettings(Group):
     )
 
 
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
 @dataclasses.dataclass(frozen=True)
 class RuntimeSettings:
     """The settings a gateway or worker reads once at start-up; build with :meth:`from_env`."""
@@ -148,6 +152,12 @@ class RuntimeSettings:
         channels = {kind: read_group(kind, environment) for kind in settings_types()}
         return cls(**groups, channels=channels, env=environment)
 
+    @property
+    def base_url(self) -> str:
+        """Where people reach the gateway, for links in replies: ``SWITCHBOARD_PUBLIC_URL``,
+        else the gateway's default address (the gateway's own settings know its bind)."""
+        return (self.core.public_url or DEFAULT_BASE_URL).rstrip("/")
+
     def channel(self, kind: type[S]) -> S:
         """The settings group ``kind`` of a channel (its defaults when not read)."""
         found = self.channels.get(kind)
@@ -181,6 +191,7 @@ class Runtime:
     executor: Executor
     workflows: WorkflowRuns
     takeovers: Takeovers
+    tasks: TaskService
     stats: Stats
     inbox: Inbox
     feed: EventFeed

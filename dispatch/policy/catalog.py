@@ -21,6 +21,7 @@ from dispatch.language.slots import SlotError, coerce
 from dispatch.language.text import normalize, strip_accents
 from dispatch.policy.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
 from dispatch.policy.specs import (
+    ARTIFACT_TYPES,
     ActionSpec,
     AgentSpec,
     ApprovalSpec,
@@ -228,13 +229,23 @@ def _validate_actions(
             partial_types[(agent_name, action_name)] = _payload_struct(
                 agent_name, action_name, action.payload, partial=True
             )
+            follow = action.on_approve
+            if follow is not None and follow.action not in (
+                file.agents.get(follow.agent, AgentSpec(actions={})).actions
+            ):
+                raise CatalogError(
+                    at + ".on_approve",
+                    f"no action {follow.agent}.{follow.action} in the catalog",
+                )
     return payload_types, partial_types
 
 
 def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], at: str) -> None:
     if not _NAME.fullmatch(name):
         raise CatalogError(at, "action names are lowercase letters, digits and _")
-    if action.handler not in handlers:
+    if action.by_agent:
+        _validate_agent_served(action, at)
+    elif action.handler not in handlers:
         raise CatalogError(
             at + ".handler",
             f"unknown handler {action.handler!r}; known: {', '.join(sorted(handlers))}",
@@ -254,6 +265,31 @@ def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], a
     for field_name in action.payload:
         if not _NAME.fullmatch(field_name):
             raise CatalogError(at + f".payload.{field_name}", "bad field name")
+
+
+def _validate_agent_served(action: ActionSpec, at: str) -> None:
+    """An action external agents serve: no handler, sane leases, known artifact types and
+    reviewer roles."""
+    if action.handler:
+        raise CatalogError(at + ".handler", 'an action with executor = "agent" has no handler')
+    if not 10 <= action.lease_s <= 86_400:
+        raise CatalogError(at + ".lease_s", "must be between 10 and 86400 seconds")
+    if not 1 <= action.max_attempts <= 100:
+        raise CatalogError(at + ".max_attempts", "must be between 1 and 100")
+    unknown = sorted(set(action.artifacts) - set(ARTIFACT_TYPES))
+    if unknown or not action.artifacts:
+        raise CatalogError(
+            at + ".artifacts", f"one or more of {list(ARTIFACT_TYPES)}; unknown: {unknown}"
+        )
+    review = action.reviewed
+    if review is not None:
+        roles = {r.value for r in Role}
+        if not review.reviewers or set(review.reviewers) - roles:
+            raise CatalogError(at + ".review.reviewers", f"roles among {sorted(roles)}")
+        if review.quorum < 1:
+            raise CatalogError(at + ".review.quorum", "must be at least 1")
+        if review.ttl_s <= 0:
+            raise CatalogError(at + ".review.ttl_s", "must be positive")
 
 
 def _validate_approval(approval: ApprovalSpec, roles: set[str], at: str) -> None:

@@ -15,6 +15,7 @@ from dispatch.language.i18n import in_language
 from dispatch.record.models import Priority
 
 __all__ = [
+    "ARTIFACT_TYPES",
     "ActionSpec",
     "AgentSpec",
     "ApprovalSpec",
@@ -22,8 +23,10 @@ __all__ = [
     "FallbackSpec",
     "FieldSpec",
     "FieldType",
+    "FollowUpSpec",
     "HttpCallSpec",
     "LocalizedSpec",
+    "ReviewSpec",
     "RuleSpec",
     "StepLocalizedSpec",
     "StepSpec",
@@ -74,6 +77,30 @@ class ApprovalSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Approved → run at once; otherwise it waits for "RUN <code>" or the API's run."""
 
 
+ARTIFACT_TYPES = ("code", "text", "diff", "screenshot")
+"""What an external agent may hand in."""
+
+
+class ReviewSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A person reviews what an external agent handed in before the requester gets it."""
+
+    reviewers: tuple[str, ...] = ("supervisor", "admin")
+    """Roles that may decide."""
+    quorum: int = 1
+    """Approvals needed; one rejection is final."""
+    ttl_s: float = 7 * 24 * 3600.0
+    """After this without a decision, the task expires and the requester is told."""
+
+
+class FollowUpSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action of the catalog an approved task starts (with the task's payload)."""
+
+    agent: str
+    action: str
+    auto_run: bool = True
+    """Start it at once; otherwise it waits as ``pending`` until someone runs it."""
+
+
 class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An action's words in another language (``[agents.x.actions.y.localized.es]``)."""
 
@@ -88,7 +115,20 @@ class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str
-    handler: str
+    handler: str = ""
+    """What runs it on a worker (with ``executor = "handler"``, the default)."""
+    executor: Literal["handler", "agent"] = "handler"
+    """``agent``: an external agent claims it (over MCP or the tasks API) and hands work in."""
+    lease_s: float = 600.0
+    """An agent's claim lasts this long after its last call on the task."""
+    max_attempts: int = 3
+    """Claims that may lapse before the task fails (and the requester is told)."""
+    artifacts: tuple[str, ...] = ARTIFACT_TYPES
+    """What an agent may hand in for it."""
+    review: ReviewSpec | bool = True
+    """A person reviews the agent's work before the requester gets it (``false``: no one)."""
+    on_approve: FollowUpSpec | None = None
+    """An action an approved task starts."""
     public: bool = False
     roles: tuple[str, ...] = ()
     timeout_s: float = 30.0
@@ -130,6 +170,17 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             examples,
             local.button or (local.examples[0] if local.examples else self.button),
         )
+
+    @property
+    def by_agent(self) -> bool:
+        return self.executor == "agent"
+
+    @property
+    def reviewed(self) -> ReviewSpec | None:
+        """Its review policy (None: none)."""
+        if self.review is True:
+            return ReviewSpec()
+        return self.review or None
 
     http: HttpCallSpec | None = None
     templates: dict[str, dict[str, Any]] = {}

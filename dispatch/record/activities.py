@@ -409,7 +409,8 @@ class ActivityLog:
                 status=ending.to.value,
                 details=details,
                 metrics=ending.metrics,
-                completed_at=utcnow(),
+                # (an activity handed to external agents goes on: it has not ended)
+                completed_at=utcnow() if ending.to.is_terminal else None,
                 lease_expires_at=None,
             )
         )

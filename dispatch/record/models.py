@@ -29,6 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AGENT_QUESTION",
     "STAFF",
     "UNDISPATCHED",
     "Activity",
@@ -36,6 +37,7 @@ __all__ = [
     "ActivityStatus",
     "ApiToken",
     "Approval",
+    "Artifact",
     "Base",
     "Conversation",
     "ConversationRead",
@@ -46,6 +48,7 @@ __all__ = [
     "Message",
     "MessageState",
     "Priority",
+    "ReviewVote",
     "Role",
     "User",
     "UserIdentity",
@@ -96,6 +99,11 @@ class ActivityStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     REJECTED = "rejected"
     EXPIRED = "expired"  # its approval was not given in time
+    # Served by an external agent (an action with ``executor = "agent"``):
+    WAITING_FOR_AGENT = "waiting_for_agent"  # in the queue agents claim from
+    CLAIMED = "claimed"  # an agent holds it (until its lease lapses)
+    IN_REVIEW = "in_review"  # the agent handed its work in; a person reviews it
+    CHANGES_REQUESTED = "changes_requested"  # a reviewer sent it back to the agent
 
     @property
     def is_terminal(self) -> bool:
@@ -160,6 +168,7 @@ class MessageState(enum.StrEnum):
     DISPATCHED = "dispatched"  # its activity exists
     IGNORED = "ignored"  # nothing to do (e.g. an update kind we do not handle)
     HUMAN = "human"  # its conversation was taken over: a person reads and answers it
+    AGENT = "agent"  # the answer to an external agent's question: attached to its task
     FAILED = "failed"  # its dispatch failed too often; the sender was told
 
 
@@ -345,6 +354,10 @@ class Activity(Base):
     # A workflow step's run and step id (no foreign key: runs reference their activity).
     workflow_run_id: Mapped[int | None] = mapped_column(BigInteger)
     workflow_step: Mapped[str | None] = mapped_column(String(64))
+    # Served by an external agent: the token of the agent that holds its claim (its lease is
+    # ``lease_expires_at``, its fence ``attempts``), and its review's round (one per hand-in).
+    agent_token_id: Mapped[int | None] = mapped_column(BigInteger)
+    review_round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WorkflowRun(Base):
@@ -383,6 +396,9 @@ class ActivityEvent(Base):
 
 TAKEOVER = "takeover"
 """The conversation state (and the system action) of a takeover: a person answers."""
+AGENT_QUESTION = "agent_question"
+"""The conversation state while an external agent's question waits for the requester's answer
+(its ``question_activity_id``: the task the answer is attached to)."""
 
 
 class ConversationState(Base):
@@ -435,6 +451,52 @@ class ApiToken(Base):
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column()
+    serves: Mapped[list[str] | None] = mapped_column(Json)
+    """An agent's token: the actions (``agent.action``) whose tasks it may see and claim."""
+
+
+class Artifact(Base):
+    """What an external agent handed in for a task: code, text, a diff or a screenshot."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (
+        # A submit retried with its idempotency key stores one artifact.
+        UniqueConstraint("activity_id", "idempotency_key", name="uq_artifact_idempotency"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
+    )
+    agent_token_id: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    content: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """What it holds, as a reader wants it at a glance (a diff's files and lines)."""
+    review_round: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ReviewVote(Base):
+    """One reviewer's decision on one round of a task's review."""
+
+    __tablename__ = "review_votes"
+    __table_args__ = (
+        UniqueConstraint("activity_id", "round", "user_id", name="uq_review_vote_round_user"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
+    )
+    round: Mapped[int] = mapped_column(Integer)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    decision: Mapped[str] = mapped_column(String(24))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class DeploymentSecret(Base):

@@ -93,6 +93,8 @@ def reply_text(
         return failure_text(activity_id, details.get("error"), language)
     if status == ActivityStatus.CANCELLED:
         return cancelled_notice(activity_id, language)
+    if status == ActivityStatus.WAITING_FOR_AGENT:
+        return say("task.waiting", language, id=activity_id)
     return None
 
 

@@ -236,6 +236,29 @@ class ApprovalService:
             )
             return len(told)
 
+    async def tell_roles(
+        self,
+        session: AsyncSession,
+        activity_id: int,
+        *,
+        roles: tuple[str, ...],
+        text: Callable[[str | None], str],
+        not_user: int | None = None,
+    ) -> list[int]:
+        """Tell every active user of ``roles`` (but ``not_user``) ``text`` in their language,
+        on the channel that reaches them, as replies of ``activity_id`` in ``session``'s
+        transaction; the ids of those reached."""
+        people = await session.scalars(
+            select(User).where(User.active.is_(True), User.role.in_(roles)).order_by(User.id)
+        )
+        targets = [
+            t
+            for t in [await self._reach(session, u) for u in people if u.id != not_user]
+            if t is not None
+        ]
+        await self._send(session, activity_id, targets, text)
+        return [t.user.id for t in targets]
+
     async def _send(
         self,
         session: AsyncSession,

@@ -35,6 +35,7 @@ from dispatch.record.inbound import Accepted
 from dispatch.record.intake import Arrival, Intake
 from dispatch.record.messages import InboundMessage, StatusReport
 from dispatch.record.models import (
+    AGENT_QUESTION,
     UNDISPATCHED,
     Activity,
     ActivityStatus,
@@ -142,6 +143,14 @@ class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
 
 def _taken_over(state: ConversationState | None) -> bool:
     return state is not None and state.kind == TAKEOVER and state.expires_at > utcnow()
+
+
+def _held_for(state: ConversationState | None) -> MessageState | None:
+    """Whom the conversation's next message is for, if not the bot: a person who took it over
+    (``human``), or an external agent waiting for the answer to its question (``agent``)."""
+    if state is None or state.expires_at <= utcnow():
+        return None
+    return {TAKEOVER: MessageState.HUMAN, AGENT_QUESTION: MessageState.AGENT}.get(state.kind)
 
 
 class ClaimLost(Exception):
@@ -441,7 +450,7 @@ class DispatchService:
             if not isinstance(taken, tuple):
                 return taken
             message, user, state, attempt = taken
-            if _taken_over(state) and (
+            if _held_for(state) is not None and (
                 held := await self._held(session, message, attempt, look_ahead=look_ahead)
             ):
                 return held
@@ -532,19 +541,19 @@ class DispatchService:
     async def _held(
         self, session: AsyncSession, message: Message, attempt: int, *, look_ahead: bool
     ) -> Dispatched | None:
-        """If a person has the conversation now (its state read under its lock, so a takeover
-        or hand-back committing at this moment is waited for): the message kept for them
-        (``human``), an event on the takeover; the bot does nothing with it. None: the bot
-        goes on."""
+        """If a person has the conversation now, or an external agent waits for the answer to
+        its question (the state read under its lock, so a takeover or hand-back committing at
+        this moment is waited for): the message kept for them (``human``) with an event on
+        the takeover, or attached to the agent's task (``agent``; the question is then
+        answered); the bot does nothing with it. None: the bot goes on."""
         state = await session.get(
             ConversationState, message.conversation_id, with_for_update=True, populate_existing=True
         )
-        if state is None or not _taken_over(state):
+        kept = _held_for(state)
+        if state is None or kept is None:
             return None
         held = await session.execute(
-            MESSAGES.update_held(
-                message.id, attempt, state=MessageState.HUMAN.value, claimed_until=None
-            )
+            MESSAGES.update_held(message.id, attempt, state=kept.value, claimed_until=None)
         )
         if held.rowcount != 1:  # type: ignore[attr-defined]
             return Dispatched(outcome="busy", conversation_id=message.conversation_id)
@@ -552,10 +561,12 @@ class DispatchService:
             self._activities.add_event(
                 session,
                 state.question_activity_id,
-                "user_message",
+                "user_message" if kept == MessageState.HUMAN else "requester_answered",
                 actor=f"user:{message.user_id}" if message.user_id else "system",
                 data={"message_id": message.id, "text": message.text[:2000]},
             )
+        if kept == MessageState.AGENT:
+            await session.delete(state)  # answered: the next message is the bot's again
         following = None
         if look_ahead:
             following = await Turns.next_undispatched_in(
@@ -601,7 +612,7 @@ class DispatchService:
         lease_s: float | None,
         look_ahead: bool,
     ) -> Dispatched:
-        if _taken_over(state):
+        if _held_for(state) is not None:
             async with self._sessions.begin() as session:
                 held = await self._held(session, message, attempt, look_ahead=look_ahead)
             if held is not None:

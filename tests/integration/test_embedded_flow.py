@@ -361,7 +361,7 @@ async def test_a_spanish_speaker_is_answered_in_spanish_and_an_english_one_in_en
 
     ended = await wait_for(told)
     assert ended.startswith(f"Ejecución #{started.id} de onboard_customer: completada.")
-    assert "• welcome: completada — Welcome aboard, ACME!" in ended
+    assert "• welcome: completada — ¡Bienvenido, ACME!" in ended  # the step in her language too
     _, help_en = await ask(embedded, "help", sender="bob")
     assert help_en.startswith("You can ask:")
     assert '• Repeat a text back (e.g. "echo hello")' in help_en

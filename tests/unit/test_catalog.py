@@ -48,6 +48,7 @@ def test_default_catalog_loads() -> None:
         "control:cancel-ask",
         "control:human",
         "control:cancel",
+        "fix-bug",
         "invoice-create",
         "refund",
         "ticket-open",
