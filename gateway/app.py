@@ -43,6 +43,7 @@ from gateway.routes.operations import OperationsController
 from gateway.routes.portal import PortalController
 from gateway.routes.portal_live import WATCH_EVERY_S, portal_live
 from gateway.routes.takeover import TakeoverController
+from gateway.routes.tasks import TasksController, released_artifact
 from gateway.routes.webhooks import webhook_get, webhook_post
 from gateway.routes.workflows import WorkflowsController
 from gateway.settings import Settings, get_settings
@@ -98,6 +99,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             PortalController,
             TakeoverController,
             InboxController,
+            TasksController,
+            released_artifact,
             portal_live,
             OperationsController,
             ApprovalsController,

@@ -5,7 +5,9 @@ A token is shown once when created and stored only as its SHA-256. Each has a ro
 - ``actions``: runs catalog actions and workflows as a guest would (through the same gate) and
   reads what was asked (for tools such as ChatGPT Actions);
 - ``operator``: also sends messages, approves, rejects and runs requests;
-- ``admin``: also manages users, tokens and reads the settings.
+- ``admin``: also manages users, tokens and reads the settings;
+- ``agent``: an external agent's, below all of these: it sees, claims and works only the tasks
+  of the actions it serves (``serves``).
 
 ``SWITCHBOARD_ADMIN_TOKEN``, if set, is an admin token from the environment (to bootstrap the
 first real ones); it is compared in constant time and never stored or logged.
@@ -28,15 +30,28 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.errors import ForbiddenError, InvalidInput, NotFoundError, UnauthorizedError
 from dispatch.record.models import ApiToken, Role, User, utcnow
+from dispatch.work.tasks import AgentCaller
 from gateway.portal import COOKIE, CSRF_HEADER, PortalSessions
 
-__all__ = ["ApiRole", "Caller", "TokenStore", "TokenView", "person_of", "portal_caller", "require"]
+__all__ = [
+    "ApiRole",
+    "Caller",
+    "TokenStore",
+    "TokenView",
+    "agent_of",
+    "person_of",
+    "portal_caller",
+    "require",
+]
 
 NAME_CHARS = 200
 TOKEN_PREFIX = "sb_"  # noqa: S105 - a prefix that makes leaked tokens greppable, not a secret
 
 
 class ApiRole(enum.StrEnum):
+    AGENT = "agent"
+    """An external agent: it sees and acts on the tasks of the actions it serves, nothing else
+    (below every other role, so no other route admits it)."""
     ACTIONS = "actions"
     OPERATOR = "operator"
     ADMIN = "admin"
@@ -52,6 +67,9 @@ class Caller(msgspec.Struct, frozen=True, kw_only=True):
     token_id: int | None
     role: ApiRole
     user_id: int | None
+    name: str = ""
+    serves: tuple[str, ...] = ()
+    """An agent's token: the actions (``agent.action``) it serves."""
 
     @property
     def actor(self) -> str:
@@ -69,6 +87,7 @@ class TokenView(msgspec.Struct, frozen=True, kw_only=True):
     user_id: int | None
     created_at: str
     revoked: bool
+    serves: list[str] = []
 
 
 def _hash(token: str) -> str:
@@ -80,8 +99,16 @@ class TokenStore:
         self._sessions = sessions
         self._admin_hash = _hash(admin_token) if admin_token else None
 
-    async def create(self, *, name: str, role: str, user_id: int | None = None) -> tuple[str, int]:
-        """A new token (shown to the caller once) and its id."""
+    async def create(
+        self,
+        *,
+        name: str,
+        role: str,
+        user_id: int | None = None,
+        serves: tuple[str, ...] = (),
+    ) -> tuple[str, int]:
+        """A new token (shown to the caller once) and its id; an agent's names the actions it
+        serves."""
         try:
             api_role = ApiRole(role)
         except ValueError:
@@ -96,8 +123,16 @@ class TokenStore:
         async with self._sessions.begin() as session:
             if user_id is not None and await session.get(User, user_id) is None:
                 raise NotFoundError(f"no user {user_id}")
+            if api_role == ApiRole.AGENT and (user_id is not None or not serves):
+                raise InvalidInput("an agent's token acts for no user and serves some action")
+            if api_role != ApiRole.AGENT and serves:
+                raise InvalidInput("only an agent's token serves actions")
             row = ApiToken(
-                name=name.strip(), role=api_role.value, token_hash=_hash(token), user_id=user_id
+                name=name.strip(),
+                role=api_role.value,
+                token_hash=_hash(token),
+                user_id=user_id,
+                serves=list(serves) or None,
             )
             session.add(row)
             await session.flush()
@@ -114,6 +149,7 @@ class TokenStore:
                     user_id=r.user_id,
                     created_at=r.created_at.isoformat(),
                     revoked=r.revoked_at is not None,
+                    serves=list(r.serves or []),
                 )
                 for r in rows
             ]
@@ -148,7 +184,13 @@ class TokenStore:
                 user = await session.get(User, row.user_id)
                 if user is None or not user.active:
                     return None  # a token acting for a deactivated user is dead with them
-            return Caller(token_id=row.id, role=ApiRole(row.role), user_id=row.user_id)
+            return Caller(
+                token_id=row.id,
+                role=ApiRole(row.role),
+                user_id=row.user_id,
+                name=row.name,
+                serves=tuple(row.serves or ()),
+            )
 
 
 def portal_caller(user_id: int, role: str, active: bool) -> Caller | None:
@@ -223,6 +265,15 @@ def required_role(guards: Any) -> ApiRole | None:
     """The role a route needs (the strongest of its :func:`require` guards), if any."""
     roles = [guard.role for guard in guards if isinstance(getattr(guard, "role", None), ApiRole)]
     return max(roles, key=lambda role: role.rank) if roles else None
+
+
+def agent_of(connection: ASGIConnection[Any, Any, Any, Any]) -> AgentCaller:
+    """The external agent behind the call; any other caller is refused (tasks are claimed,
+    worked and handed in by agents only)."""
+    caller = caller_of(connection)
+    if caller.role != ApiRole.AGENT or caller.token_id is None:
+        raise ForbiddenError("only an agent's token claims and works tasks")
+    return AgentCaller(token_id=caller.token_id, name=caller.name, serves=caller.serves)
 
 
 def caller_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Caller:

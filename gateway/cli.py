@@ -1,4 +1,5 @@
-"""The ``switchboard`` command: serve, worker, migrate, send, telegram, users, tokens, settings."""
+"""The ``switchboard`` command: serve, worker, migrate, send, telegram, users, tokens, agents,
+settings."""
 
 from __future__ import annotations
 
@@ -328,6 +329,56 @@ def _tokens(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _agents(settings: Settings, args: argparse.Namespace) -> int:
+    """External agents: each one a token of role ``agent`` naming the actions it serves."""
+
+    async def run() -> int:
+        async with _open_directory(settings) as (_users, tokens):
+            live = [t for t in await tokens.list() if t.role == "agent" and not t.revoked]
+            if args.action == "add":
+                served = _agent_served(settings)
+                unknown = sorted(set(args.serves) - served)
+                if unknown:
+                    raise InvalidInput(
+                        f"--serves {', '.join(unknown)}: not an action agents serve; the "
+                        f"catalog's are: {', '.join(sorted(served)) or 'none'}"
+                    )
+                if any(t.name == args.name for t in live):
+                    raise InvalidInput(f"an agent {args.name!r} exists; revoke it first")
+                token, token_id = await tokens.create(
+                    name=args.name, role="agent", serves=tuple(dict.fromkeys(args.serves))
+                )
+                print(
+                    f"agent {args.name!r} (token #{token_id}) serves {', '.join(args.serves)}; "
+                    "its token is shown once, store it now:",
+                    file=sys.stderr,
+                )
+                print(token)
+                return 0
+            if args.action == "list":
+                for t in live:
+                    print(f"{t.name}\ttoken #{t.id}\tserves {', '.join(t.serves)}\t{t.created_at}")
+                return 0
+            mine = [t for t in live if t.name == args.name]
+            if not mine:
+                raise NotFoundError(f"no agent {args.name!r}")
+            for t in mine:
+                await tokens.revoke(t.id)
+            print(f"agent {args.name!r} revoked", file=sys.stderr)
+            return 0
+
+    return asyncio.run(run())
+
+
+def _agent_served(settings: Settings) -> set[str]:
+    """The catalog's actions that external agents serve (``agent.action``)."""
+    from dispatch.policy.catalog import load_catalog
+    from workers.handlers import BUILTIN_HANDLER_NAMES
+
+    catalog = load_catalog(settings.core.catalog_path, BUILTIN_HANDLER_NAMES)
+    return {f"{a}.{t}" for a, t, spec in catalog.actions() if spec.by_agent}
+
+
 def _settings(settings: Settings, _args: argparse.Namespace) -> int:
     """Every setting: the value in effect, where it came from, and what it means."""
     for row in settings.describe():
@@ -381,6 +432,7 @@ def _parser() -> argparse.ArgumentParser:
             hook.set_defaults(run=_webhook, channel=kind.name)
     _user_commands(sub)
     _token_commands(sub)
+    _agent_commands(sub)
     show = sub.add_parser(
         "settings", help="list every setting: its value, where it came from, what it means"
     )
@@ -430,12 +482,31 @@ def _token_commands(sub: Any) -> None:
     actions = tokens.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="create a token (printed once)")
     create.add_argument("--role", required=True, choices=["actions", "operator", "admin"])
+    # (an agent's token: `switchboard agents add`)
     create.add_argument("--name", default="api token")
     create.add_argument("--user", help="id or name of the user the token acts for")
     actions.add_parser("list", help="list tokens (never their secret)")
     revoke = actions.add_parser("revoke", help="revoke a token")
     revoke.add_argument("id")
     tokens.set_defaults(run=_tokens)
+
+
+def _agent_commands(sub: Any) -> None:
+    agents = sub.add_parser("agents", help="external agents that claim tasks (over MCP)")
+    actions = agents.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add an agent; prints its token once")
+    add.add_argument("name")
+    add.add_argument(
+        "--serves",
+        action="append",
+        required=True,
+        metavar="AGENT.ACTION",
+        help="an action it serves (repeat for more), e.g. developer.fix_bug",
+    )
+    actions.add_parser("list", help="list agents (never their token)")
+    revoke = actions.add_parser("revoke", help="revoke an agent's token")
+    revoke.add_argument("name")
+    agents.set_defaults(run=_agents)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

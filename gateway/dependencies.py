@@ -58,6 +58,7 @@ PROVIDERS: dict[str, Provide] = {
             "steering",
             "store",
             "takeovers",
+            "tasks",
             "users",
             "workflows",
         )

@@ -359,7 +359,8 @@ def _within(description: str, limit: int) -> str:
 
 def actions_document(app: Litestar) -> dict[str, Any]:
     """The document for ChatGPT Actions: the ``/api/v1`` operations an ``actions`` or
-    ``operator`` token may call, descriptions within Actions' limit."""
+    ``operator`` token may call (not the tasks external agents work), descriptions within
+    Actions' limit."""
     roles = _roles(app)
     full = app.openapi_schema.to_schema()
     document = copy.deepcopy(full)
@@ -370,7 +371,7 @@ def actions_document(app: Litestar) -> dict[str, Any]:
             if method not in _METHODS:
                 continue
             role = roles.get(op.get("operationId", ""))
-            if not path.startswith("/api/v1/") or role in (None, ApiRole.ADMIN):
+            if not path.startswith("/api/v1/") or role in (None, ApiRole.ADMIN, ApiRole.AGENT):
                 continue
             short = copy.deepcopy(op)
             short["description"] = _within(short.get("description", ""), _DESCRIPTION_MAX)

@@ -13,6 +13,7 @@ transaction (:class:`~dispatch.record.activities.ActivityLog` owns the events)."
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import enum
 import functools
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -211,9 +212,7 @@ class TaskService:
             select(Activity)
             .where(
                 Activity.status == S.WAITING_FOR_AGENT.value,
-                func.concat(Activity.agent_name, ".", Activity.action_type).in_(
-                    [f"{a}.{t}" for a, t in actions]
-                ),
+                _of_actions(actions),
             )
             .order_by(rank, Activity.created_at, Activity.id)
             .limit(limit)
@@ -229,14 +228,11 @@ class TaskService:
     ) -> list[TaskSummary]:
         """Every task (of any agent-served action), newest first: the portal's and the
         operators' view."""
-        actions = [f"{a}.{t}" for a, t, _ in self._served()]
+        actions = [(a, t) for a, t, _ in self._served()]
         if not actions:
             return []
         query = (
-            select(Activity)
-            .where(func.concat(Activity.agent_name, ".", Activity.action_type).in_(actions))
-            .order_by(Activity.id.desc())
-            .limit(limit)
+            select(Activity).where(_of_actions(actions)).order_by(Activity.id.desc()).limit(limit)
         )
         if status is not None:
             query = query.where(Activity.status == status)
@@ -328,6 +324,22 @@ class TaskService:
             artifacts=artifacts,
             notes=notes,
         )
+
+    async def released(self, artifact_id: int) -> tuple[str, bytes] | None:
+        """(media type, bytes) of an artifact of a completed task, as its link shows it."""
+        async with self._sessions() as session:
+            found = await session.execute(
+                select(Artifact)
+                .join(Activity, Activity.id == Artifact.activity_id)
+                .where(Artifact.id == artifact_id, Activity.status == S.COMPLETED.value)
+            )
+            artifact = found.scalar_one_or_none()
+        if artifact is None:
+            return None
+        if artifact.type == ArtifactType.SCREENSHOT.value:
+            media = str(artifact.summary.get("media_type") or "image/png")
+            return media, base64.b64decode(artifact.content)
+        return "text/plain; charset=utf-8", artifact.content.encode()
 
     async def _task(
         self, session: AsyncSession, task_id: int, agent: AgentCaller | None, *, lock: bool = False
@@ -821,6 +833,11 @@ class TaskService:
         for task_id in moved:
             await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
         return moved
+
+
+def _of_actions(actions: list[tuple[str, str]]) -> ColumnElement[bool]:
+    """Activities of one of ``actions`` ((agent, action) pairs)."""
+    return or_(*(and_(Activity.agent_name == a, Activity.action_type == t) for a, t in actions))
 
 
 def _why_not(row: Activity, agent: AgentCaller, now: dt.datetime) -> str:

@@ -176,6 +176,7 @@ def test_options_answers_every_method_of_a_path(client: TestClient[Any]) -> None
         concrete = path.replace("{activity_id}", "1").replace("{conversation_id}", "1")
         concrete = concrete.replace("{user_id}", "1").replace("{token_id}", "1")
         concrete = concrete.replace("{run_id}", "1").replace("{workflow}", "onboard")
+        concrete = concrete.replace("{task_id}", "1")
         response = client.options(concrete, headers=ADMIN)
         assert response.status_code == 204, (path, response.text)
         documented = {m.upper() for m in item if m in METHODS} | {"OPTIONS"}

@@ -1,0 +1,373 @@
+"""External agents over the tasks API, on each database: a request served by agents waits for
+one; exactly one claimant wins; the agent asks the requester and gets the answer attached;
+what it hands in is checked (a diff must be one, sizes bounded) and stored once per key; a
+reviewer sends it back once and approves it; the requester gets the change and its link. A
+lapsed claim returns the task to the queue and fences its agent off; attempts run out to a
+failure the requester is told of. An agent's token reaches nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy import func, select, update
+
+from dispatch.record.models import Activity, ActivityStatus, Artifact, Conversation, utcnow
+from gateway.app import create_app
+from gateway.auth import TokenStore
+from gateway.settings import Settings
+from tests.conftest import ADMIN, count_rows, open_db
+from tests.support.flow import wait_for
+from tests.support.runtime import runtime_for
+from tests.support.services import own_database
+
+DIFF = """--- a/web/login.py
++++ b/web/login.py
+@@ -1,3 +1,3 @@
+ def login(user, password):
+-    return check(user, password)
++    return check(user.strip(), password)
+ # end
+"""
+MORE_ACTIONS = """
+[agents.writer]
+description = "Docs"
+[agents.writer.actions.write_docs]
+description = "Write docs"
+executor = "agent"
+public = true
+review = false
+max_attempts = 2
+lease_s = 30
+[agents.writer.actions.write_docs.payload]
+what = { type = "string" }
+
+[[rules]]
+id = "docs"
+agent = "writer"
+action = "write_docs"
+patterns = ['^document\\s+(?P<what>.+)$']
+"""
+
+
+class Desk(NamedTuple):
+    client: AsyncTestClient[Any]
+    settings: Settings
+    ada: dict[str, str]
+    """An agent serving developer.fix_bug."""
+    bob: dict[str, str]
+    """Another agent serving developer.fix_bug."""
+    doc: dict[str, str]
+    """An agent serving writer.write_docs only."""
+    sofia: dict[str, str]
+    """A supervisor's token (acting for her)."""
+
+
+@pytest.fixture
+async def desk(
+    make_settings: Callable[..., Settings], tmp_path: Path, backend: str
+) -> AsyncIterator[Desk]:
+    catalog = tmp_path / "catalog.toml"
+    bundled = resources.files("dispatch.policy").joinpath("default_catalog.toml").read_text()
+    catalog.write_text(bundled + MORE_ACTIONS, encoding="utf-8")
+    async with contextlib.AsyncExitStack() as stack:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'tasks.db'}"
+        if backend == "postgresql":
+            url = await stack.enter_async_context(own_database("switchboard_test"))
+        # Recovery (lapsed claims) every half second: what a test waits for comes soon.
+        settings = make_settings(database_url=url, catalog=catalog, worker_recover_every_s=0.5)
+        headers = {}
+        async with runtime_for(settings) as runtime:  # the people and tokens, set up first
+            tokens = TokenStore(runtime.sessions, None)
+            sofia = await runtime.users.add("Sofia Ruiz", "supervisor")
+            await runtime.users.link(str(sofia.id), "rest", "sofia")
+            for name, serves in [
+                ("ada", ("developer.fix_bug",)),
+                ("bob", ("developer.fix_bug",)),
+                ("doc", ("writer.write_docs",)),
+            ]:
+                token, _ = await tokens.create(name=name, role="agent", serves=serves)
+                headers[name] = {"Authorization": f"Bearer {token}"}
+            token, _ = await tokens.create(name="sofia", role="operator", user_id=sofia.id)
+            headers["sofia"] = {"Authorization": f"Bearer {token}"}
+        client = await stack.enter_async_context(AsyncTestClient(create_app(settings)))
+        yield Desk(client, settings, **headers)
+
+
+async def say(client: AsyncTestClient[Any], sender: str, text: str, n: int) -> int:
+    body = {"id": f"{sender}-{n}", "conversation": sender, "sender": sender, "text": text}
+    sent = await client.post("/api/v1/messages", json=body, headers=ADMIN)
+    assert sent.status_code == 202, sent.text
+    return int(sent.json()["conversation_id"])
+
+
+async def replies(client: AsyncTestClient[Any], conversation: int) -> list[dict[str, Any]]:
+    listed = await client.get(f"/api/v1/conversations/{conversation}/messages", headers=ADMIN)
+    return [m for m in listed.json() if m["direction"] == "outbound"]
+
+
+async def reply_with(client: AsyncTestClient[Any], conversation: int, text: str) -> dict[str, Any]:
+    async def found() -> dict[str, Any] | None:
+        return next((m for m in await replies(client, conversation) if text in m["text"]), None)
+
+    got: dict[str, Any] = await wait_for(found)
+    return got
+
+
+async def waiting(desk: Desk, agent: dict[str, str]) -> list[dict[str, Any]]:
+    listed = await desk.client.get("/api/v1/tasks", headers=agent)
+    assert listed.status_code == 200, listed.text
+    found: list[dict[str, Any]] = listed.json()
+    return found
+
+
+async def test_an_agent_claims_asks_hands_in_and_a_reviewer_releases_the_work(desk: Desk) -> None:
+    client = desk.client
+    rita = await say(client, "rita", "fix the login bug on the website", 1)
+    await reply_with(client, rita, "is with a coding agent now")
+    [task] = await wait_for(lambda: waiting(desk, desk.ada))
+    assert task["action"] == "developer.fix_bug"
+    assert task["request_text"] == "fix the login bug on the website"
+    assert task["payload"] == {"what": "the login bug on the website"}
+    assert (task["status"], task["language"], task["channel"]) == (
+        "waiting_for_agent",
+        "en",
+        "rest",
+    )
+    assert await waiting(desk, desk.doc) == []  # not an action it serves
+    here = f"/api/v1/tasks/{task['id']}"
+    hidden = await client.get(here, headers=desk.doc)
+    assert hidden.status_code == 404
+
+    # Two claimants: one wins; the other is told the task's state, not who has it.
+    first, second = await asyncio.gather(
+        client.post(f"{here}/claim", headers=desk.ada),
+        client.post(f"{here}/claim", headers=desk.bob),
+    )
+    codes = sorted([first.status_code, second.status_code])
+    assert codes == [200, 409]
+    winner, loser = (desk.ada, desk.bob) if first.status_code == 200 else (desk.bob, desk.ada)
+    refused = second if first.status_code == 200 else first
+    assert "claimed by another agent" in refused.json()["detail"]
+    assert "ada" not in refused.json()["detail"]
+    assert "bob" not in refused.json()["detail"]
+    assert await waiting(desk, loser) == []
+
+    # A question to the requester, on her channel; her answer is attached, not a new request.
+    asked = await client.post(f"{here}/messages", json={"text": "Which browser?"}, headers=winner)
+    assert asked.status_code == 202, asked.text
+    question = await reply_with(client, rita, "Which browser?")
+    assert question["author"] in {"ada", "bob"}
+    await say(client, "rita", "Firefox, on Windows", 2)
+
+    async def answered() -> dict[str, Any] | None:
+        view = (await client.get(here, headers=winner)).json()
+        return view if any(n["kind"] == "requester_answered" for n in view["notes"]) else None
+
+    view = await wait_for(answered)
+    assert [n["text"] for n in view["notes"] if n["kind"] == "requester_answered"] == [
+        "Firefox, on Windows"
+    ]
+    assert not any("Firefox" in m["text"] for m in await replies(client, rita))  # no bot answer
+
+    # Hand-ins are checked before anything is stored.
+    for body, status in [
+        ({"type": "diff", "content": "<script>alert(1)</script>"}, 422),
+        ({"type": "diff", "content": "just some words"}, 422),
+        ({"type": "text", "content": "x" * 1_000_001}, 413),
+        ({"type": "screenshot", "content": "bm90IGFuIGltYWdl"}, 422),
+        ({"type": "video", "content": "x"}, 422),
+    ]:
+        bad = await client.post(f"{here}/submit", json=body, headers=winner)
+        assert bad.status_code == status, bad.text
+        assert bad.json()["detail"]
+    not_held = await client.post(
+        f"{here}/submit", json={"type": "diff", "content": DIFF}, headers=loser
+    )
+    assert not_held.status_code == 409
+    async with open_db(desk.settings.database.url) as sessions:
+        assert await count_rows(sessions, Artifact) == 0
+
+    # The diff, submitted twice with one key: one artifact; the task goes to review.
+    body = {"type": "diff", "content": DIFF, "title": "Trim the user name", "idempotency_key": "k1"}
+    one = await client.post(f"{here}/submit", json=body, headers=winner)
+    again = await client.post(f"{here}/submit", json=body, headers=winner)
+    assert one.status_code == 201, one.text
+    assert again.json()["id"] == one.json()["id"]
+    assert one.json()["summary"]["files"] == [
+        {"path": "web/login.py", "added": 1, "removed": 1, "status": "modified"}
+    ]
+    assert (await client.get(here, headers=desk.sofia)).json()["status"] == "in_review"
+    async with open_db(desk.settings.database.url) as sessions, sessions() as session:
+        sofia = await session.scalar(
+            select(Conversation.id).where(
+                Conversation.channel == "rest", Conversation.key == "sofia"
+            )
+        )
+    assert sofia is not None
+    told = await reply_with(client, sofia, "handed in its work for review")
+    assert f"/portal/reviews/{task['id']}" in told["text"]
+
+    # Reviews: an agent cannot; a comment is needed to send it back; back to its agent.
+    by_agent = await client.post(f"{here}/review", json={"decision": "approve"}, headers=winner)
+    assert by_agent.status_code == 403
+    bare = await client.post(
+        f"{here}/review", json={"decision": "request_changes"}, headers=desk.sofia
+    )
+    assert bare.status_code == 422
+    back = await client.post(
+        f"{here}/review",
+        json={"decision": "request_changes", "comment": "Also trim the password"},
+        headers=desk.sofia,
+    )
+    assert back.status_code == 200, back.text
+    assert back.json()["status"] == "changes_requested"
+    view = (await client.get(here, headers=winner)).json()
+    assert view["held_by_you"]
+    assert [n["text"] for n in view["notes"] if n["kind"] == "changes_requested"] == [
+        "Also trim the password"
+    ]
+    second_diff = DIFF.replace("user.strip(), password", "user.strip(), password.strip()")
+    resubmitted = await client.post(
+        f"{here}/submit", json={"type": "diff", "content": second_diff}, headers=winner
+    )
+    assert resubmitted.json()["round"] == 2
+    approved = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.sofia)
+    assert approved.json()["status"] == "completed"
+
+    # The requester gets the change: files, lines and a link that shows it as text.
+    done = await reply_with(client, rita, "is done: 1 file(s) changed, +1 -1 lines")
+    link = done["text"].rsplit(" ", 1)[-1]
+    assert "/artifacts/" in link
+    shown = await client.get(link[link.index("/artifacts/") :])
+    assert shown.status_code == 200
+    assert shown.headers["content-type"].startswith("text/plain")
+    assert shown.headers["x-content-type-options"] == "nosniff"
+    assert "password.strip()" in shown.text
+    forged = await client.get("/artifacts/" + "x" * 20)
+    assert forged.status_code == 404
+
+
+async def test_an_agents_token_reaches_nothing_but_its_tasks(desk: Desk) -> None:
+    client = desk.client
+    for method, path in [
+        ("GET", "/api/v1/activities"),
+        ("GET", "/api/v1/inbox"),
+        ("POST", "/api/v1/actions/execute"),
+        ("GET", "/api/v1/users"),
+        ("GET", "/api/v1/workers"),
+    ]:
+        answered = await client.request(method, path, headers=desk.ada, json={})
+        assert answered.status_code == 403, (path, answered.text)
+    as_operator = await client.post("/api/v1/tasks/1/claim", headers=desk.sofia)
+    assert as_operator.status_code == 403
+    assert "agent" in as_operator.json()["detail"]
+    missing = await client.post("/api/v1/tasks/999999/claim", headers=desk.ada)
+    assert missing.status_code == 404
+
+
+async def test_a_lapsed_claim_returns_the_task_and_fences_its_agent(desk: Desk) -> None:
+    """A lease that lapses: the task is waiting again within the recovery period (its agent
+    refused from then on); after ``max_attempts`` lapses it fails and the requester is told."""
+    client = desk.client
+    una = await say(client, "una", "document the refund rules", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+
+    async def lapse(to: str) -> None:
+        """The claim's lease runs out (its agent went quiet); recovery moves the task."""
+        async with open_db(desk.settings.database.url) as sessions, sessions.begin() as session:
+            await session.execute(
+                update(Activity)
+                .where(Activity.id == task["id"])
+                .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+            )
+
+        async def moved() -> bool:
+            return bool((await client.get(here, headers=desk.sofia)).json()["status"] == to)
+
+        await wait_for(moved, timeout_s=10)
+
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    await lapse(ActivityStatus.WAITING_FOR_AGENT.value)
+    late = await client.post(
+        f"{here}/submit", json={"type": "text", "content": "docs"}, headers=desk.doc
+    )
+    assert late.status_code == 409  # its claim lapsed: fenced off
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    assert (await client.get(here, headers=desk.doc)).json()["attempts"] == 2
+    await lapse(ActivityStatus.FAILED.value)  # the second lapse of two allowed: failed
+    await reply_with(client, una, "No agent finished request")
+
+
+async def test_work_needing_no_review_reaches_the_requester_at_once(desk: Desk) -> None:
+    client = desk.client
+    vic = await say(client, "vic", "document the login page", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    text = "The login page takes a user name and a password."
+    handed = await client.post(
+        f"{here}/submit", json={"type": "text", "content": text}, headers=desk.doc
+    )
+    assert handed.status_code == 201
+    await reply_with(client, vic, text)
+    assert (await client.get(here, headers=desk.sofia)).json()["status"] == "completed"
+
+
+async def test_of_two_agents_claiming_at_once_exactly_one_wins_every_time(
+    desk: Desk, backend: str
+) -> None:
+    """100 rounds of two claims of one task at the same moment, through the service."""
+    if backend != "postgresql":
+        pytest.skip("the race is PostgreSQL's to prove (SQLite runs one writer at a time)")
+    from dispatch.work.tasks import AgentCaller
+
+    ada = AgentCaller(token_id=1, name="ada", serves=("developer.fix_bug",))
+    bob = AgentCaller(token_id=2, name="bob", serves=("developer.fix_bug",))
+    async with runtime_for(desk.settings) as runtime:
+        async with runtime.sessions.begin() as session:
+            rows = [
+                Activity(
+                    agent_name="developer",
+                    action_type="fix_bug",
+                    action_description="race",
+                    details={"payload": {"what": f"round {n}"}},
+                    status=ActivityStatus.WAITING_FOR_AGENT.value,
+                )
+                for n in range(100)
+            ]
+            session.add_all(rows)
+            await session.flush()
+            ids = [r.id for r in rows]
+        wins = {"ada": 0, "bob": 0}
+        for task_id in ids:
+            results = await asyncio.gather(
+                runtime.tasks.claim(ada, task_id),
+                runtime.tasks.claim(bob, task_id),
+                return_exceptions=True,
+            )
+            won = [
+                n
+                for n, r in zip(("ada", "bob"), results, strict=True)
+                if not isinstance(r, BaseException)
+            ]
+            lost = [r for r in results if isinstance(r, BaseException)]
+            assert len(won) == 1, results
+            assert "claimed by another agent" in str(lost[0])
+            wins[won[0]] += 1
+        async with runtime.sessions() as session:
+            claimed = await session.scalar(
+                select(func.count())
+                .select_from(Activity)
+                .where(Activity.id.in_(ids), Activity.status == ActivityStatus.CLAIMED.value)
+            )
+    assert claimed == 100
+    assert sum(wins.values()) == 100
