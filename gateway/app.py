@@ -27,6 +27,7 @@ from gateway.deadline import OutageWatch, RequestDeadline
 from gateway.dependencies import PROVIDERS
 from gateway.exceptions import exception_to_http_response
 from gateway.inbound import Inbound
+from gateway.mcp import McpDoor
 from gateway.openapi import actions_document, operation_id, refine
 from gateway.portal import LoginThrottle, PortalSessions
 from gateway.requests import GatewayRequest
@@ -43,7 +44,7 @@ from gateway.routes.operations import OperationsController
 from gateway.routes.portal import PortalController
 from gateway.routes.portal_live import WATCH_EVERY_S, portal_live
 from gateway.routes.takeover import TakeoverController
-from gateway.routes.tasks import TasksController, released_artifact
+from gateway.routes.tasks import SUBMIT_BODY_BYTES, TasksController, released_artifact
 from gateway.routes.webhooks import webhook_get, webhook_post
 from gateway.routes.workflows import WorkflowsController
 from gateway.settings import Settings, get_settings
@@ -60,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.core.log_level, settings.core.log_format)
     outages = OutageWatch()
+    # External agents' door (the MCP SDK's server); it calls the runtime the lifespan opens.
+    door = McpDoor(base_url=settings.base_url, max_body_bytes=SUBMIT_BODY_BYTES)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -107,9 +110,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AdminController,
             webhook_post,
             webhook_get,
+            *door.handlers(),
         ],
         dependencies=PROVIDERS,
-        lifespan=[lifespan],
+        lifespan=[lifespan, door.running],
         exception_handlers={Exception: exception_to_http_response},
         middleware=[
             DefineMiddleware(
