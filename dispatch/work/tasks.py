@@ -14,6 +14,7 @@ transaction (:class:`~dispatch.record.activities.ActivityLog` owns the events)."
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import enum
 import functools
@@ -276,7 +277,11 @@ class TaskService:
 
     async def get(self, task_id: int, agent: AgentCaller | None = None) -> TaskView:
         """One task, whole: its request, conversation, artifacts and what was said about it. An
-        agent sees only the tasks of the actions it serves."""
+        agent sees only the tasks of the actions it serves; the one that holds it renews its
+        claim by reading it (any call on a task does)."""
+        if agent is not None:
+            with contextlib.suppress(ConflictError):
+                await self._renew(agent, task_id, HELD)
         async with self._sessions() as session:
             row = await self._task(session, task_id, agent)
             found = await self._requests(session, [row])

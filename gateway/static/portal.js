@@ -142,6 +142,7 @@ function changed(frame) {
     if (state.view === "conversations") loadInbox();
     else if (state.view === "approvals") loadApprovals();
     else if (state.view === "activity") loadActivities(frame.activities);
+    else if (state.view === "reviews") loadReviews(frame.activities);
     else if (state.view === "workers") loadWorkers();
   }, 100);
 }
@@ -519,11 +520,125 @@ async function loadApprovals() {
   keepingFocus($("list"), "activity", () => $("list").replaceChildren(activityTable(page.items, { decide: true })));
   if (state.id !== null) renderDetail(state.id, $("detail"));
 }
+/* ---------- reviews: what external agents handed in, for a person to release ---------- */
 function showReviews() {
-  const view = layout("no-side");
-  view.append(el("section", { class: "column", style: "grid-column: 2 / 4" }, el("header", {}, el("h1", { text: "Reviews" })),
-    el("div", { class: "empty" }, el("p", { text: "Nothing to review." }),
-      el("p", { class: "muted", text: "Work that agents hand in for a person's review appears here." }))));
+  const view = layout("wide");
+  const tabs = el("div", { class: "tabs", role: "group", "aria-label": "Which tasks" },
+    ...[["in_review", "To review"], ["", "All tasks"]].map(([value, label]) =>
+      el("button", { type: "button", "data-filter": value, "aria-pressed": String((state.reviewFilter ?? "in_review") === value),
+        onclick: () => { state.reviewFilter = value; for (const b of tabs.children) b.setAttribute("aria-pressed", String(b.dataset.filter === value)); loadReviews(); }, text: label })));
+  view.append(
+    el("section", { class: "column", "aria-labelledby": "h-list" }, el("header", {}, el("h1", { id: "h-list", text: "Reviews" }), tabs),
+      el("div", { class: "scroll", id: "list" }, el("div", { class: "empty", text: "Loading…" }))),
+    el("section", { class: "detail", id: "detail", "aria-labelledby": "detail-title", "aria-live": "polite" },
+      el("div", { class: "empty", text: "Work that agents hand in for a person's review appears here." })));
+  loadReviews();
+}
+async function loadReviews(changedIds = null) {
+  const filter = state.reviewFilter ?? "in_review";
+  const items = await act(api(`/api/v1/tasks?limit=100${filter ? `&status=${filter}` : ""}`));
+  if (!items) { unreadable($("list"), "the reviews", () => loadReviews()); return; }
+  if (!$("list")) return;
+  keepingFocus($("list"), "task", () => $("list").replaceChildren(taskTable(items)));
+  if (state.id !== null && (!changedIds || changedIds.includes(state.id))) renderReview(state.id, $("detail"));
+}
+function taskTable(items) {
+  if (!items.length) return el("div", { class: "empty", text: "Nothing waits for a review." });
+  return el("table", {}, el("thead", {}, el("tr", {}, ...[["#"], ["Request"], ["Asked by"], ["Status"], ["Channel", "roomy"]].map(([h, kind]) => el("th", { text: h, class: kind })))),
+    el("tbody", {}, ...items.map((t) => el("tr", { tabindex: "0", "data-task": String(t.id), "aria-current": state.id === t.id ? "true" : null,
+      onclick: () => go(`/portal/reviews/${t.id}`), onkeydown: (e) => { if (e.key === "Enter") go(`/portal/reviews/${t.id}`); } },
+      el("td", { text: `#${t.id}` }),
+      el("td", {}, el("span", { class: "req", text: t.request_text || t.title }), el("span", { class: "muted", text: t.title })),
+      el("td", { text: t.requester || "—" }), el("td", {}, statusPill(t.status)), el("td", { class: "roomy", text: t.channel || "api" })))));
+}
+async function renderReview(id, into) {
+  const t = await act(api(`/api/v1/tasks/${id}`));
+  if (!t) { into.replaceChildren(el("div", { class: "empty", text: "No such task." })); return; }
+  const decide = async (decision, comment) => {
+    if (await act(api(`/api/v1/tasks/${id}/review`, { method: "POST", body: JSON.stringify({ decision, comment }) }))) { renderReview(id, into); refreshCounts(); }
+  };
+  const actions = el("div", { class: "review-actions" });
+  if (t.status === "in_review") {
+    const comment = el("textarea", { id: "review-comment", rows: "3", maxlength: "4000", "aria-label": "Comment for the agent (what to change, or why not)", placeholder: "What to change, or why not (needed to send back or reject)" });
+    const needs = (decision) => () => { if (!comment.value.trim()) { comment.focus(); toast("Write what to change, or why not, first."); return; } decide(decision, comment.value.trim()); };
+    actions.append(comment, el("div", { class: "actions" },
+      el("button", { class: "btn good", type: "button", id: "review-approve", text: "Approve", onclick: () => decide("approve", comment.value.trim()) }),
+      el("button", { class: "btn", type: "button", id: "review-changes", text: "Request changes", onclick: needs("request_changes") }),
+      el("button", { class: "btn bad", type: "button", id: "review-reject", text: "Reject", onclick: needs("reject") })));
+  }
+  const round = t.artifacts.filter((a) => a.round === t.review_round);
+  const earlier = t.artifacts.filter((a) => a.round !== t.review_round);
+  into.replaceChildren(
+    el("header", {}, el("h2", { id: "detail-title", text: `#${t.id} ${t.title}` }), el("div", {}, statusPill(t.status), t.review_round ? el("span", { class: "muted", text: ` round ${t.review_round}` }) : null)),
+    actions,
+    el("section", {}, el("h3", { text: "Request" }), el("dl", { class: "fields" },
+      el("dt", { text: "Asked" }), el("dd", { text: t.request_text || "—" }),
+      el("dt", { text: "By" }), el("dd", { text: t.requester || "—" }),
+      el("dt", { text: "Channel" }), el("dd", { text: t.channel || "api" }),
+      el("dt", { text: "Language" }), el("dd", { text: t.language || "—" }),
+      el("dt", { text: "Action" }), el("dd", { text: t.action }),
+      el("dt", { text: "Claims" }), el("dd", { text: String(t.attempts) }))),
+    el("section", {}, el("h3", { text: "Payload" }), fields(t.payload)),
+    el("section", {}, el("h3", { text: round.length ? "Work handed in" : "Nothing handed in yet" }), ...round.map(artifactView)),
+    t.notes.length ? el("section", {}, el("h3", { text: "Said about it" }), el("ol", { class: "timeline" },
+      ...t.notes.map((n) => el("li", { text: `${day(n.at)} — ${n.kind.replace(/_/g, " ")}: ${n.text}` })))) : null,
+    t.conversation.length ? el("details", { class: "raw" }, el("summary", { text: `The requester's conversation (${t.conversation.length})` }),
+      el("ol", { class: "timeline" }, ...t.conversation.map((l) => el("li", { text: `${l.direction === "inbound" ? (t.requester || "requester") : (l.author || "bot")}: ${l.text}` })))) : null,
+    earlier.length ? el("details", { class: "raw" }, el("summary", { text: `Earlier rounds (${earlier.length})` }), ...earlier.map(artifactView)) : null);
+}
+/* An artifact as what it is — never as HTML: a diff per file with its additions and deletions
+   marked, code with its words coloured, a screenshot as an image, text as text. */
+function artifactView(a) {
+  const head = el("div", { class: "artifact-head" }, el("b", { text: a.title || a.type }), el("span", { class: "pill", text: a.type }),
+    el("span", { class: "muted", text: `${(a.size_bytes / 1024).toFixed(1)} KB` }));
+  let body;
+  if (a.type === "diff") body = diffView(a.content || "", a.summary);
+  else if (a.type === "code") body = codeView(a.content || "");
+  else if (a.type === "screenshot") body = el("img", { class: "shot", alt: a.title || "screenshot", src: `data:${a.summary.media_type || "image/png"};base64,${a.content}` });
+  else body = el("p", { class: "artifact-text", text: a.content || "" });
+  return el("article", { class: "artifact", "data-artifact": String(a.id) }, head, body);
+}
+function diffView(text, summary) {
+  const files = [];
+  let file = null;
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i += 1) {
+    const line = lines[i];
+    if (line.startsWith("--- ") && (lines[i + 1] || "").startsWith("+++ ")) {
+      const path = lines[i + 1].slice(4).replace(/^b\//, "").split("\t")[0];
+      file = { path, rows: [] };
+      files.push(file);
+      i += 1;
+      continue;
+    }
+    if (!file) continue;  // "diff --git", "index ..." before the first file
+    const kind = line.startsWith("@@") ? "hunk" : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("\\") ? "meta" : "ctx";
+    if (line.startsWith("diff --git") || line.startsWith("index ")) continue;
+    file.rows.push([kind, line]);
+  }
+  const counts = new Map(((summary && summary.files) || []).map((f) => [f.path, f]));
+  return el("div", { class: "diff" }, ...files.map((f) => {
+    const c = counts.get(f.path);
+    return el("section", { class: "diff-file" },
+      el("header", {}, el("span", { class: "path", text: f.path }), c ? el("span", { class: "counts" }, el("span", { class: "plus", text: `+${c.added}` }), el("span", { class: "minus", text: ` −${c.removed}` })) : null),
+      el("pre", {}, ...f.rows.map(([kind, line]) => el("span", { class: `dl ${kind}`, text: line }))));
+  }));
+}
+const KEYWORDS = new Set(["def", "class", "return", "if", "else", "elif", "for", "while", "import", "from", "as", "with", "try", "except", "finally", "raise", "async", "await", "lambda", "yield", "pass", "None", "True", "False", "and", "or", "not", "in", "is", "function", "const", "let", "var", "new", "this", "null", "undefined", "true", "false", "export", "public", "private", "static", "void", "int", "string", "fn", "pub", "struct", "impl", "match", "switch", "case", "break", "continue", "package", "func", "type", "interface"]);
+function codeView(text) {
+  // Words coloured by a small tokenizer: comments, strings, numbers, keywords (text nodes only).
+  const token = /(#[^\n]*|\/\/[^\n]*|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|\b\d+(?:\.\d+)?\b|\b[A-Za-z_][A-Za-z0-9_]*\b)/g;
+  const pre = el("pre", { class: "code" });
+  let last = 0;
+  for (const match of text.matchAll(token)) {
+    if (match.index > last) pre.append(document.createTextNode(text.slice(last, match.index)));
+    const word = match[0];
+    const kind = word.startsWith("#") || word.startsWith("//") ? "cm" : /^["']/.test(word) ? "st" : /^\d/.test(word) ? "nu" : KEYWORDS.has(word) ? "kw" : null;
+    pre.append(kind ? el("span", { class: kind, text: word }) : document.createTextNode(word));
+    last = match.index + word.length;
+  }
+  if (last < text.length) pre.append(document.createTextNode(text.slice(last)));
+  return pre;
 }
 function showWorkers() {
   const view = layout("no-side");
@@ -552,11 +667,14 @@ async function loadWorkers() {
 
 /* ---------- counts in the navigation ---------- */
 async function refreshCounts() {
-  const page = await api("/api/v1/activities?status=awaiting_approval&limit=100").catch(() => null);
-  if (!page) return;
-  const count = $("nav-approvals");
-  count.hidden = page.items.length === 0;
-  count.textContent = String(page.items.length);
+  const [page, reviews] = await Promise.all([
+    api("/api/v1/activities?status=awaiting_approval&limit=100").catch(() => null),
+    api("/api/v1/tasks?status=in_review&limit=100").catch(() => null)]);
+  for (const [id, n] of [["nav-approvals", page && page.items.length], ["nav-reviews", reviews && reviews.length]]) {
+    if (n === null || n === undefined) continue;
+    $(id).hidden = n === 0;
+    $(id).textContent = String(n);
+  }
 }
 
 /* ---------- session ---------- */
