@@ -26,13 +26,15 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.infra.clean import clean_json
 from dispatch.infra.errors import ConflictError, ForbiddenError, NotFoundError, Unprocessable
 from dispatch.infra.queue import JobQueue
 from dispatch.infra.routing import ChannelRouting
 from dispatch.language.i18n import language_of, say
-from dispatch.policy.catalog import Catalog
-from dispatch.policy.specs import ActionSpec, ReviewSpec
-from dispatch.record.activities import ActivityLog
+from dispatch.policy.catalog import Catalog, PayloadError
+from dispatch.policy.permissions import may_request, requester_role
+from dispatch.policy.specs import ActionSpec, FollowUpSpec, ReviewSpec
+from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.artifacts import ArtifactType, check_artifact
 from dispatch.record.models import (
     AGENT_QUESTION,
@@ -500,7 +502,10 @@ class TaskService:
             if first:
                 await self._hand_in(session, row, spec, round_now, agent)
             view = _artifact(artifact)
+            done = row.status == S.COMPLETED.value
         await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
+        if done:
+            await self._wake_follow_up(task_id)
         return view
 
     async def _hand_in(
@@ -687,6 +692,8 @@ class TaskService:
                     )
             summary = TaskSummary(**_summary(row, NOTHING, None))
         await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
+        if summary.status == S.COMPLETED.value:
+            await self._wake_follow_up(task_id)
         return summary
 
     async def _send_back(
@@ -750,6 +757,61 @@ class TaskService:
         await self._tell_requester(
             session, row, lambda language: _result_text(row.id, artifacts, language, self._link)
         )
+        follow = self._spec(row).on_approve
+        if follow is not None:
+            await self._follow_up(session, row, follow)
+
+    async def _follow_up(self, session: AsyncSession, row: Activity, follow: FollowUpSpec) -> None:
+        """The action an approved task starts, with its payload, through the same checks as
+        any request (its schema, the requester's permission): queued to run, or ``pending``
+        until someone runs it (``auto_run = false``). Refused: an event says why."""
+        target = self._catalog.action(follow.agent, follow.action)
+        assert target is not None  # checked when the catalog loaded
+        _, role, active = await requester_role(session, row.actor_user_id, row.details)
+        try:
+            payload = self._catalog.validate_payload(
+                follow.agent, follow.action, row.details.get("payload") or {}
+            )
+        except PayloadError as exc:
+            ActivityLog.add_event(session, row.id, "follow_up_refused", data={"reason": str(exc)})
+            return
+        if not may_request(role, active, target):
+            ActivityLog.add_event(
+                session, row.id, "follow_up_refused", data={"reason": "not allowed"}
+            )
+            return
+        provenance = {**(row.details.get("provenance") or {}), "follow_up_of": row.id}
+        opened = await ActivityLog.open(
+            session,
+            Opening(
+                agent=follow.agent,
+                action_type=follow.action,
+                description=target.description,
+                details={"payload": clean_json(payload), "provenance": provenance},
+                status=S.QUEUED if follow.auto_run else S.PENDING,
+                actor=f"user:{row.actor_user_id}" if row.actor_user_id else "system",
+                actor_user_id=row.actor_user_id,
+                source_channel=row.source_channel,
+                conversation_id=row.conversation_id,
+                priority=target.priority.value,
+            ),
+        )
+        row.details = {**row.details, "follow_up": opened.id}
+        ActivityLog.add_event(
+            session,
+            row.id,
+            "follow_up",
+            data={"activity_id": opened.id, "auto_run": follow.auto_run},
+        )
+
+    async def _wake_follow_up(self, task_id: int) -> None:
+        """Queue the follow-up an approval just opened (recovery would, later)."""
+        async with self._sessions() as session:
+            details = await session.scalar(select(Activity.details).where(Activity.id == task_id))
+            follow = (details or {}).get("follow_up")
+            status = await session.scalar(select(Activity.status).where(Activity.id == follow))
+        if follow is not None and status == S.QUEUED.value:
+            await self._queue.try_enqueue(self._queue.enqueue_run, int(follow))
 
     async def _tell_requester(
         self, session: AsyncSession, row: Activity, text: Callable[[str | None], str]

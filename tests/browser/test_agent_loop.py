@@ -34,6 +34,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "agent.py"
 REQUESTER = "whatsapp:+34600111333"
 SUPERVISOR = "whatsapp:+34600999777"
 SECOND_DIFF = DIFF.replace("user.strip(), password", "user.strip(), password.strip()")
+HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=1</script>'
+FIRST_DIFF = DIFF.replace("@@ -1,3 +1,3 @@", "@@ -1,3 +1,4 @@").replace(
+    "+    return check(user.strip(), password)\n",
+    f"+    return check(user.strip(), password)\n+    # {HOSTILE}\n",
+)
+"""The first round also adds a line an agent might write to attack a reviewer's page: it is
+shown as the text it is."""
 
 
 def example(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -63,7 +70,7 @@ async def test_a_coding_agent_works_a_whatsapp_request_a_supervisor_reviews_it(
 ) -> None:
     shots = screenshots(tmp_path)
     first, second = tmp_path / "fix.patch", tmp_path / "fix-2.patch"
-    first.write_text(DIFF)
+    first.write_text(FIRST_DIFF)
     second.write_text(SECOND_DIFF)
     with TwilioApi(ACCOUNT_SID, AUTH_TOKEN) as api:
         port = free_port()
@@ -111,6 +118,10 @@ async def test_a_coding_agent_works_a_whatsapp_request_a_supervisor_reviews_it(
             )
             assert await page.locator(".diff-file .path").inner_text() == "web/login.py"
             assert await page.locator("nav #nav-reviews").inner_text() == "1"
+            shown = page.locator(".diff .dl.add", has_text="<script>")
+            assert await shown.inner_text() == f"+    # {HOSTILE}"
+            assert await page.evaluate("window.pwned") is None  # data, never HTML
+            assert await page.locator(".diff img, .diff script").count() == 0
             await page.screenshot(path=str(shots / "portal-review.png"))
             await page.fill("#review-comment", "Trim the password too, please.")
             await page.click("#review-changes")

@@ -46,7 +46,16 @@ public = true
 review = false
 max_attempts = 2
 lease_s = 30
+on_approve = { agent = "writer", action = "publish", auto_run = true }
 [agents.writer.actions.write_docs.payload]
+what = { type = "string" }
+
+[agents.writer.actions.publish]
+description = "Publish docs"
+handler = "ledger"
+public = true
+reply = "Published {what} as P-{number:04d}"
+[agents.writer.actions.publish.payload]
 what = { type = "string" }
 
 [[rules]]
@@ -307,7 +316,9 @@ async def test_a_lapsed_claim_returns_the_task_and_fences_its_agent(desk: Desk) 
     await reply_with(client, una, "No agent finished request")
 
 
-async def test_work_needing_no_review_reaches_the_requester_at_once(desk: Desk) -> None:
+async def test_work_needing_no_review_reaches_the_requester_and_starts_its_follow_up(
+    desk: Desk,
+) -> None:
     client = desk.client
     vic = await say(client, "vic", "document the login page", 1)
     [task] = await wait_for(lambda: waiting(desk, desk.doc))
@@ -320,6 +331,8 @@ async def test_work_needing_no_review_reaches_the_requester_at_once(desk: Desk) 
     assert handed.status_code == 201
     await reply_with(client, vic, text)
     assert (await client.get(here, headers=desk.sofia)).json()["status"] == "completed"
+    # Its follow-up (on_approve) ran with the task's payload, as the requester.
+    await reply_with(client, vic, "Published the login page as P-0001")
 
 
 async def test_of_two_agents_claiming_at_once_exactly_one_wins_every_time(
