@@ -754,8 +754,18 @@ class TaskService:
         self._move(
             session, row, S.COMPLETED, kind="completed", actor=actor, data={"round": round_now}
         )
+        # A screenshot goes as media where the channel carries media (its link, which shows
+        # the image to whoever holds it).
+        media = [
+            {"url": self._link(a.id), "content_type": str(a.summary.get("media_type"))}
+            for a in artifacts
+            if a.type == ArtifactType.SCREENSHOT.value
+        ]
         await self._tell_requester(
-            session, row, lambda language: _result_text(row.id, artifacts, language, self._link)
+            session,
+            row,
+            lambda language: _result_text(row.id, artifacts, language, self._link),
+            media=media,
         )
         follow = self._spec(row).on_approve
         if follow is not None:
@@ -814,7 +824,12 @@ class TaskService:
             await self._queue.try_enqueue(self._queue.enqueue_run, int(follow))
 
     async def _tell_requester(
-        self, session: AsyncSession, row: Activity, text: Callable[[str | None], str]
+        self,
+        session: AsyncSession,
+        row: Activity,
+        text: Callable[[str | None], str],
+        *,
+        media: list[dict[str, Any]] | None = None,
     ) -> None:
         if row.conversation_id is None or row.source_channel is None:
             return
@@ -824,6 +839,7 @@ class TaskService:
             conversation_id=row.conversation_id,
             channel=row.source_channel,
             parts=self._routing.split(row.source_channel, text(language_of(row.details))),
+            media=media or None,
         )
 
     # ---- recovery ------------------------------------------------------------------------

@@ -50,6 +50,21 @@ on_approve = { agent = "writer", action = "publish", auto_run = true }
 [agents.writer.actions.write_docs.payload]
 what = { type = "string" }
 
+[agents.writer.actions.translate]
+description = "Translate a page"
+executor = "agent"
+public = true
+artifacts = ["text"]
+review = { reviewers = ["supervisor"], quorum = 2, ttl_s = 3600 }
+[agents.writer.actions.translate.payload]
+what = { type = "string" }
+
+[[rules]]
+id = "translate"
+agent = "writer"
+action = "translate"
+patterns = ['^translate\\s+(?P<what>.+)$']
+
 [agents.writer.actions.publish]
 description = "Publish docs"
 handler = "ledger"
@@ -77,6 +92,8 @@ class Desk(NamedTuple):
     """An agent serving writer.write_docs only."""
     sofia: dict[str, str]
     """A supervisor's token (acting for her)."""
+    tom: dict[str, str]
+    """Another supervisor's."""
 
 
 @pytest.fixture
@@ -97,10 +114,13 @@ async def desk(
             tokens = TokenStore(runtime.sessions, None)
             sofia = await runtime.users.add("Sofia Ruiz", "supervisor")
             await runtime.users.link(str(sofia.id), "rest", "sofia")
+            tom = await runtime.users.add("Tom Lee", "supervisor")
+            token, _ = await tokens.create(name="tom", role="operator", user_id=tom.id)
+            headers["tom"] = {"Authorization": f"Bearer {token}"}
             for name, serves in [
                 ("ada", ("developer.fix_bug",)),
                 ("bob", ("developer.fix_bug",)),
-                ("doc", ("writer.write_docs",)),
+                ("doc", ("writer.write_docs", "writer.translate")),
             ]:
                 token, _ = await tokens.create(name=name, role="agent", serves=serves)
                 headers[name] = {"Authorization": f"Bearer {token}"}
@@ -384,3 +404,71 @@ async def test_of_two_agents_claiming_at_once_exactly_one_wins_every_time(
             )
     assert claimed == 100
     assert sum(wins.values()) == 100
+
+
+PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQ"
+    "AAAABJRU5ErkJggg=="
+)
+"""A 1x1 PNG."""
+
+
+async def test_a_screenshot_reaches_the_requester_as_media(desk: Desk) -> None:
+    client = desk.client
+    wes = await say(client, "wes", "document the home page", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    shot = {"type": "screenshot", "content": f"data:image/png;base64,{PNG}", "title": "Home"}
+    handed = await client.post(f"{here}/submit", json=shot, headers=desk.doc)
+    assert handed.status_code == 201, handed.text
+    assert handed.json()["summary"] == {"media_type": "image/png"}
+    done = await reply_with(client, wes, f"Request #{task['id']} is done.")
+    [media] = done["media"]
+    assert media["content_type"] == "image/png"
+    image = await client.get(media["url"][media["url"].index("/artifacts/") :])
+    assert image.headers["content-type"] == "image/png"
+    assert image.content.startswith(b"\x89PNG")
+
+
+async def test_a_review_needs_its_quorum_and_expires_unanswered(desk: Desk) -> None:
+    """Two approvals of two supervisors complete it (one cannot count twice); a review no one
+    makes in time expires, and the requester is told."""
+    client = desk.client
+    xia = await say(client, "xia", "translate the home page", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    wrong = await client.post(
+        f"{here}/submit", json={"type": "diff", "content": "x"}, headers=desk.doc
+    )
+    assert wrong.status_code == 422  # this action takes text only
+    assert "takes ['text']" in wrong.json()["detail"]
+    text = {"type": "text", "content": "La página de inicio."}
+    assert (await client.post(f"{here}/submit", json=text, headers=desk.doc)).status_code == 201
+    one = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.sofia)
+    assert one.json()["status"] == "in_review"  # one of two
+    twice = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.sofia)
+    assert twice.status_code == 409
+    two = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.tom)
+    assert two.json()["status"] == "completed"
+    await reply_with(client, xia, "La página de inicio.")
+
+    # A second request whose review no one makes in time.
+    await say(client, "xia", "translate the contact page", 2)
+    [late] = await wait_for(lambda: waiting(desk, desk.doc))
+    there = f"/api/v1/tasks/{late['id']}"
+    assert (await client.post(f"{there}/claim", headers=desk.doc)).status_code == 200
+    assert (await client.post(f"{there}/submit", json=text, headers=desk.doc)).status_code == 201
+    async with open_db(desk.settings.database.url) as sessions, sessions.begin() as session:
+        await session.execute(
+            update(Activity)
+            .where(Activity.id == late["id"])
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+    async def expired() -> bool:
+        return bool((await client.get(there, headers=desk.sofia)).json()["status"] == "expired")
+
+    await wait_for(expired, timeout_s=10)
+    await reply_with(client, xia, "No one reviewed the work on request")
