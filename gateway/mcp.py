@@ -119,6 +119,12 @@ def _server(
         ),
     )
 
+    _resources(server, tasks)
+    _tools(server, tasks)
+    return server
+
+
+def _resources(server: MCPServer, tasks: Callable[[], TaskService]) -> None:
     @server.resource("orchestrator://queue", mime_type="application/json")
     async def queue() -> str:
         """The tasks you may claim, by priority then age."""
@@ -134,6 +140,8 @@ def _server(
         except ClientError as exc:
             raise ResourceError(str(exc)) from None
 
+
+def _tools(server: MCPServer, tasks: Callable[[], TaskService]) -> None:
     @server.tool()
     async def list_tasks() -> CallToolResult:
         """The tasks you may claim (the queue), by priority then age."""
@@ -186,8 +194,6 @@ def _server(
     async def release_ticket(task_id: int, reason: str = "") -> CallToolResult:
         """Give a task you hold back to the queue."""
         return await _tool(tasks().release(_agent(), task_id, reason))
-
-    return server
 
 
 def allowed_hosts(base_url: str) -> list[str]:

@@ -133,6 +133,18 @@ def _interpreter(base: _Base) -> Interpreter:
     )
 
 
+def _tasks(base: _Base, approvals: ApprovalService) -> TaskService:
+    """The work external agents claim, and the links that show what they handed in."""
+    return TaskService(
+        sessions=base.sessions,
+        catalog=base.catalog,
+        queue=base.transport.queue,
+        approvals=approvals,
+        routing=base.channels,
+        link=ArtifactLinks(base.secret, base.settings.base_url).url,
+    )
+
+
 def _runtime(base: _Base) -> Runtime:
     """Every service of the core, wired once."""
     settings, sessions, catalog, channels = (
@@ -199,14 +211,7 @@ def _runtime(base: _Base) -> Runtime:
         takeovers=Takeovers(
             sessions=sessions, activities=activities, queue=queue, routing=channels
         ),
-        tasks=TaskService(
-            sessions=sessions,
-            catalog=catalog,
-            queue=queue,
-            approvals=approvals,
-            routing=channels,
-            link=ArtifactLinks(base.secret, settings.base_url).url,
-        ),
+        tasks=_tasks(base, approvals),
         users=UserDirectory(sessions, identity_kinds()),
         queue=queue,
         bus=base.transport.bus,

@@ -233,6 +233,22 @@ RUN = Move("run_requested", ActivityStatus.QUEUED, frozenset({ActivityStatus.PEN
 EXPIRE = Move("expired", ActivityStatus.EXPIRED, _ASKING)
 
 
+# A task's moves (an action external agents serve; see dispatch.work.tasks).
+_HELD_BY_AGENT = frozenset({ActivityStatus.CLAIMED, ActivityStatus.CHANGES_REQUESTED})
+_REVIEWING = frozenset({ActivityStatus.IN_REVIEW})
+HAND_IN = Move("in_review", ActivityStatus.IN_REVIEW, _HELD_BY_AGENT)
+RELEASE_TASK = Move("released", ActivityStatus.WAITING_FOR_AGENT, _HELD_BY_AGENT)
+LAPSE = Move("lease_lapsed", ActivityStatus.WAITING_FOR_AGENT, _HELD_BY_AGENT)
+GIVE_UP = Move("failed", ActivityStatus.FAILED, _HELD_BY_AGENT)
+COMPLETE_WORK = Move("completed", ActivityStatus.COMPLETED, _HELD_BY_AGENT | _REVIEWING)
+"""Approved, or handed in where no one reviews."""
+REJECT_WORK = Move("review_rejected", ActivityStatus.REJECTED, _REVIEWING)
+SEND_BACK = Move("changes_requested", ActivityStatus.CHANGES_REQUESTED, _REVIEWING)
+"""Changes requested, to the agent whose claim still holds."""
+SEND_BACK_TO_QUEUE = Move("changes_requested", ActivityStatus.WAITING_FOR_AGENT, _REVIEWING)
+EXPIRE_REVIEW = Move("review_expired", ActivityStatus.EXPIRED, _REVIEWING)
+
+
 class MoveRefused(RuntimeError):
     """A move from a status it does not start from: the caller read the row wrong."""
 
@@ -260,8 +276,13 @@ class ActivityLog:
         activity.status = move.to.value
         if move.to.is_terminal:
             activity.completed_at = utcnow()
+            activity.lease_expires_at = None
+            activity.expires_at = None
         else:  # no move leads back to awaiting approval: its expiry is over
             activity.expires_at = None
+        if move.to == ActivityStatus.WAITING_FOR_AGENT:  # back in the queue: no one holds it
+            activity.agent_token_id = None
+            activity.lease_expires_at = None
         if details:
             activity.details = {**activity.details, **details}
         cls.add_event(
@@ -525,6 +546,47 @@ class ActivityLog:
                     parts=notice(channel),
                 )
             return True
+
+    @classmethod
+    async def claim_task(
+        cls,
+        session: AsyncSession,
+        task_id: int,
+        *,
+        token_id: int,
+        lease_s: float,
+        actor: str,
+        data: dict[str, Any],
+    ) -> int | None:
+        """An agent takes a waiting task: one conditional write (of concurrent claimants
+        exactly one wins) and its ``claimed`` event; the claim's number, or None."""
+        now = utcnow()
+        taken = await session.execute(
+            update(Activity)
+            .where(
+                Activity.id == task_id, Activity.status == ActivityStatus.WAITING_FOR_AGENT.value
+            )
+            .values(
+                status=ActivityStatus.CLAIMED.value,
+                attempts=Activity.attempts + 1,
+                agent_token_id=token_id,
+                lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                started_at=func.coalesce(Activity.started_at, now),
+            )
+            .returning(Activity.attempts)
+            .execution_options(synchronize_session=False)
+        )
+        attempt = taken.scalar_one_or_none()
+        if attempt is not None:
+            cls.add_event(
+                session,
+                task_id,
+                "claimed",
+                status=ActivityStatus.CLAIMED.value,
+                actor=actor,
+                data={**data, "attempt": int(attempt)},
+            )
+        return None if attempt is None else int(attempt)
 
     async def claim(self, activity_id: int, *, lease_s: float) -> int | None:
         """Take an activity to run: from ``queued``, or from an ``in_progress`` whose lease ran

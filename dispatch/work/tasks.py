@@ -34,7 +34,19 @@ from dispatch.language.i18n import language_of, say
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request, requester_role
 from dispatch.policy.specs import ActionSpec, FollowUpSpec, ReviewSpec
-from dispatch.record.activities import ActivityLog, Opening
+from dispatch.record.activities import (
+    COMPLETE_WORK,
+    EXPIRE_REVIEW,
+    GIVE_UP,
+    HAND_IN,
+    LAPSE,
+    REJECT_WORK,
+    RELEASE_TASK,
+    SEND_BACK,
+    SEND_BACK_TO_QUEUE,
+    ActivityLog,
+    Opening,
+)
 from dispatch.record.artifacts import ArtifactType, check_artifact
 from dispatch.record.models import (
     AGENT_QUESTION,
@@ -379,34 +391,14 @@ class TaskService:
         async with self._sessions.begin() as session:
             row = await self._task(session, task_id, agent)
             spec = self._spec(row)
-            now = utcnow()
-            lease = now + dt.timedelta(seconds=spec.lease_s)
-            taken = await session.execute(
-                update(Activity)
-                .where(
-                    Activity.id == task_id,
-                    Activity.status == S.WAITING_FOR_AGENT.value,
-                )
-                .values(
-                    status=S.CLAIMED.value,
-                    attempts=Activity.attempts + 1,
-                    agent_token_id=agent.token_id,
-                    lease_expires_at=lease,
-                    started_at=func.coalesce(Activity.started_at, now),
-                )
-                .returning(Activity.attempts)
-                .execution_options(synchronize_session=False)
+            attempt = await ActivityLog.claim_task(
+                session,
+                task_id,
+                token_id=agent.token_id,
+                lease_s=spec.lease_s,
+                actor=agent.actor,
+                data={"agent": agent.name, "lease_s": spec.lease_s},
             )
-            attempt = taken.scalar_one_or_none()
-            if attempt is not None:
-                ActivityLog.add_event(
-                    session,
-                    task_id,
-                    "claimed",
-                    status=S.CLAIMED.value,
-                    actor=agent.actor,
-                    data={"agent": agent.name, "attempt": int(attempt), "lease_s": spec.lease_s},
-                )
         if attempt is None:
             await self._renew(agent, task_id, HELD)  # its own claim: renewed; else refused
         return await self.get(task_id, agent)
@@ -521,17 +513,9 @@ class TaskService:
             row.review_round = round_now
             await self._complete(session, row, round_now, actor=agent.actor)
             return
-        row.status = S.IN_REVIEW.value
         row.review_round = round_now
-        row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)
-        ActivityLog.add_event(
-            session,
-            row.id,
-            "in_review",
-            status=S.IN_REVIEW.value,
-            actor=agent.actor,
-            data={"round": round_now},
-        )
+        ActivityLog.move(session, row, HAND_IN, actor=agent.actor, data={"round": round_now})
+        row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)  # (after the move)
         who = await session.scalar(select(User.name).where(User.id == row.actor_user_id))
         link = f"/portal/reviews/{row.id}"
         told = await self._approvals.tell_roles(
@@ -601,16 +585,8 @@ class TaskService:
         """Give the task back to the queue (for another agent)."""
         async with self._sessions.begin() as session:
             row = await self._held(session, agent, task_id, HELD)
-            row.status = S.WAITING_FOR_AGENT.value
-            row.agent_token_id = None
-            row.lease_expires_at = None
-            ActivityLog.add_event(
-                session,
-                task_id,
-                "released",
-                status=S.WAITING_FOR_AGENT.value,
-                actor=agent.actor,
-                data={"reason": reason[:500]},
+            ActivityLog.move(
+                session, row, RELEASE_TASK, actor=agent.actor, data={"reason": reason[:500]}
             )
             return TaskSummary(**_summary(row, NOTHING, agent.token_id))
 
@@ -655,13 +631,12 @@ class TaskService:
                     f"you already decided on this round of task {task_id}'s review"
                 ) from None
             if decision == ReviewDecision.REJECT:
-                self._move(
+                ActivityLog.move(
                     session,
                     row,
-                    S.REJECTED,
-                    kind="review_rejected",
+                    REJECT_WORK,
                     actor=actor,
-                    data={"comment": comment},
+                    data={"comment": comment, "text": comment},
                 )
                 await self._tell_requester(
                     session,
@@ -702,38 +677,10 @@ class TaskService:
         """Changes requested: to the agent that holds it while its lease runs, else to the
         queue (the comment stays with the task for whoever claims it)."""
         holds = row.lease_expires_at is not None and row.lease_expires_at > utcnow()
-        to = (
-            S.CHANGES_REQUESTED if holds and row.agent_token_id is not None else S.WAITING_FOR_AGENT
+        move = SEND_BACK if holds and row.agent_token_id is not None else SEND_BACK_TO_QUEUE
+        ActivityLog.move(
+            session, row, move, actor=actor, data={"comment": comment, "text": comment}
         )
-        if to == S.WAITING_FOR_AGENT:
-            row.agent_token_id = None
-            row.lease_expires_at = None
-        row.expires_at = None
-        self._move(
-            session,
-            row,
-            to,
-            kind="changes_requested",
-            actor=actor,
-            data={"comment": comment, "text": comment},
-        )
-
-    @staticmethod
-    def _move(
-        session: AsyncSession,
-        row: Activity,
-        to: ActivityStatus,
-        *,
-        kind: str,
-        actor: str,
-        data: dict[str, Any],
-    ) -> None:
-        row.status = to.value
-        if to.is_terminal:
-            row.completed_at = utcnow()
-            row.lease_expires_at = None
-            row.expires_at = None
-        ActivityLog.add_event(session, row.id, kind, status=to.value, actor=actor, data=data)
 
     async def _complete(
         self, session: AsyncSession, row: Activity, round_now: int, *, actor: str
@@ -751,9 +698,7 @@ class TaskService:
             "round": round_now,
         }
         row.details = {**row.details, "result": result}
-        self._move(
-            session, row, S.COMPLETED, kind="completed", actor=actor, data={"round": round_now}
-        )
+        ActivityLog.move(session, row, COMPLETE_WORK, actor=actor, data={"round": round_now})
         # A screenshot goes as media where the channel carries media (its link, which shows
         # the image to whoever holds it).
         media = [
@@ -869,9 +814,7 @@ class TaskService:
                     continue
                 moved.append(row.id)
                 if row.status == S.IN_REVIEW.value:
-                    self._move(
-                        session, row, S.EXPIRED, kind="review_expired", actor="system", data={}
-                    )
+                    ActivityLog.move(session, row, EXPIRE_REVIEW)
                     await self._tell_requester(
                         session,
                         row,
@@ -890,29 +833,17 @@ class TaskService:
                     or 0
                 )
                 data = {"agent_token_id": row.agent_token_id, "lapsed": lapsed}
-                row.agent_token_id = None
-                row.lease_expires_at = None
                 if lapsed >= spec.max_attempts:
-                    row.details = {
-                        **row.details,
-                        "error": {"reason": "agents_gave_up", "message": f"{lapsed} claims lapsed"},
-                    }
+                    error = {"reason": "agents_gave_up", "message": f"{lapsed} claims lapsed"}
                     ActivityLog.add_event(session, row.id, "lease_lapsed", data=data)
-                    self._move(session, row, S.FAILED, kind="failed", actor="system", data=data)
+                    ActivityLog.move(session, row, GIVE_UP, data=data, details={"error": error})
                     await self._tell_requester(
                         session,
                         row,
                         functools.partial(say, "task.failed_attempts", id=row.id, attempts=lapsed),
                     )
                 else:
-                    row.status = S.WAITING_FOR_AGENT.value
-                    ActivityLog.add_event(
-                        session,
-                        row.id,
-                        "lease_lapsed",
-                        status=S.WAITING_FOR_AGENT.value,
-                        data=data,
-                    )
+                    ActivityLog.move(session, row, LAPSE, data=data)
         for task_id in moved:
             await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
         return moved
