@@ -70,6 +70,9 @@ _UNPROCESSABLE = {
     "retryActivity",
     "linkIdentity",
     "assignConversation",
+    "submitArtifact",
+    "messageRequester",
+    "reviewTask",
 }
 """Operations whose well-formed request may name what this deployment does not have (422)."""
 _CONFLICTS = {
@@ -81,6 +84,11 @@ _CONFLICTS = {
     "takeOverConversation",
     "replyInConversation",
     "handBackConversation",
+    "claimTask",
+    "submitArtifact",
+    "messageRequester",
+    "releaseTask",
+    "reviewTask",
 }
 _THROTTLED = {"postMessage"}
 _REFERS = {"createToken"}

@@ -142,3 +142,74 @@ async def test_an_agent_works_a_task_over_mcp_and_the_door_refuses_strangers(
             assert handed.structured_content["summary"]["added"] == 1
             again = await client.call_tool("get_task", {"task_id": task["id"]})
             assert again.structured_content["status"] == "in_review"
+
+
+class Alternating(httpx2.AsyncBaseTransport):
+    """A load balancer in miniature: each request to the next gateway process."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self._ports = ports
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.served: list[int] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        port = self._ports[len(self.served) % len(self._ports)]
+        request.url = request.url.copy_with(port=port)
+        request.headers["host"] = f"127.0.0.1:{port}"
+        self.served.append(port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_an_agent_works_through_two_gateway_processes_one_call_each(
+    make_env: Callable[..., dict[str, str]],
+    pg_migrated: str,
+    redis_url: str,
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    """Behind a balancer, every call may reach another gateway: with the initialize handshake
+    (``legacy``) or without (the newer protocol), nothing lives in one process's memory."""
+    ports = [free_port(), free_port()]
+    envs = [make_env(database_url=pg_migrated, redis_url=redis_url, port=port) for port in ports]
+    token = cli(
+        ["agents", "add", f"ada-{mode}", "--serves", "developer.fix_bug"], envs[0], tmp_path
+    )
+    with contextlib.ExitStack() as stack:
+        for n, (port, env) in enumerate(zip(ports, envs, strict=True)):
+            log = tmp_path / f"gateway-{n}.log"
+            served = stack.enter_context(process(["serve"], env, tmp_path, log))
+            wait_healthy(f"http://127.0.0.1:{port}", served, log)
+        stack.enter_context(process(["worker"], envs[0], tmp_path, tmp_path / "worker.log"))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}", timeout=10) as rest:
+            body = {"id": f"m-{mode}", "conversation": f"m-{mode}", "sender": f"m-{mode}",
+                    "text": f"fix the {mode} page"}  # fmt: skip
+            assert (
+                await rest.post("/api/v1/messages", json=body, headers=ADMIN)
+            ).status_code == 202
+        balancer = Alternating(ports)
+        headers = {"Authorization": f"Bearer {token.strip()}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, transport=balancer, timeout=30) as http,
+            Client(
+                streamable_http_client(f"http://127.0.0.1:{ports[0]}/mcp", http_client=http),
+                mode=mode,
+            ) as client,  # fmt: skip
+        ):
+
+            async def mine() -> list[dict[str, Any]]:
+                listed = await client.call_tool("list_tasks", {})
+                items: list[dict[str, Any]] = listed.structured_content["items"]
+                return [t for t in items if t["request_text"] == f"fix the {mode} page"]
+
+            [task] = await wait_for(mine, timeout_s=20)
+            claimed = await client.call_tool("claim_ticket", {"task_id": task["id"]})
+            assert not claimed.is_error, claimed.content
+            text = {"task_id": task["id"], "type": "text", "content": "done"}
+            assert not (await client.call_tool("submit_artifact", text)).is_error
+            view = await client.call_tool("get_task", {"task_id": task["id"]})
+            assert view.structured_content["status"] == "in_review"
+        assert set(balancer.served) == set(ports)  # both processes answered

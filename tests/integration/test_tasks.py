@@ -472,3 +472,16 @@ async def test_a_review_needs_its_quorum_and_expires_unanswered(desk: Desk) -> N
 
     await wait_for(expired, timeout_s=10)
     await reply_with(client, xia, "No one reviewed the work on request")
+
+
+async def test_an_operator_starts_a_task_with_an_intent_over_the_api(desk: Desk) -> None:
+    """``{"intent": "fix ..."}`` on the API: the same gate, then the agents' queue."""
+    started = await desk.client.post(
+        "/api/v1/actions/execute", json={"intent": "fix the footer links"}, headers=desk.sofia
+    )
+    assert started.status_code in {200, 202}, started.text
+    [task] = await wait_for(lambda: waiting(desk, desk.ada))
+    assert task["id"] == started.json()["activity_id"]
+    assert task["action"] == "developer.fix_bug"
+    assert task["payload"] == {"what": "the footer links"}
+    assert task["channel"] is None  # no conversation: the result is read over the API
