@@ -18,8 +18,9 @@ BIN = Path(sys.executable).parent
         [str(BIN / "ruff"), "check", "."],
         [str(BIN / "ruff"), "format", "--check", "."],
         [str(BIN / "mypy")],
+        [str(BIN / "mypy"), "examples"],  # what a user runs as it is
     ],
-    ids=["ruff-check", "ruff-format", "mypy"],
+    ids=["ruff-check", "ruff-format", "mypy", "mypy-examples"],
 )
 def test_static_checks(command: list[str]) -> None:
     result = subprocess.run(
