@@ -43,6 +43,7 @@ from gateway.routes.metrics import metrics
 from gateway.routes.operations import OperationsController
 from gateway.routes.portal import PortalController
 from gateway.routes.portal_live import WATCH_EVERY_S, portal_live
+from gateway.routes.providers import ProvidersController
 from gateway.routes.takeover import TakeoverController
 from gateway.routes.tasks import SUBMIT_BODY_BYTES, TasksController, released_artifact
 from gateway.routes.webhooks import webhook_get, webhook_post
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TakeoverController,
             InboxController,
             TasksController,
+            ProvidersController,
             released_artifact,
             portal_live,
             OperationsController,

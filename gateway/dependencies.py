@@ -53,6 +53,7 @@ PROVIDERS: dict[str, Provide] = {
             "executor",
             "feed",
             "inbox",
+            "providers",
             "queue",
             "stats",
             "steering",

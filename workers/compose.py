@@ -25,7 +25,7 @@ from dispatch.infra.constants import reply_channel
 from dispatch.infra.metrics import Counters, RedisCounters
 from dispatch.infra.queue import ArqQueue, JobQueue
 from dispatch.infra.throttle import RedisThrottle, Throttle
-from dispatch.policy.catalog import Catalog, load_catalog
+from dispatch.policy.catalog import DEFAULT_PROVIDER, Catalog, load_catalog
 from dispatch.record.activities import ActivityLog
 from dispatch.record.artifacts import ArtifactLinks
 from dispatch.record.db import create_engine, create_sessionmaker
@@ -36,10 +36,12 @@ from dispatch.record.keys import deployment_secret
 from dispatch.record.stats import Stats
 from dispatch.record.store import MessageStore
 from dispatch.record.turns import Turns
+from dispatch.record.usage import UsageLog
 from dispatch.record.users import UserDirectory
 from dispatch.understanding.intents import IntentParser
 from dispatch.understanding.interpret import Interpreter
 from dispatch.understanding.llm import LlmClient
+from dispatch.understanding.providers import Providers
 from dispatch.work.approvals import ApprovalService
 from dispatch.work.execution import Executor
 from dispatch.work.runs import WorkflowRuns
@@ -121,13 +123,35 @@ class _Base:
     channels: ChannelRegistry
 
 
-def _interpreter(base: _Base) -> Interpreter:
-    """From text to an intent: the catalog's rules, then the LLM if one is configured."""
+def _providers(base: _Base) -> Providers:
+    """The named LLMs: ``default`` from SWITCHBOARD_LLM_*, the catalog's others (their keys
+    read from the variables it names, once)."""
+    settings = base.settings
+    return Providers.build(
+        base.catalog.providers,
+        settings.llm,
+        settings.env.values,
+        base.http,
+        UsageLog(base.sessions),
+    )
+
+
+def _interpreter(base: _Base, providers: Providers) -> Interpreter:
+    """From text to an intent: the catalog's rules, then the LLM if one is configured (the
+    ``default`` provider, its calls' tokens recorded)."""
     llm = base.settings.llm
+    client = None
+    if llm.enabled:
+        client = LlmClient(
+            llm,
+            base.http,
+            provider=providers.get(DEFAULT_PROVIDER),
+            usage=UsageLog(base.sessions),
+        )
     return Interpreter(
         catalog=base.catalog,
         parser=IntentParser(base.catalog),
-        llm=LlmClient(llm, base.http) if llm.enabled else None,
+        llm=client,
         counters=base.transport.counters,
         confidence_floor=llm.confidence_floor,
     )
@@ -165,7 +189,8 @@ def _runtime(base: _Base) -> Runtime:
         queue=queue,
         routing=channels,
     )
-    interpreter = _interpreter(base)
+    providers = _providers(base)
+    interpreter = _interpreter(base, providers)
     return Runtime(
         settings=settings,
         secret=base.secret,
@@ -212,6 +237,7 @@ def _runtime(base: _Base) -> Runtime:
             sessions=sessions, activities=activities, queue=queue, routing=channels
         ),
         tasks=_tasks(base, approvals),
+        providers=providers,
         users=UserDirectory(sessions, identity_kinds()),
         queue=queue,
         bus=base.transport.bus,

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from dispatch.record.store import MessageStore
     from dispatch.record.turns import Turns
     from dispatch.record.users import UserDirectory
+    from dispatch.understanding.providers import Providers
     from dispatch.work.approvals import ApprovalService
     from dispatch.work.execution import Executor
     from dispatch.work.runs import WorkflowRuns
@@ -192,6 +193,7 @@ class Runtime:
     workflows: WorkflowRuns
     takeovers: Takeovers
     tasks: TaskService
+    providers: Providers
     stats: Stats
     inbox: Inbox
     feed: EventFeed

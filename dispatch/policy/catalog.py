@@ -28,6 +28,7 @@ from dispatch.policy.specs import (
     CatalogFile,
     FallbackSpec,
     FieldSpec,
+    ProviderSpec,
     RuleSpec,
     WorkflowSpec,
 )
@@ -35,6 +36,7 @@ from dispatch.policy.workflows import WORKFLOWS_AGENT, Workflow, compile_workflo
 from dispatch.record.models import Role
 
 __all__ = [
+    "DEFAULT_PROVIDER",
     "WORD",
     "Amount",
     "Catalog",
@@ -75,6 +77,8 @@ class PayloadError(ValueError):
         self.field = field
 
 
+DEFAULT_PROVIDER = "default"
+"""The provider SWITCHBOARD_LLM_* define (the intent parser's)."""
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -104,6 +108,8 @@ class Catalog:
     """The same schemas with every field optional, for requests still being completed."""
     source: str
     workflows: dict[str, Workflow] = field(default_factory=dict)
+    providers: dict[str, ProviderSpec] = field(default_factory=dict)
+    """Named LLMs (``default`` is the settings' ``SWITCHBOARD_LLM_*``, never the catalog's)."""
     region: str | None = None
     """Where a phone number typed without its country code is read (``DEFAULT_REGION``)."""
 
@@ -416,7 +422,34 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
         partial_types=partial_types,
         source=source,
         workflows=workflows,
+        providers=_providers(file.providers, source),
     )
+
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,99}")
+
+
+def _providers(found: dict[str, ProviderSpec], source: str) -> dict[str, ProviderSpec]:
+    """Named LLM endpoints, checked: a name, an http(s) URL, sane limits, a key's variable."""
+    for name, spec in found.items():
+        at = f"{source}: providers.{name}"
+        if not _NAME.fullmatch(name):
+            raise CatalogError(at, "provider names are lowercase letters, digits and _")
+        if name == DEFAULT_PROVIDER:
+            raise CatalogError(
+                at, "'default' is SWITCHBOARD_LLM_BASE_URL/_MODEL/_API_KEY's; name yours otherwise"
+            )
+        if not re.match(r"https?://[^\s/]+", spec.base_url):
+            raise CatalogError(at + ".base_url", "must be an http:// or https:// URL")
+        if not spec.model.strip():
+            raise CatalogError(at + ".model", "must name a model")
+        if spec.api_key_env is not None and not _ENV_NAME.fullmatch(spec.api_key_env):
+            raise CatalogError(at + ".api_key_env", "an environment variable's name (A-Z, 0-9, _)")
+        if not 0 < spec.timeout_s <= 600:
+            raise CatalogError(at + ".timeout_s", "must be in (0, 600]")
+        if not 1 <= spec.max_concurrency <= 256:
+            raise CatalogError(at + ".max_concurrency", "must be between 1 and 256")
+    return dict(found)
 
 
 def decode_catalog(content: bytes, source: str, handlers: Collection[str]) -> Catalog:

@@ -26,6 +26,7 @@ __all__ = [
     "FollowUpSpec",
     "HttpCallSpec",
     "LocalizedSpec",
+    "ProviderSpec",
     "ReviewSpec",
     "RuleSpec",
     "StepLocalizedSpec",
@@ -281,9 +282,23 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Set: starting a run waits for approval (its steps' own policies apply too)."""
 
 
+class ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named LLM: an OpenAI-compatible endpoint (llama.cpp, Ollama, vLLM, OpenAI...)."""
+
+    base_url: str
+    """``{base_url}/chat/completions`` and ``{base_url}/models`` are called."""
+    model: str
+    api_key_env: str | None = None
+    """The environment variable holding its key (the key itself is never in the catalog)."""
+    timeout_s: float = 30.0
+    max_concurrency: int = 4
+    """Calls in flight at once, per process."""
+
+
 class CatalogFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agents: dict[str, AgentSpec]
     fallback: FallbackSpec
     rules: tuple[RuleSpec, ...] = ()
     workflows: dict[str, WorkflowSpec] = {}
+    providers: dict[str, ProviderSpec] = {}
     version: int = 1

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -45,6 +46,7 @@ __all__ = [
     "Delivery",
     "DeploymentSecret",
     "Direction",
+    "LlmCall",
     "Message",
     "MessageState",
     "Priority",
@@ -496,6 +498,27 @@ class ReviewVote(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     decision: Mapped[str] = mapped_column(String(24))
     comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class LlmCall(Base):
+    """One call to a named LLM provider, with the tokens its answer's ``usage`` reported."""
+
+    __tablename__ = "llm_calls"
+    __table_args__ = (Index("ix_llm_calls_provider_at", "provider", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    purpose: Mapped[str] = mapped_column(String(64))
+    """What it was for: ``intent`` (the parser's fallback), ``check``, a council's step..."""
+    activity_id: Mapped[int | None] = mapped_column(BigInteger)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(String(500))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -29,6 +29,8 @@ from dispatch.infra.config import (
 )
 from dispatch.infra.retry import RetryPolicy
 from dispatch.policy.specs import ActionSpec, FieldSpec
+from dispatch.record.usage import CallRecord, UsageLog
+from dispatch.understanding.endpoint import Provider
 
 __all__ = [
     "PROMPT_VERSION",
@@ -198,16 +200,32 @@ def _describe(field: FieldSpec) -> dict[str, str]:
 
 
 class LlmClient:
-    def __init__(self, settings: LlmSettings, http: httpx.AsyncClient) -> None:
+    """The intent parser's LLM: the ``default`` provider (``provider``; else the settings'
+    endpoint itself), each call's tokens recorded in ``usage`` when given."""
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        http: httpx.AsyncClient,
+        *,
+        provider: Provider | None = None,
+        usage: UsageLog | None = None,
+    ) -> None:
         assert settings.base_url is not None
         self._settings = settings
-        self._url = settings.base_url.rstrip("/") + "/chat/completions"
+        base = provider.base_url if provider is not None else settings.base_url
+        self._url = base.rstrip("/") + "/chat/completions"
+        self._model = provider.model if provider is not None else settings.model
+        self._key = provider.api_key if provider is not None else settings.api_key
+        self._timeout_s = provider.timeout_s if provider is not None else settings.timeout_s
+        self._provider = provider.name if provider is not None else "default"
         self._http = http
+        self._usage = usage
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s)
 
     @property
     def model(self) -> str:
-        return self._settings.model
+        return self._model
 
     def request_body(
         self,
@@ -219,7 +237,7 @@ class LlmClient:
         messages += [{"role": role, "content": content} for role, content in history]
         messages.append({"role": "user", "content": text})
         return {
-            "model": self._settings.model,
+            "model": self._model,
             "temperature": 0,
             "messages": messages,
             "tools": [_tool(agent, action, spec) for agent, action, spec in actions],
@@ -236,34 +254,56 @@ class LlmClient:
         if self.breaker.is_open:
             raise LlmUnavailable("circuit breaker open")
         body = self.request_body(text, actions, history)
-        headers = (
-            {"Authorization": f"Bearer {self._settings.api_key}"} if self._settings.api_key else {}
-        )
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         started = time.perf_counter()
         policy = RetryPolicy(self._settings.max_retries, RETRY_FIRST_S, RETRY_MAX_S)
+        answer: dict[str, Any] = {}
         try:
-            async for attempt in policy.attempts(lambda exc: isinstance(exc, _Transient)):
-                with attempt:
-                    response = await self._post(body, headers)
-        except (_Transient, _Refused) as failed:
+            try:
+                async for attempt in policy.attempts(lambda exc: isinstance(exc, _Transient)):
+                    with attempt:
+                        response = await self._post(body, headers)
+            except (_Transient, _Refused) as failed:
+                raise LlmUnavailable(str(failed)) from None
+            if len(response.content) > MAX_ANSWER_BYTES:
+                raise LlmUnavailable(f"answer of {len(response.content)} bytes is too large")
+            try:
+                answer = response.json()
+                proposal = self._parse(answer, started)
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                raise LlmUnavailable(f"unexpected answer: {exc}") from None
+        except LlmUnavailable as exc:
             self.breaker.failure()
-            raise LlmUnavailable(str(failed)) from None
-        if len(response.content) > MAX_ANSWER_BYTES:
-            self.breaker.failure()
-            raise LlmUnavailable(f"answer of {len(response.content)} bytes is too large")
-        try:
-            proposal = self._parse(response.json(), started)
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            self.breaker.failure()
-            raise LlmUnavailable(f"unexpected answer: {exc}") from None
+            await self._record(started, answer, error=str(exc))
+            raise
         self.breaker.success()
+        await self._record(started, answer)
         return proposal
+
+    async def _record(
+        self, started: float, answer: dict[str, Any], error: str | None = None
+    ) -> None:
+        """The call and the tokens its answer reported (when a usage log is kept)."""
+        if self._usage is None:
+            return
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        await self._usage.record(
+            CallRecord(
+                provider=self._provider,
+                model=self._model,
+                purpose="intent",
+                ok=error is None,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                usage=usage if isinstance(usage, dict) else None,
+                error=error,
+            )
+        )
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
         """One attempt: the answer, :class:`_Transient` to try again, :class:`_Refused`."""
         try:
             response = await self._http.post(
-                self._url, json=body, headers=headers, timeout=self._settings.timeout_s
+                self._url, json=body, headers=headers, timeout=self._timeout_s
             )
         except httpx.HTTPError as exc:
             raise _Transient(type(exc).__name__) from None

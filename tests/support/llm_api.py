@@ -54,6 +54,17 @@ class LlmApi(LocalServer):
         api = self
 
         class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                """The models it offers (what a provider's check reads)."""
+                with api._lock:
+                    api.headers.append(dict(self.headers))
+                if self.path != "/v1/models":
+                    with api._lock:
+                        api.unexpected.append(self.path)
+                    self.send_json(404, {"error": {"message": "not found"}})
+                    return
+                self.send_json(200, {"object": "list", "data": [{"id": "test-model"}]})
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")

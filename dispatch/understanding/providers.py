@@ -1,0 +1,173 @@
+"""Named LLM providers: each an OpenAI-compatible endpoint (llama.cpp server, Ollama, vLLM,
+OpenAI...) with its model, its key (read once from the environment variable the catalog names;
+never shown), its timeout and how many calls it takes at once. ``default`` is the one
+``SWITCHBOARD_LLM_BASE_URL``, ``_MODEL`` and ``_API_KEY`` define (the intent parser's); the
+catalog's ``[providers.<name>]`` add others. A check asks a provider which models it offers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import httpx
+import msgspec
+
+from dispatch.infra.errors import NotFoundError
+from dispatch.policy.catalog import DEFAULT_PROVIDER
+from dispatch.policy.specs import ProviderSpec
+from dispatch.record.usage import CallRecord, UsageLog, UsageTotals
+from dispatch.understanding.endpoint import Provider
+from dispatch.understanding.llm import LlmSettings
+
+__all__ = ["Provider", "ProviderCheck", "ProviderView", "Providers"]
+
+CHECK_TIMEOUT_S = 10.0
+MAX_MODELS_LISTED = 100
+
+
+def _default(llm: LlmSettings) -> Provider:
+    """The provider SWITCHBOARD_LLM_* define: the intent parser's."""
+    assert llm.base_url is not None
+    return Provider(
+        name=DEFAULT_PROVIDER,
+        base_url=llm.base_url.rstrip("/"),
+        model=llm.model,
+        timeout_s=llm.timeout_s,
+        max_concurrency=16,
+        key_from="SWITCHBOARD_LLM_API_KEY",
+        api_key=llm.api_key,
+        source="settings",
+    )
+
+
+def _declared(name: str, spec: ProviderSpec, environ: Mapping[str, str]) -> Provider:
+    """A provider the catalog declares, its key read from the variable it names."""
+    return Provider(
+        name=name,
+        base_url=spec.base_url.rstrip("/"),
+        model=spec.model,
+        timeout_s=spec.timeout_s,
+        max_concurrency=spec.max_concurrency,
+        key_from=spec.api_key_env,
+        api_key=environ.get(spec.api_key_env) if spec.api_key_env else None,
+    )
+
+
+class ProviderView(msgspec.Struct, frozen=True, kw_only=True):
+    """A provider as an admin sees it: everything but its key (not even part of it)."""
+
+    name: str
+    base_url: str
+    model: str
+    timeout_s: float
+    max_concurrency: int
+    key_from: str | None
+    has_key: bool
+    source: str
+    usage: UsageTotals
+
+
+class ProviderCheck(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    ok: bool
+    latency_ms: float
+    models: list[str] = []
+    """What its ``/models`` offers."""
+    model_offered: bool | None = None
+    """Whether the configured model is among them (None: the provider listed none)."""
+    error: str | None = None
+
+
+class Providers:
+    """Every named provider of this deployment, with a limit on calls in flight each."""
+
+    def __init__(self, providers: list[Provider], http: httpx.AsyncClient, usage: UsageLog) -> None:
+        self._providers = {p.name: p for p in providers}
+        self._slots = {p.name: asyncio.Semaphore(p.max_concurrency) for p in providers}
+        self._http = http
+        self._usage = usage
+
+    @classmethod
+    def build(
+        cls,
+        catalog: Mapping[str, ProviderSpec],
+        llm: LlmSettings,
+        environ: Mapping[str, str],
+        http: httpx.AsyncClient,
+        usage: UsageLog,
+    ) -> Providers:
+        found = [_default(llm)] if llm.enabled else []
+        found += [_declared(name, spec, environ) for name, spec in catalog.items()]
+        return cls(found, http, usage)
+
+    def get(self, name: str) -> Provider:
+        found = self._providers.get(name)
+        if found is None:
+            raise NotFoundError(
+                f"no provider {name!r}; known: {', '.join(sorted(self._providers)) or 'none'}"
+            )
+        return found
+
+    def slot(self, name: str) -> asyncio.Semaphore:
+        """Taken while a call to ``name`` is in flight."""
+        return self._slots[self.get(name).name]
+
+    async def views(self) -> list[ProviderView]:
+        totals = await self._usage.totals()
+        return [
+            ProviderView(
+                name=p.name,
+                base_url=p.base_url,
+                model=p.model,
+                timeout_s=p.timeout_s,
+                max_concurrency=p.max_concurrency,
+                key_from=p.key_from,
+                has_key=bool(p.api_key),
+                source=p.source,
+                usage=totals.get(p.name, UsageTotals()),
+            )
+            for p in sorted(self._providers.values(), key=lambda p: p.name)
+        ]
+
+    async def check(self, name: str) -> ProviderCheck:
+        """Ask ``{base_url}/models``: how long it took and what it offers (recorded as a call)."""
+        provider = self.get(name)
+        started = time.perf_counter()
+        error: str | None = None
+        models: list[str] = []
+        try:
+            async with self.slot(name):
+                answer = await self._http.get(
+                    f"{provider.base_url}/models",
+                    headers=provider.headers,
+                    timeout=min(provider.timeout_s, CHECK_TIMEOUT_S),
+                )
+            if answer.status_code >= 400:
+                error = f"HTTP {answer.status_code}"
+            else:
+                listed = msgspec.json.decode(answer.content).get("data") or []
+                models = [str(m["id"]) for m in listed[:MAX_MODELS_LISTED] if "id" in m]
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: could not reach {provider.base_url}"
+        except (msgspec.DecodeError, AttributeError, TypeError):
+            error = "its /models answer is not the OpenAI list shape"
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        await self._usage.record(
+            CallRecord(
+                provider=name,
+                model=provider.model,
+                purpose="check",
+                ok=error is None,
+                latency_ms=latency_ms,
+                error=error,
+            )
+        )
+        return ProviderCheck(
+            name=name,
+            ok=error is None,
+            latency_ms=latency_ms,
+            models=models,
+            model_offered=(provider.model in models) if models else None,
+            error=error,
+        )
