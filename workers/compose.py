@@ -43,13 +43,14 @@ from dispatch.understanding.interpret import Interpreter
 from dispatch.understanding.llm import LlmClient
 from dispatch.understanding.providers import Providers
 from dispatch.work.approvals import ApprovalService
+from dispatch.work.councils import CouncilRunner
 from dispatch.work.execution import Executor
 from dispatch.work.runs import WorkflowRuns
 from dispatch.work.service import DispatchService
 from dispatch.work.steering import Steering
 from dispatch.work.takeover import Takeovers
 from dispatch.work.tasks import TaskService
-from workers.handlers import BUILTIN_HANDLERS
+from workers.handlers import BUILTIN_HANDLERS, CouncilHandler
 from workers.inprocess import InProcessQueue
 from workers.registry import HandlerRegistry
 from workers.replies import ReplySender
@@ -157,6 +158,13 @@ def _interpreter(base: _Base, providers: Providers) -> Interpreter:
     )
 
 
+def _handlers(base: _Base, providers: Providers) -> HandlerRegistry:
+    """The built-in handlers, and the one every council runs on."""
+    return HandlerRegistry(
+        (*BUILTIN_HANDLERS, CouncilHandler(CouncilRunner(base.sessions, providers)))
+    )
+
+
 def _tasks(base: _Base, approvals: ApprovalService) -> TaskService:
     """The work external agents claim, and the links that show what they handed in."""
     return TaskService(
@@ -197,7 +205,7 @@ def _runtime(base: _Base) -> Runtime:
         engine=base.engine,
         sessions=sessions,
         catalog=catalog,
-        handlers=HandlerRegistry(BUILTIN_HANDLERS),
+        handlers=_handlers(base, providers),
         store=store,
         activities=activities,
         turns=turns,

@@ -16,13 +16,16 @@ from dispatch.record.activities import ActivityView
 from dispatch.record.messages import Choice, Media
 from dispatch.record.outbox import failure_reason, payload_text
 from dispatch.work.approvals import Decision
-from workers.registry import Handler, HandlerContext, HandlerResult
+from dispatch.work.councils import CouncilRunner
+from workers.registry import COUNCIL, Handler, HandlerContext, HandlerResult
 
 __all__ = [
     "BUILTIN_HANDLERS",
     "BUILTIN_HANDLER_NAMES",
     "CancelHandler",
     "ClarifyHandler",
+    "CouncilEmpty",
+    "CouncilHandler",
     "DecideHandler",
     "EchoHandler",
     "HelpHandler",
@@ -417,3 +420,30 @@ BUILTIN_HANDLERS: tuple[Handler, ...] = (
     LedgerHandler(),
 )
 BUILTIN_HANDLER_NAMES = frozenset(handler.name for handler in BUILTIN_HANDLERS)
+
+
+class CouncilHandler(Handler):
+    """A council's run (``executor = "council"``): its members draft, critique, revise and are
+    ranked (see :mod:`dispatch.work.councils`); the chosen proposal is the answer, which goes
+    to review where the action says so. Resumed, it asks no member again for a step it
+    answered."""
+
+    name: ClassVar[str] = COUNCIL
+
+    def __init__(self, councils: CouncilRunner) -> None:
+        self._councils = councils
+
+    async def run(self, ctx: HandlerContext) -> HandlerResult:
+        council = ctx.action.council
+        assert council is not None  # checked when the catalog loaded
+        described = ", ".join(f"{k}: {v}" for k, v in ctx.payload.items())
+        request = f"{ctx.action.description}. {described}" if described else ctx.action.description
+        outcome = await self._councils.run(ctx.activity.id, request, council)
+        data = msgspec.to_builtins(msgspec.structs.replace(outcome, text=""))
+        if outcome.chosen is None:
+            raise CouncilEmpty(say("task.council_empty", ctx.language, id=ctx.activity.id))
+        return HandlerResult(text=outcome.text, data={"council": data})
+
+
+class CouncilEmpty(Exception):
+    """No proposal survived the council (every member failed, or every check)."""

@@ -34,7 +34,7 @@ from dispatch.record.outbox import Outbox, reply_text
 from dispatch.work.runs import run_of
 from dispatch.work.service import MAX_DISPATCH_ATTEMPTS, Claimed, Dispatched, DispatchFailed
 from workers.lease import Lease, LeaseLost, RunCancelled
-from workers.registry import Handler, HandlerContext, UnknownAction
+from workers.registry import Handler, HandlerContext, HandlerResult, UnknownAction
 
 if TYPE_CHECKING:
     from dispatch.policy.specs import ActionSpec
@@ -304,6 +304,29 @@ async def _execute(
     return await _run_handler(runtime, activity, attempt, claimed_at, action, handler, role_now)
 
 
+async def _to_review(  # noqa: PLR0917 - one run's end
+    runtime: Runtime,
+    activity: ActivityView,
+    attempt: int,
+    result: HandlerResult,
+    details: dict[str, Any],
+    duration_ms: float,
+) -> _Ended | None:
+    """A council's proposal goes to a person's review before the requester gets it."""
+    ended = await _finish(
+        runtime,
+        activity,
+        attempt,
+        S.IN_REVIEW,
+        details=details,
+        metrics={**activity.metrics, "duration_ms": duration_ms},
+        data={"attempt": attempt},
+    )
+    if ended is not None:
+        await runtime.tasks.council_handed_in(activity.id, result.text, result.data)
+    return ended
+
+
 async def _to_agents(
     runtime: Runtime,
     activity: ActivityView,
@@ -404,6 +427,8 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
     if result.choices:
         result_doc["choices"] = msgspec.to_builtins(result.choices)
     details = {**activity.details, "result": result_doc}
+    if action.by_council and action.reviewed is not None:
+        return await _to_review(runtime, activity, attempt, result, details, duration_ms)
     return await _finish(
         runtime,
         activity,

@@ -35,6 +35,10 @@ class HandlerResult(msgspec.Struct, frozen=True, kw_only=True):
     data: dict[str, Any] = {}
 
 
+COUNCIL = "council"
+"""The handler every council action runs on (``executor = "council"``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
     activity: ActivityView
@@ -75,7 +79,7 @@ class HandlerRegistry:
         action = catalog.action(agent, action_type)
         if action is None:
             raise UnknownAction(f"no action {agent}.{action_type} in the catalog")
-        handler = self._handlers.get(action.handler)
+        handler = self._handlers.get(COUNCIL if action.by_council else action.handler)
         if handler is None:
             raise UnknownAction(f"no handler {action.handler!r} for {agent}.{action_type}")
         return action, handler

@@ -26,6 +26,7 @@ from dispatch.policy.specs import (
     AgentSpec,
     ApprovalSpec,
     CatalogFile,
+    CheckSpec,
     FallbackSpec,
     FieldSpec,
     ProviderSpec,
@@ -249,7 +250,9 @@ def _validate_actions(
 def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], at: str) -> None:
     if not _NAME.fullmatch(name):
         raise CatalogError(at, "action names are lowercase letters, digits and _")
-    if action.by_agent:
+    if action.by_council:
+        _validate_council(action, at)
+    elif action.by_agent:
         _validate_agent_served(action, at)
     elif action.handler not in handlers:
         raise CatalogError(
@@ -271,6 +274,43 @@ def _validate_action(name: str, action: ActionSpec, handlers: Collection[str], a
     for field_name in action.payload:
         if not _NAME.fullmatch(field_name):
             raise CatalogError(at + f".payload.{field_name}", "bad field name")
+
+
+def _validate_council(action: ActionSpec, at: str) -> None:
+    """A council: members with distinct names, a rubric to score by, sane limits."""
+    council = action.council
+    if council is None:
+        raise CatalogError(at, 'executor = "council" needs a [council] table')
+    if action.handler:
+        raise CatalogError(at + ".handler", 'an action with executor = "council" has no handler')
+    names = [m.name for m in council.members]
+    if not names or len(set(names)) != len(names):
+        raise CatalogError(at + ".council.members", "one or more members, with distinct names")
+    for member in (*council.members, *council.judges):
+        if not _NAME.fullmatch(member.name) or not _NAME.fullmatch(member.provider):
+            raise CatalogError(at + ".council", f"member {member.name!r}: a name and a provider")
+    if council.judges and not council.rubric:
+        raise CatalogError(at + ".council.rubric", "judges score by a rubric: give one")
+    if any(c.weight <= 0 for c in council.rubric.values()):
+        raise CatalogError(at + ".council.rubric", "weights are positive")
+    if not 1 <= council.rounds <= 5:
+        raise CatalogError(at + ".council.rounds", "must be between 1 and 5")
+    for index, check in enumerate(council.checks):
+        _validate_check(check, f"{at}.council.checks[{index}]")
+    if council.budget.calls < 1 or council.budget.tokens < 1:
+        raise CatalogError(at + ".council.budget", "calls and tokens are positive")
+
+
+def _validate_check(check: CheckSpec, where: str) -> None:
+    if check.kind == "json_schema" and not check.schema:
+        raise CatalogError(where, "a json_schema check needs its schema")
+    if check.kind == "max_chars" and not (check.max_chars or 0) > 0:
+        raise CatalogError(where, "a max_chars check needs max_chars")
+    for pattern in check.patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise CatalogError(where, f"pattern {pattern!r}: {exc}") from None
 
 
 def _validate_agent_served(action: ActionSpec, at: str) -> None:

@@ -16,16 +16,22 @@ from dispatch.record.models import Priority
 
 __all__ = [
     "ARTIFACT_TYPES",
+    "CHECK_KINDS",
     "ActionSpec",
     "AgentSpec",
     "ApprovalSpec",
+    "BudgetSpec",
     "CatalogFile",
+    "CheckSpec",
+    "CouncilSpec",
+    "CriterionSpec",
     "FallbackSpec",
     "FieldSpec",
     "FieldType",
     "FollowUpSpec",
     "HttpCallSpec",
     "LocalizedSpec",
+    "MemberSpec",
     "ProviderSpec",
     "ReviewSpec",
     "RuleSpec",
@@ -102,6 +108,58 @@ class FollowUpSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Start it at once; otherwise it waits as ``pending`` until someone runs it."""
 
 
+class MemberSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One member of a council: a provider (and model) with a persona."""
+
+    name: str
+    provider: str = "default"
+    model: str | None = None
+    """Default: the provider's."""
+    persona: str = ""
+    """Its system prompt: who it is and how it thinks."""
+    role: str = "member"
+
+
+class CriterionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    description: str
+    weight: float = 1.0
+
+
+CHECK_KINDS = ("json_schema", "forbid", "max_chars", "python_syntax", "ruff")
+
+
+class CheckSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A check every proposal must pass to be ranked (nothing a member writes is run)."""
+
+    kind: Literal["json_schema", "forbid", "max_chars", "python_syntax", "ruff"]
+    schema: dict[str, Any] | None = None
+    """json_schema: the schema the proposal (JSON) must satisfy."""
+    patterns: tuple[str, ...] = ()
+    """forbid: regular expressions no proposal may match."""
+    max_chars: int | None = None
+
+
+class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A council run ends cleanly, with what it has, at the first of these."""
+
+    calls: int = 60
+    tokens: int = 200_000
+
+
+class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Several members draft, critique each other, revise; checks and judges rank them."""
+
+    members: tuple[MemberSpec, ...]
+    rounds: int = 1
+    rubric: dict[str, CriterionSpec] = {}
+    checks: tuple[CheckSpec, ...] = ()
+    judges: tuple[MemberSpec, ...] = ()
+    """Who scores (a judge named like a member never scores that member's proposal)."""
+    architect: Literal["top_score"] = "top_score"
+    budget: BudgetSpec = BudgetSpec()
+    call_timeout_s: float = 60.0
+
+
 class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An action's words in another language (``[agents.x.actions.y.localized.es]``)."""
 
@@ -118,8 +176,10 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str
     handler: str = ""
     """What runs it on a worker (with ``executor = "handler"``, the default)."""
-    executor: Literal["handler", "agent"] = "handler"
-    """``agent``: an external agent claims it (over MCP or the tasks API) and hands work in."""
+    executor: Literal["handler", "agent", "council"] = "handler"
+    """``agent``: an external agent claims it (over MCP or the tasks API) and hands work in;
+    ``council``: several LLM members draft, critique, revise and are ranked (``council``)."""
+    council: CouncilSpec | None = None
     lease_s: float = 600.0
     """An agent's claim lasts this long after its last call on the task."""
     max_attempts: int = 3
@@ -175,6 +235,15 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def by_agent(self) -> bool:
         return self.executor == "agent"
+
+    @property
+    def by_council(self) -> bool:
+        return self.executor == "council"
+
+    @property
+    def reviewable(self) -> bool:
+        """Its work goes through the tasks' review (an agent's or a council's)."""
+        return self.executor in ("agent", "council")
 
     @property
     def reviewed(self) -> ReviewSpec | None:

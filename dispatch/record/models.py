@@ -43,6 +43,7 @@ __all__ = [
     "Conversation",
     "ConversationRead",
     "ConversationState",
+    "CouncilStep",
     "Delivery",
     "DeploymentSecret",
     "Direction",
@@ -470,7 +471,8 @@ class Artifact(Base):
     activity_id: Mapped[int] = mapped_column(
         ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
     )
-    agent_token_id: Mapped[int] = mapped_column(BigInteger)
+    agent_token_id: Mapped[int | None] = mapped_column(BigInteger)
+    """The agent that handed it in (None: a council's chosen proposal)."""
     type: Mapped[str] = mapped_column(String(16))
     title: Mapped[str] = mapped_column(String(200), default="")
     content: Mapped[str] = mapped_column(Text)
@@ -498,6 +500,35 @@ class ReviewVote(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     decision: Mapped[str] = mapped_column(String(24))
     comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class CouncilStep(Base):
+    """One answered step of a council run (a member's draft, critique or revision, a check,
+    a judge's scores, the pick), stored as it completes: a resumed run asks no one again."""
+
+    __tablename__ = "council_steps"
+    __table_args__ = (
+        UniqueConstraint(
+            "activity_id", "round", "step", "member", "target", name="uq_council_step"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    activity_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_activities.id", ondelete="CASCADE"), index=True
+    )
+    round: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(16))
+    member: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    """Whose draft a critique or a score is of; a check's index."""
+    ok: Mapped[bool] = mapped_column(Boolean)
+    text: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(String(500))
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

@@ -95,6 +95,8 @@ def reply_text(
         return cancelled_notice(activity_id, language)
     if status == ActivityStatus.WAITING_FOR_AGENT:
         return say("task.waiting", language, id=activity_id)
+    if status == ActivityStatus.IN_REVIEW:  # (a council's proposal; an agent's is told apart)
+        return say("task.council_review", language, id=activity_id)
     return None
 
 

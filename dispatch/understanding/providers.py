@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 import msgspec
@@ -20,10 +21,32 @@ from dispatch.record.usage import CallRecord, UsageLog, UsageTotals
 from dispatch.understanding.endpoint import Provider
 from dispatch.understanding.llm import LlmSettings
 
-__all__ = ["Provider", "ProviderCheck", "ProviderView", "Providers"]
+__all__ = [
+    "Completion",
+    "Provider",
+    "ProviderCheck",
+    "ProviderFailed",
+    "ProviderView",
+    "Providers",
+]
 
 CHECK_TIMEOUT_S = 10.0
 MAX_MODELS_LISTED = 100
+MAX_ANSWER_BYTES = 512 * 1024
+RETRY_AFTER_MAX_S = 5.0
+"""A 429's Retry-After is honoured once, up to this long."""
+
+
+class ProviderFailed(Exception):
+    """A call that gave no usable answer: a timeout, an HTTP error, or something else than a
+    chat completion. Its message says which (never the key)."""
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    text: str
+    tokens: int
+    """What the answer's ``usage`` reported in all (0 where it reported none)."""
+    latency_ms: float
 
 
 def _default(llm: LlmSettings) -> Provider:
@@ -130,6 +153,104 @@ class Providers:
             for p in sorted(self._providers.values(), key=lambda p: p.name)
         ]
 
+    async def complete(
+        self,
+        name: str,
+        messages: list[dict[str, str]],
+        *,
+        purpose: str,
+        model: str | None = None,
+        response_format: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        activity_id: int | None = None,
+    ) -> Completion:
+        """One chat completion from provider ``name`` (within its concurrency), recorded with
+        its tokens; :class:`ProviderFailed` if it gave no usable answer."""
+        provider = self.get(name)
+        body: dict[str, Any] = {"model": model or provider.model, "messages": messages}
+        if response_format is not None:
+            body["response_format"] = response_format
+        limit_s = min(timeout_s or provider.timeout_s, provider.timeout_s)
+        started = time.perf_counter()
+        usage: dict[str, Any] | None = None
+        try:
+            async with self.slot(name):
+                answer = await self._post(provider, body, limit_s)
+            usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
+            text = answer["choices"][0]["message"]["content"]
+            if not isinstance(text, str):
+                raise ProviderFailed("the answer has no text")
+        except ProviderFailed as exc:
+            await self._recorded(
+                provider, body["model"], purpose, started, usage, str(exc), activity_id
+            )
+            raise
+        except (KeyError, IndexError, TypeError, AttributeError):
+            error = "the answer is not a chat completion"
+            await self._recorded(
+                provider, body["model"], purpose, started, usage, error, activity_id
+            )
+            raise ProviderFailed(error) from None
+        latency_ms = await self._recorded(
+            provider, body["model"], purpose, started, usage, None, activity_id
+        )
+        tokens = usage.get("total_tokens") if usage else None
+        return Completion(
+            text=text,
+            tokens=tokens if isinstance(tokens, int) and tokens >= 0 else 0,
+            latency_ms=latency_ms,
+        )
+
+    async def _post(self, provider: Provider, body: dict[str, Any], limit_s: float) -> Any:
+        """The answer's JSON; a 429 waited out once (its Retry-After, bounded)."""
+        url = f"{provider.base_url}/chat/completions"
+        for attempt in range(2):
+            try:
+                response = await self._http.post(
+                    url, json=body, headers=provider.headers, timeout=limit_s
+                )
+            except httpx.TimeoutException:
+                raise ProviderFailed(f"no answer within {limit_s:g} s") from None
+            except httpx.HTTPError as exc:
+                raise ProviderFailed(f"{type(exc).__name__}: could not reach it") from None
+            if response.status_code == 429 and attempt == 0:
+                await asyncio.sleep(_retry_after(response.headers.get("retry-after")))
+                continue
+            if response.status_code >= 400:
+                raise ProviderFailed(f"HTTP {response.status_code}")
+            if len(response.content) > MAX_ANSWER_BYTES:
+                raise ProviderFailed(f"an answer of {len(response.content)} bytes")
+            try:
+                return msgspec.json.decode(response.content)
+            except msgspec.DecodeError:
+                raise ProviderFailed("the answer is not JSON") from None
+        raise ProviderFailed("HTTP 429, and again after waiting")
+
+    async def _recorded(  # noqa: PLR0917 - one call's parts
+        self,
+        provider: Provider,
+        model: str,
+        purpose: str,
+        started: float,
+        usage: dict[str, Any] | None,
+        error: str | None,
+        activity_id: int | None,
+    ) -> float:
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        await self._usage.record(
+            CallRecord(
+                provider=provider.name,
+                model=model,
+                purpose=purpose,
+                ok=error is None,
+                latency_ms=latency_ms,
+                usage=usage,
+                error=error,
+                activity_id=activity_id,
+            )
+        )
+        return latency_ms
+
     async def check(self, name: str) -> ProviderCheck:
         """Ask ``{base_url}/models``: how long it took and what it offers (recorded as a call)."""
         provider = self.get(name)
@@ -171,3 +292,11 @@ class Providers:
             model_offered=(provider.model in models) if models else None,
             error=error,
         )
+
+
+def _retry_after(header: str | None) -> float:
+    try:
+        wait_s = float(header) if header else 1.0
+    except ValueError:
+        wait_s = 1.0
+    return max(0.0, min(wait_s, RETRY_AFTER_MAX_S))

@@ -212,8 +212,14 @@ class TaskService:
 
     # ---- reading -------------------------------------------------------------------------
 
-    def _served(self) -> list[tuple[str, str, ActionSpec]]:
-        return [(a, t, spec) for a, t, spec in self._catalog.actions() if spec.by_agent]
+    def _served(self, *, reviewable: bool = False) -> list[tuple[str, str, ActionSpec]]:
+        """The actions agents serve (``reviewable``: and councils, whose work is reviewed the
+        same way)."""
+        return [
+            (a, t, spec)
+            for a, t, spec in self._catalog.actions()
+            if spec.by_agent or (reviewable and spec.reviewable)
+        ]
 
     async def queue(
         self, agent: AgentCaller | None, *, limit: int = QUEUE_LIMIT
@@ -241,9 +247,9 @@ class TaskService:
     async def listing(
         self, *, status: str | None = None, limit: int = QUEUE_LIMIT
     ) -> list[TaskSummary]:
-        """Every task (of any agent-served action), newest first: the portal's and the
-        operators' view."""
-        actions = [(a, t) for a, t, _ in self._served()]
+        """Every task (of an action agents or a council serve), newest first: the portal's
+        and the operators' view."""
+        actions = [(a, t) for a, t, _ in self._served(reviewable=True)]
         if not actions:
             return []
         query = (
@@ -371,7 +377,7 @@ class TaskService:
         if (
             row is None
             or spec is None
-            or not spec.by_agent
+            or not spec.reviewable
             or (agent is not None and not agent.may_serve(row.agent_name, row.action_type))
         ):
             raise NotFoundError(f"no task {task_id} among the tasks you may see")
@@ -380,7 +386,7 @@ class TaskService:
     def _spec(self, row: Activity) -> ActionSpec:
         spec = self._catalog.action(row.agent_name, row.action_type)
         assert spec is not None  # checked by _task
-        assert spec.by_agent
+        assert spec.reviewable
         return spec
 
     # ---- an agent's calls ----------------------------------------------------------------
@@ -516,6 +522,11 @@ class TaskService:
         row.review_round = round_now
         ActivityLog.move(session, row, HAND_IN, actor=agent.actor, data={"round": round_now})
         row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)  # (after the move)
+        await self._tell_reviewers(session, row, spec, review)
+
+    async def _tell_reviewers(
+        self, session: AsyncSession, row: Activity, spec: ActionSpec, review: ReviewSpec
+    ) -> None:
         who = await session.scalar(select(User.name).where(User.id == row.actor_user_id))
         link = f"/portal/reviews/{row.id}"
         told = await self._approvals.tell_roles(
@@ -532,6 +543,39 @@ class TaskService:
             ),
         )
         ActivityLog.add_event(session, row.id, "reviewers_told", data={"users": told})
+
+    async def council_handed_in(self, task_id: int, text: str, summary: dict[str, Any]) -> None:
+        """A council's chosen proposal, now in review: its artifact (of no agent) and the
+        reviewers told, as for an agent's hand-in."""
+        async with self._sessions.begin() as session:
+            row = await self._task(session, task_id, None, lock=True)
+            spec = self._spec(row)
+            review = spec.reviewed
+            if row.status != S.IN_REVIEW.value or review is None:
+                return
+            row.review_round += 1
+            row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)
+            checked = check_artifact("text", text, ("text",))
+            artifact = Artifact(
+                activity_id=task_id,
+                agent_token_id=None,
+                type=checked.type.value,
+                title="The council's proposal",
+                content=checked.content,
+                size_bytes=checked.size_bytes,
+                summary={**checked.summary, **summary},
+                review_round=row.review_round,
+            )
+            session.add(artifact)
+            await session.flush()
+            ActivityLog.add_event(
+                session,
+                task_id,
+                "artifact_submitted",
+                data={"artifact_id": artifact.id, "type": "text", "round": row.review_round},
+            )
+            await self._tell_reviewers(session, row, spec, review)
+        await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
 
     async def message(self, agent: AgentCaller, task_id: int, text: str) -> None:
         """Say ``text`` to the requester, on their channel, in order with the rest of their
@@ -810,7 +854,7 @@ class TaskService:
             )
             for row in rows:
                 spec = self._catalog.action(row.agent_name, row.action_type)
-                if spec is None or not spec.by_agent:
+                if spec is None or not spec.reviewable:
                     continue
                 moved.append(row.id)
                 if row.status == S.IN_REVIEW.value:

@@ -568,7 +568,7 @@ async function renderReview(id, into) {
   }
   const round = t.artifacts.filter((a) => a.round === t.review_round);
   const earlier = t.artifacts.filter((a) => a.round !== t.review_round);
-  into.replaceChildren(
+  into.replaceChildren(...[  // (what is absent is left out, never drawn as "null")
     el("header", {}, el("h2", { id: "detail-title", text: `#${t.id} ${t.title}` }), el("div", {}, statusPill(t.status), t.review_round ? el("span", { class: "muted", text: ` round ${t.review_round}` }) : null)),
     actions,
     el("section", {}, el("h3", { text: "Request" }), el("dl", { class: "fields" },
@@ -584,13 +584,25 @@ async function renderReview(id, into) {
       ...t.notes.map((n) => el("li", { text: `${day(n.at)} — ${n.kind.replace(/_/g, " ")}: ${n.text}` })))) : null,
     t.conversation.length ? el("details", { class: "raw" }, el("summary", { text: `The requester's conversation (${t.conversation.length})` }),
       el("ol", { class: "timeline" }, ...t.conversation.map((l) => el("li", { text: `${l.direction === "inbound" ? (t.requester || "requester") : (l.author || "bot")}: ${l.text}` })))) : null,
-    earlier.length ? el("details", { class: "raw" }, el("summary", { text: `Earlier rounds (${earlier.length})` }), ...earlier.map(artifactView)) : null);
+    earlier.length ? el("details", { class: "raw" }, el("summary", { text: `Earlier rounds (${earlier.length})` }), ...earlier.map(artifactView)) : null,
+  ].filter(Boolean));
 }
 /* An artifact as what it is — never as HTML: a diff per file with its additions and deletions
    marked, code with its words coloured, a screenshot as an image, text as text. */
+function councilView(council) {
+  // How a council chose: each member's proposal ranked (checks, judges' weighted score), and what it cost.
+  return el("div", { class: "council" },
+    el("p", { class: "muted", text: `Chosen: ${council.chosen} · ${council.calls} calls · ${council.tokens} tokens${council.ended === "budget" ? " · ended by its budget" : ""}` }),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["Member", "Checks", "Score"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...council.ranking.map((r) => el("tr", { "data-member": r.member },
+        el("td", { text: r.member === council.chosen ? `${r.member} ✓` : r.member }),
+        el("td", { text: r.passed ? "passed" : r.failures.join("; ") }),
+        el("td", { text: r.score === null ? "—" : r.score.toFixed(2) }))))));
+}
 function artifactView(a) {
   const head = el("div", { class: "artifact-head" }, el("b", { text: a.title || a.type }), el("span", { class: "pill", text: a.type }),
     el("span", { class: "muted", text: `${(a.size_bytes / 1024).toFixed(1)} KB` }));
+  if (a.summary && a.summary.council) return el("article", { class: "artifact", "data-artifact": String(a.id) }, head, el("p", { class: "artifact-text", text: a.content || "" }), councilView(a.summary.council));
   let body;
   if (a.type === "diff") body = diffView(a.content || "", a.summary);
   else if (a.type === "code") body = codeView(a.content || "");
