@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, delete, get, post
@@ -43,7 +43,8 @@ class NewIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class NewToken(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Name
-    role: ApiRole
+    role: Literal["actions", "operator", "admin"]
+    """(An external agent's token names the actions it serves: `switchboard agents add`.)"""
     user_id: Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)] | None = None
 
 
