@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,8 @@ from dispatch.work.tasks import AgentCaller, TaskService
 from gateway.auth import ApiRole, TokenStore
 
 __all__ = ["MCP_PATH", "McpDoor"]
+
+log = logging.getLogger("switchboard.mcp")
 
 MCP_PATH = "/mcp"
 SCOPE = "tasks"
@@ -95,6 +98,14 @@ async def _tool(work: Awaitable[Any]) -> CallToolResult:
         return CallToolResult(
             content=[TextContent(type="text", text=str(exc))],
             structured_content=detail,
+            is_error=True,
+        )
+    except Exception:  # ours to fix: logged here, never shown (it may name tables or data)
+        log.exception("an MCP tool failed")
+        said = "the gateway could not do that right now; try again"
+        return CallToolResult(
+            content=[TextContent(type="text", text=said)],
+            structured_content={"error": "internal", "detail": said},
             is_error=True,
         )
     structured = value if isinstance(value, dict) else {"items": value}

@@ -299,6 +299,13 @@ def _validate_council(action: ActionSpec, at: str) -> None:
         _validate_check(check, f"{at}.council.checks[{index}]")
     if council.budget.calls < 1 or council.budget.tokens < 1:
         raise CatalogError(at + ".council.budget", "calls and tokens are positive")
+    phases = 2 + 2 * council.rounds  # draft, critique and revise per round, score
+    if action.timeout_s < council.call_timeout_s * phases:
+        raise CatalogError(
+            at + ".timeout_s",
+            f"the whole council's time: at least call_timeout_s x {phases} "
+            f"({council.call_timeout_s * phases:g} s)",
+        )
 
 
 def _validate_check(check: CheckSpec, where: str) -> None:

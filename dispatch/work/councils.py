@@ -36,6 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.infra.errors import ClientError
 from dispatch.policy.specs import CheckSpec, CouncilSpec, MemberSpec
 from dispatch.record.activities import ActivityLog
 from dispatch.record.models import CouncilStep
@@ -231,7 +232,7 @@ class _Run:
                     activity_id=self.activity_id,
                     timeout_s=self.spec.call_timeout_s,
                 )
-            except ProviderFailed as exc:
+            except (ProviderFailed, ClientError) as exc:  # (an unknown provider too)
                 return _Step(ok=False, error=str(exc)), 0, 0.0, 1
             if not answer.text.strip():
                 return _Step(ok=False, error="an empty answer"), answer.tokens, answer.latency_ms, 1
@@ -402,7 +403,7 @@ class _Run:
                     timeout_s=self.spec.call_timeout_s,
                     response_format=response_format,
                 )
-            except ProviderFailed as exc:
+            except (ProviderFailed, ClientError) as exc:
                 return (
                     _Step(ok=False, error=str(exc), data={"calls": calls}),
                     tokens,
@@ -412,7 +413,7 @@ class _Run:
             tokens += answer.tokens
             latency_ms += answer.latency_ms
             try:
-                scores = json.loads(answer.text)
+                scores = json.loads(answer.text, parse_constant=_no_constant)
                 jsonschema.validate(scores, schema)
             except (ValueError, jsonschema.ValidationError) as exc:
                 error = f"outside the schema: {str(exc)[:200]}"
@@ -462,6 +463,11 @@ class _Run:
         )
 
 
+def _no_constant(name: str) -> float:
+    """NaN and Infinity are no scores."""
+    raise ValueError(f"{name} is not a score")
+
+
 def _code(text: str) -> str:
     fenced = _FENCED.findall(text)
     return "\n".join(fenced) if fenced else text
@@ -497,12 +503,18 @@ def _ruff(code: str) -> str | None:
     ruff = str(beside) if beside.exists() else shutil.which("ruff")
     if ruff is None:
         return "ruff is not installed here"
-    done = subprocess.run(  # noqa: S603 - a fixed program, the code on stdin
-        [ruff, "check", "--no-cache", "--stdin-filename", "proposal.py", "-"],
-        input=code,
-        capture_output=True,
-        text=True,
-        timeout=RUFF_TIMEOUT_S,
-        check=False,
-    )
-    return None if done.returncode == 0 else done.stdout.strip().splitlines()[0][:300]
+    try:
+        done = subprocess.run(  # noqa: S603 - a fixed program, the code on stdin
+            [ruff, "check", "--no-cache", "--isolated", "--stdin-filename", "proposal.py", "-"],
+            input=code,
+            capture_output=True,
+            text=True,
+            timeout=RUFF_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return f"ruff took over {RUFF_TIMEOUT_S} s"
+    if done.returncode == 0:
+        return None
+    said = (done.stdout.strip() or done.stderr.strip() or f"exit {done.returncode}").splitlines()
+    return said[0][:300]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -45,6 +45,7 @@ from dispatch.record.activities import (
     SEND_BACK,
     SEND_BACK_TO_QUEUE,
     ActivityLog,
+    Move,
     Opening,
 )
 from dispatch.record.artifacts import ArtifactType, check_artifact
@@ -366,6 +367,22 @@ class TaskService:
             return media, base64.b64decode(artifact.content)
         return "text/plain; charset=utf-8", artifact.content.encode()
 
+    async def _peek(self, task_id: int) -> Activity:
+        async with self._sessions() as session:
+            return await self._task(session, task_id, None)
+
+    @staticmethod
+    async def _votes(session: AsyncSession, row: Activity) -> int:
+        """Decisions already given on the round in review."""
+        return int(
+            await session.scalar(
+                select(func.count())
+                .select_from(ReviewVote)
+                .where(ReviewVote.activity_id == row.id, ReviewVote.round == row.review_round)
+            )
+            or 0
+        )
+
     async def _task(
         self, session: AsyncSession, task_id: int, agent: AgentCaller | None, *, lock: bool = False
     ) -> Activity:
@@ -436,6 +453,16 @@ class TaskService:
         )
         if renewed.rowcount != 1:  # type: ignore[attr-defined]
             raise ConflictError(_why_not(row, agent, now), extra={"status": row.status})
+        # A question it asked waits as long as its claim does.
+        await session.execute(
+            update(ConversationState)
+            .where(
+                ConversationState.kind == AGENT_QUESTION,
+                ConversationState.question_activity_id == task_id,
+            )
+            .values(expires_at=now + dt.timedelta(seconds=spec.lease_s))
+            .execution_options(synchronize_session=False)
+        )
         await session.refresh(row)
         return row
 
@@ -462,6 +489,14 @@ class TaskService:
                     )
                 )
             if found is not None:
+                row = await self._peek(task_id)
+                current = row.review_round + (1 if row.status in HELD else 0)
+                if found.review_round != current:
+                    raise ConflictError(
+                        f"idempotency_key: used for round {found.review_round}'s hand-in; "
+                        "this round needs a key of its own",
+                        extra={"field": "idempotency_key"},
+                    )
                 return _artifact(found)
         if len(title) > 200:
             raise Unprocessable("title: at most 200 characters", extra={"field": "title"})
@@ -471,6 +506,12 @@ class TaskService:
             row = await self._held(session, agent, task_id, (*HELD, S.IN_REVIEW.value))
             spec = self._spec(row)
             first = row.status in HELD  # this hand-in opens a review round
+            if not first and await self._votes(session, row):
+                raise ConflictError(
+                    f"task {task_id}'s review has begun: what is handed in now would not be what "
+                    "the reviewers saw; wait for their decision",
+                    extra={"status": row.status},
+                )
             round_now = row.review_round + 1 if first else row.review_round
             artifact = Artifact(
                 activity_id=task_id,
@@ -520,7 +561,7 @@ class TaskService:
             await self._complete(session, row, round_now, actor=agent.actor)
             return
         row.review_round = round_now
-        ActivityLog.move(session, row, HAND_IN, actor=agent.actor, data={"round": round_now})
+        await _moved(session, row, HAND_IN, actor=agent.actor, data={"round": round_now})
         row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)  # (after the move)
         await self._tell_reviewers(session, row, spec, review)
 
@@ -533,6 +574,7 @@ class TaskService:
             session,
             row.id,
             roles=review.reviewers,
+            not_user=row.actor_user_id,  # (no one reviews what they asked for)
             text=lambda language: say(
                 "task.review_asked",
                 language,
@@ -586,7 +628,7 @@ class TaskService:
                 f"text: 1 to {MAX_MESSAGE_CHARS} characters, no NUL", extra={"field": "text"}
             )
         async with self._sessions.begin() as session:
-            row = await self._held(session, agent, task_id, (*HELD, S.IN_REVIEW.value))
+            row = await self._held(session, agent, task_id, HELD)  # (in review: not its turn)
             if row.conversation_id is None or row.source_channel is None:
                 raise ConflictError(
                     "this task came over the API: it has no conversation to write to"
@@ -629,7 +671,7 @@ class TaskService:
         """Give the task back to the queue (for another agent)."""
         async with self._sessions.begin() as session:
             row = await self._held(session, agent, task_id, HELD)
-            ActivityLog.move(
+            await _moved(
                 session, row, RELEASE_TASK, actor=agent.actor, data={"reason": reason[:500]}
             )
             return TaskSummary(**_summary(row, NOTHING, agent.token_id))
@@ -637,7 +679,13 @@ class TaskService:
     # ---- a person's review ---------------------------------------------------------------
 
     async def review(
-        self, task_id: int, *, user_id: int, decision: ReviewDecision, comment: str
+        self,
+        task_id: int,
+        *,
+        user_id: int,
+        decision: ReviewDecision,
+        comment: str,
+        round_seen: int | None = None,
     ) -> TaskSummary:
         """A reviewer's decision on the round in review (once each per round; one rejection
         is final; ``quorum`` approvals complete it)."""
@@ -651,13 +699,7 @@ class TaskService:
             spec = self._spec(row)
             review = spec.reviewed or ReviewSpec()
             user = await session.get(User, user_id)
-            if user is None or not user.active or user.role not in review.reviewers:
-                raise ForbiddenError(f"only {', '.join(review.reviewers)} review this task's work")
-            if row.status != S.IN_REVIEW.value:
-                raise ConflictError(
-                    f"task {task_id} is {row.status}: there is nothing to review now",
-                    extra={"status": row.status},
-                )
+            _may_decide(row, spec, review, user, decision, round_seen)
             actor = f"user:{user_id}"
             session.add(
                 ReviewVote(
@@ -675,7 +717,7 @@ class TaskService:
                     f"you already decided on this round of task {task_id}'s review"
                 ) from None
             if decision == ReviewDecision.REJECT:
-                ActivityLog.move(
+                await _moved(
                     session,
                     row,
                     REJECT_WORK,
@@ -722,9 +764,7 @@ class TaskService:
         queue (the comment stays with the task for whoever claims it)."""
         holds = row.lease_expires_at is not None and row.lease_expires_at > utcnow()
         move = SEND_BACK if holds and row.agent_token_id is not None else SEND_BACK_TO_QUEUE
-        ActivityLog.move(
-            session, row, move, actor=actor, data={"comment": comment, "text": comment}
-        )
+        await _moved(session, row, move, actor=actor, data={"comment": comment, "text": comment})
 
     async def _complete(
         self, session: AsyncSession, row: Activity, round_now: int, *, actor: str
@@ -742,7 +782,7 @@ class TaskService:
             "round": round_now,
         }
         row.details = {**row.details, "result": result}
-        ActivityLog.move(session, row, COMPLETE_WORK, actor=actor, data={"round": round_now})
+        await _moved(session, row, COMPLETE_WORK, actor=actor, data={"round": round_now})
         # A screenshot goes as media where the channel carries media (its link, which shows
         # the image to whoever holds it).
         media = [
@@ -858,7 +898,7 @@ class TaskService:
                     continue
                 moved.append(row.id)
                 if row.status == S.IN_REVIEW.value:
-                    ActivityLog.move(session, row, EXPIRE_REVIEW)
+                    await _moved(session, row, EXPIRE_REVIEW)
                     await self._tell_requester(
                         session,
                         row,
@@ -880,17 +920,72 @@ class TaskService:
                 if lapsed >= spec.max_attempts:
                     error = {"reason": "agents_gave_up", "message": f"{lapsed} claims lapsed"}
                     ActivityLog.add_event(session, row.id, "lease_lapsed", data=data)
-                    ActivityLog.move(session, row, GIVE_UP, data=data, details={"error": error})
+                    await _moved(session, row, GIVE_UP, data=data, details={"error": error})
                     await self._tell_requester(
                         session,
                         row,
                         functools.partial(say, "task.failed_attempts", id=row.id, attempts=lapsed),
                     )
                 else:
-                    ActivityLog.move(session, row, LAPSE, data=data)
+                    await _moved(session, row, LAPSE, data=data)
         for task_id in moved:
             await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
         return moved
+
+
+async def _moved(
+    session: AsyncSession,
+    row: Activity,
+    move: Move,
+    *,
+    actor: str = "system",
+    data: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """The activity owner's move, and the end of any question its agent still waits an answer
+    to: from now on, the requester's next message is theirs again (a new request)."""
+    ActivityLog.move(session, row, move, actor=actor, data=data, details=details)
+    if row.conversation_id is not None:
+        await session.execute(
+            delete(ConversationState).where(
+                ConversationState.conversation_id == row.conversation_id,
+                ConversationState.kind == AGENT_QUESTION,
+                ConversationState.question_activity_id == row.id,
+            )
+        )
+
+
+def _may_decide(  # noqa: PLR0917 - what a decision is checked against
+    row: Activity,
+    spec: ActionSpec,
+    review: ReviewSpec,
+    user: User | None,
+    decision: ReviewDecision,
+    round_seen: int | None,
+) -> None:
+    """Refuse a decision that may not be made: not a reviewer, nothing in review, a round the
+    reviewer did not see, their own request, changes asked of a council."""
+    if user is None or not user.active or user.role not in review.reviewers:
+        raise ForbiddenError(f"only {', '.join(review.reviewers)} review this task's work")
+    if row.status != S.IN_REVIEW.value:
+        raise ConflictError(
+            f"task {row.id} is {row.status}: there is nothing to review now",
+            extra={"status": row.status},
+        )
+    if round_seen is not None and round_seen != row.review_round:
+        raise ConflictError(
+            f"task {row.id} is in round {row.review_round} of its review, not {round_seen}: "
+            "read it again before deciding",
+            extra={"status": row.status, "round": row.review_round},
+        )
+    if row.actor_user_id == user.id:
+        raise ForbiddenError("a person does not review the work they asked for")
+    if decision == ReviewDecision.REQUEST_CHANGES and spec.by_council:
+        raise Unprocessable(
+            "decision: a council's proposal is approved or rejected (it has no one to send "
+            "changes to)",
+            extra={"field": "decision"},
+        )
 
 
 def _of_actions(actions: list[tuple[str, str]]) -> ColumnElement[bool]:

@@ -67,6 +67,8 @@ class Review(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     decision: ReviewDecision
     comment: Annotated[str, msgspec.Meta(max_length=4000)] = ""
     """What to change (request_changes) or why not (reject): needed for both."""
+    round: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    """The review round the reviewer saw (409 if the task has moved on since)."""
 
 
 class Said(msgspec.Struct, frozen=True, kw_only=True):
@@ -181,6 +183,7 @@ class TasksController(Controller):
             user_id=person_of(request, "reviews"),
             decision=data.decision,
             comment=data.comment,
+            round_seen=data.round,
         )
 
 

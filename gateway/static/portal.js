@@ -555,7 +555,8 @@ async function renderReview(id, into) {
   const t = await act(api(`/api/v1/tasks/${id}`));
   if (!t) { into.replaceChildren(el("div", { class: "empty", text: "No such task." })); return; }
   const decide = async (decision, comment) => {
-    if (await act(api(`/api/v1/tasks/${id}/review`, { method: "POST", body: JSON.stringify({ decision, comment }) }))) { renderReview(id, into); refreshCounts(); }
+    // The round on screen goes with the decision: if the task moved on meanwhile, it is refused.
+    if (await act(api(`/api/v1/tasks/${id}/review`, { method: "POST", body: JSON.stringify({ decision, comment, round: t.review_round }) }))) { renderReview(id, into); refreshCounts(); }
   };
   const actions = el("div", { class: "review-actions" });
   if (t.status === "in_review") {

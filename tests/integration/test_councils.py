@@ -198,6 +198,12 @@ async def test_a_council_picks_the_good_revision_and_a_person_releases_it(
         await client.get(f"/api/v1/conversations/{conversation}/messages", headers=ADMIN)
     ).json()
     assert any("a person reviews it before you get it" in m["text"] for m in messages)
+    changes = await client.post(
+        f"/api/v1/tasks/{task['id']}/review",
+        json={"decision": "request_changes", "comment": "Shorter"},
+        headers=sofia,
+    )
+    assert changes.status_code == 422  # a council's proposal is approved or rejected
     approved = await client.post(
         f"/api/v1/tasks/{task['id']}/review", json={"decision": "approve"}, headers=sofia
     )

@@ -485,3 +485,73 @@ async def test_an_operator_starts_a_task_with_an_intent_over_the_api(desk: Desk)
     assert task["action"] == "developer.fix_bug"
     assert task["payload"] == {"what": "the footer links"}
     assert task["channel"] is None  # no conversation: the result is read over the API
+
+
+async def test_decisions_and_hand_ins_keep_to_what_the_reviewer_saw(desk: Desk) -> None:
+    """A decision names the round it saw (a later one is refused); once a reviewer decided,
+    the agent cannot add to the round; a key of an earlier round is not this round's; an agent
+    does not write to the requester while its work is in review."""
+    client = desk.client
+    await say(client, "yan", "translate the about page", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    first = {"type": "text", "content": "Acerca de.", "idempotency_key": "r1"}
+    assert (await client.post(f"{here}/submit", json=first, headers=desk.doc)).status_code == 201
+    stale = await client.post(
+        f"{here}/review", json={"decision": "approve", "round": 2}, headers=desk.sofia
+    )
+    assert stale.status_code == 409
+    assert "round 1" in stale.json()["detail"]
+    voted = await client.post(
+        f"{here}/review", json={"decision": "approve", "round": 1}, headers=desk.sofia
+    )
+    assert voted.json()["status"] == "in_review"  # one of two
+    late = {"type": "text", "content": "Otra cosa."}
+    added = await client.post(f"{here}/submit", json=late, headers=desk.doc)
+    assert added.status_code == 409
+    assert "review has begun" in added.json()["detail"]
+    talk = await client.post(f"{here}/messages", json={"text": "Hola"}, headers=desk.doc)
+    assert talk.status_code == 409  # in review: not its turn to write to the requester
+    back = await client.post(
+        f"{here}/review",
+        json={"decision": "request_changes", "comment": "Más corto", "round": 1},
+        headers=desk.tom,
+    )
+    assert back.json()["status"] == "changes_requested"
+    reused = await client.post(f"{here}/submit", json=first, headers=desk.doc)
+    assert reused.status_code == 409  # round 1's key: not this round's hand-in
+    assert "round 1" in reused.json()["detail"]
+
+
+async def test_no_one_reviews_what_they_asked_for(desk: Desk) -> None:
+    client = desk.client
+    body = {"id": "s-1", "conversation": "sofia", "sender": "sofia", "text": "fix my report"}
+    assert (await client.post("/api/v1/messages", json=body, headers=desk.sofia)).status_code == 202
+    [task] = await wait_for(lambda: waiting(desk, desk.ada))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.ada)).status_code == 200
+    diff = {"type": "diff", "content": DIFF}
+    assert (await client.post(f"{here}/submit", json=diff, headers=desk.ada)).status_code == 201
+    own = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.sofia)
+    assert own.status_code == 403
+    other = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.tom)
+    assert other.json()["status"] == "completed"
+
+
+async def test_a_released_task_leaves_the_requesters_next_message_to_the_bot(desk: Desk) -> None:
+    """An agent asked, then gave the task back unanswered: the requester's next message is a
+    request again, answered by the bot, not attached to a task no one holds."""
+    client = desk.client
+    zed = await say(client, "zed", "fix the menu", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.ada))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.ada)).status_code == 200
+    asked = await client.post(f"{here}/messages", json={"text": "Which menu?"}, headers=desk.ada)
+    assert asked.status_code == 202
+    released = await client.post(f"{here}/release", json={"reason": "busy"}, headers=desk.ada)
+    assert released.json()["status"] == "waiting_for_agent"
+    await say(client, "zed", "echo still there?", 2)
+    await reply_with(client, zed, "still there?")
+    view = (await client.get(here, headers=desk.sofia)).json()
+    assert not [n for n in view["notes"] if n["kind"] == "requester_answered"]
