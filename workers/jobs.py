@@ -312,13 +312,14 @@ async def _to_review(  # noqa: PLR0917 - one run's end
     details: dict[str, Any],
     duration_ms: float,
 ) -> _Ended | None:
-    """A council's proposal goes to a person's review before the requester gets it."""
+    """A council's proposal goes to a person's review before the requester gets it (its text
+    only in the review's artifact: no one reads it before it is released)."""
     ended = await _finish(
         runtime,
         activity,
         attempt,
         S.IN_REVIEW,
-        details=details,
+        details={**details, "result": {"data": result.data}},
         metrics={**activity.metrics, "duration_ms": duration_ms},
         data={"attempt": attempt},
     )

@@ -165,6 +165,10 @@ async def test_a_council_picks_the_good_revision_and_a_person_releases_it(
     # Not 10: a score comes from the judges' schema, never from the proposal's own text.
     assert ranking["sly"]["score"] == pytest.approx((2 * 2 + 3) / 3, abs=1e-3)
 
+    # Before it is released, the proposal is only in the review (not in the activity's result).
+    unreleased = (await client.get(f"/api/v1/activities/{task['id']}", headers=ADMIN)).json()
+    assert proposal["content"] not in json.dumps(unreleased)
+
     # What the judges were shown, and how often each was asked.
     judged = [r for r in llm.requests if r["model"].startswith("judge")]
     asked = Counter(r["model"] for r in judged)
