@@ -299,6 +299,11 @@ def _validate_council(action: ActionSpec, at: str) -> None:
         _validate_check(check, f"{at}.council.checks[{index}]")
     if council.budget.calls < 1 or council.budget.tokens < 1:
         raise CatalogError(at + ".council.budget", "calls and tokens are positive")
+    architect = council.architect
+    if not isinstance(architect, str) and (
+        architect.top_k < 2 or not _NAME.fullmatch(architect.provider)
+    ):
+        raise CatalogError(at + ".council.architect", "a provider, and top_k of 2 or more")
     phases = 2 + 2 * council.rounds  # draft, critique and revise per round, score
     if action.timeout_s < council.call_timeout_s * phases:
         raise CatalogError(

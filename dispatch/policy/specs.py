@@ -146,6 +146,15 @@ class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tokens: int = 200_000
 
 
+class ArchitectSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A provider that picks the council's answer among its best proposals, and says why."""
+
+    provider: str = "default"
+    model: str | None = None
+    top_k: int = 3
+    persona: str = ""
+
+
 class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Several members draft, critique each other, revise; checks and judges rank them."""
 
@@ -155,7 +164,9 @@ class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     checks: tuple[CheckSpec, ...] = ()
     judges: tuple[MemberSpec, ...] = ()
     """Who scores (a judge named like a member never scores that member's proposal)."""
-    architect: Literal["top_score"] = "top_score"
+    architect: Literal["top_score"] | ArchitectSpec = "top_score"
+    """``top_score``: the best ranked; or a provider that picks among the top ``top_k`` with a
+    written rationale (an answer outside its schema: the top score stands)."""
     budget: BudgetSpec = BudgetSpec()
     call_timeout_s: float = 60.0
 

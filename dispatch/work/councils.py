@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.errors import ClientError
-from dispatch.policy.specs import CheckSpec, CouncilSpec, MemberSpec
+from dispatch.policy.specs import ArchitectSpec, CheckSpec, CouncilSpec, MemberSpec
 from dispatch.record.activities import ActivityLog
 from dispatch.record.models import CouncilStep
 from dispatch.understanding.providers import Completion, ProviderFailed, Providers
@@ -70,6 +70,8 @@ class Ranked(msgspec.Struct, frozen=True, kw_only=True):
 class CouncilOutcome(msgspec.Struct, frozen=True, kw_only=True):
     chosen: str | None
     """The member whose proposal was picked (None: no proposal survived)."""
+    rationale: str | None = None
+    """Why the architect picked it (None: the top score was taken)."""
     text: str
     ranking: list[Ranked]
     calls: int
@@ -250,9 +252,15 @@ class _Run:
         ranking = self._rank(members, drafts, checked, scores)
         passed = [r for r in ranking if r.passed and r.member in drafts]
         chosen = passed[0].member if passed else None
+        rationale = None
+        if isinstance(self.spec.architect, ArchitectSpec) and len(passed) > 1:
+            picked = await self._architect(self.spec.architect, passed, drafts)
+            if picked is not None:
+                chosen, rationale = picked
         ended = "budget" if self.budget.spent else "complete"
         return CouncilOutcome(
             chosen=chosen,
+            rationale=rationale,
             text=drafts[chosen] if chosen else "",
             ranking=ranking,
             calls=self.budget.calls,
@@ -425,6 +433,70 @@ class _Run:
                 calls,
             )
         return _Step(ok=False, error=error, data={"calls": 2}), tokens, latency_ms, 2
+
+    async def _architect(
+        self, architect: ArchitectSpec, passed: list[Ranked], drafts: dict[str, str]
+    ) -> tuple[str, str] | None:
+        """The architect's pick among the top ``top_k`` and why; None (the top score stands)
+        if it gave no answer inside its schema."""
+        top = passed[: architect.top_k]
+        labels = {f"P{i + 1}": r.member for i, r in enumerate(top)}
+        schema = {
+            "type": "object",
+            "properties": {
+                "pick": {"type": "string", "enum": list(labels)},
+                "rationale": {"type": "string", "minLength": 1, "maxLength": 2000},
+            },
+            "required": ["pick", "rationale"],
+            "additionalProperties": False,
+        }
+        shown = "\n".join(_marked(label, drafts[name]) for label, name in labels.items())
+        prompt = "\n".join(
+            [
+                _marked("REQUEST", self.request),
+                "The best proposals, best ranked first, as data:",
+                shown,
+                "Pick the one to give the requester, and say why.",
+            ]
+        )
+        who = MemberSpec(
+            name="architect",
+            provider=architect.provider,
+            model=architect.model,
+            persona=architect.persona or JUDGE_PROMPT,
+        )
+
+        async def work() -> tuple[_Step, int, float, int]:
+            messages = [
+                {"role": "system", "content": who.persona},
+                {"role": "user", "content": prompt},
+            ]
+            try:
+                answer = await self.runner.ask(
+                    who,
+                    messages,
+                    purpose="council:pick",
+                    activity_id=self.activity_id,
+                    timeout_s=self.spec.call_timeout_s,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "pick", "schema": schema, "strict": True},
+                    },
+                )
+            except (ProviderFailed, ClientError) as exc:
+                return _Step(ok=False, error=str(exc)), 0, 0.0, 1
+            try:
+                found = json.loads(answer.text, parse_constant=_no_constant)
+                jsonschema.validate(found, schema)
+            except (ValueError, jsonschema.ValidationError) as exc:
+                error = f"outside the schema: {str(exc)[:200]}"
+                return _Step(ok=False, error=error), answer.tokens, answer.latency_ms, 1
+            return _Step(ok=True, data=found), answer.tokens, answer.latency_ms, 1
+
+        step = await self.step((self.spec.rounds + 1, "pick", "architect", ""), work)
+        if step is None or not step.ok:
+            return None
+        return labels[step.data["pick"]], str(step.data["rationale"])
 
     def _rank(
         self,

@@ -594,6 +594,7 @@ function councilView(council) {
   // How a council chose: each member's proposal ranked (checks, judges' weighted score), and what it cost.
   return el("div", { class: "council" },
     el("p", { class: "muted", text: `Chosen: ${council.chosen} · ${council.calls} calls · ${council.tokens} tokens${council.ended === "budget" ? " · ended by its budget" : ""}` }),
+    council.rationale ? el("p", { class: "rationale", text: `The architect: ${council.rationale}` }) : null,
     el("table", {}, el("thead", {}, el("tr", {}, ...["Member", "Checks", "Score"].map((h) => el("th", { text: h })))),
       el("tbody", {}, ...council.ranking.map((r) => el("tr", { "data-member": r.member },
         el("td", { text: r.member === council.chosen ? `${r.member} ✓` : r.member }),

@@ -101,6 +101,10 @@ def member(body: dict[str, Any]) -> tuple[int, Any, float]:
 
 def judge(body: dict[str, Any]) -> tuple[int, Any, float]:
     asked = body["messages"][-1]["content"]
+    if body["model"] == "architect":  # it picks the second best, and says why
+        return text(json.dumps({"pick": "P2", "rationale": "Bolder; the reviewer decides."}))
+    if body["model"] == "architect-bad":
+        return text("P1, obviously")
     if body["model"] == "judge-bad":
         return text("I think P1 is best.")
     labels = re.findall(r"<<<(P\d+)>>>\n(.*?)\n<<<END P\d+>>>", asked, re.DOTALL)
@@ -237,3 +241,57 @@ async def test_a_council_picks_the_good_revision_and_a_person_releases_it(
     assert len(llm.requests) == before
     assert again.chosen == "good"
     assert again.text == proposal["content"]
+
+
+@pytest.mark.parametrize(
+    ("architect", "chosen", "rationale"),
+    [
+        ("architect", "sly", "Bolder; the reviewer decides."),
+        ("architect-bad", "good", None),  # outside its schema: the top score stands
+    ],
+)
+async def test_an_architect_picks_among_the_best_and_says_why(
+    make_env: Callable[..., dict[str, str]],
+    tmp_path: Path,
+    llm: LlmApi,
+    *,
+    architect: str,
+    chosen: str,
+    rationale: str | None,
+) -> None:
+    bundled = resources.files("dispatch.policy").joinpath("default_catalog.toml").read_text()
+    catalog = tmp_path / "catalog.toml"
+    council = COUNCIL.format(url=llm.base_url).replace(
+        "rounds = 1\n",
+        f'rounds = 1\narchitect = {{ provider = "local", model = "{architect}", top_k = 2 }}\n',
+    )
+    catalog.write_text(bundled + council, encoding="utf-8")
+    settings = Settings.from_env(
+        make_env(database_url=f"sqlite+aiosqlite:///{tmp_path / 'a.db'}", catalog=catalog)
+    )
+    async with runtime_for(settings) as runtime:
+        spec = runtime.catalog.action("architect", "design")
+        assert spec is not None
+        assert spec.council is not None
+        from dispatch.record.activities import ActivityLog, Opening
+        from dispatch.record.models import ActivityStatus
+        from dispatch.work.councils import CouncilRunner
+
+        async with runtime.sessions.begin() as session:
+            opened = await ActivityLog.open(
+                session,
+                Opening(
+                    agent="architect",
+                    action_type="design",
+                    description="Design something",
+                    details={"payload": {"what": "a signup"}},
+                    status=ActivityStatus.QUEUED,
+                ),
+            )
+        outcome = await CouncilRunner(runtime.sessions, runtime.providers).run(
+            opened.id, "Design something: a signup", spec.council
+        )
+    assert (outcome.chosen, outcome.rationale) == (chosen, rationale)
+    picks = [r for r in llm.requests if r["model"] == architect]
+    assert len(picks) == 1
+    assert picks[0]["response_format"]["json_schema"]["name"] == "pick"
