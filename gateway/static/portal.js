@@ -54,7 +54,8 @@ async function act(promise) {
 /* A list that could not be read says so, with a way to try again, instead of "Loading…" for
    ever; one already drawn stays as it is (the toast says what failed). */
 function unreadable(node, what, again) {
-  if (!node || node.querySelector(".conv, table, .stat")) return;
+  // (already saying so: left as it is, so the keyboard keeps its place on "Try again")
+  if (!node || node.querySelector(".conv, table, .stat, [role=alert]")) return;
   node.replaceChildren(el("div", { class: "empty", role: "alert" }, el("p", { text: `Could not load ${what}.` }),
     el("button", { class: "btn", type: "button", text: "Try again", onclick: again })));
 }
