@@ -276,13 +276,13 @@ async def _execute(
     Returns the activity as it ended with its replies to send, or None if this attempt's
     result did not count."""
     started = time.perf_counter()
-    served = runtime.catalog.action(activity.agent_name, activity.action_type)
-    if served is not None and served.by_agent:
-        return await _to_agents(runtime, activity, attempt, served, role=role, started=started)
+    action = runtime.catalog.action(activity.agent_name, activity.action_type)
+    handler: Handler | None = None  # None: external agents serve it
     try:
-        action, handler = runtime.handlers.resolve(
-            runtime.catalog, activity.agent_name, activity.action_type
-        )
+        if action is None or not action.by_agent:
+            action, handler = runtime.handlers.resolve(
+                runtime.catalog, activity.agent_name, activity.action_type
+            )
     except UnknownAction as exc:
         return await _fail(
             runtime, activity, attempt, reason="unknown_action", message=str(exc), started=started
@@ -301,6 +301,8 @@ async def _execute(
 
     if activity.cancel_requested_at is not None:
         return await _cancelled(runtime, activity, attempt, started=started)  # before it ran
+    if handler is None:
+        return await _to_agents(runtime, activity, attempt, action)
     return await _run_handler(runtime, activity, attempt, claimed_at, action, handler, role_now)
 
 
@@ -329,29 +331,11 @@ async def _to_review(  # noqa: PLR0917 - one run's end
 
 
 async def _to_agents(
-    runtime: Runtime,
-    activity: ActivityView,
-    attempt: int,
-    action: ActionSpec,
-    *,
-    role: tuple[str | None, bool] | None,
-    started: float,
+    runtime: Runtime, activity: ActivityView, attempt: int, action: ActionSpec
 ) -> _Ended | None:
-    """An action external agents serve: its requester's permission checked again, it goes to
-    the queue they claim from (``waiting_for_agent``) and the requester is told; the tasks
-    service carries it on from there."""
-    role_now, active = role or await _role_of(runtime, activity)
-    if not may_request(role_now, active, action):
-        return await _fail(
-            runtime,
-            activity,
-            attempt,
-            reason="forbidden",
-            message="not allowed any more",
-            started=started,
-        )
-    if activity.cancel_requested_at is not None:
-        return await _cancelled(runtime, activity, attempt, started=started)
+    """An action external agents serve (its permission checked): it goes to the queue they
+    claim from (``waiting_for_agent``) and the requester is told; the tasks service carries
+    it on from there."""
     return await _finish(
         runtime,
         activity,
