@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, ClassVar
 
@@ -11,6 +12,7 @@ import msgspec
 from dispatch.infra.retry import RetryPolicy
 from dispatch.language.i18n import in_language, say, status_word
 from dispatch.policy.permissions import may_request
+from dispatch.policy.plans import plan_problem, plan_prompt
 from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
 from dispatch.record.activities import ActivityView
 from dispatch.record.messages import Choice, Media
@@ -438,7 +440,13 @@ class CouncilHandler(Handler):
         assert council is not None  # checked when the catalog loaded
         described = ", ".join(f"{k}: {v}" for k, v in ctx.payload.items())
         request = f"{ctx.action.description}. {described}" if described else ctx.action.description
-        outcome = await self._councils.run(ctx.activity.id, request, council)
+        shape = None
+        if ctx.action.produces == "plan":
+            plan = ctx.action.plan
+            assert plan is not None  # checked when the catalog loaded
+            request += "\n\n" + plan_prompt(plan)
+            shape = ("plan", functools.partial(plan_problem, plan, ctx.catalog.known))
+        outcome = await self._councils.run(ctx.activity.id, request, council, shape=shape)
         data = msgspec.to_builtins(msgspec.structs.replace(outcome, text=""))
         if outcome.chosen is None:
             raise CouncilEmpty(say("task.council_empty", ctx.language, id=ctx.activity.id))

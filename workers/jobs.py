@@ -254,7 +254,12 @@ async def _step(runtime: Runtime, activity_id: int, running: Claimed | None = No
     delivered = await runtime.replies.deliver(activity, ended.outbox if ended else None, turn=turn)
     if held:
         return _Step(held=True, ran=ran)  # another run follows
-    run_id = run_of(activity.agent_name, activity.id, activity.workflow_run_id)
+    run_id = run_of(
+        activity.agent_name,
+        activity.id,
+        activity.workflow_run_id,
+        runtime.catalog.action(activity.agent_name, activity.action_type),
+    )
     if run_id is not None and S(activity.status).is_terminal:
         await runtime.workflows.advance(run_id)  # what its end lets run, or the run's end
     following = delivered.following
@@ -358,6 +363,12 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
 ) -> _Ended | None:
     """The handler under the lease, with its timeout; its end persisted."""
     started = time.perf_counter()
+    council = action.council if action.by_council else None
+    # A council takes minutes: its requester hears at once that it is at work.
+    if council is not None and await runtime.tasks.council_started(
+        activity.id, len(council.members)
+    ):
+        await runtime.replies.deliver(activity)
     lease = Lease(
         runtime.activities,
         activity.id,

@@ -20,6 +20,7 @@ from dispatch.infra.errors import CatalogError
 from dispatch.language.slots import SlotError, coerce
 from dispatch.language.text import normalize, strip_accents
 from dispatch.policy.control import CONTROL_RULES, SYSTEM_AGENT, system_agent
+from dispatch.policy.plans import check_role
 from dispatch.policy.specs import (
     ARTIFACT_TYPES,
     ActionSpec,
@@ -33,7 +34,13 @@ from dispatch.policy.specs import (
     RuleSpec,
     WorkflowSpec,
 )
-from dispatch.policy.workflows import WORKFLOWS_AGENT, Workflow, compile_workflows, workflows_agent
+from dispatch.policy.workflows import (
+    MAX_STEPS,
+    WORKFLOWS_AGENT,
+    Workflow,
+    compile_workflows,
+    workflows_agent,
+)
 from dispatch.record.models import Role
 
 __all__ = [
@@ -117,6 +124,13 @@ class Catalog:
     def action(self, agent: str, action_type: str) -> ActionSpec | None:
         spec = self.agents.get(agent)
         return None if spec is None else spec.actions.get(action_type)
+
+    def known(self, agent: str, action_type: str, where: str) -> ActionSpec:
+        """The action, or :class:`CatalogError` naming ``where`` (a :data:`Lookup`)."""
+        found = self.action(agent, action_type)
+        if found is None:
+            raise CatalogError(where, f"no action {agent}.{action_type} in the catalog")
+        return found
 
     def actions(self) -> Iterator[tuple[str, str, ActionSpec]]:
         for agent_name, agent in self.agents.items():
@@ -236,6 +250,7 @@ def _validate_actions(
             partial_types[(agent_name, action_name)] = _payload_struct(
                 agent_name, action_name, action.payload, partial=True
             )
+            _validate_plan(file, action, at)
             follow = action.on_approve
             if follow is not None and follow.action not in (
                 file.agents.get(follow.agent, AgentSpec(actions={})).actions
@@ -311,6 +326,55 @@ def _validate_council(action: ActionSpec, at: str) -> None:
             f"the whole council's time: at least call_timeout_s x {phases} "
             f"({council.call_timeout_s * phases:g} s)",
         )
+
+
+def _validate_plan(file: CatalogFile, action: ActionSpec, at: str) -> None:
+    """``produces = "plan"``: an agent's or a council's answer, reviewed (a plan runs once a
+    person approved it), with a ``[plan]`` whose roles are actions a step may run."""
+    if action.produces != "plan":
+        if action.plan is not None:
+            raise CatalogError(at + ".plan", 'a [plan] goes with produces = "plan"')
+        return
+    if not action.reviewable or action.reviewed is None:
+        raise CatalogError(
+            at + ".produces",
+            "a plan is an agent's or a council's answer, and a person approves it before it runs",
+        )
+    if action.plan is None or not action.plan.roles:
+        raise CatalogError(at + ".plan", "name the action that serves each role: [plan.roles]")
+    if not 1 <= action.plan.max_tasks <= MAX_STEPS:
+        raise CatalogError(at + ".plan.max_tasks", f"must be between 1 and {MAX_STEPS}")
+    for role, target in action.plan.roles.items():
+        where = f"{at}.plan.roles.{role}"
+        if target.agent == WORKFLOWS_AGENT:
+            raise CatalogError(where, "a task runs an action, not a workflow")
+        check_role(role, target, lambda a, b, w: _known(file, a, b, w), where)
+
+
+def _validate_providers_named(file: CatalogFile, source: str) -> None:
+    """Every council's members, judges and architect use a provider the catalog declares
+    (or ``default``)."""
+    known = {DEFAULT_PROVIDER, *file.providers}
+    for agent_name, action_name, action in (
+        (agent_name, action_name, action)
+        for agent_name, agent in file.agents.items()
+        for action_name, action in agent.actions.items()
+    ):
+        council = action.council
+        if council is None:
+            continue
+        at = f"{source}: agents.{agent_name}.actions.{action_name}.council"
+        architect = council.architect
+        named = [(m.name, m.provider) for m in (*council.members, *council.judges)]
+        if not isinstance(architect, str):
+            named.append(("architect", architect.provider))
+        for who, provider in named:
+            if provider not in known:
+                raise CatalogError(
+                    at,
+                    f"{who!r} uses provider {provider!r}, which is not declared "
+                    f"(known: {', '.join(sorted(known))})",
+                )
 
 
 def _validate_check(check: CheckSpec, where: str) -> None:
@@ -457,6 +521,7 @@ def _validate(file: CatalogFile, handlers: Collection[str], source: str) -> Cata
             file, agents={**file.agents, WORKFLOWS_AGENT: workflows_agent(workflows)}
         )
     payload_types, partial_types = _validate_actions(file, handlers, source)
+    _validate_providers_named(file, source)
     _known(file, file.fallback.agent, file.fallback.action, f"{source}: fallback")
     rules: list[CompiledRule] = []
     seen: set[str] = set()

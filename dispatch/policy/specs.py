@@ -32,6 +32,8 @@ __all__ = [
     "HttpCallSpec",
     "LocalizedSpec",
     "MemberSpec",
+    "PlanRoleSpec",
+    "PlanSpec",
     "ProviderSpec",
     "ReviewSpec",
     "RuleSpec",
@@ -171,6 +173,24 @@ class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     call_timeout_s: float = 60.0
 
 
+class PlanRoleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What serves a plan's tasks of one role: an action of the catalog (a council's, external
+    agents', or a handler's), and its payload, whose values may read ``{{ task.id }}``,
+    ``{{ task.role }}``, ``{{ task.description }}`` and ``{{ task.priority }}``."""
+
+    agent: str
+    action: str
+    payload: dict[str, Any] = {}
+
+
+class PlanSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An action's answer is a plan (``produces = "plan"``): tasks by role with dependencies
+    and priorities. Approved in review, it runs as a workflow run whose steps are its tasks."""
+
+    roles: dict[str, PlanRoleSpec]
+    max_tasks: int = 20
+
+
 class LocalizedSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """An action's words in another language (``[agents.x.actions.y.localized.es]``)."""
 
@@ -191,6 +211,13 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``agent``: an external agent claims it (over MCP or the tasks API) and hands work in;
     ``council``: several LLM members draft, critique, revise and are ranked (``council``)."""
     council: CouncilSpec | None = None
+    baseline: bool = False
+    """A council run as its first member alone (no critique, no judges): what the council is
+    measured against."""
+    produces: Literal["text", "plan"] = "text"
+    """``plan``: the answer is a plan (see ``plan``), checked before review; approved, its
+    tasks run as a workflow run."""
+    plan: PlanSpec | None = None
     lease_s: float = 600.0
     """An agent's claim lasts this long after its last call on the task."""
     max_attempts: int = 3

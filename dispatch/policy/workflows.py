@@ -21,8 +21,10 @@ from dispatch.policy.specs import ActionSpec, AgentSpec, StepSpec, WorkflowSpec
 __all__ = [
     "START_HANDLER",
     "WORKFLOWS_AGENT",
+    "Lookup",
     "TemplateError",
     "Workflow",
+    "compile_workflow",
     "compile_workflows",
     "fill",
     "workflows_agent",
@@ -119,7 +121,7 @@ def compile_workflows(
     workflows: Mapping[str, WorkflowSpec], known: Lookup, source: str
 ) -> dict[str, Workflow]:
     return {
-        name: _compile(name, spec, known, f"{source}: workflows.{name}")
+        name: compile_workflow(name, spec, known, f"{source}: workflows.{name}")
         for name, spec in workflows.items()
     }
 
@@ -144,7 +146,8 @@ def workflows_agent(workflows: Mapping[str, Workflow]) -> AgentSpec:
     )
 
 
-def _compile(name: str, spec: WorkflowSpec, known: Lookup, where: str) -> Workflow:
+def compile_workflow(name: str, spec: WorkflowSpec, known: Lookup, where: str) -> Workflow:
+    """One workflow, checked (see the module); :class:`CatalogError` names what is wrong."""
     if not _NAME.fullmatch(name):
         raise CatalogError(where, "workflow names are lowercase letters, digits and _")
     if not 1 <= len(spec.steps) <= MAX_STEPS:

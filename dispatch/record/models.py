@@ -364,8 +364,9 @@ class Activity(Base):
 
 
 class WorkflowRun(Base):
-    """A run of a catalog workflow. Its id is the id of the activity that started it (the
-    request ``workflows.<name>``): one run per such request, however often its job runs."""
+    """A run of a catalog workflow, or of an approved plan. Its id is the id of the activity
+    that started it (the request ``workflows.<name>``, or the one whose answer was the plan):
+    one run per such request, however often its job runs."""
 
     __tablename__ = "workflow_runs"
     __table_args__ = (Index("ix_workflow_runs_status", "status"),)
@@ -379,6 +380,8 @@ class WorkflowRun(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column()
+    plan: Mapped[dict[str, Any] | None] = mapped_column()
+    """An approved plan (its tasks are the steps); None for a catalog workflow."""
 
 
 class ActivityEvent(Base):

@@ -42,7 +42,7 @@ from dispatch.record.activities import ActivityLog
 from dispatch.record.models import CouncilStep
 from dispatch.understanding.providers import Completion, ProviderFailed, Providers
 
-__all__ = ["CouncilOutcome", "CouncilRunner", "Ranked"]
+__all__ = ["CouncilOutcome", "CouncilRunner", "Ranked", "Shape"]
 
 JUDGE_PROMPT = (
     "You are a judge. Score each proposal against each criterion from 0 (worst) to 10 (best). "
@@ -57,6 +57,10 @@ def _marked(label: str, text: str) -> str:
     """A member's text as data between markers (markers inside it cannot close early)."""
     body = text.replace("<<<", "< < <").replace(">>>", "> > >")
     return f"<<<{label}>>>\n{body}\n<<<END {label}>>>"
+
+
+Shape = tuple[str, Callable[[str], str | None]]
+"""A check of the answer's shape: (its name, text → why it fails or None)."""
 
 
 class Ranked(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,8 +114,17 @@ class CouncilRunner:
         self._sessions = sessions
         self._providers = providers
 
-    async def run(self, activity_id: int, request: str, spec: CouncilSpec) -> CouncilOutcome:
-        run = _Run(self, activity_id, request, spec)
+    async def run(
+        self,
+        activity_id: int,
+        request: str,
+        spec: CouncilSpec,
+        *,
+        shape: Shape | None = None,
+    ) -> CouncilOutcome:
+        """The council's answer to ``request``; ``shape`` (a plan's, say) is one more check
+        every proposal must pass, after the catalog's."""
+        run = _Run(self, activity_id, request, spec, shape)
         await run.load()
         return await run.go()
 
@@ -183,8 +196,14 @@ class _Run:
     """One council run: its stored steps, its budget, and the steps still to take."""
 
     def __init__(
-        self, runner: CouncilRunner, activity_id: int, request: str, spec: CouncilSpec
+        self,
+        runner: CouncilRunner,
+        activity_id: int,
+        request: str,
+        spec: CouncilSpec,
+        shape: Shape | None,
     ) -> None:
+        self.shape = shape
         self.runner = runner
         self.activity_id = activity_id
         self.request = request
@@ -340,6 +359,13 @@ class _Run:
                 found = await self.step((last, "check", name, str(index)), work)
                 if found is not None and not found.ok:
                     failures[name].append(f"{check.kind}: {found.error}")
+            if self.shape is not None:
+                found = await self.step(
+                    (last, "check", name, self.shape[0]),
+                    functools.partial(_shaped, self.shape, text),
+                )
+                if found is not None and not found.ok:
+                    failures[name].append(f"{self.shape[0]}: {found.error}")
         return failures
 
     async def _scores(self, drafts: dict[str, str]) -> dict[str, list[dict[str, float]]]:
@@ -533,6 +559,12 @@ class _Run:
                 order[r.member],
             ),
         )
+
+
+async def _shaped(shape: Shape, text: str) -> tuple[_Step, int, float, int]:
+    kind, why_not = shape
+    why = why_not(text)
+    return _Step(ok=why is None, error=why, data={"kind": kind}), 0, 0.0, 0
 
 
 def _no_constant(name: str) -> float:

@@ -1,5 +1,8 @@
 """Workflow runs: one activity per step, each created and queued once its dependencies completed.
 
+A run is a catalog workflow's, or an approved plan's (:mod:`dispatch.policy.plans`: its tasks
+are the steps, each served by the action its role maps to): the same machinery carries both.
+
 A run is opened by the handler of its starting request (``workflows.<name>``, whose activity's
 id is the run's id) and advanced whenever one of its activities ends (the job that saw it end,
 or recovery): in one transaction holding the run's row, every step whose dependencies all
@@ -29,7 +32,8 @@ from dispatch.infra.sql import insert_ignore
 from dispatch.language.i18n import language_of, say, status_word
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request, requester_role
-from dispatch.policy.specs import StepSpec
+from dispatch.policy.plans import Plan, PlanError, plan_workflow
+from dispatch.policy.specs import ActionSpec, StepSpec
 from dispatch.policy.workflows import WORKFLOWS_AGENT, TemplateError, Workflow, fill
 from dispatch.record.activities import ActivityLog, Opening
 from dispatch.record.models import (
@@ -44,7 +48,7 @@ from dispatch.record.models import (
 from dispatch.record.outbox import add_reply
 from dispatch.work.approvals import ApprovalService, expiry
 
-__all__ = ["RunView", "StepView", "WorkflowRuns", "run_of"]
+__all__ = ["RunView", "StepView", "WorkflowRuns", "open_plan_run", "run_of"]
 
 log = logging.getLogger("switchboard.workflows")
 
@@ -81,6 +85,8 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: dt.datetime
     completed_at: dt.datetime | None = None
     steps: list[StepView]
+    plan: dict[str, Any] | None = None
+    """The approved plan its steps come from (None: a catalog workflow)."""
 
     @property
     def ended(self) -> bool:
@@ -93,11 +99,36 @@ class RunView(msgspec.Struct, frozen=True, kw_only=True):
         }
 
 
-def run_of(agent: str, activity_id: int, step_run: int | None) -> int | None:
-    """The run an activity moves when it ends: its own (a step), or the one it started."""
+def run_of(
+    agent: str, activity_id: int, step_run: int | None, action: ActionSpec | None = None
+) -> int | None:
+    """The run an activity moves when it ends: its own (a step), or the one it started (a
+    workflow's request, or an approved plan's)."""
     if step_run is not None:
         return step_run
-    return activity_id if agent == WORKFLOWS_AGENT else None
+    starts = agent == WORKFLOWS_AGENT or (action is not None and action.produces == "plan")
+    return activity_id if starts else None
+
+
+async def open_plan_run(session: AsyncSession, start: Activity, plan: Plan) -> None:
+    """The run of ``start``'s approved plan (once; in the caller's transaction, which moves
+    ``start`` to completed): advanced when the job that sees it completed runs."""
+    await insert_ignore(
+        session,
+        WorkflowRun.__table__,  # type: ignore[arg-type]
+        {
+            "id": start.id,
+            "workflow": f"{start.agent_name}.{start.action_type}",
+            "status": WorkflowStatus.RUNNING.value,
+            "input": start.details.get("payload") or {},
+            "plan": msgspec.to_builtins(plan),
+            "created_at": utcnow(),
+        },
+        ["id"],
+    )
+    ActivityLog.add_event(
+        session, start.id, "plan_approved", data={"run": start.id, "tasks": len(plan.tasks)}
+    )
 
 
 def _states(flow: Workflow, rows: dict[str, Activity]) -> dict[str, str]:
@@ -226,11 +257,14 @@ class WorkflowRuns:
         not start a workflow."""
         async with self._sessions() as session:
             start = await session.get(Activity, run_id)
-            if start is None or start.agent_name != WORKFLOWS_AGENT:
+            if start is None:
                 return None
             run = await session.get(WorkflowRun, run_id)
+            if start.agent_name != WORKFLOWS_AGENT and (run is None or run.plan is None):
+                return None
             rows = await self._steps(session, run_id)
-        flow = self._catalog.workflows.get(start.action_type)
+        found = self._flow(run) if run else self._catalog.workflows.get(start.action_type)
+        flow = found if isinstance(found, Workflow) else None
         states = _states(flow, rows) if flow is not None else {}
         steps: list[StepView] = []
         for step_id in flow.order if flow else sorted(rows):
@@ -273,7 +307,23 @@ class WorkflowRuns:
             created_at=run.created_at,
             completed_at=run.completed_at,
             steps=steps,
+            plan=run.plan,
         )
+
+    def _flow(self, run: WorkflowRun) -> Workflow | str:
+        """The run's workflow: the catalog's, or its plan's checked against the catalog as it
+        is now; else why there is none."""
+        if run.plan is None:
+            return self._catalog.workflows.get(run.workflow) or "no longer in the catalog"
+        agent, _, action_name = run.workflow.partition(".")
+        action = self._catalog.action(agent, action_name)
+        if action is None or action.plan is None:
+            return "the action that made the plan is no longer in the catalog"
+        try:
+            plan = msgspec.convert(run.plan, Plan)
+            return plan_workflow(plan, action.plan, self._catalog.known)
+        except (PlanError, msgspec.ValidationError) as exc:
+            return f"the plan no longer fits the catalog: {exc}"
 
     @staticmethod
     async def _steps(session: AsyncSession, run_id: int) -> dict[str, Activity]:
@@ -292,9 +342,9 @@ class WorkflowRuns:
                 if start is not None and start.status in TERMINAL_STATUSES:
                     self._abandon(session, run, start)  # opened, then stopped before its end
                 return []  # its request's own reply goes first; its end advances it
-            flow = self._catalog.workflows.get(run.workflow)
-            if flow is None:
-                await self._end(session, run, start, None, {}, {})
+            flow = self._flow(run)
+            if isinstance(flow, str):
+                await self._end(session, run, start, None, {}, {}, why=flow)
                 return [(start.id, start.priority)]
             rows = await self._steps(session, run_id)
             requester, role, active = await requester_role(
@@ -421,10 +471,12 @@ class WorkflowRuns:
         flow: Workflow | None,
         rows: dict[str, Activity],
         states: dict[str, str],
+        *,
+        why: str = "",
     ) -> None:
         error: dict[str, Any] | None = None
         if flow is None:
-            error = {"reason": "unknown_workflow", "message": "no longer in the catalog"}
+            error = {"reason": "unknown_workflow", "message": why or "no longer in the catalog"}
         else:
             failed = [s for s in flow.order if rows.get(s) and _blocks(flow, s, states[s])]
             if failed:

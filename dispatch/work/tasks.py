@@ -33,6 +33,7 @@ from dispatch.infra.routing import ChannelRouting
 from dispatch.language.i18n import language_of, say
 from dispatch.policy.catalog import Catalog, PayloadError
 from dispatch.policy.permissions import may_request, requester_role
+from dispatch.policy.plans import Plan, PlanError, plan_workflow, read_plan
 from dispatch.policy.specs import ActionSpec, FollowUpSpec, ReviewSpec
 from dispatch.record.activities import (
     COMPLETE_WORK,
@@ -64,6 +65,7 @@ from dispatch.record.models import (
 )
 from dispatch.record.outbox import add_reply
 from dispatch.work.approvals import ApprovalService
+from dispatch.work.runs import open_plan_run
 
 __all__ = [
     "AgentCaller",
@@ -503,6 +505,7 @@ class TaskService:
         async with self._sessions.begin() as session:
             row = await self._task(session, task_id, agent)
             checked = check_artifact(kind, content, self._spec(row).artifacts)
+            self._check_plan(self._spec(row), checked.type.value, content)
             row = await self._held(session, agent, task_id, (*HELD, S.IN_REVIEW.value))
             spec = self._spec(row)
             first = row.status in HELD  # this hand-in opens a review round
@@ -547,6 +550,28 @@ class TaskService:
             await self._wake_follow_up(task_id)
         return view
 
+    def read_plan(self, spec: ActionSpec, text: str) -> Plan:
+        """The plan ``text`` holds, checked against the action's roles and the catalog;
+        :class:`PlanError` says what is wrong."""
+        assert spec.plan is not None  # checked when the catalog loaded
+        plan = read_plan(text, spec.plan)
+        plan_workflow(plan, spec.plan, self._catalog.known)  # references, cycles
+        return plan
+
+    def _check_plan(self, spec: ActionSpec, kind: str, content: str) -> None:
+        """An action whose answer is a plan takes a plan, as text: 422 says what is wrong."""
+        if spec.produces != "plan":
+            return
+        if kind != ArtifactType.TEXT.value:
+            raise Unprocessable(
+                "type: this task's answer is a plan, handed in as text (JSON)",
+                extra={"field": "type"},
+            )
+        try:
+            self.read_plan(spec, content)
+        except PlanError as exc:
+            raise Unprocessable(f"content: {exc}", extra={"field": "content"}) from None
+
     async def _hand_in(
         self,
         session: AsyncSession,
@@ -585,6 +610,30 @@ class TaskService:
             ),
         )
         ActivityLog.add_event(session, row.id, "reviewers_told", data={"users": told})
+
+    async def council_started(self, task_id: int, members: int) -> bool:
+        """The requester is told, once, that a council works on their request; whether this
+        call told them (their reply then waits to be sent)."""
+        async with self._sessions.begin() as session:
+            row = await self._task(session, task_id, None, lock=True)
+            if row.conversation_id is None or row.source_channel is None:
+                return False
+            told = await session.scalar(
+                select(ActivityEvent.id)
+                .where(
+                    ActivityEvent.activity_id == task_id, ActivityEvent.kind == "council_started"
+                )
+                .limit(1)
+            )
+            if told is not None:
+                return False
+            ActivityLog.add_event(session, task_id, "council_started", data={"members": members})
+            await self._tell_requester(
+                session,
+                row,
+                lambda language: say("task.council_working", language, id=task_id, members=members),
+            )
+        return True
 
     async def council_handed_in(self, task_id: int, text: str, summary: dict[str, Any]) -> None:
         """A council's chosen proposal, now in review: its artifact (of no agent) and the
@@ -790,15 +839,50 @@ class TaskService:
             for a in artifacts
             if a.type == ArtifactType.SCREENSHOT.value
         ]
-        await self._tell_requester(
-            session,
-            row,
-            lambda language: _result_text(row.id, artifacts, language, self._link),
-            media=media,
+        spec = self._spec(row)
+        plan = (
+            await self._run_plan(session, row, spec, artifacts) if spec.produces == "plan" else None
         )
-        follow = self._spec(row).on_approve
-        if follow is not None:
-            await self._follow_up(session, row, follow)
+        if plan is not None:
+            # The requester hears that the plan runs (its text is in the run, and its end is
+            # told), not its JSON.
+            await self._tell_requester(
+                session,
+                row,
+                lambda language: say(
+                    "workflow.started",
+                    language,
+                    workflow=f"{row.agent_name}.{row.action_type}",
+                    id=row.id,
+                    count=len(plan.tasks),
+                    steps=", ".join(t.id for t in plan.tasks),
+                ),
+            )
+        else:
+            await self._tell_requester(
+                session,
+                row,
+                lambda language: _result_text(row.id, artifacts, language, self._link),
+                media=media,
+            )
+        if spec.on_approve is not None:
+            await self._follow_up(session, row, spec.on_approve)
+
+    async def _run_plan(
+        self, session: AsyncSession, row: Activity, spec: ActionSpec, artifacts: list[Artifact]
+    ) -> Plan | None:
+        """The approved plan becomes a workflow run (advanced once the job that sees this
+        task completed runs); a plan the catalog no longer fits is refused, with why (None)."""
+        texts = [a for a in artifacts if a.type == ArtifactType.TEXT.value]
+        try:
+            if not texts:
+                raise PlanError("no plan was handed in")
+            plan = self.read_plan(spec, texts[-1].content)
+        except PlanError as exc:
+            ActivityLog.add_event(session, row.id, "plan_refused", data={"reason": str(exc)})
+            return None
+        await open_plan_run(session, row, plan)
+        return plan
 
     async def _follow_up(self, session: AsyncSession, row: Activity, follow: FollowUpSpec) -> None:
         """The action an approved task starts, with its payload, through the same checks as

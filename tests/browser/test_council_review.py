@@ -40,7 +40,7 @@ async def test_a_supervisor_reviews_a_councils_proposal_and_releases_it(
                     "id": "d1",
                     "conversation": "dee",
                     "sender": "dee",
-                    "text": "design a signup",
+                    "text": "sketch a signup",
                 }
                 conversation = (await client.post("/api/v1/messages", json=body)).json()[
                     "conversation_id"
@@ -51,7 +51,7 @@ async def test_a_supervisor_reviews_a_councils_proposal_and_releases_it(
                 await page.fill("#name", "Sofía")
                 await page.fill("#password", PASSWORD)
                 await page.click("#login button")
-                row = page.locator("#list tbody tr", has_text="design a signup")
+                row = page.locator("#list tbody tr", has_text="sketch a signup")
                 await row.wait_for(timeout=30_000)
                 await row.click()
                 chosen = page.locator(".council tr[data-member=good] td").first
