@@ -171,6 +171,9 @@ class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     written rationale (an answer outside its schema: the top score stands)."""
     budget: BudgetSpec = BudgetSpec()
     call_timeout_s: float = 60.0
+    baseline: bool = False
+    """Run as its first member alone (its draft, the checks; no critique, no judges): what the
+    council is measured against (``scripts/eval_councils.py``)."""
 
 
 class PlanRoleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -211,9 +214,6 @@ class ActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``agent``: an external agent claims it (over MCP or the tasks API) and hands work in;
     ``council``: several LLM members draft, critique, revise and are ranked (``council``)."""
     council: CouncilSpec | None = None
-    baseline: bool = False
-    """A council run as its first member alone (no critique, no judges): what the council is
-    measured against."""
     produces: Literal["text", "plan"] = "text"
     """``plan``: the answer is a plan (see ``plan``), checked before review; approved, its
     tasks run as a workflow run."""

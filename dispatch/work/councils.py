@@ -12,7 +12,8 @@ pick (``top_score``).
 Every answered step is stored as it completes (``council_steps``): a run resumed after its
 worker died asks no one again for what it already answered. A member that times out or answers
 garbage is dropped from that round with the reason kept; the council goes on while one proposal
-remains. A budget (calls, tokens) ends the run cleanly with what it has.
+remains. A budget (calls, tokens) ends the run cleanly with what it has. ``baseline = true``
+runs the first member alone (its draft and the checks): what a council is measured against.
 """
 
 from __future__ import annotations
@@ -262,12 +263,14 @@ class _Run:
         return await self.step(key, work)
 
     async def go(self) -> CouncilOutcome:
-        members = list(self.spec.members)
+        baseline = self.spec.baseline
+        members = list(self.spec.members[:1] if baseline else self.spec.members)
         drafts = await self._drafts(members)
-        for round_ in range(1, self.spec.rounds + 1):
+        rounds = 0 if baseline else self.spec.rounds
+        for round_ in range(1, rounds + 1):
             drafts = await self._revised(round_, drafts)
         checked = await self._checks(drafts)
-        scores = await self._scores(drafts)
+        scores = {} if baseline else await self._scores(drafts)
         ranking = self._rank(members, drafts, checked, scores)
         passed = [r for r in ranking if r.passed and r.member in drafts]
         chosen = passed[0].member if passed else None

@@ -52,3 +52,27 @@ async def test_rules_are_precise_and_the_llm_adds_recall_without_trusting_failur
         elif isinstance(case.llm, dict) and case.llm["arguments"].get("confidence", 0) < 0.6:
             assert combined is None, case.text  # below the confidence floor
     assert report.llm_outcomes["llm_unavailable_total"] >= 6  # slow and 500 answers
+
+
+async def test_the_council_evaluation_runs_both_ways_and_prints_its_table() -> None:
+    """``scripts/eval_councils.py --scripted`` (CI prints the whole table): the same questions
+    through one member alone and through the council, each step a real provider call."""
+    from scripts.eval_councils import evaluate as evaluate_councils
+    from scripts.eval_councils import load_questions, scripted_server, table
+
+    questions = load_questions()
+    assert len(questions) == 30
+    assert len({q.question for q in questions}) == 30
+    few = questions[:6]
+    with scripted_server(few) as base_url:
+        rows = await evaluate_councils(
+            few, base_url=base_url, model="m", api_key_env=None, timeout_s=10
+        )
+    for index, (question, alone, council) in enumerate(rows):
+        assert (alone.calls, council.calls) == (1, 12)  # 3 drafts, critiques, revisions, scores
+        assert 0 < alone.tokens < council.tokens
+        assert alone.correct == (index % 3 != 0), question  # the scripted member errs there
+        assert council.correct, question  # the critique caught it, the revision mended it
+    printed = table(rows, source="scripted")
+    assert "alone    accuracy 4/6 = 66.7%" in printed
+    assert "council  accuracy 6/6 = 100.0%" in printed
