@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
@@ -37,6 +37,8 @@ from workers.lease import Lease, LeaseLost, RunCancelled
 from workers.registry import Handler, HandlerContext, HandlerResult, UnknownAction
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from dispatch.policy.specs import ActionSpec
     from dispatch.record.activities import ActivityView
     from workers.runtime import Runtime
@@ -320,8 +322,9 @@ async def _to_review(  # noqa: PLR0917 - one run's end
     duration_ms: float,
 ) -> _Ended | None:
     """A council's proposal goes to a person's review before the requester gets it (its text
-    only in the review's artifact: no one reads it before it is released)."""
-    ended = await _finish(
+    only in the review's artifact: no one reads it before it is released), in the transaction
+    that ends the run: never in review without it."""
+    return await _finish(
         runtime,
         activity,
         attempt,
@@ -329,10 +332,13 @@ async def _to_review(  # noqa: PLR0917 - one run's end
         details={**details, "result": {"data": result.data}},
         metrics={**activity.metrics, "duration_ms": duration_ms},
         data={"attempt": attempt},
+        also=functools.partial(
+            runtime.tasks.council_in_review,
+            task_id=activity.id,
+            text=result.text,
+            summary=result.data,
+        ),
     )
-    if ended is not None:
-        await runtime.tasks.council_handed_in(activity.id, result.text, result.data)
-    return ended
 
 
 async def _to_agents(
@@ -363,12 +369,7 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
 ) -> _Ended | None:
     """The handler under the lease, with its timeout; its end persisted."""
     started = time.perf_counter()
-    council = action.council if action.by_council else None
-    # A council takes minutes: its requester hears at once that it is at work.
-    if council is not None and await runtime.tasks.council_started(
-        activity.id, len(council.members)
-    ):
-        await runtime.replies.deliver(activity)
+    await _council_at_work(runtime, activity, action)
     lease = Lease(
         runtime.activities,
         activity.id,
@@ -436,6 +437,15 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
     )
 
 
+async def _council_at_work(runtime: Runtime, activity: ActivityView, action: ActionSpec) -> None:
+    """A council takes minutes: its requester hears at once (and once) that it is at work."""
+    council = action.council if action.by_council else None
+    if council is not None and await runtime.tasks.council_started(
+        activity.id, len(council.members)
+    ):
+        await runtime.replies.deliver(activity)
+
+
 async def _cancelled(
     runtime: Runtime, activity: ActivityView, attempt: int, *, started: float
 ) -> _Ended | None:
@@ -484,9 +494,11 @@ async def _finish(
     details: dict[str, Any],
     metrics: dict[str, Any],
     data: dict[str, Any],
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> _Ended | None:
-    """Persist the run's end with its reply, reserved to be sent at once; the activity as it
-    ended, or None if this attempt no longer held it (its result is discarded)."""
+    """Persist the run's end with its reply, reserved to be sent at once (and ``also``, in
+    the same transaction); the activity as it ended, or None if this attempt no longer held
+    it (its result is discarded)."""
     ending = Ending(
         to=to,
         attempt=attempt,
@@ -496,7 +508,7 @@ async def _finish(
         reply=_reply_parts(runtime, activity, to, details),
         data=data,
     )
-    outbox = await runtime.activities.finish(activity, ending, reserve=True)
+    outbox = await runtime.activities.finish(activity, ending, reserve=True, also=also)
     if outbox is None:
         return None
     ended = msgspec.structs.replace(

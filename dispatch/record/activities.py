@@ -15,7 +15,7 @@ import datetime as dt
 import enum
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, cast
 
 import msgspec
@@ -399,7 +399,12 @@ class ActivityLog:
             return ActivityView.of(row, events)
 
     async def finish(
-        self, activity: ActivityView, ending: Ending, *, reserve: bool = False
+        self,
+        activity: ActivityView,
+        ending: Ending,
+        *,
+        reserve: bool = False,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
     ) -> Outbox | None:
         """in_progress → completed/failed with its result, event and reply, in one
         transaction; only for the attempt that holds the claim (a stale attempt's result is
@@ -408,10 +413,13 @@ class ActivityLog:
         With ``reserve``, for a caller that hands the reply over at once, the activity's
         replies still to send are read back in the same transaction, the first claimed
         (``sending``, see :func:`~dispatch.record.outbox.reserve_replies`): the outbox returned;
-        without, they stay pending (an empty outbox)."""
+        without, they stay pending (an empty outbox). ``also`` writes what goes with this end
+        in the same transaction (a council's proposal, with its review)."""
         async with self._sessions.begin() as session:
             if not await self._finish_in(session, activity, ending):
                 return None
+            if also is not None:
+                await also(session)
             if not reserve:
                 return Outbox(replies=[], conversations={})
             replies, reserved = await reserve_replies(session, activity.id)

@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ class _Run:
         async def work() -> tuple[_Step, int, float, int]:
             messages = [{"role": "system", "content": member.persona or f"You are {member.name}."}]
             messages.append({"role": "user", "content": prompt})
+            started = time.perf_counter()
             try:
                 answer = await self.runner.ask(
                     member,
@@ -255,7 +257,8 @@ class _Run:
                     timeout_s=self.spec.call_timeout_s,
                 )
             except (ProviderFailed, ClientError) as exc:  # (an unknown provider too)
-                return _Step(ok=False, error=str(exc)), 0, 0.0, 1
+                waited_ms = round((time.perf_counter() - started) * 1000, 3)
+                return _Step(ok=False, error=str(exc)), 0, waited_ms, 1
             if not answer.text.strip():
                 return _Step(ok=False, error="an empty answer"), answer.tokens, answer.latency_ms, 1
             return _Step(ok=True, text=answer.text.strip()), answer.tokens, answer.latency_ms, 1

@@ -49,7 +49,7 @@ from dispatch.record.activities import (
     Move,
     Opening,
 )
-from dispatch.record.artifacts import ArtifactType, check_artifact
+from dispatch.record.artifacts import ArtifactType, Checked, check_artifact
 from dispatch.record.models import (
     AGENT_QUESTION,
     TAKEOVER,
@@ -58,6 +58,7 @@ from dispatch.record.models import (
     ActivityStatus,
     Artifact,
     ConversationState,
+    CouncilStep,
     Message,
     ReviewVote,
     User,
@@ -70,6 +71,7 @@ from dispatch.work.runs import open_plan_run
 __all__ = [
     "AgentCaller",
     "ArtifactView",
+    "CouncilStepView",
     "ReviewDecision",
     "TaskService",
     "TaskSummary",
@@ -138,6 +140,22 @@ class Line(msgspec.Struct, frozen=True, kw_only=True):
     at: dt.datetime
 
 
+class CouncilStepView(msgspec.Struct, frozen=True, kw_only=True):
+    """One answered step of a council's run (a draft, a critique of ``target``'s proposal, a
+    revision, a check, a judge's scores, the architect's pick): what a reviewer weighs."""
+
+    round: int
+    step: str
+    member: str
+    target: str
+    ok: bool
+    text: str
+    data: dict[str, Any]
+    error: str | None
+    tokens: int
+    latency_ms: float
+
+
 class TaskSummary(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     action: str
@@ -162,6 +180,8 @@ class TaskView(TaskSummary, frozen=True, kw_only=True):
     conversation: list[Line]
     artifacts: list[ArtifactView]
     notes: list[TaskNote]
+    council: list[CouncilStepView] = []
+    """A council's steps, in order (empty for an agent's task; never shown to agents)."""
 
 
 def _summary(row: Activity, found: _Found, me: int | None) -> dict[str, Any]:
@@ -344,6 +364,8 @@ class TaskService:
                     .order_by(ActivityEvent.id)
                 )
             ]
+            by_council = agent is None and self._spec(row).by_council
+            council = await _council_steps(session, task_id) if by_council else []
         me = agent.token_id if agent else None
         return TaskView(
             **_summary(row, found, me),
@@ -351,6 +373,7 @@ class TaskService:
             conversation=lines,
             artifacts=artifacts,
             notes=notes,
+            council=council,
         )
 
     async def released(self, artifact_id: int) -> tuple[str, bytes] | None:
@@ -504,8 +527,7 @@ class TaskService:
             raise Unprocessable("title: at most 200 characters", extra={"field": "title"})
         async with self._sessions.begin() as session:
             row = await self._task(session, task_id, agent)
-            checked = check_artifact(kind, content, self._spec(row).artifacts)
-            self._check_plan(self._spec(row), checked.type.value, content)
+            checked = self._checked(row, kind, content)
             row = await self._held(session, agent, task_id, (*HELD, S.IN_REVIEW.value))
             spec = self._spec(row)
             first = row.status in HELD  # this hand-in opens a review round
@@ -557,6 +579,14 @@ class TaskService:
         plan = read_plan(text, spec.plan)
         plan_workflow(plan, spec.plan, self._catalog.known)  # references, cycles
         return plan
+
+    def _checked(self, row: Activity, kind: str, content: str) -> Checked:
+        """What an agent hands in, checked (type, size, a diff that is one; a plan that is
+        one where the action's answer is a plan): 422 says what is wrong."""
+        spec = self._spec(row)
+        checked = check_artifact(kind, content, spec.artifacts)
+        self._check_plan(spec, checked.type.value, content)
+        return checked
 
     def _check_plan(self, spec: ActionSpec, kind: str, content: str) -> None:
         """An action whose answer is a plan takes a plan, as text: 422 says what is wrong."""
@@ -635,38 +665,38 @@ class TaskService:
             )
         return True
 
-    async def council_handed_in(self, task_id: int, text: str, summary: dict[str, Any]) -> None:
-        """A council's chosen proposal, now in review: its artifact (of no agent) and the
-        reviewers told, as for an agent's hand-in."""
-        async with self._sessions.begin() as session:
-            row = await self._task(session, task_id, None, lock=True)
-            spec = self._spec(row)
-            review = spec.reviewed
-            if row.status != S.IN_REVIEW.value or review is None:
-                return
-            row.review_round += 1
-            row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)
-            checked = check_artifact("text", text, ("text",))
-            artifact = Artifact(
-                activity_id=task_id,
-                agent_token_id=None,
-                type=checked.type.value,
-                title="The council's proposal",
-                content=checked.content,
-                size_bytes=checked.size_bytes,
-                summary={**checked.summary, **summary},
-                review_round=row.review_round,
-            )
-            session.add(artifact)
-            await session.flush()
-            ActivityLog.add_event(
-                session,
-                task_id,
-                "artifact_submitted",
-                data={"artifact_id": artifact.id, "type": "text", "round": row.review_round},
-            )
-            await self._tell_reviewers(session, row, spec, review)
-        await self._queue.try_enqueue(self._queue.enqueue_run, task_id)
+    async def council_in_review(
+        self, session: AsyncSession, task_id: int, text: str, summary: dict[str, Any]
+    ) -> None:
+        """A council's chosen proposal, in the transaction that moves its task to review: its
+        artifact (of no agent) and the reviewers told, as for an agent's hand-in."""
+        row = await self._task(session, task_id, None, lock=True)
+        spec = self._spec(row)
+        review = spec.reviewed
+        if row.status != S.IN_REVIEW.value or review is None:
+            return
+        row.review_round += 1
+        row.expires_at = utcnow() + dt.timedelta(seconds=review.ttl_s)
+        checked = check_artifact("text", text, ("text",))
+        artifact = Artifact(
+            activity_id=task_id,
+            agent_token_id=None,
+            type=checked.type.value,
+            title="The council's proposal",
+            content=checked.content,
+            size_bytes=checked.size_bytes,
+            summary={**checked.summary, **summary},
+            review_round=row.review_round,
+        )
+        session.add(artifact)
+        await session.flush()
+        ActivityLog.add_event(
+            session,
+            task_id,
+            "artifact_submitted",
+            data={"artifact_id": artifact.id, "type": "text", "round": row.review_round},
+        )
+        await self._tell_reviewers(session, row, spec, review)
 
     async def message(self, agent: AgentCaller, task_id: int, text: str) -> None:
         """Say ``text`` to the requester, on their channel, in order with the rest of their
@@ -1037,6 +1067,29 @@ async def _moved(
                 ConversationState.question_activity_id == row.id,
             )
         )
+
+
+async def _council_steps(session: AsyncSession, task_id: int) -> list[CouncilStepView]:
+    rows = await session.scalars(
+        select(CouncilStep)
+        .where(CouncilStep.activity_id == task_id)
+        .order_by(CouncilStep.round, CouncilStep.id)
+    )
+    return [
+        CouncilStepView(
+            round=c.round,
+            step=c.step,
+            member=c.member,
+            target=c.target,
+            ok=c.ok,
+            text=c.text,
+            data=c.data,
+            error=c.error,
+            tokens=c.tokens,
+            latency_ms=c.latency_ms,
+        )
+        for c in rows
+    ]
 
 
 def _may_decide(  # noqa: PLR0917 - what a decision is checked against

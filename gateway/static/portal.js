@@ -555,6 +555,7 @@ function taskTable(items) {
 async function renderReview(id, into) {
   const t = await act(api(`/api/v1/tasks/${id}`));
   if (!t) { into.replaceChildren(el("div", { class: "empty", text: "No such task." })); return; }
+  $("app").classList.add("reviewing");  // the work under review takes the room (diffs, proposals side by side)
   const decide = async (decision, comment) => {
     // The round on screen goes with the decision: if the task moved on meanwhile, it is refused.
     if (await act(api(`/api/v1/tasks/${id}/review`, { method: "POST", body: JSON.stringify({ decision, comment, round: t.review_round }) }))) { renderReview(id, into); refreshCounts(); }
@@ -565,7 +566,8 @@ async function renderReview(id, into) {
     const needs = (decision) => () => { if (!comment.value.trim()) { comment.focus(); toast("Write what to change, or why not, first."); return; } decide(decision, comment.value.trim()); };
     actions.append(comment, el("div", { class: "actions" },
       el("button", { class: "btn good", type: "button", id: "review-approve", text: "Approve", onclick: () => decide("approve", comment.value.trim()) }),
-      el("button", { class: "btn", type: "button", id: "review-changes", text: "Request changes", onclick: needs("request_changes") }),
+      // (a council's proposal is approved or rejected: it has no one to send changes to)
+      t.council.length ? null : el("button", { class: "btn", type: "button", id: "review-changes", text: "Request changes", onclick: needs("request_changes") }),
       el("button", { class: "btn bad", type: "button", id: "review-reject", text: "Reject", onclick: needs("reject") })));
   }
   const round = t.artifacts.filter((a) => a.round === t.review_round);
@@ -582,6 +584,8 @@ async function renderReview(id, into) {
       el("dt", { text: "Claims" }), el("dd", { text: String(t.attempts) }))),
     el("section", {}, el("h3", { text: "Payload" }), fields(t.payload)),
     el("section", {}, el("h3", { text: round.length ? "Work handed in" : "Nothing handed in yet" }), ...round.map(artifactView)),
+    t.council.length ? el("section", { id: "council-run" }, el("h3", { text: "How the council got there" }),
+      councilRun(t.council, ((round[0] && round[0].summary && round[0].summary.council) || {}).chosen)) : null,
     t.notes.length ? el("section", {}, el("h3", { text: "Said about it" }), el("ol", { class: "timeline" },
       ...t.notes.map((n) => el("li", { text: `${day(n.at)} — ${n.kind.replace(/_/g, " ")}: ${n.text}` })))) : null,
     t.conversation.length ? el("details", { class: "raw" }, el("summary", { text: `The requester's conversation (${t.conversation.length})` }),
@@ -601,6 +605,53 @@ function councilView(council) {
         el("td", { text: r.member === council.chosen ? `${r.member} ✓` : r.member }),
         el("td", { text: r.passed ? "passed" : r.failures.join("; ") }),
         el("td", { text: r.score === null ? "—" : r.score.toFixed(2) }))))));
+}
+function councilRun(steps, chosen) {
+  // Every member's proposal side by side (as revised, its first draft, the critique it got, each
+  // check), what each member cost, and each judge's scores per criterion. All of it is text the
+  // members wrote: shown as text, never as HTML.
+  const of = (step, member, target) => steps.filter((s) => s.step === step
+    && (member === undefined || s.member === member) && (target === undefined || s.target === target));
+  const last = (list) => list[list.length - 1];
+  // The chosen first, then the others that answered, then those dropped.
+  const dropped = (m) => of("draft", m).every((s) => !s.ok);
+  const members = [...new Set(of("draft").map((s) => s.member))]
+    .sort((a, b) => (b === chosen) - (a === chosen) || dropped(a) - dropped(b));
+  const column = (m) => {
+    const draft = last(of("draft", m));
+    const revised = last(of("revise", m).filter((s) => s.ok));
+    const shown = revised || (draft && draft.ok ? draft : null);
+    return el("section", { class: "proposal", "data-member": m },
+      el("h4", { text: m === chosen ? `${m} ✓ chosen` : m }),
+      draft && !draft.ok ? el("p", { class: "bad", text: `Dropped: ${draft.error}` }) : null,
+      shown ? el("p", { class: "artifact-text", text: shown.text }) : null,
+      revised && draft && draft.ok ? el("details", {}, el("summary", { text: "Its first draft" }), el("p", { class: "artifact-text", text: draft.text })) : null,
+      ...of("critique", undefined, m).map((c) => el("div", { class: "critique" }, el("b", { text: `Critique by ${c.member}` }),
+        el("p", { class: "artifact-text", text: c.ok ? c.text : `(none: ${c.error})` }))),
+      ...of("check", m).map((c) => el("ul", { class: "checks" }, el("li", { class: c.ok ? "good" : "bad",
+        text: `${(c.data && c.data.kind) || c.target}: ${c.ok ? "passed" : c.error}` }))));
+  };
+  const cost = new Map();
+  for (const s of steps) {
+    const c = cost.get(s.member) || { calls: 0, tokens: 0, ms: 0 };
+    if (s.step !== "check") c.calls += (s.data && s.data.calls) || 1;
+    c.tokens += s.tokens; c.ms += s.latency_ms;
+    cost.set(s.member, c);
+  }
+  const scores = of("score");
+  const criteria = [...new Set(scores.filter((s) => s.ok).flatMap((s) => Object.values(s.data.scores).flatMap((v) => Object.keys(v))))];
+  const scoreRows = scores.flatMap((s) => (s.ok
+    ? Object.entries(s.data.labels || {}).map(([label, member]) => el("tr", {}, el("td", { text: s.member }), el("td", { text: member }),
+      ...criteria.map((c) => el("td", { text: String((s.data.scores[label] || {})[c] ?? "—") }))))
+    : [el("tr", {}, el("td", { text: s.member }), el("td", { colspan: String(criteria.length + 1), class: "muted", text: `no score: ${s.error}` }))]));
+  return el("div", { class: "council" },
+    el("div", { class: "proposals" }, ...members.map(column)),
+    scoreRows.length ? el("table", { id: "council-scores" }, el("caption", { text: "Each judge's scores (0–10), per criterion" }),
+      el("thead", {}, el("tr", {}, ...["Judge", "Proposal", ...criteria].map((h) => el("th", { text: h })))), el("tbody", {}, ...scoreRows)) : null,
+    el("table", { id: "council-cost" }, el("caption", { text: "What each took (its drafts, critiques, revisions and scores)" }),
+      el("thead", {}, el("tr", {}, ...["Member", "Calls", "Tokens", "Time"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...[...cost.entries()].map(([m, c]) => el("tr", { "data-member": m }, el("td", { text: m }),
+        el("td", { text: String(c.calls) }), el("td", { text: String(c.tokens) }), el("td", { text: c.ms < 1000 ? `${Math.round(c.ms)} ms` : `${(c.ms / 1000).toFixed(1)} s` }))))));
 }
 function artifactView(a) {
   const head = el("div", { class: "artifact-head" }, el("b", { text: a.title || a.type }), el("span", { class: "pill", text: a.type }),

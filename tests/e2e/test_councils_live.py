@@ -215,8 +215,9 @@ def live_env(
 
 
 def supervisor_token(env: dict[str, str], cwd: Path) -> dict[str, str]:
-    cli(["users", "add", "Sofia Ruiz", "--role", "supervisor"], env, cwd)
-    token = cli(["tokens", "create", "--role", "operator", "--user", "Sofia Ruiz"], env, cwd)
+    name = f"Sofia {cwd.name}"  # (the database may be another test's too)
+    cli(["users", "add", name, "--role", "supervisor"], env, cwd)
+    token = cli(["tokens", "create", "--role", "operator", "--user", name], env, cwd)
     return {"Authorization": f"Bearer {token.strip()}"}
 
 
