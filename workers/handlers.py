@@ -440,6 +440,8 @@ class CouncilHandler(Handler):
         assert council is not None  # checked when the catalog loaded
         described = ", ".join(f"{k}: {v}" for k, v in ctx.payload.items())
         request = f"{ctx.action.description}. {described}" if described else ctx.action.description
+        if ctx.language is not None:  # the requester gets the answer in their language
+            request += "\n\n" + say("task.council_language", ctx.language)
         shape = None
         if ctx.action.produces == "plan":
             plan = ctx.action.plan

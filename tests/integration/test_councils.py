@@ -300,3 +300,29 @@ async def test_an_architect_picks_among_the_best_and_says_why(
     picks = [r for r in llm.requests if r["model"] == architect]
     assert len(picks) == 1
     assert picks[0]["response_format"]["json_schema"]["name"] == "pick"
+
+
+async def test_a_council_answers_in_the_requesters_language(
+    desk: tuple[AsyncTestClient[Any], Settings, dict[str, str]], llm: LlmApi
+) -> None:
+    client, _, sofia = desk
+    body = {
+        "id": "c2",
+        "conversation": "ines",
+        "sender": "ines",
+        "text": "sketch una página de registro con confirmación por correo",
+    }
+    sent = await client.post("/api/v1/messages", json=body, headers=ADMIN)
+    conversation = sent.json()["conversation_id"]
+
+    async def in_review() -> Any:
+        return (await client.get("/api/v1/tasks?status=in_review", headers=sofia)).json()
+
+    [task] = await wait_for(in_review, timeout_s=30)
+    drafts = [r for r in llm.requests if r["model"] == "good"]
+    assert all("Escribe tu respuesta en español." in r["messages"][-1]["content"] for r in drafts)
+    messages = (
+        await client.get(f"/api/v1/conversations/{conversation}/messages", headers=ADMIN)
+    ).json()
+    told = [m["text"] for m in messages if m["direction"] == "outbound"]
+    assert told[0].startswith(f"Un consejo de 4 agentes trabaja en la solicitud #{task['id']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
@@ -78,6 +79,26 @@ id = "docs"
 agent = "writer"
 action = "write_docs"
 patterns = ['^document\\s+(?P<what>.+)$']
+
+[agents.writer.actions.outline]
+description = "Outline the docs to write"
+executor = "agent"
+produces = "plan"
+public = true
+artifacts = ["text", "diff"]
+review = { reviewers = ["supervisor"] }
+[agents.writer.actions.outline.payload]
+what = { type = "string" }
+[agents.writer.actions.outline.plan.roles.publisher]
+agent = "writer"
+action = "publish"
+payload = { what = "{{ task.description }}" }
+
+[[rules]]
+id = "outline"
+agent = "writer"
+action = "outline"
+patterns = ['^outline\\s+(?P<what>.+)$']
 """
 
 
@@ -120,7 +141,7 @@ async def desk(
             for name, serves in [
                 ("ada", ("developer.fix_bug",)),
                 ("bob", ("developer.fix_bug",)),
-                ("doc", ("writer.write_docs", "writer.translate")),
+                ("doc", ("writer.write_docs", "writer.translate", "writer.outline")),
             ]:
                 token, _ = await tokens.create(name=name, role="agent", serves=serves)
                 headers[name] = {"Authorization": f"Bearer {token}"}
@@ -555,3 +576,60 @@ async def test_a_released_task_leaves_the_requesters_next_message_to_the_bot(des
     await reply_with(client, zed, "still there?")
     view = (await client.get(here, headers=desk.sofia)).json()
     assert not [n for n in view["notes"] if n["kind"] == "requester_answered"]
+
+
+async def test_an_agents_plan_is_checked_as_it_is_handed_in_and_runs_once_approved(
+    desk: Desk,
+) -> None:
+    client = desk.client
+    una = await say(client, "una", "outline the install guide", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+
+    def plan(*tasks: dict[str, Any]) -> dict[str, str]:
+        return {"type": "text", "content": json.dumps({"tasks": list(tasks)})}
+
+    cycle = plan(
+        {"id": "a", "role": "publisher", "description": "A", "depends_on": ["b"]},
+        {"id": "b", "role": "publisher", "description": "B", "depends_on": ["a"]},
+    )
+    refused = await client.post(f"{here}/submit", json=cycle, headers=desk.doc)
+    assert refused.status_code == 422
+    assert refused.json()["extra"]["field"] == "content"
+    assert "dependency cycle: a → b → a" in refused.json()["detail"]
+    as_diff = await client.post(
+        f"{here}/submit", json={"type": "diff", "content": DIFF}, headers=desk.doc
+    )
+    assert as_diff.status_code == 422
+    assert as_diff.json()["extra"]["field"] == "type"
+    good = plan(
+        {"id": "setup", "role": "publisher", "description": "the setup page"},
+        {
+            "id": "usage",
+            "role": "publisher",
+            "description": "the usage page",
+            "depends_on": ["setup"],
+        },
+    )
+    handed = await client.post(f"{here}/submit", json=good, headers=desk.doc)
+    assert handed.status_code == 201, handed.text
+    # Nothing runs before a person approves it.
+    missing = await client.get(f"/api/v1/workflow-runs/{task['id']}", headers=ADMIN)
+    assert missing.status_code == 404
+    approved = await client.post(f"{here}/review", json={"decision": "approve"}, headers=desk.sofia)
+    assert approved.json()["status"] == "completed"
+    await reply_with(client, una, f"Started writer.outline as run #{task['id']}: 2 steps")
+
+    async def ended() -> dict[str, Any] | None:
+        run = (await client.get(f"/api/v1/workflow-runs/{task['id']}", headers=ADMIN)).json()
+        return run if run["status"] != "running" else None
+
+    run = await wait_for(ended)
+    assert run["status"] == "completed", run
+    assert [(s["id"], s["status"]) for s in run["steps"]] == [
+        ("setup", "completed"),
+        ("usage", "completed"),
+    ]
+    assert run["steps"][1]["result"]["text"] == "Published the usage page as P-0002"
+    await reply_with(client, una, f"Run #{task['id']} of writer.outline completed.")
