@@ -15,6 +15,7 @@ from dispatch.policy.permissions import may_request
 from dispatch.policy.plans import plan_problem, plan_prompt
 from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
 from dispatch.record.activities import ActivityView
+from dispatch.record.artifacts import check_artifact
 from dispatch.record.messages import Choice, Media
 from dispatch.record.outbox import failure_reason, payload_text
 from dispatch.work.approvals import Decision
@@ -447,8 +448,14 @@ class CouncilHandler(Handler):
             plan = ctx.action.plan
             assert plan is not None  # checked when the catalog loaded
             request += "\n\n" + plan_prompt(plan)
-            shape = ("plan", functools.partial(plan_problem, plan, ctx.catalog.known))
+            catalog = ctx.catalog
+            shape = (
+                "plan",
+                functools.partial(plan_problem, plan, catalog.known, catalog.validate_payload),
+            )
         outcome = await self._councils.run(ctx.activity.id, request, council, shape=shape)
+        if outcome.chosen is not None:
+            check_artifact("text", outcome.text, ("text",))  # what review will store: fits it
         data = msgspec.to_builtins(msgspec.structs.replace(outcome, text=""))
         if outcome.chosen is None:
             raise CouncilEmpty(say("task.council_empty", ctx.language, id=ctx.activity.id))

@@ -369,7 +369,6 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
 ) -> _Ended | None:
     """The handler under the lease, with its timeout; its end persisted."""
     started = time.perf_counter()
-    await _council_at_work(runtime, activity, action)
     lease = Lease(
         runtime.activities,
         activity.id,
@@ -393,7 +392,7 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
             workflows=runtime.workflows,
             buttons=runtime.channels.buttons(activity.source_channel or ""),
         )
-        result = await lease.run(handler.run(ctx), timeout_s=action.timeout_s)
+        result = await lease.run(_ran(runtime, ctx, handler), timeout_s=action.timeout_s)
     except LeaseLost:
         log.warning("run stopped: its lease was lost", extra={"attempt": attempt})
         return None
@@ -437,13 +436,15 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
     )
 
 
-async def _council_at_work(runtime: Runtime, activity: ActivityView, action: ActionSpec) -> None:
-    """A council takes minutes: its requester hears at once (and once) that it is at work."""
-    council = action.council if action.by_council else None
-    if council is not None and await runtime.tasks.council_started(
-        activity.id, len(council.members)
-    ):
-        await runtime.replies.deliver(activity)
+async def _ran(runtime: Runtime, ctx: HandlerContext, handler: Handler) -> HandlerResult:
+    """The handler's run; a council's requester hears at once (and once) that it is at work:
+    it takes minutes (under the lease, as the run is)."""
+    council = ctx.action.council if ctx.action.by_council else None
+    if council is not None:
+        members = 1 if council.baseline else len(council.members)
+        if await runtime.tasks.council_started(ctx.activity.id, members):
+            await runtime.replies.deliver(ctx.activity)
+    return await handler.run(ctx)
 
 
 async def _cancelled(

@@ -340,6 +340,8 @@ def _validate_plan(file: CatalogFile, action: ActionSpec, at: str) -> None:
             at + ".produces",
             "a plan is an agent's or a council's answer, and a person approves it before it runs",
         )
+    if action.by_agent and "text" not in action.artifacts:
+        raise CatalogError(at + ".artifacts", 'a plan is handed in as text: include "text"')
     if action.plan is None or not action.plan.roles:
         raise CatalogError(at + ".plan", "name the action that serves each role: [plan.roles]")
     if not 1 <= action.plan.max_tasks <= MAX_STEPS:

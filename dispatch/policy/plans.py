@@ -16,6 +16,8 @@ run machinery as declared workflows.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -71,14 +73,19 @@ def _json_of(text: str) -> str:
 
 
 def read_plan(text: str, spec: PlanSpec) -> Plan:
-    """The plan ``text`` holds, checked against ``spec`` (roles, ids, references, cycles);
-    :class:`PlanError` says what is wrong."""
+    """The plan ``text`` holds, checked against ``spec`` (its size, roles, ids and
+    descriptions); :class:`PlanError` says what is wrong."""
     try:
         plan = msgspec.json.decode(_json_of(text), type=Plan)
     except msgspec.ValidationError as exc:
         raise PlanError(f"not a plan: {exc}") from None
     except msgspec.DecodeError as exc:
         raise PlanError(f"not JSON: {exc}") from None
+    _check(plan, spec)
+    return plan
+
+
+def _check(plan: Plan, spec: PlanSpec) -> None:
     if not 1 <= len(plan.tasks) <= spec.max_tasks:
         raise PlanError(f"a plan has 1 to {spec.max_tasks} tasks, not {len(plan.tasks)}")
     for index, task in enumerate(plan.tasks):
@@ -90,19 +97,32 @@ def read_plan(text: str, spec: PlanSpec) -> Plan:
             raise PlanError(f"{at}.role: no role {task.role[:70]!r} here (known: {known})")
         if not task.description.strip() or len(task.description) > MAX_DESCRIPTION_CHARS:
             raise PlanError(f"{at}.description: 1 to {MAX_DESCRIPTION_CHARS} characters")
-    return plan
 
 
-def plan_workflow(plan: Plan, spec: PlanSpec, known: Lookup, name: str = "plan") -> Workflow:
+Validate = Callable[[str, str, dict[str, Any]], Any]
+"""(agent, action, payload) → the payload checked against the action's schema, or a
+``ValueError`` saying why (the catalog's ``validate_payload``)."""
+
+
+def plan_workflow(
+    plan: Plan, spec: PlanSpec, known: Lookup, validate: Validate | None = None
+) -> Workflow:
     """The workflow whose steps are the plan's tasks, checked like a catalog workflow
-    (unknown dependencies and cycles refused); :class:`PlanError` says what is wrong."""
+    (unknown dependencies and cycles refused) and, with ``validate``, each task's payload
+    against its action's schema; :class:`PlanError` says what is wrong. Its payloads are the
+    tasks' text as data: filled once, here, never read as templates again."""
+    _check(plan, spec)  # (again: the catalog may have changed since it was read)
     steps = []
-    for task in plan.tasks:
+    for index, task in enumerate(plan.tasks):
         role = spec.roles[task.role]
         try:
             payload = fill(role.payload, {"task": msgspec.to_builtins(task)})
+            if validate is not None:
+                validate(role.agent, role.action, payload)
         except TemplateError as exc:
             raise PlanError(f"task {task.id!r}: {exc}") from None
+        except ValueError as exc:  # the action's schema (a PayloadError)
+            raise PlanError(f"tasks[{index}] (id {task.id!r}): {exc}") from None
         steps.append(
             StepSpec(
                 id=task.id,
@@ -115,16 +135,20 @@ def plan_workflow(plan: Plan, spec: PlanSpec, known: Lookup, name: str = "plan")
         )
     try:
         return compile_workflow(
-            name, WorkflowSpec(description=name, steps=tuple(steps)), known, "plan"
+            "plan",
+            WorkflowSpec(description="plan", steps=tuple(steps)),
+            known,
+            "plan",
+            literal=True,
         )
     except CatalogError as exc:
         raise PlanError(str(exc).replace("plan.steps", "tasks", 1)) from None
 
 
-def plan_problem(spec: PlanSpec, known: Lookup, text: str) -> str | None:
+def plan_problem(spec: PlanSpec, known: Lookup, validate: Validate | None, text: str) -> str | None:
     """Why ``text`` is no plan this action may run (None: it is one)."""
     try:
-        plan_workflow(read_plan(text, spec), spec, known)
+        plan_workflow(read_plan(text, spec), spec, known, validate)
     except PlanError as exc:
         return str(exc)
     return None

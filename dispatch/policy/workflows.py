@@ -57,6 +57,8 @@ class Workflow:
     spec: WorkflowSpec
     steps: dict[str, StepSpec]
     order: tuple[str, ...]
+    literal: bool = False
+    """Its payloads are final (an approved plan's, whose text is data): never filled again."""
 
 
 def fill(template: Any, scope: Mapping[str, Any]) -> Any:
@@ -146,8 +148,11 @@ def workflows_agent(workflows: Mapping[str, Workflow]) -> AgentSpec:
     )
 
 
-def compile_workflow(name: str, spec: WorkflowSpec, known: Lookup, where: str) -> Workflow:
-    """One workflow, checked (see the module); :class:`CatalogError` names what is wrong."""
+def compile_workflow(
+    name: str, spec: WorkflowSpec, known: Lookup, where: str, *, literal: bool = False
+) -> Workflow:
+    """One workflow, checked (see the module); :class:`CatalogError` names what is wrong.
+    ``literal``: its payloads are final values, not templates (an approved plan's)."""
     if not _NAME.fullmatch(name):
         raise CatalogError(where, "workflow names are lowercase letters, digits and _")
     if not 1 <= len(spec.steps) <= MAX_STEPS:
@@ -161,8 +166,9 @@ def compile_workflow(name: str, spec: WorkflowSpec, known: Lookup, where: str) -
     order = _ordered(steps, where)
     for index, step in enumerate(spec.steps):
         at = f"{where}.steps[{index}] (id {step.id!r}).payload"
-        _check_references(step, spec, _ancestors(steps, step.id), at)
-    return Workflow(name=name, spec=spec, steps=steps, order=order)
+        if not literal:
+            _check_references(step, spec, _ancestors(steps, step.id), at)
+    return Workflow(name=name, spec=spec, steps=steps, order=order, literal=literal)
 
 
 def _indexed(spec: WorkflowSpec, where: str) -> dict[str, StepSpec]:
@@ -183,6 +189,8 @@ def _check_step(step: StepSpec, steps: dict[str, StepSpec], known: Lookup, at: s
     action = known(step.agent, step.action, at)
     if action.internal:
         raise CatalogError(at, f"{step.agent}.{step.action} is internal to the gateway")
+    if action.produces == "plan":
+        raise CatalogError(at, "a step does not make a plan (its run would be a run of its own)")
     for where, payload in step.payloads():
         unknown_fields = sorted(set(payload) - set(action.payload))
         if unknown_fields:

@@ -321,7 +321,7 @@ class WorkflowRuns:
             return "the action that made the plan is no longer in the catalog"
         try:
             plan = msgspec.convert(run.plan, Plan)
-            return plan_workflow(plan, action.plan, self._catalog.known)
+            return plan_workflow(plan, action.plan, self._catalog.known)  # (schemas: per step)
         except (PlanError, msgspec.ValidationError) as exc:
             return f"the plan no longer fits the catalog: {exc}"
 
@@ -366,13 +366,17 @@ class WorkflowRuns:
             return woken
 
     def _payload(
-        self, step: StepSpec, scope: dict[str, Any], language: str | None
+        self, step: StepSpec, scope: dict[str, Any] | None, language: str | None
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """A step's payload in the requester's ``language``, its templates filled from
         ``scope`` and checked against its action's schema; or why it could not be (the step
         fails with it)."""
         try:
-            filled = fill(step.payload_in(language), scope)
+            filled = (
+                step.payload_in(language)
+                if scope is None
+                else fill(step.payload_in(language), scope)
+            )
             return clean_json(self._catalog.validate_payload(step.agent, step.action, filled)), None
         except TemplateError as exc:
             return {}, {"reason": "template", "message": str(exc), "reference": exc.reference}
@@ -393,7 +397,8 @@ class WorkflowRuns:
         action = self._catalog.action(step.agent, step.action)
         assert action is not None  # checked when the catalog loaded
         user, role, active = requester
-        payload, error = self._payload(step, _scope(run, rows), language_of(start.details))
+        scope = None if flow.literal else _scope(run, rows)  # (a plan's text is data)
+        payload, error = self._payload(step, scope, language_of(start.details))
         if error is None and not may_request(role, active, action):
             who = user.name if user else role or "the requester"
             error = {"reason": "forbidden", "message": f"{who} may not run this action"}

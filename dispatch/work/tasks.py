@@ -577,7 +577,7 @@ class TaskService:
         :class:`PlanError` says what is wrong."""
         assert spec.plan is not None  # checked when the catalog loaded
         plan = read_plan(text, spec.plan)
-        plan_workflow(plan, spec.plan, self._catalog.known)  # references, cycles
+        plan_workflow(plan, spec.plan, self._catalog.known, self._catalog.validate_payload)
         return plan
 
     def _checked(self, row: Activity, kind: str, content: str) -> Checked:
@@ -900,17 +900,21 @@ class TaskService:
 
     async def _run_plan(
         self, session: AsyncSession, row: Activity, spec: ActionSpec, artifacts: list[Artifact]
-    ) -> Plan | None:
+    ) -> Plan:
         """The approved plan becomes a workflow run (advanced once the job that sees this
-        task completed runs); a plan the catalog no longer fits is refused, with why (None)."""
+        task completed runs); a plan the catalog no longer fits is refused (409: the decision
+        is not taken)."""
         texts = [a for a in artifacts if a.type == ArtifactType.TEXT.value]
         try:
             if not texts:
                 raise PlanError("no plan was handed in")
             plan = self.read_plan(spec, texts[-1].content)
         except PlanError as exc:
-            ActivityLog.add_event(session, row.id, "plan_refused", data={"reason": str(exc)})
-            return None
+            # (the catalog changed since it was handed in): nothing is approved; it stays in
+            # review, for a reviewer to reject
+            raise ConflictError(
+                f"this plan no longer fits the catalog ({exc}): reject it", extra={"plan": str(exc)}
+            ) from None
         await open_plan_run(session, row, plan)
         return plan
 

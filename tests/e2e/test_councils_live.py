@@ -132,7 +132,7 @@ DIAMOND = {
         {
             "id": "docs",
             "role": "writer",
-            "description": "Document the reset flow",
+            "description": "Document the reset mail ({{ user.name }} is a placeholder)",
             "depends_on": ["design"],
             "priority": "low",
         },
@@ -404,6 +404,10 @@ async def test_an_approved_plan_runs_across_a_council_an_agent_and_handlers(
     }
     assert steps["design"]["result"]["text"].startswith("Design: a signed, single-use token")
     assert steps["release"]["result"]["text"] == "release: Announce the release"
+    # A task's text is data: its braces reach the step as written, never read as a template.
+    assert steps["docs"]["result"]["text"] == (
+        "docs: Document the reset mail ({{ user.name }} is a placeholder)"
+    )
     # In dependency order: nothing was created before what it needs had completed.
     for step_id, needs in (
         ("build", "design"),

@@ -633,3 +633,32 @@ async def test_an_agents_plan_is_checked_as_it_is_handed_in_and_runs_once_approv
     ]
     assert run["steps"][1]["result"]["text"] == "Published the usage page as P-0002"
     await reply_with(client, una, f"Run #{task['id']} of writer.outline completed.")
+
+
+async def test_a_plan_the_catalog_no_longer_fits_is_not_approved(desk: Desk) -> None:
+    """The catalog changed between the hand-in and the decision: approving answers 409 with
+    why, nothing runs, and the plan stays in review (for a reviewer to reject)."""
+    client = desk.client
+    await say(client, "ulf", "outline the admin guide", 1)
+    [task] = await wait_for(lambda: waiting(desk, desk.doc))
+    here = f"/api/v1/tasks/{task['id']}"
+    assert (await client.post(f"{here}/claim", headers=desk.doc)).status_code == 200
+    plan = {"tasks": [{"id": "one", "role": "publisher", "description": "the admin page"}]}
+    handed = await client.post(
+        f"{here}/submit", json={"type": "text", "content": json.dumps(plan)}, headers=desk.doc
+    )
+    assert handed.status_code == 201, handed.text
+    assert desk.settings.core.catalog_path is not None
+    changed = desk.settings.core.catalog_path.read_text().replace(
+        "plan.roles.publisher]", "plan.roles.printer]"
+    )
+    desk.settings.core.catalog_path.write_text(changed)
+    async with AsyncTestClient(create_app(desk.settings)) as restarted:
+        decided = await restarted.post(
+            f"{here}/review", json={"decision": "approve"}, headers=desk.sofia
+        )
+        assert decided.status_code == 409
+        assert "no role 'publisher'" in decided.json()["detail"]
+        assert (await restarted.get(here, headers=desk.sofia)).json()["status"] == "in_review"
+        missing = await restarted.get(f"/api/v1/workflow-runs/{task['id']}", headers=ADMIN)
+        assert missing.status_code == 404

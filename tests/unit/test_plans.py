@@ -52,7 +52,7 @@ def test_a_diamond_plan_becomes_a_workflow_in_dependency_order() -> None:
     assert (ship.agent, ship.action, ship.payload) == ("developer", "fix_bug", {"what": "Ship"})
     assert ship.priority == Priority.HIGH
     assert flow.steps["design"].agent == "architect"
-    assert plan_problem(spec, catalog.known, text) is None
+    assert plan_problem(spec, catalog.known, catalog.validate_payload, text) is None
 
 
 @pytest.mark.parametrize(
@@ -95,7 +95,7 @@ def test_a_diamond_plan_becomes_a_workflow_in_dependency_order() -> None:
 )
 def test_a_plan_that_could_never_run_is_refused_with_why(text: str, needle: str) -> None:
     catalog, spec = bundled()
-    why = plan_problem(spec, catalog.known, text)
+    why = plan_problem(spec, catalog.known, catalog.validate_payload, text)
     assert why is not None
     assert needle in why
     with pytest.raises(PlanError):
@@ -167,4 +167,55 @@ members = [{ name = "one" }, { name = "two", provider = "typo" }]
 """
     )
     with pytest.raises(CatalogError, match="'two' uses provider 'typo', which is not declared"):
+        decode_catalog(content.encode(), "c.toml", BUILTIN_HANDLER_NAMES)
+
+
+def test_a_tasks_text_is_data_filled_once_never_a_template() -> None:
+    catalog, spec = bundled()
+    text = tasks(
+        {"id": "a", "role": "developer", "description": "Mail {{ user.name }} the link"},
+        {
+            "id": "b",
+            "role": "developer",
+            "depends_on": ["a"],
+            "description": "Use {{ steps.a.result.text }} as is",
+        },
+    )
+    flow = plan_workflow(read_plan(text, spec), spec, catalog.known, catalog.validate_payload)
+    assert flow.literal  # a run never fills these again
+    assert flow.steps["a"].payload == {"what": "Mail {{ user.name }} the link"}
+    assert flow.steps["b"].payload == {"what": "Use {{ steps.a.result.text }} as is"}
+
+
+def test_a_task_its_action_would_refuse_is_refused_before_anyone_approves_it() -> None:
+    catalog, spec = bundled()
+    text = tasks({"id": "a", "role": "developer", "description": "x" * 3000})
+    why = plan_problem(spec, catalog.known, catalog.validate_payload, text)
+    assert why is not None
+    assert "tasks[0] (id 'a')" in why
+    assert "what" in why
+
+
+def test_a_plan_the_catalog_no_longer_fits_is_refused_not_a_crash() -> None:
+    catalog, spec = bundled()
+    plan = read_plan(tasks({"id": "a", "role": "architect", "description": "A"}), spec)
+    fewer = PlanSpec(roles={"developer": spec.roles["developer"]})
+    with pytest.raises(PlanError, match="no role 'architect'"):
+        plan_workflow(plan, fewer, catalog.known)
+
+
+def test_a_workflow_step_that_makes_a_plan_is_refused() -> None:
+    content = (
+        BASE
+        + PLANNER % ("", "echo", 'text = "x"')
+        + """
+[workflows.w]
+description = "W"
+[[workflows.w.steps]]
+id = "p"
+agent = "a"
+action = "plan"
+"""
+    )
+    with pytest.raises(CatalogError, match="a step does not make a plan"):
         decode_catalog(content.encode(), "c.toml", BUILTIN_HANDLER_NAMES)
