@@ -131,7 +131,11 @@ class StatusHandler(Handler):
         ) or found.action_type
         status = status_word(found.status, language)
         text = say("status.line", language, id=found.id, what=what, status=status)
-        run = await ctx.workflows.get(found.id) if found.agent_name == WORKFLOWS_AGENT else None
+        action = ctx.catalog.action(found.agent_name, found.action_type)
+        starts_run = found.agent_name == WORKFLOWS_AGENT or (
+            action is not None and action.produces == "plan"
+        )
+        run = await ctx.workflows.get(found.id) if starts_run else None
         if run is not None:
             steps = ", ".join(
                 f"{step.id} {status_word(step.status, language)}" for step in run.steps

@@ -633,6 +633,8 @@ async def test_an_agents_plan_is_checked_as_it_is_handed_in_and_runs_once_approv
     ]
     assert run["steps"][1]["result"]["text"] == "Published the usage page as P-0002"
     await reply_with(client, una, f"Run #{task['id']} of writer.outline completed.")
+    await say(client, "una", f"status {task['id']}", 2)  # a plan's request shows its run
+    await reply_with(client, una, "setup completed, usage completed")
 
 
 async def test_a_plan_the_catalog_no_longer_fits_is_not_approved(desk: Desk) -> None:
