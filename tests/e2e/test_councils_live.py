@@ -197,14 +197,14 @@ def asked(llm: LlmApi) -> Counter[tuple[str, str]]:
 
 @pytest.fixture
 def live_env(
-    make_env: Callable[..., dict[str, str]], pg_migrated: str, redis_url: str, tmp_path: Path
+    make_env: Callable[..., dict[str, str]], own_pg: str, redis_url: str, tmp_path: Path
 ) -> Callable[[LlmApi], dict[str, str]]:
     def make(llm: LlmApi) -> dict[str, str]:
         bundled = resources.files("dispatch.policy").joinpath("default_catalog.toml").read_text()
         catalog = tmp_path / "catalog.toml"
         catalog.write_text(bundled + CATALOG.format(url=llm.base_url), encoding="utf-8")
         return make_env(
-            database_url=pg_migrated,
+            database_url=own_pg,
             redis_url=redis_url,
             port=free_port(),
             catalog=catalog,
@@ -246,7 +246,7 @@ async def in_review(client: httpx.AsyncClient, sofia: dict[str, str], action: st
 
 
 async def test_a_council_killed_mid_critique_resumes_asking_no_one_twice(
-    live_env: Callable[[LlmApi], dict[str, str]], pg_migrated: str, tmp_path: Path
+    live_env: Callable[[LlmApi], dict[str, str]], own_pg: str, tmp_path: Path
 ) -> None:
     with LlmApi(scenario=scripted) as llm:
         env = live_env(llm)
@@ -254,7 +254,7 @@ async def test_a_council_killed_mid_critique_resumes_asking_no_one_twice(
         base = f"http://127.0.0.1:{env['SWITCHBOARD_PORT']}"
         glog, wlog = tmp_path / "gateway.log", tmp_path / "worker.log"
         async with (
-            open_db(pg_migrated) as sessions,
+            open_db(own_pg) as sessions,
             httpx.AsyncClient(base_url=base, timeout=10, headers=ADMIN) as client,
         ):
             with process(["serve"], env, tmp_path, glog) as gateway:
@@ -318,7 +318,7 @@ async def test_an_approved_plan_runs_across_a_council_an_agent_and_handlers(
     with LlmApi(scenario=scripted) as llm:
         env = live_env(llm)
         sofia = supervisor_token(env, tmp_path)
-        token = cli(["agents", "add", "ada", "--serves", "developer.fix_bug"], env, tmp_path)
+        token = cli(["agents", "add", "cody", "--serves", "developer.fix_bug"], env, tmp_path)
         mcp = ["--url", f"http://127.0.0.1:{env['SWITCHBOARD_PORT']}/mcp", "--token"]
         base = f"http://127.0.0.1:{env['SWITCHBOARD_PORT']}"
         glog, wlog = tmp_path / "gateway.log", tmp_path / "worker.log"

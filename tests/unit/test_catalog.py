@@ -49,6 +49,8 @@ def test_default_catalog_loads() -> None:
         "control:human",
         "control:cancel",
         "fix-bug",
+        "design",
+        "plan",
         "invoice-create",
         "refund",
         "ticket-open",
