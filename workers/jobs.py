@@ -404,10 +404,16 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
             runtime.activities.release(activity.id, attempt=attempt, reason="worker stopping")
         )
         raise
-    except TimeoutError:
-        message = f"no answer within {action.timeout_s:g} s"
+    except (TimeoutError, Unavailable) as exc:  # (unavailable: nothing was asked of anyone)
+        timed_out = isinstance(exc, TimeoutError)
+        message = f"no answer within {action.timeout_s:g} s" if timed_out else str(exc)
         return await _fail(
-            runtime, activity, attempt, reason="timeout", message=message, started=started
+            runtime,
+            activity,
+            attempt,
+            reason="timeout" if timed_out else "unavailable",
+            message=message,
+            started=started,
         )
     except Exception as exc:
         log.exception("handler failed", extra={"activity_id": activity.id})
@@ -436,11 +442,21 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
     )
 
 
+class Unavailable(Exception):
+    """What the action needs is not set up in this deployment (a council's provider)."""
+
+
 async def _ran(runtime: Runtime, ctx: HandlerContext, handler: Handler) -> HandlerResult:
     """The handler's run; a council's requester hears at once (and once) that it is at work:
     it takes minutes (under the lease, as the run is)."""
     council = ctx.action.council if ctx.action.by_council else None
     if council is not None:
+        missing = runtime.providers.missing(council.providers())
+        if missing:
+            raise Unavailable(
+                f"no provider {', '.join(missing)} here"
+                + (" (set SWITCHBOARD_LLM_BASE_URL)" if "default" in missing else "")
+            )
         members = 1 if council.baseline else len(council.members)
         if await runtime.tasks.council_started(ctx.activity.id, members):
             await runtime.replies.deliver(ctx.activity)

@@ -171,6 +171,14 @@ class CouncilSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     written rationale (an answer outside its schema: the top score stands)."""
     budget: BudgetSpec = BudgetSpec()
     call_timeout_s: float = 60.0
+
+    def providers(self) -> set[str]:
+        """Every provider it calls (members, judges, the architect)."""
+        named = {m.provider for m in (*self.members, *self.judges)}
+        if not isinstance(self.architect, str):
+            named.add(self.architect.provider)
+        return named
+
     baseline: bool = False
     """Run as its first member alone (its draft, the checks; no critique, no judges): what the
     council is measured against (``scripts/eval_councils.py``)."""

@@ -61,7 +61,9 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-_KNOWN_FAILURES = frozenset({"forbidden", "timeout", "no_approver", "dispatch_failed"})
+_KNOWN_FAILURES = frozenset(
+    {"forbidden", "timeout", "no_approver", "dispatch_failed", "unavailable"}
+)
 
 
 def _reason(error: Any) -> str | None:

@@ -132,6 +132,11 @@ class Providers:
             )
         return found
 
+    def missing(self, names: set[str]) -> list[str]:
+        """Those of ``names`` this deployment does not have (``default``: no
+        SWITCHBOARD_LLM_BASE_URL)."""
+        return sorted(name for name in names if name not in self._providers)
+
     def slot(self, name: str) -> asyncio.Semaphore:
         """Taken while a call to ``name`` is in flight."""
         return self._slots[self.get(name).name]

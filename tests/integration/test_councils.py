@@ -326,3 +326,30 @@ async def test_a_council_answers_in_the_requesters_language(
     ).json()
     told = [m["text"] for m in messages if m["direction"] == "outbound"]
     assert told[0].startswith(f"Un consejo de 4 agentes trabaja en la solicitud #{task['id']}")
+
+
+async def test_a_council_whose_provider_is_not_set_up_says_so_at_once(
+    desk: tuple[AsyncTestClient[Any], Settings, dict[str, str]], llm: LlmApi
+) -> None:
+    """The demo's design council on a gateway with no SWITCHBOARD_LLM_*: no council is said to
+    be at work, no one is asked, the requester hears it is not set up here, the activity says
+    what is missing."""
+    client, _, _ = desk
+    body = {"id": "c3", "conversation": "nia", "sender": "nia", "text": "design a sign-up page"}
+    sent = await client.post("/api/v1/messages", json=body, headers=ADMIN)
+    conversation = sent.json()["conversation_id"]
+
+    async def told() -> list[str]:
+        found = (
+            await client.get(f"/api/v1/conversations/{conversation}/messages", headers=ADMIN)
+        ).json()
+        return [m["text"] for m in found if m["direction"] == "outbound"]
+
+    [said] = await wait_for(told)
+    assert said.endswith("needs a service that is not set up here yet.")
+    activity_id = int(said.split("#")[1].split(" ")[0])
+    story = (await client.get(f"/api/v1/activities/{activity_id}", headers=ADMIN)).json()
+    assert story["status"] == "failed"
+    assert story["details"]["error"]["reason"] == "unavailable"
+    assert "SWITCHBOARD_LLM_BASE_URL" in story["details"]["error"]["message"]
+    assert not llm.requests
