@@ -405,15 +405,9 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
         )
         raise
     except (TimeoutError, Unavailable) as exc:  # (unavailable: nothing was asked of anyone)
-        timed_out = isinstance(exc, TimeoutError)
-        message = f"no answer within {action.timeout_s:g} s" if timed_out else str(exc)
+        reason, message = _why_not(exc, action)
         return await _fail(
-            runtime,
-            activity,
-            attempt,
-            reason="timeout" if timed_out else "unavailable",
-            message=message,
-            started=started,
+            runtime, activity, attempt, reason=reason, message=message, started=started
         )
     except Exception as exc:
         log.exception("handler failed", extra={"activity_id": activity.id})
@@ -440,6 +434,13 @@ async def _run_handler(  # noqa: PLR0917 - one run's parts
         metrics={**activity.metrics, "duration_ms": duration_ms},
         data={"duration_ms": duration_ms, "handler": handler.name, "attempt": attempt},
     )
+
+
+def _why_not(exc: Exception, action: ActionSpec) -> tuple[str, str]:
+    """(reason, message) of a run that timed out or could not run here."""
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no answer within {action.timeout_s:g} s"
+    return "unavailable", str(exc)
 
 
 class Unavailable(Exception):
