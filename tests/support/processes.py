@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -18,11 +19,29 @@ __all__ = ["SWITCHBOARD", "child_env", "free_port", "process", "run_cli", "wait_
 SWITCHBOARD = [str(Path(sys.executable).parent / "switchboard")]
 
 
+LISTEN_PORTS = range(20_000, 32_000)
+"""Where test servers listen: below Linux's ephemeral range (32768-60999), from which the
+kernel picks the local port of every outgoing connection. A port taken from that range (bind
+to port 0) could be handed to some client's connection before the server got to bind it
+("address already in use", seen in CI)."""
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nothing listens on at this moment."""
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 nothing listens on at this moment, outside the ephemeral range
+    and not handed out before in this process."""
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with contextlib.closing(socket.socket()) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def child_env(values: dict[str, str]) -> dict[str, str]:
