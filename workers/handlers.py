@@ -13,13 +13,14 @@ from dispatch.infra.retry import RetryPolicy
 from dispatch.language.i18n import in_language, say, status_word
 from dispatch.policy.permissions import may_request
 from dispatch.policy.plans import plan_problem, plan_prompt
-from dispatch.policy.workflows import START_HANDLER, WORKFLOWS_AGENT
+from dispatch.policy.workflows import START_HANDLER
 from dispatch.record.activities import ActivityView
 from dispatch.record.artifacts import check_artifact
 from dispatch.record.messages import Choice, Media
 from dispatch.record.outbox import failure_reason, payload_text
 from dispatch.work.approvals import Decision
 from dispatch.work.councils import CouncilRunner
+from dispatch.work.runs import run_of
 from workers.registry import COUNCIL, Handler, HandlerContext, HandlerResult
 
 __all__ = [
@@ -132,9 +133,7 @@ class StatusHandler(Handler):
         status = status_word(found.status, language)
         text = say("status.line", language, id=found.id, what=what, status=status)
         action = ctx.catalog.action(found.agent_name, found.action_type)
-        starts_run = found.agent_name == WORKFLOWS_AGENT or (
-            action is not None and action.produces == "plan"
-        )
+        starts_run = run_of(found.agent_name, found.id, None, action) is not None
         run = await ctx.workflows.get(found.id) if starts_run else None
         if run is not None:
             steps = ", ".join(

@@ -1079,21 +1079,7 @@ async def _council_steps(session: AsyncSession, task_id: int) -> list[CouncilSte
         .where(CouncilStep.activity_id == task_id)
         .order_by(CouncilStep.round, CouncilStep.id)
     )
-    return [
-        CouncilStepView(
-            round=c.round,
-            step=c.step,
-            member=c.member,
-            target=c.target,
-            ok=c.ok,
-            text=c.text,
-            data=c.data,
-            error=c.error,
-            tokens=c.tokens,
-            latency_ms=c.latency_ms,
-        )
-        for c in rows
-    ]
+    return msgspec.convert(list(rows), list[CouncilStepView], from_attributes=True)
 
 
 def _may_decide(  # noqa: PLR0917 - what a decision is checked against
