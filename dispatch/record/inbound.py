@@ -19,20 +19,19 @@ a provider sent that nobody acts on) is kept too, but makes no one a guest.
 from __future__ import annotations
 
 import datetime as dt
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, String, Text, TextClause, bindparam, text
+from sqlalchemy import Text, TextClause
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import TypeEngine
 
-from dispatch.infra.clean import clean_json, clean_text, fit, storable_json
+from dispatch.infra.clean import clean_json, clean_text, fit
 from dispatch.infra.errors import ForbiddenError, RateLimited
 from dispatch.record.messages import InboundMessage, Media
-from dispatch.record.models import UNDISPATCHED, Json, MessageState, Role, UTCDateTime, utcnow
+from dispatch.record.models import UNDISPATCHED, MessageState, Role, utcnow
+from dispatch.record.rows import ID, JSON_ROW, KEY, TIME, Rows, sql
 
 __all__ = [
     "ANONYMOUS",
@@ -111,88 +110,7 @@ async def store_inbound(
 # The statements
 
 
-class _Rows:
-    """The batch as a table ``w`` in a statement, read from bound parameters: arrays on
-    PostgreSQL (``unnest``), one JSON array of rows on SQLite (``json_each``)."""
-
-    _CASTS: dict[type[TypeEngine[Any]], str] = {  # noqa: RUF012 - read only
-        String: "varchar",
-        Text: "text",
-        BigInteger: "bigint",
-    }
-
-    def __init__(self, dialect: Dialect) -> None:
-        self.dialect = dialect
-        self.postgres = dialect.name == "postgresql"
-
-    def table(self, param: str, columns: Sequence[tuple[str, TypeEngine[Any]]]) -> str:
-        """``FROM`` clause of the rows bound as ``param``, numbered from 1 in column ``n``."""
-        names = ", ".join(name for name, _ in columns)
-        if self.postgres:
-            arrays = ", ".join(
-                f"CAST(:{param}_{i} AS {self._cast(type_)}[])"
-                for i, (_, type_) in enumerate(columns)
-            )
-            return f"unnest({arrays}) WITH ORDINALITY AS w({names}, n)"
-        fields = ", ".join(
-            f"json_extract(j.value, '$[{i}]') AS {name}" for i, (name, _) in enumerate(columns)
-        )
-        return f"(SELECT {fields}, j.key + 1 AS n FROM json_each(:{param}) AS j) AS w"
-
-    def member(self, param: str, type_: TypeEngine[Any]) -> str:
-        """``= ANY`` / ``IN``: membership in the list bound as ``param``."""
-        if self.postgres:
-            return f"= ANY(CAST(:{param} AS {self._cast(type_)}[]))"
-        return f"IN (SELECT value FROM json_each(:{param}))"
-
-    def bind(
-        self,
-        param: str,
-        columns: Sequence[tuple[str, TypeEngine[Any]]],
-        rows: Sequence[Sequence[Any]],
-    ) -> dict[str, Any]:
-        """Parameters for :meth:`table` ``param`` holding ``rows``."""
-        processors = [self._processor(type_) for _, type_ in columns]
-        if self.postgres:
-            return {
-                f"{param}_{i}": [process(row[i]) for row in rows]
-                for i, process in enumerate(processors)
-            }
-        return {
-            param: json.dumps(
-                [[process(v) for v, process in zip(row, processors, strict=True)] for row in rows],
-                ensure_ascii=False,
-            )
-        }
-
-    def bind_list(self, param: str, values: Iterable[Any]) -> dict[str, Any]:
-        """Parameters for :meth:`member` ``param``."""
-        values = sorted(values)
-        return {param: values if self.postgres else json.dumps(values, ensure_ascii=False)}
-
-    def _cast(self, type_: TypeEngine[Any]) -> str:
-        if type_ is _JSON:
-            return "jsonb"
-        if isinstance(type_, UTCDateTime):
-            return "timestamptz"
-        return self._CASTS[type(type_)]
-
-    def _processor(self, type_: TypeEngine[Any]) -> Callable[[Any], Any]:
-        if self.postgres:
-            # asyncpg takes values as they are, and JSON as the engine's serializer writes it.
-            return storable_json if type_ is _JSON else _same
-        process = type_.dialect_impl(self.dialect).bind_processor(self.dialect)
-        return process or _same
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-_JSON: TypeEngine[Any] = Json
-_ID = BigInteger()
-_KEY = String()
-_TIME = UTCDateTime()
+_ID, _KEY, _TIME = ID, KEY, TIME
 _PAIR = (("a", _KEY), ("b", _KEY))
 _MESSAGE = (
     ("channel", _KEY),
@@ -201,23 +119,21 @@ _MESSAGE = (
     ("user_id", _ID),
     ("sender", _KEY),
     ("text", Text()),
-    ("media", _JSON),
-    ("raw", _JSON),
+    ("media", JSON_ROW),
+    ("raw", JSON_ROW),
     ("state", _KEY),
     ("received_at", _TIME),
 )
 _UNDISPATCHED = ", ".join(f"'{s.value}'" for s in UNDISPATCHED)
 
 
-def _sql(statement: str) -> TextClause:
-    clause = text(" ".join(statement.split()))
-    return clause.bindparams(bindparam("now", type_=_TIME)) if ":now" in statement else clause
+_sql = sql
 
 
 class _Statements:
     """Every statement of a batch, for one database; built once per dialect."""
 
-    def __init__(self, rows: _Rows) -> None:
+    def __init__(self, rows: Rows) -> None:
         self.rows = rows
         pairs = rows.table("pairs", _PAIR)
         self.owners = self._lookup("user_identities", "channel", "address", "user_id", pairs)
@@ -275,7 +191,7 @@ _BUILT: dict[str, _Statements] = {}
 def _statements(dialect: Dialect) -> _Statements:
     """The statements for ``dialect``'s database, built on first use."""
     if (built := _BUILT.get(dialect.name)) is None:
-        built = _BUILT[dialect.name] = _Statements(_Rows(dialect))
+        built = _BUILT[dialect.name] = _Statements(Rows(dialect))
     return built
 
 

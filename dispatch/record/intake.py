@@ -7,9 +7,10 @@ answered once its batch has committed, so a 2xx still means stored; while one ba
 the next one fills. What the batch asks for next (queueing the new messages, telling a sender
 to slow down) runs after the commit, off the request path (``after``).
 
-A batch that fails for a reason other than an outage is stored again one message at a time,
-so one bad message cannot fail the others; an outage fails the whole batch (each request is
-answered 503 and the provider retries).
+The batching is :class:`~dispatch.infra.group.GroupCommit`'s: a batch that fails for a reason
+other than an outage is stored again one message at a time, so one bad message cannot fail the
+others; an outage fails the whole batch (each request is answered 503 and the provider
+retries).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from dispatch.infra.outage import is_overload, is_unavailable
+from dispatch.infra.group import GroupCommit
 from dispatch.record.inbound import Accepted, Arrival, store_inbound
 from dispatch.record.store import MessageStore
 
@@ -41,46 +42,22 @@ class Intake:
         self._store = store
         self._backlog = backlog
         self._after = after
-        self._waiting: list[tuple[Arrival, asyncio.Future[Accepted]]] = []
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._group = GroupCommit(
+            self._store_batch, name="intake", max_batch=MAX_BATCH, flushes=FLUSHES
+        )
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, arrivals: Sequence[Arrival]) -> list[Accepted]:
         """Store ``arrivals`` with whatever else is waiting; their outcomes, once committed."""
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in arrivals]
-        self._waiting.extend(zip(arrivals, futures, strict=True))
-        if len(self._flushing) < FLUSHES:
-            task = asyncio.create_task(self._flush(), name="switchboard-intake")
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
-        return list(await asyncio.gather(*futures))
+        return await self._group.submit_all(arrivals)
 
-    async def _flush(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[tuple[Arrival, asyncio.Future[Accepted]]]) -> None:
-        arrivals = [arrival for arrival, _ in batch]
-        try:
-            outcomes = await self._store_batch(arrivals)
-        except Exception as exc:
-            if is_unavailable(exc) or is_overload(exc) or len(batch) == 1:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            log.exception("batch of %d not stored; storing one by one", len(batch))
-            for item in batch:
-                await self._commit([item])
-            return
-        for (_, future), accepted in zip(batch, outcomes, strict=True):
-            if not future.done():
-                future.set_result(accepted)
+    async def _store_batch(self, arrivals: Sequence[Arrival]) -> list[Accepted]:
+        async with self._store.connection() as conn:
+            outcomes = await store_inbound(conn, arrivals, backlog=self._backlog)
         task = asyncio.create_task(self._then(list(zip(arrivals, outcomes, strict=True))))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return outcomes
 
     async def _then(self, stored: Stored) -> None:
         try:
@@ -90,11 +67,6 @@ class Intake:
 
     async def close(self) -> None:
         """Wait for what is being stored and what follows it."""
-        if self._flushing:
-            await asyncio.gather(*self._flushing, return_exceptions=True)
+        await self._group.close()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _store_batch(self, arrivals: list[Arrival]) -> list[Accepted]:
-        async with self._store.connection() as conn:
-            return await store_inbound(conn, arrivals, backlog=self._backlog)
