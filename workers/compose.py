@@ -289,6 +289,9 @@ async def open_runtime(settings: RuntimeSettings, *, role: Role) -> AsyncIterato
         runtime = _runtime(
             _Base(settings, engine, sessions, catalog, transport, http, store, secret, channels)
         )
+        # (closed last to first: what is dispatched, then finished, then recorded as sent)
+        stack.push_async_callback(runtime.deliveries.close)
+        stack.push_async_callback(runtime.activities.close)
         stack.push_async_callback(runtime.dispatcher.close)
         if role == "gateway" and settings.queue.redis_url:
             await transport.bus.start()

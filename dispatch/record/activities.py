@@ -15,13 +15,14 @@ import datetime as dt
 import enum
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, Integer, TextClause, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.infra.group import GroupCommit
 from dispatch.record.claims import ACTIVITIES
 from dispatch.record.models import (
     Activity,
@@ -32,7 +33,16 @@ from dispatch.record.models import (
     User,
     utcnow,
 )
-from dispatch.record.outbox import Outbox, add_reply, read_outbox, reserve_replies
+from dispatch.record.outbox import (
+    Outbox,
+    Reply,
+    add_replies,
+    add_reply,
+    read_outbox,
+    reserve_outboxes,
+    reserve_replies,
+)
+from dispatch.record.rows import ID, JSON_ROW, KEY, TIME, Rows, sql
 
 __all__ = [
     "SENDING_HEARTBEAT_S",
@@ -44,6 +54,7 @@ __all__ = [
     "Move",
     "Opening",
     "Renewal",
+    "event_row",
 ]
 
 SENDING_HEARTBEAT_S = 5.0
@@ -253,9 +264,111 @@ class MoveRefused(RuntimeError):
     """A move from a status it does not start from: the caller read the row wrong."""
 
 
+_VIEWED = frozenset(f.name for f in msgspec.structs.fields(ActivityView))
+"""What of an opened row its view shows."""
+
+
+def _opened(opening: Opening, now: dt.datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """An activity's row as it is opened, and its first events (``started`` too, opened
+    running)."""
+    running = opening.lease_s is not None
+    row: dict[str, Any] = {
+        "agent_name": opening.agent,
+        "action_type": opening.action_type,
+        "action_description": opening.description,
+        "details": opening.details,
+        "status": (ActivityStatus.IN_PROGRESS if running else opening.status).value,
+        "metrics": {},
+        "attempts": 1 if running else 0,
+        "started_at": now if running else None,
+        "lease_expires_at": now + dt.timedelta(seconds=opening.lease_s or 0) if running else None,
+        "actor_user_id": opening.actor_user_id,
+        "source_message_id": opening.source_message_id,
+        "source_channel": opening.source_channel,
+        "conversation_id": opening.conversation_id,
+        "order_key": opening.order_key,
+        "priority": opening.priority,
+        "visible_to_client": True,
+        "expires_at": opening.expires_at,
+        "created_at": now,
+        "completed_at": opening.completed_at,
+        "idempotency_key": opening.idempotency_key,
+        "workflow_run_id": opening.workflow_run_id,
+        "workflow_step": opening.workflow_step,
+    }
+    events = [
+        {
+            "kind": opening.event,
+            "status": opening.status.value,
+            "actor": opening.actor,
+            "data": opening.event_data or {},
+        }
+    ]
+    if running:
+        events.append(
+            {
+                "kind": "started",
+                "status": ActivityStatus.IN_PROGRESS.value,
+                "actor": "system",
+                "data": {"attempt": 1, "runner": RUNNER},
+            }
+        )
+    return row, events
+
+
+def event_row(
+    activity_id: int, kind: str, status: str | None, data: dict[str, Any] | None, at: dt.datetime
+) -> dict[str, Any]:
+    """An event as a row, for :meth:`ActivityLog.append`."""
+    return {
+        "activity_id": activity_id,
+        "kind": kind,
+        "status": status,
+        "actor": "system",
+        "data": data or {},
+        "at": at,
+    }
+
+
+_ENDED = (
+    ("id", ID),
+    ("attempt", Integer()),
+    ("status", KEY),
+    ("details", JSON_ROW),
+    ("metrics", JSON_ROW),
+    ("completed_at", TIME),
+)
+_FENCED_END: dict[str, TextClause] = {}
+
+
+def _fenced_end(session: AsyncSession, rows: list[tuple[Any, ...]]) -> tuple[Any, dict[str, Any]]:
+    """The statement ending many runs, each only if its attempt still holds it (``RETURNING``
+    the ids it ended), and its parameters."""
+    dialect = session.get_bind().dialect
+    table = Rows(dialect)
+    if (statement := _FENCED_END.get(dialect.name)) is None:
+        ending = f"""
+            UPDATE agent_activities SET status = w.status, details = w.details,
+                metrics = w.metrics, completed_at = w.completed_at, lease_expires_at = NULL
+            FROM {table.table("ended", _ENDED)}
+            WHERE agent_activities.id = w.id
+              AND agent_activities.status = '{ActivityStatus.IN_PROGRESS.value}'
+              AND agent_activities.attempts = w.attempt
+            RETURNING agent_activities.id"""  # noqa: S608 - no value in it: all bound
+        statement = _FENCED_END[dialect.name] = sql(ending)
+    return statement, table.bind("ended", _ENDED, rows)
+
+
 class ActivityLog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._finishing: GroupCommit[tuple[ActivityView, Ending], Outbox | None] = GroupCommit(
+            self._finish_many, name="finish"
+        )
+
+    async def close(self) -> None:
+        """Let the runs being finished commit."""
+        await self._finishing.close()
 
     @classmethod
     def move(
@@ -292,49 +405,50 @@ class ActivityLog:
     @classmethod
     async def open(cls, session: AsyncSession, opening: Opening) -> Activity:
         """The one place an activity is created: its row and its first event (and, opened
-        running, its ``started`` event), in ``session``'s transaction."""
-        now = utcnow()
-        running = opening.lease_s is not None
-        activity = Activity(
-            agent_name=opening.agent,
-            action_type=opening.action_type,
-            action_description=opening.description,
-            details=opening.details,
-            status=(ActivityStatus.IN_PROGRESS if running else opening.status).value,
-            attempts=1 if running else 0,
-            started_at=now if running else None,
-            lease_expires_at=now + dt.timedelta(seconds=opening.lease_s or 0) if running else None,
-            actor_user_id=opening.actor_user_id,
-            source_message_id=opening.source_message_id,
-            source_channel=opening.source_channel,
-            conversation_id=opening.conversation_id,
-            order_key=opening.order_key,
-            priority=opening.priority,
-            expires_at=opening.expires_at,
-            completed_at=opening.completed_at,
-            idempotency_key=opening.idempotency_key,
-            workflow_run_id=opening.workflow_run_id,
-            workflow_step=opening.workflow_step,
-        )
+        running, its ``started`` event), in ``session``'s transaction. (Many at once, as
+        they are read back: :meth:`open_many`; both write what :func:`_opened` says.)"""
+        row, events = _opened(opening, utcnow())
+        activity = Activity(**row)
         session.add(activity)
         await session.flush()
-        cls.add_event(
-            session,
-            activity.id,
-            opening.event,
-            status=opening.status.value,
-            actor=opening.actor,
-            data=opening.event_data,
-        )
-        if running:
-            cls.add_event(
-                session,
-                activity.id,
-                "started",
-                status=ActivityStatus.IN_PROGRESS.value,
-                data={"attempt": 1, "runner": RUNNER},
-            )
+        for event in events:
+            session.add(ActivityEvent(activity_id=activity.id, **event))
         return activity
+
+    @classmethod
+    async def open_many(
+        cls, session: AsyncSession, openings: Sequence[Opening]
+    ) -> list[ActivityView]:
+        """:meth:`open` for many activities: two statements, whatever their number."""
+        if not openings:
+            return []
+        now = utcnow()
+        opened = [_opened(o, now) for o in openings]
+        table: Any = Activity.__table__
+        ids = list(
+            await session.scalars(
+                insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                [row for row, _ in opened],
+            )
+        )
+        await session.execute(
+            insert(cast(Any, ActivityEvent.__table__)),
+            [
+                {"activity_id": activity_id, "at": now, **event}
+                for activity_id, (_, events) in zip(ids, opened, strict=True)
+                for event in events
+            ],
+        )
+        return [
+            ActivityView(id=int(activity_id), **{k: v for k, v in row.items() if k in _VIEWED})
+            for activity_id, (row, _) in zip(ids, opened, strict=True)
+        ]
+
+    @staticmethod
+    async def append(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
+        """Append events (rows as :func:`event_row` makes them) in one statement."""
+        if events:
+            await session.execute(insert(cast(Any, ActivityEvent.__table__)), list(events))
 
     @staticmethod
     def add_event(
@@ -414,7 +528,12 @@ class ActivityLog:
         replies still to send are read back in the same transaction, the first claimed
         (``sending``, see :func:`~dispatch.record.outbox.reserve_replies`): the outbox returned;
         without, they stay pending (an empty outbox). ``also`` writes what goes with this end
-        in the same transaction (a council's proposal, with its review)."""
+        in the same transaction (a council's proposal, with its review).
+
+        Runs ending at about the same time, their replies reserved, end together
+        (:meth:`finish_many`)."""
+        if reserve and also is None:
+            return await self._finishing.submit((activity, ending))
         async with self._sessions.begin() as session:
             if not await self._finish_in(session, activity, ending):
                 return None
@@ -426,6 +545,65 @@ class ActivityLog:
             return await read_outbox(
                 session, replies, activity.source_message_id, reserved=reserved
             )
+
+    async def _finish_many(
+        self, ends: Sequence[tuple[ActivityView, Ending]]
+    ) -> list[Outbox | None]:
+        async with self._sessions.begin() as session:
+            return await self.finish_many(session, ends)
+
+    @classmethod
+    async def finish_many(
+        cls, session: AsyncSession, ends: Sequence[tuple[ActivityView, Ending]]
+    ) -> list[Outbox | None]:
+        """:meth:`finish` with ``reserve`` for many runs, in ``session``'s transaction, a few
+        statements whatever their number: each one's outbox, or None where its attempt no
+        longer held it (its result discarded, an event says so)."""
+        now = utcnow()
+        rows = [
+            (
+                a.id,
+                e.attempt,
+                e.to.value,
+                e.details,
+                e.metrics,
+                now if e.to.is_terminal else None,  # (one handed to agents goes on)
+            )
+            for a, e in ends
+        ]
+        statement, params = _fenced_end(session, rows)
+        ended = {int(i) for i in await session.scalars(statement, params)}
+        events: list[dict[str, Any]] = []
+        replies: list[tuple[ActivityView, Ending]] = []
+        for activity, ending in ends:
+            if activity.id in ended:
+                events.append(
+                    event_row(activity.id, ending.kind, ending.to.value, ending.data, now)
+                )
+                if ending.reply and activity.conversation_id and activity.source_channel:
+                    replies.append((activity, ending))
+            else:
+                stale = {"attempt": ending.attempt, "discarded": ending.kind, "runner": RUNNER}
+                events.append(event_row(activity.id, "stale_result", None, stale, now))
+        await cls.append(session, events)
+        await add_replies(
+            session,
+            [
+                Reply(
+                    activity_id=a.id,
+                    conversation_id=cast(int, a.conversation_id),
+                    channel=cast(str, a.source_channel),
+                    parts=e.reply,
+                    media=(e.details.get("result") or {}).get("media"),
+                    choices=(e.details.get("result") or {}).get("choices"),
+                )
+                for a, e in replies
+            ],
+        )
+        outboxes = await reserve_outboxes(
+            session, {a.id: a.source_message_id for a, _ in ends if a.id in ended}
+        )
+        return [outboxes.get(a.id) if a.id in ended else None for a, _ in ends]
 
     async def _finish_in(
         self, session: AsyncSession, activity: ActivityView, ending: Ending

@@ -6,13 +6,15 @@ tells it, and the status reports providers send later (delivered, read, failed).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 from sqlalchemy import bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch.record.activities import SENDING_STALE, ActivityLog
+from dispatch.infra.group import GroupCommit
+from dispatch.record.activities import SENDING_STALE, ActivityLog, event_row
 from dispatch.record.messages import StatusReport
 from dispatch.record.models import (
     Delivery,
@@ -66,6 +68,25 @@ def _delivery_statements() -> tuple[Any, Any]:
 _RECORD_EXTERNAL_ID, _MOVE_DELIVERY = _delivery_statements()
 
 
+def _moved(change: DeliveryUpdate, now: Any) -> dict[str, Any]:
+    return {
+        "mid": change.message_id,
+        "rank": change.status.rank,
+        "delivery": change.status.value,
+        "error": change.error,
+        "at": now,
+    }
+
+
+def _event_of(change: DeliveryUpdate, now: Any) -> dict[str, Any] | None:
+    """The event a change records with it, as a row."""
+    if change.event is None:
+        return None
+    activity_id, kind = change.event
+    data = {"message_id": change.message_id, "delivery": change.status.value, "error": change.error}
+    return event_row(activity_id, kind, None, data, now)
+
+
 class DeliveryUpdate(msgspec.Struct, frozen=True, kw_only=True):
     """What became of one of our outbound messages: its delivery ``status``, the provider's id
     for it, why it failed, and the event to record with it ((activity id, kind):
@@ -83,6 +104,13 @@ class Deliveries:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._ending: GroupCommit[tuple[DeliveryUpdate, tuple[int, int]], int | None] = GroupCommit(
+            self._end_many, name="delivery"
+        )
+
+    async def close(self) -> None:
+        """Let the outcomes being recorded commit."""
+        await self._ending.close()
 
     async def pending_replies(self, activity_id: int) -> list[Message]:
         async with self._sessions() as session:
@@ -137,10 +165,35 @@ class Deliveries:
 
         An activity recorded meanwhile that found this reply still being sent waited for this
         transaction (:meth:`Turns.blocking` locks the reply it finds) and so either saw
-        it sent, or was committed first and is found here."""
+        it sent, or was committed first and is found here. Outcomes recorded at about the
+        same time are recorded together (one transaction, a few statements)."""
+        return await self._ending.submit((change, turn))
+
+    async def _end_many(
+        self, ends: Sequence[tuple[DeliveryUpdate, tuple[int, int]]]
+    ) -> list[int | None]:
+        now = utcnow()
+        changes = [change for change, _ in ends]
         async with self._sessions.begin() as session:
-            await self._move_delivery(session, change)
-            return await Turns.waiting_after(session, *turn)
+            found = [
+                {"mid": c.message_id, "ext": c.external_id}
+                for c in changes
+                if c.external_id is not None
+            ]
+            if found:
+                await session.execute(_RECORD_EXTERNAL_ID, found)
+            await session.execute(_MOVE_DELIVERY, [_moved(c, now) for c in changes])
+            await ActivityLog.append(session, [e for c in changes if (e := _event_of(c, now))])
+            turns: dict[int, int] = {}
+            for _, (conversation_id, key) in ends:
+                turns[conversation_id] = min(key, turns.get(conversation_id, key))
+            waiting = await Turns.waiting_after_many(session, turns)
+            return [
+                waiting.get(conversation_id)
+                if turns[conversation_id] == key
+                else await Turns.waiting_after(session, conversation_id, key)
+                for _, (conversation_id, key) in ends
+            ]
 
     @staticmethod
     async def _move_delivery(session: AsyncSession, change: DeliveryUpdate) -> bool:
@@ -148,28 +201,10 @@ class Deliveries:
             await session.execute(
                 _RECORD_EXTERNAL_ID, {"mid": change.message_id, "ext": change.external_id}
             )
-        result = await session.execute(
-            _MOVE_DELIVERY,
-            {
-                "mid": change.message_id,
-                "rank": change.status.rank,
-                "delivery": change.status.value,
-                "error": change.error,
-                "at": utcnow(),
-            },
-        )
-        if change.event is not None:
-            activity_id, kind = change.event
-            ActivityLog.add_event(
-                session,
-                activity_id,
-                kind,
-                data={
-                    "message_id": change.message_id,
-                    "delivery": change.status.value,
-                    "error": change.error,
-                },
-            )
+        now = utcnow()
+        result = await session.execute(_MOVE_DELIVERY, _moved(change, now))
+        if (event := _event_of(change, now)) is not None:
+            await ActivityLog.append(session, [event])
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def touch_sending(self, message_id: int) -> None:

@@ -7,6 +7,7 @@ go out at most once (see ``workers.replies``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
-from dispatch.infra.sql import insert_or_get
+from dispatch.infra.sql import insert_ignore_many
 from dispatch.language.i18n import say
 from dispatch.record.models import (
     ActivityStatus,
@@ -27,6 +28,8 @@ from dispatch.record.models import (
 
 __all__ = [
     "Outbox",
+    "Reply",
+    "add_replies",
     "add_reply",
     "failure_reason",
     "failure_text",
@@ -34,6 +37,7 @@ __all__ = [
     "pending_of",
     "read_outbox",
     "reply_text",
+    "reserve_outboxes",
     "reserve_replies",
 ]
 
@@ -108,6 +112,18 @@ def cancelled_notice(activity_id: int, language: str | None = None) -> str:
     return say("cancel.operator", language, id=activity_id)
 
 
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """A message an activity says, to be sent in parts (see :func:`add_replies`)."""
+
+    activity_id: int
+    conversation_id: int
+    channel: str
+    parts: list[str]
+    media: list[dict[str, Any]] | None = None
+    choices: list[dict[str, Any]] | None = None
+    author: str | None = None
+
+
 async def add_reply(
     session: AsyncSession,
     *,
@@ -127,34 +143,64 @@ async def add_reply(
     """
     if not parts or conversation_id is None or channel is None:
         return
-    last = await session.scalar(
-        select(func.max(Message.part)).where(Message.activity_id == activity_id)
+    reply = Reply(
+        activity_id=activity_id,
+        conversation_id=conversation_id,
+        channel=channel,
+        parts=parts,
+        media=media,
+        choices=choices,
+        author=author,
     )
-    first = 0 if last is None else int(last) + 1
-    for offset, text in enumerate(parts):
-        index = first + offset
-        await insert_or_get(
-            session,
-            Message.__table__,  # type: ignore[arg-type]
-            {
-                "direction": Direction.OUTBOUND.value,
-                "channel": channel,
-                "external_id": None,
-                "conversation_id": conversation_id,
-                # Who wrote it: a person's name (a supervisor answering), else the bot.
-                "sender": author or "switchboard",
-                "text": clean_text(text),
-                # Attachments go with the first part.
-                "media": (media or []) if offset == 0 else [],
-                # Offered answers go with the last part, under which buttons make sense.
-                "raw": ({"choices": choices} if choices and offset == len(parts) - 1 else {})
-                | ({"author": author} if author else {}),
-                "delivery": Delivery.PENDING.value,
-                "activity_id": activity_id,
-                "part": index,
-            },
-            ("activity_id", "part"),
+    await add_replies(session, [reply])
+
+
+async def add_replies(session: AsyncSession, replies: Sequence[Reply]) -> None:
+    """:func:`add_reply` for many activities' messages (one each), in two statements."""
+    replies = [r for r in replies if r.parts]
+    if not replies:
+        return
+    numbered = await session.execute(
+        select(Message.activity_id, func.max(Message.part))
+        .where(Message.activity_id.in_(sorted({r.activity_id for r in replies})))
+        .group_by(Message.activity_id)
+    )
+    last = {activity_id: part for activity_id, part in numbered}
+    rows: list[dict[str, Any]] = []
+    for reply in replies:
+        before = last.get(reply.activity_id)
+        first = 0 if before is None else before + 1
+        for offset, text in enumerate(reply.parts):
+            rows.append(_part(reply, offset, first + offset, text))
+    await insert_ignore_many(
+        session,
+        Message.__table__,  # type: ignore[arg-type]
+        rows,
+        ("activity_id", "part"),
+    )
+
+
+def _part(reply: Reply, offset: int, index: int, text: str) -> dict[str, Any]:
+    author = reply.author
+    return {
+        "direction": Direction.OUTBOUND.value,
+        "channel": reply.channel,
+        "external_id": None,
+        "conversation_id": reply.conversation_id,
+        # Who wrote it: a person's name (a supervisor answering), else the bot.
+        "sender": author or "switchboard",
+        "text": clean_text(text),
+        # Attachments go with the first part.
+        "media": (reply.media or []) if offset == 0 else [],
+        # Offered answers go with the last part, under which buttons make sense.
+        "raw": (
+            {"choices": reply.choices} if reply.choices and offset == len(reply.parts) - 1 else {}
         )
+        | ({"author": author} if author else {}),
+        "delivery": Delivery.PENDING.value,
+        "activity_id": reply.activity_id,
+        "part": index,
+    }
 
 
 def pending_of(activity_id: int) -> Select[Message]:
@@ -212,3 +258,61 @@ async def read_outbox(
         in_reply_to=in_reply_to,
         reserved=reserved,
     )
+
+
+async def reserve_outboxes(
+    session: AsyncSession, activities: dict[int, int | None]
+) -> dict[int, Outbox]:
+    """:func:`reserve_replies` then :func:`read_outbox` for many activities ({activity id:
+    its source message's id}), in four statements: each one's outbox, its first reply
+    claimed for the caller."""
+    if not activities:
+        return {}
+    rows = list(
+        await session.scalars(
+            select(Message)
+            .where(
+                Message.activity_id.in_(sorted(activities)),
+                Message.delivery == Delivery.PENDING.value,
+            )
+            .order_by(Message.activity_id, Message.part)
+        )
+    )
+    if not rows:
+        return {a: Outbox(replies=[], conversations={}) for a in activities}
+    replies: dict[int, list[Message]] = {}
+    for row in rows:
+        replies.setdefault(int(row.activity_id or 0), []).append(row)
+    table: Any = Message.__table__
+    claimed = set(
+        await session.scalars(
+            update(table)
+            .where(
+                table.c.id.in_(sorted(r[0].id for r in replies.values())),
+                table.c.delivery == Delivery.PENDING.value,
+            )
+            .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
+            .returning(table.c.id)
+        )
+    )
+    found = await session.scalars(
+        select(Conversation).where(Conversation.id.in_(sorted({r.conversation_id for r in rows})))
+    )
+    conversations = {c.id: c for c in found}
+    sources = sorted({s for a, s in activities.items() if s is not None and a in replies})
+    sent = await session.execute(
+        select(Message.id, Message.external_id).where(Message.id.in_(sources))
+    )
+    answered = {message_id: external_id for message_id, external_id in sent}
+    outboxes: dict[int, Outbox] = {}
+    for activity_id, source in activities.items():
+        mine = replies.get(activity_id, [])
+        outboxes[activity_id] = Outbox(
+            replies=mine,
+            conversations={
+                c: conversations[c] for c in {r.conversation_id for r in mine} if c in conversations
+            },
+            in_reply_to=answered.get(source) if source is not None else None,
+            reserved=mine[0].id if mine and mine[0].id in claimed else None,
+        )
+    return outboxes

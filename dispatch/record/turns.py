@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -46,82 +46,101 @@ class Turns:
         async with self._sessions() as session:
             return await self.blocking(session, activity.conversation_id, order_key)
 
-    @staticmethod
-    async def blocking(session: AsyncSession, conversation_id: int, order_key: int) -> str | None:
+    @classmethod
+    async def blocking(
+        cls, session: AsyncSession, conversation_id: int, order_key: int
+    ) -> str | None:
         """What holds back an activity at ``order_key`` of its conversation (:meth:`blocker`)."""
-        earlier_activity = (
-            await session.execute(
-                select(Activity.id)
-                .where(
-                    Activity.conversation_id == conversation_id,
-                    Activity.order_key < order_key,
-                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-                )
-                .order_by(Activity.order_key)
-                .limit(1)
+        return (await cls.blockers(session, {conversation_id: order_key})).get(conversation_id)
+
+    @staticmethod
+    async def blockers(session: AsyncSession, turns: dict[int, int]) -> dict[int, str]:
+        """:meth:`blocking` for many conversations at once ({conversation id: order key}):
+        what holds each one back (absent: nothing), three statements whatever their number."""
+        if not turns:
+            return {}
+        ids = sorted(turns)
+        held: dict[int, str] = {}
+        activities = await session.execute(
+            select(Activity.conversation_id, Activity.order_key, Activity.id)
+            .where(
+                Activity.conversation_id.in_(ids),
+                Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
             )
-        ).scalar_one_or_none()
-        if earlier_activity is not None:
-            return f"activity {earlier_activity}"
-        earlier_message = (
-            await session.execute(
-                select(
-                    exists().where(
-                        Message.conversation_id == conversation_id,
-                        Message.id < order_key,
-                        Message.state.in_([s.value for s in UNDISPATCHED]),
-                    )
-                )
+            .order_by(Activity.order_key)
+        )
+        for conversation_id, key, activity_id in activities:
+            if conversation_id is not None and key is not None and key < turns[conversation_id]:
+                held.setdefault(conversation_id, f"activity {activity_id}")
+        messages = await session.execute(
+            select(Message.conversation_id, func.min(Message.id))
+            .where(
+                Message.conversation_id.in_(ids),
+                Message.direction == Direction.INBOUND.value,
+                Message.state.in_([s.value for s in UNDISPATCHED]),
             )
-        ).scalar_one()
-        if earlier_message:
-            return "an earlier message"
-        earlier_reply = (
-            await session.execute(
-                select(Message.id)
-                .join(Activity, Message.activity_id == Activity.id)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    Activity.order_key < order_key,
-                    or_(
-                        Message.delivery == Delivery.PENDING.value,
-                        and_(
-                            Message.delivery == Delivery.SENDING.value,
-                            Message.updated_at > utcnow() - SENDING_STALE,
-                        ),
+            .group_by(Message.conversation_id)
+        )
+        for conversation_id, first in messages:
+            if first < turns[conversation_id]:
+                held.setdefault(conversation_id, "an earlier message")
+        replies = await session.execute(
+            select(Message.conversation_id, Activity.order_key, Message.id)
+            .join(Activity, Message.activity_id == Activity.id)
+            .where(
+                Message.conversation_id.in_(ids),
+                or_(
+                    Message.delivery == Delivery.PENDING.value,
+                    and_(
+                        Message.delivery == Delivery.SENDING.value,
+                        Message.updated_at > utcnow() - SENDING_STALE,
                     ),
-                )
-                .limit(1)
-                # A reply whose sender is recording its outcome right now is waited for, then
-                # read as recorded: that transaction looks for what waits behind the reply, so
-                # an activity recorded as held must be either seen by it or not held at all.
-                .with_for_update(read=True, of=Message)
+                ),
             )
-        ).scalar_one_or_none()
-        return None if earlier_reply is None else f"reply {earlier_reply}"
+            .order_by(Message.id)
+            # A reply whose sender is recording its outcome right now is waited for, then
+            # read as recorded: that transaction looks for what waits behind the reply, so
+            # an activity recorded as held must be either seen by it or not held at all.
+            .with_for_update(read=True, of=Message)
+        )
+        for conversation_id, key, reply_id in replies:
+            if key is not None and key < turns[int(conversation_id)]:
+                held.setdefault(int(conversation_id), f"reply {reply_id}")
+        return held
 
     async def next_in_conversation(self, conversation_id: int, after_key: int) -> int | None:
         """The next activity waiting its turn in a conversation, if any."""
         async with self._sessions() as session:
             return await self.waiting_after(session, conversation_id, after_key)
 
-    @staticmethod
+    @classmethod
     async def waiting_after(
-        session: AsyncSession, conversation_id: int, after_key: int
+        cls, session: AsyncSession, conversation_id: int, after_key: int
     ) -> int | None:
         """:meth:`next_in_conversation` in the caller's transaction."""
-        return (
-            await session.execute(
-                select(Activity.id)
-                .where(
-                    Activity.conversation_id == conversation_id,
-                    Activity.order_key > after_key,
-                    Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-                )
-                .order_by(Activity.order_key)
-                .limit(1)
+        return (await cls.waiting_after_many(session, {conversation_id: after_key})).get(
+            conversation_id
+        )
+
+    @staticmethod
+    async def waiting_after_many(session: AsyncSession, turns: dict[int, int]) -> dict[int, int]:
+        """:meth:`waiting_after` for many conversations ({conversation id: order key}), in
+        one statement: each one's next activity waiting its turn (absent: none)."""
+        if not turns:
+            return {}
+        waiting = await session.execute(
+            select(Activity.conversation_id, Activity.order_key, Activity.id)
+            .where(
+                Activity.conversation_id.in_(sorted(turns)),
+                Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
             )
-        ).scalar_one_or_none()
+            .order_by(Activity.order_key)
+        )
+        found: dict[int, int] = {}
+        for conversation_id, key, activity_id in waiting:
+            if conversation_id is not None and key is not None and key > turns[conversation_id]:
+                found.setdefault(conversation_id, activity_id)
+        return found
 
     async def heads(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
         """Activities to re-drive: each conversation's first queued or running one, if queued

@@ -52,7 +52,8 @@ from dispatch.record.turns import Turns
 from dispatch.understanding.clarify import Clarifier, Pending
 from dispatch.understanding.intents import Intent
 from dispatch.understanding.interpret import Interpreter
-from dispatch.work.approvals import ApprovalService, expiry
+from dispatch.work.approvals import ApprovalService
+from dispatch.work.batched import Ask, BatchDispatcher, Claimed, Dispatched, details_of, opening_of
 from dispatch.work.takeover import TAKEOVER
 
 __all__ = [
@@ -115,32 +116,6 @@ def _not_dispatched(message: InboundMessage, accepted: Accepted) -> None:
     )
 
 
-class Claimed(msgspec.Struct, frozen=True, kw_only=True):
-    """An activity claimed to run as it was recorded, its requester's permission checked."""
-
-    activity: ActivityView
-    attempt: int
-    role: str | None
-    active: bool
-
-
-class Dispatched(msgspec.Struct, frozen=True, kw_only=True):
-    """What dispatching a message did: ``recorded`` its activity (``created``), found it
-    already there, or recorded nothing yet (``waiting`` for an earlier message, ``busy`` being
-    dispatched elsewhere, ``ignored``) or for good (``failed``)."""
-
-    activity_id: int | None = None
-    status: str | None = None
-    created: bool = False
-    outcome: str = "recorded"
-    conversation_id: int | None = None
-    running: Claimed | None = None
-    """The activity, claimed to run at once by the caller."""
-    looked_ahead: bool = False
-    following: int | None = None
-    """If ``looked_ahead``: the conversation's next message awaiting its dispatch."""
-
-
 def _taken_over(state: ConversationState | None) -> bool:
     return state is not None and state.kind == TAKEOVER and state.expires_at > utcnow()
 
@@ -181,50 +156,6 @@ async def _language(
         kept = {**pending.provenance, "language": language}
         change = (msgspec.structs.replace(pending, provenance=kept), attempts)
     return language, change
-
-
-def _details(intent: Intent, provenance: dict[str, Any], *, allowed: bool) -> dict[str, Any]:
-    """A chat request's details: its payload and where it came from, and why it was refused."""
-    details: dict[str, Any] = {"payload": intent.payload, "provenance": provenance}
-    if not allowed:
-        details["error"] = {
-            "reason": "forbidden",
-            "message": f"you may not run {intent.agent}.{intent.action_type}",
-        }
-    return details
-
-
-def _opening(
-    message: Message,
-    intent: Intent,
-    action: ActionSpec | None,
-    details: dict[str, Any],
-    status: ActivityStatus,
-    *,
-    lease_s: float | None,
-) -> Opening:
-    """The activity a chat message asks for, as it is opened (running here with ``lease_s``)."""
-    approval = action.approval if action is not None else None
-    return Opening(
-        agent=intent.agent,
-        action_type=intent.action_type,
-        description=action.description if action else "",
-        details=details,
-        status=status,
-        event_data={"payload": intent.payload, "provenance": details["provenance"]},
-        actor=f"user:{message.user_id}" if message.user_id else "system",
-        actor_user_id=message.user_id,
-        source_message_id=message.id,
-        source_channel=message.channel,
-        conversation_id=message.conversation_id,
-        order_key=message.id,
-        priority=(action.priority if action else "normal"),
-        completed_at=message.received_at if status == ActivityStatus.FAILED else None,
-        expires_at=expiry(approval)
-        if approval is not None and status == ActivityStatus.AWAITING_APPROVAL
-        else None,
-        lease_s=lease_s,
-    )
 
 
 async def _free_to_run(session: AsyncSession, message: Message, action: ActionSpec) -> bool:
@@ -270,6 +201,11 @@ class DispatchService:
         self._throttle = throttle
         self._limits = limits
         self._intake = Intake(store, backlog=limits.conversation_backlog, after=self._after_stored)
+        self._batched = BatchDispatcher(
+            sessions=sessions,
+            catalog=catalog,
+            read=lambda message: self._understand(message, None, None, llm=False),
+        )
         self._in_flight: dict[tuple[str, str], asyncio.Future[Accepted]] = {}
         """A client's message being stored now, by (channel, id): its copies wait for it."""
 
@@ -401,8 +337,9 @@ class DispatchService:
             await self._queue.attempt(lambda: self._queue.enqueue_dispatches(ready))
 
     async def close(self) -> None:
-        """Let what is being stored commit and be queued."""
+        """Let what is being stored commit and be queued, and what is dispatched commit."""
         await self._intake.close()
+        await self._batched.close()
 
     async def dispatch_message(
         self, message_id: int, *, lease_s: float, look_ahead: bool = False, claim: bool = False
@@ -420,6 +357,15 @@ class DispatchService:
         ``failed`` with a reply telling the sender. Raises :class:`DispatchFailed` for an
         attempt to retry later.
         """
+        try:
+            # The ordinary message, with the others of this moment; else on its own below.
+            ask = Ask(message_id, lease_s if claim else None, look_ahead)
+            if (done := await self._batched.dispatch(ask)) is not None:
+                return done
+        except Exception:
+            log.warning(
+                "dispatch in a batch failed", exc_info=True, extra={"message_id": message_id}
+            )
         try:
             taken = await self._dispatch_at_once(
                 message_id, lease_s=lease_s, claim=claim, look_ahead=look_ahead
@@ -839,7 +785,7 @@ class DispatchService:
             "parse_us": parse_us,
             "language": language,
         }
-        details = _details(intent, provenance, allowed=allowed)
+        details = details_of(intent, provenance, allowed=allowed)
         approval = action.approval if allowed and action is not None else None
         status = (
             ActivityStatus.FAILED
@@ -854,7 +800,7 @@ class DispatchService:
             and status == ActivityStatus.QUEUED
             and await _free_to_run(session, message, action)
         )
-        opening = _opening(
+        opening = opening_of(
             message, intent, action, details, status, lease_s=lease_s if run_here else None
         )
         activity = await ActivityLog.open(session, opening)

@@ -313,16 +313,16 @@ async def test_a_message_recorded_while_the_reply_before_it_is_being_recorded_is
     catalog.write_text(CATALOG.format(url=server.url))
     settings = make_settings(database_url=own_pg, catalog=catalog, worker_recover_every_s=3600)
     looked, release = asyncio.Event(), asyncio.Event()
-    original = Turns.waiting_after
+    original = Turns.waiting_after_many
 
-    async def held_open(session: Any, conversation_id: int, after_key: int) -> int | None:
-        found = await original(session, conversation_id, after_key)
+    async def held_open(session: Any, turns: dict[int, int]) -> dict[int, int]:
+        found = await original(session, turns)
         if not looked.is_set():
             looked.set()
             await release.wait()  # the transaction stays open, the reply's row locked
         return found
 
-    monkeypatch.setattr(Turns, "waiting_after", staticmethod(held_open))
+    monkeypatch.setattr(Turns, "waiting_after_many", staticmethod(held_open))
     async with runtime_for(settings) as runtime:
         first = await activity_of(runtime, await say(runtime, "echo one"))
         await asyncio.wait_for(looked.wait(), timeout=10)
