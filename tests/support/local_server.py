@@ -10,6 +10,10 @@ from typing import Any, Self
 
 
 class QuietHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    """Connections kept alive between calls, as at the real providers (every answer says its
+    Content-Length)."""
+
     def log_message(self, format: str, *args: Any) -> None:
         return
 
