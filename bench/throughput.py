@@ -13,13 +13,15 @@ the provider's own pacing is set far above the load (a local server has no such 
 Phases, each on a deployment of its own, measured after a warm-up (2,000 webhooks, answered
 if workers run, then ``ANALYZE``: the query plans of a database in use, not of empty tables):
 
+- ``ceiling``: the load generator's own ceiling, against a trivial endpoint (``bench/bare.py
+  --trivial``, a raw asyncio protocol): the bare figure means something only well below it;
 - ``bare``: the bare endpoint at saturation (closed loop, 64 connections);
 - ``ack-telegram``, ``ack-twilio``: webhooks acknowledged per second with no worker running;
 - ``e2e``: a burst of ``--e2e-messages`` webhooks (three a chat) sent as fast as the gateway
   takes them with the workers running, then until every accepted message is answered:
   messages answered per second (first request to last reply), PostgreSQL transactions
   (``pg_stat_database``, commits and rollbacks) and Redis commands (``INFO commandstats``)
-  per message;
+  per message; CPU seconds the workers and gateways spent per message;
 - ``open-<rate>``: an open loop at a fixed rate (100, 500, 1,000 messages/s): acknowledgement
   and end-to-end latency p50/p99 from when each message was due, what was not answered within
   ``--drain-s`` after the last one, and (for the ``--rss-rate`` phase, run ``--rss-s``) the
@@ -97,6 +99,12 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1000, 1)
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_mb(pid: int) -> float:
@@ -315,6 +323,19 @@ class Bench:
             )
         self.figures["bare"] = _closed(result)
 
+    async def ceiling(self) -> None:
+        """The load generator's own ceiling: the same client, connections and request against
+        a trivial endpoint (a raw asyncio protocol answering a fixed 200, no framework): the
+        bare figure is the endpoint's only if it stays well below this."""
+        port = free_port()
+        request = ("/webhooks/bare", {"Content-Type": "application/json"}, b'{"n": 1}', "")
+        with _bare_endpoint(port, self.workdir / "trivial.log", "--trivial"):
+            await asyncio.to_thread(_wait_port, port, "the trivial endpoint")
+            result = await asyncio.to_thread(
+                load, [port], [request] * 600_000, connections=64, duration_s=self.args.duration_s
+            )
+        self.figures["ceiling"] = _closed(result)
+
     async def ack(self, kind: str) -> None:
         requests = telegram_requests(200_000) if kind == "telegram" else twilio_requests(60_000)
         async with self.deployment().running() as deployment:
@@ -333,6 +354,8 @@ class Bench:
         async with deployment.running():
             xacts_before = await pg_xacts(deployment.db_url)
             commands_before = await redis_commands(self.redis_base)
+            workers_cpu_before = sum(_cpu_s(p.pid) for p in deployment.worker_processes)
+            gateways_cpu_before = sum(_cpu_s(p.pid) for p in deployment.gateway_processes)
             result = await asyncio.to_thread(
                 load, deployment.ports, requests, connections=64, duration_s=E2E_SEND_MAX_S
             )
@@ -340,6 +363,10 @@ class Bench:
             answered = await _drain(
                 deployment, {s.key for s in accepted}, self.args.e2e_drain_s, max_s=E2E_DRAIN_MAX_S
             )
+            workers_cpu = sum(_cpu_s(p.pid) for p in deployment.worker_processes)
+            workers_cpu -= workers_cpu_before
+            gateways_cpu = sum(_cpu_s(p.pid) for p in deployment.gateway_processes)
+            gateways_cpu -= gateways_cpu_before
             # Counted once the processes have ended (a backend flushes its statistics then).
             await deployment.stop()
             xacts = await pg_xacts(deployment.db_url) - xacts_before
@@ -356,6 +383,8 @@ class Bench:
             "messages_per_s": round(len(done) / span_s, 1) if span_s else 0.0,
             "pg_xacts_per_message": round(xacts / max(1, len(done)), 1),
             "redis_commands_per_message": round(commands / max(1, len(done)), 1),
+            "worker_cpu_ms_per_message": round(1000 * workers_cpu / max(1, len(done)), 2),
+            "gateway_cpu_ms_per_message": round(1000 * gateways_cpu / max(1, len(done)), 2),
             "redis_commands_per_message_by_kind": {
                 k: round(n / max(1, len(done)), 2) for k, n in by_kind.items()
             },
@@ -400,11 +429,11 @@ class Bench:
 
 
 @contextlib.contextmanager
-def _bare_endpoint(port: int, log: Path) -> Iterator[None]:
+def _bare_endpoint(port: int, log: Path, *options: str) -> Iterator[None]:
     with (
         log.open("wb") as out,
         subprocess.Popen(  # noqa: S603 - our own command line
-            [sys.executable, str(BARE), str(port)], stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(BARE), str(port), *options], stdout=out, stderr=subprocess.STDOUT
         ) as server,
     ):
         try:
@@ -465,6 +494,16 @@ def table(figures: dict[str, Any]) -> str:
         return f"{100 * value / bare:.1f} %" if bare and value is not None else ""
 
     rows = [("figure", "measured", "vs bare", "target")]
+    if "ceiling" in figures:
+        c = figures["ceiling"]
+        rows.append(
+            (
+                "load generator's ceiling (trivial asyncio endpoint)",
+                f"{c['per_s']:,.0f} req/s (p99 {c['p99_ms']} ms)",
+                ratio(c["per_s"]),
+                "well above bare",
+            )
+        )
     if "bare" in figures:
         b = figures["bare"]
         rows.append(
@@ -508,6 +547,15 @@ def table(figures: dict[str, Any]) -> str:
                 TARGETS["redis_commands_per_message"],
             )
         )
+        if "worker_cpu_ms_per_message" in e:
+            rows.append(
+                (
+                    "CPU per message: workers, gateways",
+                    f"{e['worker_cpu_ms_per_message']} ms, {e['gateway_cpu_ms_per_message']} ms",
+                    "",
+                    "reported",
+                )
+            )
     for key, row in figures.items():
         if not key.startswith("open_"):
             continue
@@ -546,6 +594,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, redis_instance() as redis_base:
         bench = Bench(args, redis_base, Path(tmp))
         phases = args.phases or [
+            "ceiling",
             "bare",
             "ack-telegram",
             "ack-twilio",
@@ -554,7 +603,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ]
         for phase in phases:
             started = time.monotonic()
-            if phase == "bare":
+            if phase == "ceiling":
+                await bench.ceiling()
+            elif phase == "bare":
                 await bench.bare()
             elif phase.startswith("ack-"):
                 await bench.ack(phase.removeprefix("ack-"))
@@ -575,7 +626,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "phases", nargs="*", help="bare, ack-telegram, ack-twilio, e2e, open-<rate>"
+        "phases", nargs="*", help="ceiling, bare, ack-telegram, ack-twilio, e2e, open-<rate>"
     )
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)

@@ -10,6 +10,7 @@ agree with the row.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import enum
@@ -38,6 +39,7 @@ from dispatch.record.outbox import (
     Reply,
     add_replies,
     add_reply,
+    give_back,
     read_outbox,
     reserve_outboxes,
     reserve_replies,
@@ -365,10 +367,14 @@ class ActivityLog:
         self._finishing: GroupCommit[tuple[ActivityView, Ending], Outbox | None] = GroupCommit(
             self._finish_many, name="finish"
         )
+        self._releasing: set[asyncio.Future[None]] = set()
 
     async def close(self) -> None:
-        """Let the runs being finished commit."""
+        """Let the runs being finished commit (and what their stopped callers reserved be
+        given back)."""
         await self._finishing.close()
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
 
     @classmethod
     def move(
@@ -425,12 +431,14 @@ class ActivityLog:
         now = utcnow()
         opened = [_opened(o, now) for o in openings]
         table: Any = Activity.__table__
-        ids = list(
-            await session.scalars(
-                insert(table).returning(table.c.id, sort_by_parameter_order=True),
-                [row for row, _ in opened],
-            )
-        )
+        rows = [row for row, _ in opened]
+        if session.get_bind().dialect.name == "postgresql":
+            statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+            ids = list(await session.scalars(statement, rows))
+        else:
+            # (SQLite would insert them one by one to keep the order: one writer at a time,
+            # ids are drawn in the order of the rows of one statement.)
+            ids = sorted(await session.scalars(insert(table).returning(table.c.id), rows))
         await session.execute(
             insert(cast(Any, ActivityEvent.__table__)),
             [
@@ -533,7 +541,7 @@ class ActivityLog:
         Runs ending at about the same time, their replies reserved, end together
         (:meth:`finish_many`)."""
         if reserve and also is None:
-            return await self._finishing.submit((activity, ending))
+            return await self._finish_together(activity, ending)
         async with self._sessions.begin() as session:
             if not await self._finish_in(session, activity, ending):
                 return None
@@ -545,6 +553,25 @@ class ActivityLog:
             return await read_outbox(
                 session, replies, activity.source_message_id, reserved=reserved
             )
+
+    async def _finish_together(self, activity: ActivityView, ending: Ending) -> Outbox | None:
+        """:meth:`finish` with the other runs ending now. Its caller stopped meanwhile (the
+        worker is stopping) may leave the end to commit without it: the reply it reserved is
+        then given back, to be sent by whoever carries the activity on."""
+        ended = asyncio.ensure_future(self._finishing.submit((activity, ending)))
+        try:
+            return await asyncio.shield(ended)
+        except asyncio.CancelledError:
+            task = asyncio.ensure_future(self._give_back(ended))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+            raise
+
+    async def _give_back(self, ended: asyncio.Future[Outbox | None]) -> None:
+        outbox = await ended
+        if outbox is not None and outbox.reserved is not None:
+            async with self._sessions.begin() as session:
+                await give_back(session, [outbox.reserved])
 
     async def _finish_many(
         self, ends: Sequence[tuple[ActivityView, Ending]]

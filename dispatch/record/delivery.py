@@ -22,7 +22,7 @@ from dispatch.record.models import (
     Message,
     utcnow,
 )
-from dispatch.record.outbox import Outbox, add_reply, pending_of, read_outbox
+from dispatch.record.outbox import Outbox, add_reply, give_back, pending_of, read_outbox
 from dispatch.record.turns import Turns
 
 __all__ = ["Deliveries", "DeliveryUpdate"]
@@ -138,12 +138,7 @@ class Deliveries:
         """sending → pending: replies reserved to be sent that were never handed to their
         channel (the sender was stopped first), for a later delivery to send."""
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(Message)
-                .where(Message.id.in_(message_ids), Message.delivery == Delivery.SENDING.value)
-                .values(delivery=Delivery.PENDING.value, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
+            await give_back(session, message_ids)
 
     async def update_delivery(self, change: DeliveryUpdate) -> bool:
         """Move an outbound message's delivery status forward; an older status is ignored.

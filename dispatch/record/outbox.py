@@ -33,6 +33,7 @@ __all__ = [
     "add_reply",
     "failure_reason",
     "failure_text",
+    "give_back",
     "payload_text",
     "pending_of",
     "read_outbox",
@@ -316,3 +317,14 @@ async def reserve_outboxes(
             reserved=mine[0].id if mine and mine[0].id in claimed else None,
         )
     return outboxes
+
+
+async def give_back(session: AsyncSession, message_ids: list[int]) -> None:
+    """sending → pending: replies reserved to be sent that were never handed to their
+    channel (the sender was stopped first), for a later delivery to send."""
+    await session.execute(
+        update(Message)
+        .where(Message.id.in_(message_ids), Message.delivery == Delivery.SENDING.value)
+        .values(delivery=Delivery.PENDING.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )

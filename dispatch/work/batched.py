@@ -33,6 +33,7 @@ from dispatch.policy.specs import ActionSpec
 from dispatch.record.activities import ActivityLog, ActivityView, Opening
 from dispatch.record.models import (
     UNDISPATCHED,
+    Activity,
     ActivityStatus,
     Conversation,
     ConversationState,
@@ -243,6 +244,12 @@ def _next() -> Any:
     )
 
 
+def _existing() -> Any:
+    return select(
+        Activity.source_message_id, Activity.id, Activity.status, Activity.conversation_id
+    ).where(Activity.source_message_id.in_(_IDS))
+
+
 def _remember() -> Any:
     """A conversation's language, as its latest message showed it."""
     table: Any = Conversation.__table__
@@ -257,7 +264,7 @@ _IDS: Any = bindparam("ids", expanding=True)
 _NOW: Any = bindparam("now")
 _CID: Any = bindparam("cid")
 _LANGUAGE: Any = bindparam("language")
-_LOAD, _CLAIM, _NEXT, _REMEMBER = _load(), _claim(), _next(), _remember()
+_LOAD, _CLAIM, _NEXT, _REMEMBER, _EXISTING = _load(), _claim(), _next(), _remember(), _existing()
 
 
 class BatchDispatcher:
@@ -290,9 +297,12 @@ class BatchDispatcher:
         async with self._sessions.begin() as session:
             loaded = await session.execute(_LOAD, {"ids": sorted(by_id)})
             rows = [_Row(**dict(zip(_ROW_FIELDS, values, strict=True))) for values in loaded]
+            # Dispatched already (by a job of this conversation's earlier message, or a
+            # retry): what became of it, as the message's own path would say.
+            done = await self._existing(session, set(by_id) - {row.id for row in rows})
             understood = {u.row.id: u for row in rows if (u := await self._understand(row))}
             if not understood:
-                return [None] * len(asks)
+                return [done.get(ask.message_id) for ask in asks]
             claimed = set(
                 await session.scalars(_CLAIM, {"ids": sorted(understood), "now": utcnow()})
             )
@@ -311,7 +321,6 @@ class BatchDispatcher:
             if looking:
                 found = await session.execute(_NEXT, {"ids": looking})
                 following = {int(c): int(m) for c, m in found}
-        done: dict[int, Dispatched] = {}
         for u, activity in zip(ours, opened, strict=True):
             ask = by_id[u.row.id]
             log.info(
@@ -335,6 +344,22 @@ class BatchDispatcher:
                 following=following.get(u.row.conversation_id) if ask.look_ahead else None,
             )
         return [done.get(ask.message_id) for ask in asks]
+
+    @staticmethod
+    async def _existing(session: AsyncSession, message_ids: set[int]) -> dict[int, Dispatched]:
+        """The messages among these whose activity is recorded already."""
+        if not message_ids:
+            return {}
+        found = await session.execute(_EXISTING, {"ids": sorted(message_ids)})
+        return {
+            int(message_id): Dispatched(
+                activity_id=int(activity_id),
+                status=str(status),
+                outcome="existing",
+                conversation_id=conversation_id,
+            )
+            for message_id, activity_id, status, conversation_id in found
+        }
 
     async def _understand(self, row: _Row) -> _Understood | None:
         """The rules' reading of an ordinary message; None: not one (the LLM is to read it,

@@ -13,6 +13,9 @@ class QuietHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     """Connections kept alive between calls, as at the real providers (every answer says its
     Content-Length)."""
+    disable_nagle_algorithm = True
+    """An answer's headers and body go out at once (with Nagle's algorithm the body waited for
+    the client's delayed ACK of the headers: 40 ms per call on a kept-alive connection)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         return

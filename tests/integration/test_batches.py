@@ -1,0 +1,201 @@
+"""The set-based worker: the ordinary messages of many conversations are dispatched, run, ended
+and answered in batches (a few statements for many messages), on both databases, and every
+guarantee of one message's path holds: each conversation answered in its order, once each,
+every activity with its whole story of events."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+
+from dispatch.record.activities import ActivityLog, ActivityView, Ending, Opening
+from dispatch.record.messages import InboundMessage
+from dispatch.record.models import Activity, ActivityEvent, ActivityStatus, Message
+from gateway.settings import Settings
+from tests.support.flow import wait_for
+from tests.support.runtime import runtime_for
+from tests.support.services import own_database
+from workers.runtime import Runtime
+
+CATALOG = """
+[fallback]
+agent = "system"
+action = "help"
+
+[agents.ops.actions.echo]
+description = "Repeat a text"
+handler = "echo"
+public = true
+[agents.ops.actions.echo.payload]
+text = { type = "string" }
+
+[[rules]]
+id = "echo"
+agent = "ops"
+action = "echo"
+patterns = ['^echo\\s+(?P<text>.+)$']
+"""
+
+CONVERSATIONS = 30
+PER_CONVERSATION = 3
+
+
+@contextlib.asynccontextmanager
+async def runtime_on(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> AsyncIterator[Runtime]:
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(CATALOG)
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "postgresql":
+            url = await stack.enter_async_context(own_database("switchboard_test"))
+        else:
+            url = f"sqlite+aiosqlite:///{tmp_path / 'batches.db'}"
+        runtime = await stack.enter_async_context(
+            runtime_for(make_settings(database_url=url, catalog=catalog))
+        )
+        yield runtime
+
+
+@contextlib.contextmanager
+def statements(runtime: Runtime) -> Iterator[collections.Counter[str]]:
+    """Statements the runtime's engine runs meanwhile, by their first words."""
+    counted: collections.Counter[str] = collections.Counter()
+
+    def count(*args: Any) -> None:
+        counted[" ".join(re.sub(r"\s+", " ", args[2]).split()[:4])] += 1
+
+    engine = runtime.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield counted
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def burst() -> list[InboundMessage]:
+    """Three messages in each of many conversations, as one webhook flush stores them."""
+    return [
+        InboundMessage(
+            channel="rest",
+            external_id=f"b-{c}-{n}",
+            conversation_key=f"visitor-{c}",
+            sender=f"visitor-{c}",
+            text=f"echo c{c} n{n}",
+        )
+        for n in range(PER_CONVERSATION)
+        for c in range(CONVERSATIONS)
+    ]
+
+
+async def answered(runtime: Runtime) -> dict[str, list[str]] | None:
+    """Each conversation's replies sent, in order, once all are."""
+    async with runtime.sessions() as session:
+        rows = (
+            await session.execute(
+                select(Message.conversation_id, Message.text, Message.delivery)
+                .where(Message.direction == "outbound")
+                .order_by(Message.id)
+            )
+        ).all()
+    if len(rows) < CONVERSATIONS * PER_CONVERSATION or any(
+        d in {"pending", "sending"} for _, _, d in rows
+    ):
+        return None
+    replies: dict[str, list[str]] = collections.defaultdict(list)
+    for _, text, _ in rows:
+        replies[text.split()[0]].append(text.split()[1])
+    return replies
+
+
+async def test_many_conversations_are_worked_in_batches_in_order_and_once_each(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with runtime_on(backend, make_settings, tmp_path) as runtime:
+        with statements(runtime) as counted:
+            await runtime.dispatcher.ingest_all("rest", burst())
+            replies = await wait_for(lambda: answered(runtime), timeout_s=60)
+        async with runtime.sessions() as session:
+            activities = (await session.execute(select(Activity))).scalars().all()
+            kinds = collections.defaultdict(list)
+            for e in (
+                await session.execute(select(ActivityEvent).order_by(ActivityEvent.id))
+            ).scalars():
+                kinds[e.activity_id].append(e.kind)
+            outbound = await session.scalar(
+                select(func.count()).select_from(Message).where(Message.direction == "outbound")
+            )
+    messages = CONVERSATIONS * PER_CONVERSATION
+    # Each conversation answered in the order it wrote, once each.
+    assert replies == {f"c{c}": [f"n{n}" for n in range(PER_CONVERSATION)] for c in range(30)}
+    assert outbound == messages
+    assert len(activities) == messages
+    assert {a.status for a in activities} == {"completed"}
+    assert all(
+        kinds[a.id] == ["created", "started", "completed", "reply_sent"] for a in activities
+    ), kinds
+    # In batches: far fewer claims, activity inserts and run ends than messages.
+    claims = (
+        counted["UPDATE messages SET state=?,"] + counted["UPDATE messages SET state=$1::VARCHAR,"]
+    )
+    opened = sum(n for k, n in counted.items() if k.startswith("INSERT INTO agent_activities"))
+    ended = sum(n for k, n in counted.items() if k.startswith("UPDATE agent_activities SET status"))
+    assert 0 < claims <= messages // 3, counted
+    assert 0 < opened <= messages // 3, counted
+    assert 0 < ended <= messages // 3, counted
+
+
+async def test_a_run_ended_as_its_caller_stops_gives_its_reserved_reply_back(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The end commits with the batch it joined; the reply it reserved for a caller that was
+    stopped meanwhile (the worker stopping) goes back to pending, to be sent later — not left
+    'sending', which recovery would settle as never to be sent."""
+    async with runtime_on("sqlite", make_settings, tmp_path) as runtime:
+        await runtime.dispatcher.ingest_all("rest", burst()[:1])
+        conversation = await wait_for(
+            lambda: runtime.store.conversation_by_key("rest", "visitor-0"), timeout_s=10
+        )
+        async with runtime.sessions.begin() as session:
+            opened = await ActivityLog.open(
+                session,
+                Opening(
+                    agent="ops",
+                    action_type="echo",
+                    description="Repeat a text",
+                    details={"payload": {"text": "x"}},
+                    status=ActivityStatus.QUEUED,
+                    conversation_id=conversation.id,
+                    source_channel="rest",
+                    lease_s=60,
+                ),
+            )
+            view = ActivityView.of(opened)
+        ending = Ending(
+            to=ActivityStatus.COMPLETED,
+            attempt=1,
+            kind="completed",
+            details={"result": {"text": "late"}},
+            metrics={},
+            reply=["late"],
+        )
+        caller = asyncio.ensure_future(runtime.activities.finish(view, ending, reserve=True))
+        await asyncio.sleep(0)  # it has joined the batch, not yet written
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await runtime.activities.close()
+        async with runtime.sessions() as session:
+            status = await session.scalar(select(Activity.status).where(Activity.id == view.id))
+            delivery = await session.scalar(
+                select(Message.delivery).where(Message.activity_id == view.id)
+            )
+    assert (status, delivery) == ("completed", "pending")
