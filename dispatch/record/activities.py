@@ -2,7 +2,9 @@
 
 An activity is opened in one place, :meth:`ActivityLog.open` (its row and its first event,
 together), whatever asked for it: chat, the operator API, a workflow step, a takeover, the
-system agent. Every state change is a conditional UPDATE that only succeeds from the expected
+system agent; the set-based worker opens the ordinary messages' many at once with the same row
+and events (:class:`ManyActivities`, both from ``_opened``), and ends their runs together.
+Every state change is a conditional UPDATE that only succeeds from the expected
 states and writes its event in the same transaction (:meth:`ActivityLog.claim`,
 :meth:`ActivityLog.finish`): two workers can never both move an activity, and the events always
 agree with the row.
@@ -53,6 +55,7 @@ __all__ = [
     "ActivityView",
     "Ending",
     "EventView",
+    "ManyActivities",
     "Move",
     "Opening",
     "Renewal",
@@ -321,7 +324,7 @@ def _opened(opening: Opening, now: dt.datetime) -> tuple[dict[str, Any], list[di
 def event_row(
     activity_id: int, kind: str, status: str | None, data: dict[str, Any] | None, at: dt.datetime
 ) -> dict[str, Any]:
-    """An event as a row, for :meth:`ActivityLog.append`."""
+    """An event as a row, for :meth:`ManyActivities.append`."""
     return {
         "activity_id": activity_id,
         "kind": kind,
@@ -359,6 +362,100 @@ def _fenced_end(session: AsyncSession, rows: list[tuple[Any, ...]]) -> tuple[Any
             RETURNING agent_activities.id"""  # noqa: S608 - no value in it: all bound
         statement = _FENCED_END[dialect.name] = sql(ending)
     return statement, table.bind("ended", _ENDED, rows)
+
+
+class ManyActivities:
+    """Many activities at once, in the caller's transaction: opened, ended, their events
+    appended, each in a few statements whatever their number (the set-based worker's steps;
+    :class:`ActivityLog` does the same for one)."""
+
+    @staticmethod
+    async def open(session: AsyncSession, openings: Sequence[Opening]) -> list[ActivityView]:
+        """:meth:`ActivityLog.open` for many activities: two statements, whatever their number."""
+        if not openings:
+            return []
+        now = utcnow()
+        opened = [_opened(o, now) for o in openings]
+        table: Any = Activity.__table__
+        rows = [row for row, _ in opened]
+        if session.get_bind().dialect.name == "postgresql":
+            statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+            ids = list(await session.scalars(statement, rows))
+        else:
+            # (SQLite would insert them one by one to keep the order: one writer at a time,
+            # ids are drawn in the order of the rows of one statement.)
+            ids = sorted(await session.scalars(insert(table).returning(table.c.id), rows))
+        await session.execute(
+            insert(cast(Any, ActivityEvent.__table__)),
+            [
+                {"activity_id": activity_id, "at": now, **event}
+                for activity_id, (_, events) in zip(ids, opened, strict=True)
+                for event in events
+            ],
+        )
+        return [
+            ActivityView(id=int(activity_id), **{k: v for k, v in row.items() if k in _VIEWED})
+            for activity_id, (row, _) in zip(ids, opened, strict=True)
+        ]
+
+    @classmethod
+    async def finish(
+        cls, session: AsyncSession, ends: Sequence[tuple[ActivityView, Ending]]
+    ) -> list[Outbox | None]:
+        """:meth:`ActivityLog.finish` with ``reserve`` for many runs, in ``session``'s
+        transaction, a few statements whatever their number: each one's outbox, or None where
+        its attempt no longer held it (its result discarded, an event says so)."""
+        now = utcnow()
+        rows = [
+            (
+                a.id,
+                e.attempt,
+                e.to.value,
+                e.details,
+                e.metrics,
+                now if e.to.is_terminal else None,  # (one handed to agents goes on)
+            )
+            for a, e in ends
+        ]
+        statement, params = _fenced_end(session, rows)
+        ended = {int(i) for i in await session.scalars(statement, params)}
+        events: list[dict[str, Any]] = []
+        replies: list[tuple[ActivityView, Ending]] = []
+        for activity, ending in ends:
+            if activity.id in ended:
+                events.append(
+                    event_row(activity.id, ending.kind, ending.to.value, ending.data, now)
+                )
+                if ending.reply and activity.conversation_id and activity.source_channel:
+                    replies.append((activity, ending))
+            else:
+                stale = {"attempt": ending.attempt, "discarded": ending.kind, "runner": RUNNER}
+                events.append(event_row(activity.id, "stale_result", None, stale, now))
+        await cls.append(session, events)
+        await add_replies(
+            session,
+            [
+                Reply(
+                    activity_id=a.id,
+                    conversation_id=cast(int, a.conversation_id),
+                    channel=cast(str, a.source_channel),
+                    parts=e.reply,
+                    media=(e.details.get("result") or {}).get("media"),
+                    choices=(e.details.get("result") or {}).get("choices"),
+                )
+                for a, e in replies
+            ],
+        )
+        outboxes = await reserve_outboxes(
+            session, {a.id: a.source_message_id for a, _ in ends if a.id in ended}
+        )
+        return [outboxes.get(a.id) if a.id in ended else None for a, _ in ends]
+
+    @staticmethod
+    async def append(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
+        """Append events (rows as :func:`event_row` makes them) in one statement."""
+        if events:
+            await session.execute(insert(cast(Any, ActivityEvent.__table__)), list(events))
 
 
 class ActivityLog:
@@ -421,43 +518,6 @@ class ActivityLog:
             session.add(ActivityEvent(activity_id=activity.id, **event))
         return activity
 
-    @classmethod
-    async def open_many(
-        cls, session: AsyncSession, openings: Sequence[Opening]
-    ) -> list[ActivityView]:
-        """:meth:`open` for many activities: two statements, whatever their number."""
-        if not openings:
-            return []
-        now = utcnow()
-        opened = [_opened(o, now) for o in openings]
-        table: Any = Activity.__table__
-        rows = [row for row, _ in opened]
-        if session.get_bind().dialect.name == "postgresql":
-            statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-            ids = list(await session.scalars(statement, rows))
-        else:
-            # (SQLite would insert them one by one to keep the order: one writer at a time,
-            # ids are drawn in the order of the rows of one statement.)
-            ids = sorted(await session.scalars(insert(table).returning(table.c.id), rows))
-        await session.execute(
-            insert(cast(Any, ActivityEvent.__table__)),
-            [
-                {"activity_id": activity_id, "at": now, **event}
-                for activity_id, (_, events) in zip(ids, opened, strict=True)
-                for event in events
-            ],
-        )
-        return [
-            ActivityView(id=int(activity_id), **{k: v for k, v in row.items() if k in _VIEWED})
-            for activity_id, (row, _) in zip(ids, opened, strict=True)
-        ]
-
-    @staticmethod
-    async def append(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
-        """Append events (rows as :func:`event_row` makes them) in one statement."""
-        if events:
-            await session.execute(insert(cast(Any, ActivityEvent.__table__)), list(events))
-
     @staticmethod
     def add_event(
         session: AsyncSession,
@@ -473,18 +533,6 @@ class ActivityLog:
                 activity_id=activity_id, kind=kind, status=status, actor=actor, data=data or {}
             )
         )
-
-    async def record(
-        self,
-        activity_id: int,
-        kind: str,
-        *,
-        actor: str = "system",
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        """Append an event that changes no state (a reply sent, a note)."""
-        async with self._sessions.begin() as session:
-            self.add_event(session, activity_id, kind, actor=actor, data=data)
 
     async def get(self, activity_id: int, *, with_events: bool = False) -> ActivityView | None:
         async with self._sessions() as session:
@@ -577,60 +625,7 @@ class ActivityLog:
         self, ends: Sequence[tuple[ActivityView, Ending]]
     ) -> list[Outbox | None]:
         async with self._sessions.begin() as session:
-            return await self.finish_many(session, ends)
-
-    @classmethod
-    async def finish_many(
-        cls, session: AsyncSession, ends: Sequence[tuple[ActivityView, Ending]]
-    ) -> list[Outbox | None]:
-        """:meth:`finish` with ``reserve`` for many runs, in ``session``'s transaction, a few
-        statements whatever their number: each one's outbox, or None where its attempt no
-        longer held it (its result discarded, an event says so)."""
-        now = utcnow()
-        rows = [
-            (
-                a.id,
-                e.attempt,
-                e.to.value,
-                e.details,
-                e.metrics,
-                now if e.to.is_terminal else None,  # (one handed to agents goes on)
-            )
-            for a, e in ends
-        ]
-        statement, params = _fenced_end(session, rows)
-        ended = {int(i) for i in await session.scalars(statement, params)}
-        events: list[dict[str, Any]] = []
-        replies: list[tuple[ActivityView, Ending]] = []
-        for activity, ending in ends:
-            if activity.id in ended:
-                events.append(
-                    event_row(activity.id, ending.kind, ending.to.value, ending.data, now)
-                )
-                if ending.reply and activity.conversation_id and activity.source_channel:
-                    replies.append((activity, ending))
-            else:
-                stale = {"attempt": ending.attempt, "discarded": ending.kind, "runner": RUNNER}
-                events.append(event_row(activity.id, "stale_result", None, stale, now))
-        await cls.append(session, events)
-        await add_replies(
-            session,
-            [
-                Reply(
-                    activity_id=a.id,
-                    conversation_id=cast(int, a.conversation_id),
-                    channel=cast(str, a.source_channel),
-                    parts=e.reply,
-                    media=(e.details.get("result") or {}).get("media"),
-                    choices=(e.details.get("result") or {}).get("choices"),
-                )
-                for a, e in replies
-            ],
-        )
-        outboxes = await reserve_outboxes(
-            session, {a.id: a.source_message_id for a, _ in ends if a.id in ended}
-        )
-        return [outboxes.get(a.id) if a.id in ended else None for a, _ in ends]
+            return await ManyActivities.finish(session, ends)
 
     async def _finish_in(
         self, session: AsyncSession, activity: ActivityView, ending: Ending

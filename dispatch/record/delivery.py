@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
-from dispatch.record.activities import SENDING_STALE, ActivityLog, event_row
+from dispatch.record.activities import SENDING_STALE, ActivityLog, ManyActivities, event_row
 from dispatch.record.messages import StatusReport
 from dispatch.record.models import (
     Delivery,
@@ -178,7 +178,7 @@ class Deliveries:
             if found:
                 await session.execute(_RECORD_EXTERNAL_ID, found)
             await session.execute(_MOVE_DELIVERY, [_moved(c, now) for c in changes])
-            await ActivityLog.append(session, [e for c in changes if (e := _event_of(c, now))])
+            await ManyActivities.append(session, [e for c in changes if (e := _event_of(c, now))])
             turns: dict[int, int] = {}
             for _, (conversation_id, key) in ends:
                 turns[conversation_id] = min(key, turns.get(conversation_id, key))
@@ -199,7 +199,7 @@ class Deliveries:
         now = utcnow()
         result = await session.execute(_MOVE_DELIVERY, _moved(change, now))
         if (event := _event_of(change, now)) is not None:
-            await ActivityLog.append(session, [event])
+            await ManyActivities.append(session, [event])
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def touch_sending(self, message_id: int) -> None:

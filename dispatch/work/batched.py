@@ -30,7 +30,7 @@ from dispatch.language.i18n import spoken
 from dispatch.policy.catalog import Catalog
 from dispatch.policy.permissions import may_request
 from dispatch.policy.specs import ActionSpec
-from dispatch.record.activities import ActivityLog, ActivityView, Opening
+from dispatch.record.activities import ActivityView, ManyActivities, Opening
 from dispatch.record.models import (
     UNDISPATCHED,
     Activity,
@@ -315,7 +315,7 @@ class BatchDispatcher:
             }
             held = await Turns.blockers(session, waits)
             openings = [self._opening(u, languages[u.row.id], by_id[u.row.id], held) for u in ours]
-            opened = await ActivityLog.open_many(session, openings)
+            opened = await ManyActivities.open(session, openings)
             looking = sorted({u.row.conversation_id for u in ours if by_id[u.row.id].look_ahead})
             following: dict[int, int] = {}
             if looking:
