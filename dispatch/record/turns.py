@@ -6,8 +6,9 @@ recovery to re-drive from the database).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -26,6 +27,17 @@ from dispatch.record.models import (
 )
 
 __all__ = ["Turns"]
+
+_FIRSTS = (
+    select(Message.conversation_id, func.min(Message.id))
+    .where(
+        Message.conversation_id.in_(bindparam("ids", expanding=True)),
+        Message.direction == Direction.INBOUND.value,
+        Message.state.in_([s.value for s in UNDISPATCHED]),
+    )
+    .group_by(Message.conversation_id)
+)
+"""Each of some conversations' first message awaiting its dispatch (built once)."""
 
 
 class Turns:
@@ -72,16 +84,7 @@ class Turns:
         for conversation_id, key, activity_id in activities:
             if conversation_id is not None and key is not None and key < turns[conversation_id]:
                 held.setdefault(conversation_id, f"activity {activity_id}")
-        messages = await session.execute(
-            select(Message.conversation_id, func.min(Message.id))
-            .where(
-                Message.conversation_id.in_(ids),
-                Message.direction == Direction.INBOUND.value,
-                Message.state.in_([s.value for s in UNDISPATCHED]),
-            )
-            .group_by(Message.conversation_id)
-        )
-        for conversation_id, first in messages:
+        for conversation_id, first in (await Turns.firsts(session, ids)).items():
             if first < turns[conversation_id]:
                 held.setdefault(conversation_id, "an earlier message")
         replies = await session.execute(
@@ -121,6 +124,13 @@ class Turns:
         return (await cls.waiting_after_many(session, {conversation_id: after_key})).get(
             conversation_id
         )
+
+    @staticmethod
+    async def firsts(session: AsyncSession, conversation_ids: Iterable[int]) -> dict[int, int]:
+        """Each conversation's first message still awaiting its dispatch (absent: none), in
+        one statement."""
+        found = await session.execute(_FIRSTS, {"ids": sorted(conversation_ids)})
+        return {int(c): int(m) for c, m in found}
 
     @staticmethod
     async def waiting_after_many(session: AsyncSession, turns: dict[int, int]) -> dict[int, int]:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -231,19 +231,6 @@ def _claim() -> Any:
     )
 
 
-def _next() -> Any:
-    """Each conversation's next message awaiting its dispatch."""
-    return (
-        select(Message.conversation_id, func.min(Message.id))
-        .where(
-            Message.conversation_id.in_(_IDS),
-            Message.direction == Direction.INBOUND.value,
-            Message.state.in_([s.value for s in UNDISPATCHED]),
-        )
-        .group_by(Message.conversation_id)
-    )
-
-
 def _existing() -> Any:
     return select(
         Activity.source_message_id, Activity.id, Activity.status, Activity.conversation_id
@@ -264,7 +251,7 @@ _IDS: Any = bindparam("ids", expanding=True)
 _NOW: Any = bindparam("now")
 _CID: Any = bindparam("cid")
 _LANGUAGE: Any = bindparam("language")
-_LOAD, _CLAIM, _NEXT, _REMEMBER, _EXISTING = _load(), _claim(), _next(), _remember(), _existing()
+_LOAD, _CLAIM, _REMEMBER, _EXISTING = _load(), _claim(), _remember(), _existing()
 
 
 class BatchDispatcher:
@@ -317,10 +304,7 @@ class BatchDispatcher:
             openings = [self._opening(u, languages[u.row.id], by_id[u.row.id], held) for u in ours]
             opened = await ManyActivities.open(session, openings)
             looking = sorted({u.row.conversation_id for u in ours if by_id[u.row.id].look_ahead})
-            following: dict[int, int] = {}
-            if looking:
-                found = await session.execute(_NEXT, {"ids": looking})
-                following = {int(c): int(m) for c, m in found}
+            following = await Turns.firsts(session, looking) if looking else {}
         for u, activity in zip(ours, opened, strict=True):
             ask = by_id[u.row.id]
             log.info(
