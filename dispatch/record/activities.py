@@ -42,9 +42,7 @@ from dispatch.record.outbox import (
     add_replies,
     add_reply,
     give_back,
-    read_outbox,
     reserve_outboxes,
-    reserve_replies,
 )
 from dispatch.record.rows import ID, JSON_ROW, KEY, TIME, Rows, sql
 
@@ -582,7 +580,7 @@ class ActivityLog:
 
         With ``reserve``, for a caller that hands the reply over at once, the activity's
         replies still to send are read back in the same transaction, the first claimed
-        (``sending``, see :func:`~dispatch.record.outbox.reserve_replies`): the outbox returned;
+        (``sending``, see :func:`~dispatch.record.outbox.reserve_outboxes`): the outbox returned;
         without, they stay pending (an empty outbox). ``also`` writes what goes with this end
         in the same transaction (a council's proposal, with its review).
 
@@ -597,10 +595,8 @@ class ActivityLog:
                 await also(session)
             if not reserve:
                 return Outbox(replies=[], conversations={})
-            replies, reserved = await reserve_replies(session, activity.id)
-            return await read_outbox(
-                session, replies, activity.source_message_id, reserved=reserved
-            )
+            outboxes = await reserve_outboxes(session, {activity.id: activity.source_message_id})
+            return outboxes[activity.id]
 
     async def _finish_together(self, activity: ActivityView, ending: Ending) -> Outbox | None:
         """:meth:`finish` with the other runs ending now. Its caller stopped meanwhile (the

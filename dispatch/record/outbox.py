@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
@@ -39,7 +39,6 @@ __all__ = [
     "read_outbox",
     "reply_text",
     "reserve_outboxes",
-    "reserve_replies",
 ]
 
 
@@ -161,11 +160,7 @@ async def add_replies(session: AsyncSession, replies: Sequence[Reply]) -> None:
     replies = [r for r in replies if r.parts]
     if not replies:
         return
-    numbered = await session.execute(
-        select(Message.activity_id, func.max(Message.part))
-        .where(Message.activity_id.in_(sorted({r.activity_id for r in replies})))
-        .group_by(Message.activity_id)
-    )
+    numbered = await session.execute(_NUMBERED, {"ids": sorted({r.activity_id for r in replies})})
     last = {activity_id: part for activity_id, part in numbered}
     rows: list[dict[str, Any]] = []
     for reply in replies:
@@ -213,25 +208,6 @@ def pending_of(activity_id: int) -> Select[Message]:
     )
 
 
-async def reserve_replies(
-    session: AsyncSession, activity_id: int
-) -> tuple[list[Message], int | None]:
-    """Every reply of the activity still to send, in order, the first claimed (pending →
-    sending, the at-most-once gate, as ``claim_reply``) for the caller, who hands it over at
-    once; the others are claimed one by one as their turn comes, so a sender that dies loses
-    the part in flight only. Returns (the replies, the claimed one's id)."""
-    rows = list(await session.scalars(pending_of(activity_id)))
-    if not rows:
-        return [], None
-    claimed = await session.execute(
-        update(Message)
-        .where(Message.id == rows[0].id, Message.delivery == Delivery.PENDING.value)
-        .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return rows, rows[0].id if claimed.rowcount == 1 else None  # type: ignore[attr-defined]
-
-
 async def read_outbox(
     session: AsyncSession,
     replies: list[Message],
@@ -264,47 +240,31 @@ async def read_outbox(
 async def reserve_outboxes(
     session: AsyncSession, activities: dict[int, int | None]
 ) -> dict[int, Outbox]:
-    """:func:`reserve_replies` then :func:`read_outbox` for many activities ({activity id:
-    its source message's id}), in four statements: each one's outbox, its first reply
-    claimed for the caller."""
+    """The replies still to send of each activity ({activity id: its source message's id}),
+    in order, with the conversations they go to and the external id of the message they
+    answer (:class:`Outbox`), the first claimed (pending → sending, the at-most-once gate, as
+    ``claim_reply``) for the caller, who hands it over at once; the others are claimed one by
+    one as their turn comes, so a sender that dies loses the part in flight only. Four
+    statements, whatever their number."""
     if not activities:
         return {}
-    rows = list(
-        await session.scalars(
-            select(Message)
-            .where(
-                Message.activity_id.in_(sorted(activities)),
-                Message.delivery == Delivery.PENDING.value,
-            )
-            .order_by(Message.activity_id, Message.part)
-        )
-    )
+    rows = list(await session.scalars(_PENDING, {"ids": sorted(activities)}))
     if not rows:
         return {a: Outbox(replies=[], conversations={}) for a in activities}
     replies: dict[int, list[Message]] = {}
     for row in rows:
         replies.setdefault(int(row.activity_id or 0), []).append(row)
-    table: Any = Message.__table__
-    claimed = set(
-        await session.scalars(
-            update(table)
-            .where(
-                table.c.id.in_(sorted(r[0].id for r in replies.values())),
-                table.c.delivery == Delivery.PENDING.value,
-            )
-            .values(delivery=Delivery.SENDING.value, updated_at=utcnow())
-            .returning(table.c.id)
-        )
-    )
+    firsts = sorted(r[0].id for r in replies.values())
+    claimed = set(await session.scalars(_RESERVE, {"ids": firsts, "now": utcnow()}))
     found = await session.scalars(
-        select(Conversation).where(Conversation.id.in_(sorted({r.conversation_id for r in rows})))
+        _CONVERSATIONS, {"ids": sorted({r.conversation_id for r in rows})}
     )
     conversations = {c.id: c for c in found}
     sources = sorted({s for a, s in activities.items() if s is not None and a in replies})
-    sent = await session.execute(
-        select(Message.id, Message.external_id).where(Message.id.in_(sources))
-    )
-    answered = {message_id: external_id for message_id, external_id in sent}
+    answered = {
+        message_id: external_id
+        for message_id, external_id in await session.execute(_ANSWERED, {"ids": sources})
+    }
     outboxes: dict[int, Outbox] = {}
     for activity_id, source in activities.items():
         mine = replies.get(activity_id, [])
@@ -328,3 +288,26 @@ async def give_back(session: AsyncSession, message_ids: list[int]) -> None:
         .values(delivery=Delivery.PENDING.value, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
+
+
+_IDS: Any = bindparam("ids", expanding=True)
+_TABLE: Any = Message.__table__
+# The statements of the batches, built once.
+_NUMBERED = (
+    select(Message.activity_id, func.max(Message.part))
+    .where(Message.activity_id.in_(_IDS))
+    .group_by(Message.activity_id)
+)
+_PENDING = (
+    select(Message)
+    .where(Message.activity_id.in_(_IDS), Message.delivery == Delivery.PENDING.value)
+    .order_by(Message.activity_id, Message.part)
+)
+_RESERVE = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(_IDS), _TABLE.c.delivery == Delivery.PENDING.value)
+    .values(delivery=Delivery.SENDING.value, updated_at=bindparam("now"))
+    .returning(_TABLE.c.id)
+)
+_CONVERSATIONS = select(Conversation).where(Conversation.id.in_(_IDS))
+_ANSWERED = select(Message.id, Message.external_id).where(Message.id.in_(_IDS))

@@ -38,6 +38,33 @@ _FIRSTS = (
     .group_by(Message.conversation_id)
 )
 """Each of some conversations' first message awaiting its dispatch (built once)."""
+_UNFINISHED = (
+    select(Activity.conversation_id, Activity.order_key, Activity.id)
+    .where(
+        Activity.conversation_id.in_(bindparam("ids", expanding=True)),
+        Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
+    )
+    .order_by(Activity.order_key)
+)
+"""Some conversations' activities queued or running, in their order (built once)."""
+_UNSENT = (
+    select(Message.conversation_id, Activity.order_key, Message.id)
+    .join(Activity, Message.activity_id == Activity.id)
+    .where(
+        Message.conversation_id.in_(bindparam("ids", expanding=True)),
+        or_(
+            Message.delivery == Delivery.PENDING.value,
+            and_(
+                Message.delivery == Delivery.SENDING.value,
+                Message.updated_at > bindparam("fresh_after"),
+            ),
+        ),
+    )
+    .order_by(Message.id)
+    .with_for_update(read=True, of=Message)
+)
+"""Some conversations' replies still to send, or being sent by a live sender, with their
+activities' order (built once)."""
 
 
 class Turns:
@@ -73,38 +100,19 @@ class Turns:
             return {}
         ids = sorted(turns)
         held: dict[int, str] = {}
-        activities = await session.execute(
-            select(Activity.conversation_id, Activity.order_key, Activity.id)
-            .where(
-                Activity.conversation_id.in_(ids),
-                Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-            )
-            .order_by(Activity.order_key)
-        )
+        activities = await session.execute(_UNFINISHED, {"ids": ids})
         for conversation_id, key, activity_id in activities:
             if conversation_id is not None and key is not None and key < turns[conversation_id]:
                 held.setdefault(conversation_id, f"activity {activity_id}")
         for conversation_id, first in (await Turns.firsts(session, ids)).items():
             if first < turns[conversation_id]:
                 held.setdefault(conversation_id, "an earlier message")
+        # A reply whose sender is recording its outcome right now is waited for, then read as
+        # recorded (the statement locks what it finds): that transaction looks for what waits
+        # behind the reply, so an activity recorded as held must be either seen by it or not
+        # held at all.
         replies = await session.execute(
-            select(Message.conversation_id, Activity.order_key, Message.id)
-            .join(Activity, Message.activity_id == Activity.id)
-            .where(
-                Message.conversation_id.in_(ids),
-                or_(
-                    Message.delivery == Delivery.PENDING.value,
-                    and_(
-                        Message.delivery == Delivery.SENDING.value,
-                        Message.updated_at > utcnow() - SENDING_STALE,
-                    ),
-                ),
-            )
-            .order_by(Message.id)
-            # A reply whose sender is recording its outcome right now is waited for, then
-            # read as recorded: that transaction looks for what waits behind the reply, so
-            # an activity recorded as held must be either seen by it or not held at all.
-            .with_for_update(read=True, of=Message)
+            _UNSENT, {"ids": ids, "fresh_after": utcnow() - SENDING_STALE}
         )
         for conversation_id, key, reply_id in replies:
             if key is not None and key < turns[int(conversation_id)]:
@@ -138,14 +146,7 @@ class Turns:
         one statement: each one's next activity waiting its turn (absent: none)."""
         if not turns:
             return {}
-        waiting = await session.execute(
-            select(Activity.conversation_id, Activity.order_key, Activity.id)
-            .where(
-                Activity.conversation_id.in_(sorted(turns)),
-                Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
-            )
-            .order_by(Activity.order_key)
-        )
+        waiting = await session.execute(_UNFINISHED, {"ids": sorted(turns)})
         found: dict[int, int] = {}
         for conversation_id, key, activity_id in waiting:
             if conversation_id is not None and key is not None and key > turns[conversation_id]:
