@@ -357,7 +357,7 @@ def _fenced_end(session: AsyncSession, rows: list[tuple[Any, ...]]) -> tuple[Any
             WHERE agent_activities.id = w.id
               AND agent_activities.status = '{ActivityStatus.IN_PROGRESS.value}'
               AND agent_activities.attempts = w.attempt
-            RETURNING agent_activities.id"""  # noqa: S608 - no value in it: all bound
+            RETURNING agent_activities.id, agent_activities.attempts"""  # noqa: S608 - no value in it: all bound
         statement = _FENCED_END[dialect.name] = sql(ending)
     return statement, table.bind("ended", _ENDED, rows)
 
@@ -404,6 +404,11 @@ class ManyActivities:
         transaction, a few statements whatever their number: each one's outbox, or None where
         its attempt no longer held it (its result discarded, an event says so)."""
         now = utcnow()
+        # One end per attempt (an attempt is one run: two ends of it would be one too many);
+        # a second is refused as stale.
+        firsts: dict[tuple[int, int], int] = {}
+        for n, (activity, ending) in enumerate(ends):
+            firsts.setdefault((activity.id, ending.attempt), n)
         rows = [
             (
                 a.id,
@@ -413,14 +418,16 @@ class ManyActivities:
                 e.metrics,
                 now if e.to.is_terminal else None,  # (one handed to agents goes on)
             )
-            for a, e in ends
+            for n, (a, e) in enumerate(ends)
+            if firsts[a.id, e.attempt] == n
         ]
         statement, params = _fenced_end(session, rows)
-        ended = {int(i) for i in await session.scalars(statement, params)}
+        ended = {(int(i), int(attempt)) for i, attempt in await session.execute(statement, params)}
         events: list[dict[str, Any]] = []
         replies: list[tuple[ActivityView, Ending]] = []
-        for activity, ending in ends:
-            if activity.id in ended:
+        won = {firsts[key] for key in ended}
+        for n, (activity, ending) in enumerate(ends):
+            if n in won:
                 events.append(
                     event_row(activity.id, ending.kind, ending.to.value, ending.data, now)
                 )
@@ -445,9 +452,9 @@ class ManyActivities:
             ],
         )
         outboxes = await reserve_outboxes(
-            session, {a.id: a.source_message_id for a, _ in ends if a.id in ended}
+            session, {a.id: a.source_message_id for n, (a, _) in enumerate(ends) if n in won}
         )
-        return [outboxes.get(a.id) if a.id in ended else None for a, _ in ends]
+        return [outboxes.get(a.id) if n in won else None for n, (a, _) in enumerate(ends)]
 
     @staticmethod
     async def append(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:

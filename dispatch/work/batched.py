@@ -280,7 +280,12 @@ class BatchDispatcher:
         await self._group.close()
 
     async def _dispatch(self, asks: Sequence[Ask]) -> list[Dispatched | None]:
-        by_id = {ask.message_id: ask for ask in asks}
+        # A message asked for twice at once (its own job and its conversation's look-ahead)
+        # is dispatched for the first asker only: the others take the message's own path,
+        # which finds it taken (one claim, one run).
+        by_id: dict[int, Ask] = {}
+        for ask in asks:
+            by_id.setdefault(ask.message_id, ask)
         async with self._sessions.begin() as session:
             loaded = await session.execute(_LOAD, {"ids": sorted(by_id)})
             rows = [_Row(**dict(zip(_ROW_FIELDS, values, strict=True))) for values in loaded]
@@ -289,7 +294,7 @@ class BatchDispatcher:
             done = await self._existing(session, set(by_id) - {row.id for row in rows})
             understood = {u.row.id: u for row in rows if (u := await self._understand(row))}
             if not understood:
-                return [done.get(ask.message_id) for ask in asks]
+                return self._answers(asks, by_id, done)
             claimed = set(
                 await session.scalars(_CLAIM, {"ids": sorted(understood), "now": utcnow()})
             )
@@ -327,7 +332,14 @@ class BatchDispatcher:
                 looked_ahead=ask.look_ahead,
                 following=following.get(u.row.conversation_id) if ask.look_ahead else None,
             )
-        return [done.get(ask.message_id) for ask in asks]
+        return self._answers(asks, by_id, done)
+
+    @staticmethod
+    def _answers(
+        asks: Sequence[Ask], first: dict[int, Ask], done: dict[int, Dispatched]
+    ) -> list[Dispatched | None]:
+        """Each ask's outcome, in order: its message's for its first asker, None for others."""
+        return [done.get(a.message_id) if first[a.message_id] is a else None for a in asks]
 
     @staticmethod
     async def _existing(session: AsyncSession, message_ids: set[int]) -> dict[int, Dispatched]:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from dispatch.record.activities import ActivityLog, ActivityView, Ending, Opening
+from dispatch.record.inbound import Arrival, store_inbound
 from dispatch.record.messages import InboundMessage
 from dispatch.record.models import Activity, ActivityEvent, ActivityStatus, Message
 from gateway.settings import Settings
@@ -199,3 +200,57 @@ async def test_a_run_ended_as_its_caller_stops_gives_its_reserved_reply_back(
                 select(Message.delivery).where(Message.activity_id == view.id)
             )
     assert (status, delivery) == ("completed", "pending")
+
+
+async def test_a_message_asked_for_twice_at_once_is_claimed_and_run_once(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Its own job and its conversation's look-ahead may ask for one message in the same
+    batch: one of them gets it claimed to run, the other finds it taken. (Both got the claim
+    once: the handler ran twice at once, and both ends, in one batch, sent the reply twice.)"""
+    async with runtime_on(backend, make_settings, tmp_path) as runtime:
+        async with runtime.store.connection() as conn:  # stored, not queued
+            (stored,) = await store_inbound(conn, [Arrival(message=burst()[0])], backlog=None)
+        outcomes = await asyncio.gather(
+            *(
+                runtime.dispatcher.dispatch_message(
+                    stored.message_id, lease_s=60, look_ahead=True, claim=True
+                )
+                for _ in range(3)
+            )
+        )
+        running = [o.running for o in outcomes if o is not None and o.running is not None]
+        assert len(running) == 1, outcomes
+        assert {o.outcome for o in outcomes if o is not None and o.running is None} <= {
+            "existing",
+            "busy",
+        }
+        # Two ends of that one run, in one batch: one counts, the other is stale.
+        claimed = running[0]
+        ending = Ending(
+            to=ActivityStatus.COMPLETED,
+            attempt=claimed.attempt,
+            kind="completed",
+            details={"result": {"text": "once"}},
+            metrics={},
+            reply=["once"],
+        )
+        ends = await asyncio.gather(
+            *(runtime.activities.finish(claimed.activity, ending, reserve=True) for _ in range(2))
+        )
+        async with runtime.sessions() as session:
+            replies = await session.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.activity_id == claimed.activity.id)
+            )
+            stale = await session.scalar(
+                select(func.count())
+                .select_from(ActivityEvent)
+                .where(
+                    ActivityEvent.activity_id == claimed.activity.id,
+                    ActivityEvent.kind == "stale_result",
+                )
+            )
+    assert sorted(e is None for e in ends) == [False, True]
+    assert (replies, stale) == (1, 1)
