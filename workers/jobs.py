@@ -73,8 +73,12 @@ async def dispatch_batch(runtime: Runtime, messages: Sequence[tuple[int, int]]) 
     conversations: dict[int, list[int]] = {}
     for conversation_id, message_id in messages:
         conversations.setdefault(conversation_id, []).append(message_id)
-    ran = await asyncio.gather(*(_in_order(runtime, ids) for ids in conversations.values()))
-    return JobOutcome(outcome="dispatched", ran=sum(ran))
+    # A task group, not gather: a stopping worker cancels the job, and each conversation's run
+    # gives its activity back before the job ends (gather ends at the first to finish, and the
+    # worker would close the database under the others' give-backs).
+    async with asyncio.TaskGroup() as group:
+        runs = [group.create_task(_in_order(runtime, ids)) for ids in conversations.values()]
+    return JobOutcome(outcome="dispatched", ran=sum(run.result() for run in runs))
 
 
 async def _in_order(runtime: Runtime, message_ids: list[int]) -> int:

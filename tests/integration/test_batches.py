@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for
 from tests.support.services import own_database
+from workers import jobs
 from workers.runtime import Runtime
 
 CATALOG = """
@@ -254,3 +255,47 @@ async def test_a_message_asked_for_twice_at_once_is_claimed_and_run_once(
             )
     assert sorted(e is None for e in ends) == [False, True]
     assert (replies, stale) == (1, 1)
+
+
+async def test_a_batch_job_stopped_mid_run_gives_every_run_back_before_it_ends(
+    backend: str,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopping worker cancels a batch job once, while its conversations' runs are under way:
+    the job ends only when every run has given its activity back (``released``). The worker
+    closes the database right after its jobs end; a job that ended at the first give-back (as
+    ``gather`` does) left the others' unwritten, to wait out their leases."""
+    runs = 6
+    started = asyncio.Event()
+    running: list[int] = []
+
+    async def stuck(runtime: Runtime, ctx: Any, handler: Any) -> Any:
+        running.append(ctx.activity.id)
+        if len(running) == runs:
+            started.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(jobs, "_ran", stuck)
+    async with runtime_on(backend, make_settings, tmp_path) as runtime:
+        arrivals = [Arrival(message=m) for m in burst()[:runs]]  # one each of six conversations
+        async with runtime.store.connection() as conn:  # stored, not queued
+            stored = await store_inbound(conn, arrivals, backlog=None)
+        batch = [(s.conversation_id, s.message_id) for s in stored]
+        job = asyncio.create_task(jobs.dispatch_batch(runtime, batch))
+        await asyncio.wait_for(started.wait(), 30)
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        async with runtime.sessions() as session:
+            released = (
+                await session.scalars(
+                    select(ActivityEvent.activity_id).where(ActivityEvent.kind == "released")
+                )
+            ).all()
+            queued = await session.scalar(
+                select(func.count()).select_from(Activity).where(Activity.status == "queued")
+            )
+    assert sorted(released) == sorted(running)
+    assert queued == runs
