@@ -294,8 +294,11 @@ def _users(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> int:
         async with _open_directory(settings) as (users, _tokens):
             if args.action == "list":
-                for user in await users.list():
-                    _print_user(user)
+                after = 0  # every user, a page at a time
+                while page := await users.list(after_id=after, limit=500):
+                    for user in page:
+                        _print_user(user)
+                    after = page[-1].id
                 return 0
             _print_user(*await _changed_user(users, args))
             return 0

@@ -125,11 +125,7 @@ class Inbox:
     ) -> list[InboxRow]:
         """The conversations people wrote in last, those asking for a person first; unread
         counts are ``me``'s."""
-        query = (
-            select(Conversation)
-            .order_by(Conversation.last_inbound_at.desc().nulls_last(), Conversation.id.desc())
-            .limit(limit)
-        )
+        query = select(Conversation)
         if people != InboxPeople.EVERYONE:
             owner = select(User.id).where(User.id == Conversation.user_id, User.role.in_(STAFF))
             query = query.where(owner.exists() if people == InboxPeople.STAFF else ~owner.exists())
@@ -140,7 +136,22 @@ class Inbox:
         if channel is not None:
             query = query.where(Conversation.channel == channel)
         async with self._sessions() as session:
-            conversations = list(await session.scalars(query))
+            # Those written in, newest first, then those no one wrote in (newest first): each
+            # read along the inbox's index, not by sorting every conversation.
+            newest = Conversation.last_inbound_at.desc(), Conversation.id.desc()
+            conversations = list(
+                await session.scalars(
+                    query.where(Conversation.last_inbound_at.is_not(None))
+                    .order_by(*newest)
+                    .limit(limit)
+                )
+            )
+            if len(conversations) < limit:
+                conversations += await session.scalars(
+                    query.where(Conversation.last_inbound_at.is_(None))
+                    .order_by(Conversation.id.desc())
+                    .limit(limit - len(conversations))
+                )
             ids = [c.id for c in conversations]
             if not ids:
                 return []

@@ -247,8 +247,8 @@ class Conversation(Base):
     __tablename__ = "conversations"
     __table_args__ = (
         UniqueConstraint("channel", "key", name="uq_conversation_channel_key"),
-        # The inbox: the conversations people wrote in last, first.
-        Index("ix_conversations_last_inbound_at", "last_inbound_at"),
+        # The inbox: the conversations people wrote in last, first (read backwards).
+        Index("ix_conversations_inbox", "last_inbound_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
@@ -320,6 +320,9 @@ class Activity(Base):
     __tablename__ = "agent_activities"
     __table_args__ = (
         Index("ix_agent_activities_status_created", "status", "created_at"),
+        Index("ix_agent_activities_created_at", "created_at"),
+        # An action's activities, newest first (the tasks board; a list by agent and action).
+        Index("ix_agent_activities_action", "agent_name", "action_type", "id"),
         Index("ix_agent_activities_conversation_order", "conversation_id", "order_key"),
         Index("uq_agent_activities_idempotency_key", "idempotency_key", unique=True),
         # One activity per step of a run: two workers advancing a run cannot both create it.

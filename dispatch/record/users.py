@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import argon2
 import msgspec
@@ -123,10 +123,25 @@ class UserDirectory:
             await session.flush()
             return await self._view(session, user)
 
-    async def list(self) -> list[UserView]:
+    async def list(
+        self, *, role: str | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[UserView]:
+        """Users by id after ``after_id``, at most ``limit``, of ``role`` if given: two
+        statements, whatever the page."""
+        query = select(User).where(User.id > after_id).order_by(User.id).limit(limit)
+        if role is not None:
+            query = query.where(User.role == role)
         async with self._sessions() as session:
-            users = list(await session.scalars(select(User).order_by(User.id)))
-            return [await self._view(session, u) for u in users]
+            users = list(await session.scalars(query))
+            identities: dict[int, list[UserIdentity]] = {}
+            if users:
+                for identity in await session.scalars(
+                    select(UserIdentity)
+                    .where(UserIdentity.user_id.in_([u.id for u in users]))
+                    .order_by(UserIdentity.id)
+                ):
+                    identities.setdefault(identity.user_id, []).append(identity)
+        return [self._shaped(u, identities.get(u.id, [])) for u in users]
 
     async def get(self, ref: str) -> UserView:
         """A user by id or name."""
@@ -244,6 +259,9 @@ class UserDirectory:
         identities = await session.scalars(
             select(UserIdentity).where(UserIdentity.user_id == user.id).order_by(UserIdentity.id)
         )
+        return self._shaped(user, identities)
+
+    def _shaped(self, user: User, identities: Iterable[UserIdentity]) -> UserView:
         return UserView(
             id=user.id,
             name=user.name,

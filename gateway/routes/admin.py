@@ -7,14 +7,14 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import JSONBody, Parameter
 
 from dispatch.infra.config import SettingView
 from dispatch.infra.errors import NotFoundError
 from dispatch.record.models import Role
 from dispatch.record.users import MAX_CHARS, NAME_PATTERN, UserDirectory, UserView
 from gateway.auth import ApiRole, TokenStore, TokenView, require
-from gateway.params import MAX_ID, Id
+from gateway.params import MAX_ID, Id, IdOrZero
 from gateway.settings import Settings
 
 __all__ = ["AdminController"]
@@ -60,9 +60,17 @@ class AdminController(Controller):
     guards = [require(ApiRole.ADMIN)]  # noqa: RUF012
 
     @get("/users")
-    async def list_users(self, users: NamedDependency[UserDirectory]) -> list[UserView]:
-        """Every user with their role, whether active, and their addresses."""
-        return await users.list()
+    async def list_users(
+        self,
+        users: NamedDependency[UserDirectory],
+        role: Annotated[Role | None, Parameter(description="Only users of this role")] = None,
+        after: Annotated[IdOrZero, Parameter(description="Users after this id")] = 0,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 100,
+    ) -> list[UserView]:
+        """Users by id, with their role, whether active, and their addresses: the first
+        ``limit`` after id ``after`` (the next page: ``after`` the last one's id), of one
+        ``role`` if given."""
+        return await users.list(role=role, after_id=after, limit=limit)
 
     @post("/users", status_code=201)
     async def create_user(

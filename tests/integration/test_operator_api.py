@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from dispatch.record.models import Activity, ActivityStatus, Message
 from gateway.app import create_app
@@ -111,6 +111,52 @@ async def test_a_bad_listing_query_is_a_400_naming_the_parameter(
     response = await client.get("/api/v1/activities", params=query)
     assert response.status_code == 400, response.text
     assert names in response.text
+
+
+async def test_users_are_listed_a_page_at_a_time_with_their_addresses_in_two_statements(
+    client: AsyncTestClient[Any],
+) -> None:
+    """However many users there are, a page is what is asked for (a deployment of ten
+    thousand people listed them all, a statement each for their addresses, past the gateway's
+    answer deadline); the next page starts after the last id; a role narrows it."""
+    made = []
+    for n in range(5):
+        role = "supervisor" if n % 2 else "guest"
+        user = (await client.post("/api/v1/users", json={"name": f"u{n}", "role": role})).json()
+        linked = await client.post(
+            f"/api/v1/users/{user['id']}/identities", json={"channel": "rest", "address": f"a{n}"}
+        )
+        assert linked.status_code == 200, linked.text
+        made.append(user["id"])
+    engine = client.app.state.runtime.engine
+    statements: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", counted)
+    try:
+        first = (await client.get("/api/v1/users", params={"limit": 2})).json()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", counted)
+    assert len(statements) == 2, statements
+    everyone: list[dict[str, Any]] = []
+    after = 0
+    while page := (await client.get("/api/v1/users", params={"after": after, "limit": 2})).json():
+        assert len(page) <= 2
+        everyone += page
+        after = page[-1]["id"]
+    assert [u["id"] for u in everyone] == sorted(u["id"] for u in everyone)
+    assert everyone[:2] == first
+    assert [u["id"] for u in everyone if u["id"] in made] == made
+    mine = {u["id"]: u for u in everyone}
+    assert [i["address"] for i in mine[made[3]]["identities"]] == ["a3"]
+    supervisors = (await client.get("/api/v1/users", params={"role": "supervisor"})).json()
+    assert [u["id"] for u in supervisors if u["id"] in made] == [made[1], made[3]]
+    assert {u["role"] for u in supervisors} == {"supervisor"}
+    bad = await client.get("/api/v1/users", params={"limit": 501})
+    assert bad.status_code == 400
+    assert "limit" in bad.text
 
 
 async def test_a_listing_needs_an_operator_token(client: AsyncTestClient[Any]) -> None:

@@ -1,0 +1,36 @@
+"""a grown record: the inbox, the activity lists and the summary read by index, not whole tables
+
+Revision ID: 0018
+Revises: 0017
+Create Date: 2026-12-06 05:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0018"
+down_revision: str | None = "0017"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    # The inbox's order (last written in, newest first, then id), read backwards.
+    op.drop_index("ix_conversations_last_inbound_at", table_name="conversations")
+    op.create_index("ix_conversations_inbox", "conversations", ["last_inbound_at", "id"])
+    # The summary's window, and an activity list's "since".
+    op.create_index("ix_agent_activities_created_at", "agent_activities", ["created_at"])
+    # An action's activities newest first: the tasks board, a list filtered by agent and action.
+    op.create_index(
+        "ix_agent_activities_action", "agent_activities", ["agent_name", "action_type", "id"]
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("ix_agent_activities_action", table_name="agent_activities")
+    op.drop_index("ix_agent_activities_created_at", table_name="agent_activities")
+    op.drop_index("ix_conversations_inbox", table_name="conversations")
+    op.create_index("ix_conversations_last_inbound_at", "conversations", ["last_inbound_at"])
