@@ -178,7 +178,8 @@ READS: dict[str, str] = {
     "who is behind a conversation": "/api/v1/conversations/{conversation}/person",
     "approvals queue (portal)": "/api/v1/queue",
     "tasks (portal)": "/api/v1/tasks",
-    "users (portal)": "/api/v1/users",
+    "users, a page": "/api/v1/users?limit=100",
+    "users, staff": "/api/v1/users?role=supervisor",
 }
 """What the portal and an operator read, by name: each timed, each statement's plan looked at."""
 
@@ -236,8 +237,8 @@ BIG_TABLES = {
     "conversations",
     "users",
     "user_identities",
-    "tally_deltas",
 }
+"""The tables that grow with the record (``tally_deltas`` does not: each scrape empties it)."""
 
 
 @contextlib.contextmanager
@@ -261,30 +262,50 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _nodes(child)
 
 
+def _literal(value: Any) -> str:
+    """``value`` as a SQL literal of unknown type (the prepared statement's casts type it)."""
+    if value is None:
+        return "NULL"
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return "'" + text.replace("'", "''") + "'"
+
+
 async def plans(dsn: str, statements: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-    """``EXPLAIN ANALYZE`` of each read statement (SELECT, or WITH): the indexes it uses, the
-    tables it scans whole (one of :data:`BIG_TABLES` is a finding), and its time."""
+    """``EXPLAIN ANALYZE`` of each read statement (SELECT, or WITH) of one request, in order,
+    as the gateway runs it: a prepared statement, planned once for any value (its connections'
+    setting), or for the values given where the request asked for that first
+    (:func:`dispatch.record.db.planned_for_values`): the indexes it uses, the tables it scans
+    whole (one of :data:`BIG_TABLES` is a finding), and its time."""
     connection = await asyncpg.connect(dsn)
     found: list[dict[str, Any]] = []
+    mode = "force_generic_plan"
     try:
-        for statement, parameters in statements:
+        for n, (statement, parameters) in enumerate(statements):
+            if "plan_cache_mode" in statement:
+                mode = statement.split("=")[-1].strip()
+                continue
             head = statement.lstrip().split(None, 1)[0].upper()
             if head not in {"SELECT", "WITH"}:
                 continue
-            args = list(parameters or ())
+            await connection.execute(f"SET plan_cache_mode = {mode}")
+            args = ", ".join(_literal(v) for v in parameters or ())
             kept = connection.transaction()
             await kept.start()
             try:  # rolled back: nothing a statement's plan ran is kept
+                await connection.execute(f"PREPARE read_{n} AS {statement}")
                 raw = await connection.fetchval(
-                    f"EXPLAIN (ANALYZE, FORMAT JSON) {statement}", *args
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE read_{n}"
+                    + (f"({args})" if args else "")
                 )
             finally:
                 await kept.rollback()
+                await connection.execute(f"DEALLOCATE read_{n}")
             plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
             nodes = list(_nodes(plan["Plan"]))
             found.append(
                 {
                     "statement": " ".join(statement.split())[:160],
+                    "plan": "generic" if mode == "force_generic_plan" else "for its values",
                     "ms": plan["Execution Time"],
                     "indexes": sorted({n["Index Name"] for n in nodes if "Index Name" in n}),
                     "whole_scans": sorted(

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
 from dispatch.record.claims import ACTIVITIES
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import (
     Activity,
     ActivityEvent,
@@ -687,6 +688,7 @@ class ActivityLog:
         if before_id is not None:
             conditions.append(Activity.id < before_id)
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = await session.execute(
                 select(Activity, User.name, Message.text)
                 .outerjoin(User, User.id == Activity.actor_user_id)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
 from dispatch.record.activities import SENDING_STALE, ActivityLog, ManyActivities, event_row
+from dispatch.record.db import planned_for_values
 from dispatch.record.messages import StatusReport
 from dispatch.record.models import (
     Delivery,
@@ -218,6 +219,7 @@ class Deliveries:
         their activities, whose requesters are to be told."""
         stale_before = utcnow() - SENDING_STALE
         async with self._sessions.begin() as session:
+            await planned_for_values(session)
             rows = (
                 await session.execute(
                     select(

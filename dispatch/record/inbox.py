@@ -16,6 +16,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import (
     STAFF,
     TAKEOVER,
@@ -136,6 +137,7 @@ class Inbox:
         if channel is not None:
             query = query.where(Conversation.channel == channel)
         async with self._sessions() as session:
+            await planned_for_values(session)
             # Those written in, newest first, then those no one wrote in (newest first): each
             # read along the inbox's index, not by sorting every conversation.
             newest = Conversation.last_inbound_at.desc(), Conversation.id.desc()

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -219,7 +220,8 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))
-    role: Mapped[str] = mapped_column(String(32), default=Role.GUEST.value)
+    # Indexed: the staff among many people (the inbox tells their conversations apart).
+    role: Mapped[str] = mapped_column(String(32), default=Role.GUEST.value, index=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # For the supervisor portal (argon2id; None: no password, no portal).
@@ -280,6 +282,9 @@ class ConversationRead(Base):
     read_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+UNSENT_ONLY = "delivery IN ('pending', 'sending')"
+
+
 class Message(Base):
     """An inbound or outbound message, with the raw provider payload kept for audit."""
 
@@ -290,6 +295,14 @@ class Message(Base):
         UniqueConstraint("activity_id", "part", name="uq_message_activity_part"),
         Index("ix_messages_conversation_id_id", "conversation_id", "id"),
         Index("ix_messages_state_conversation", "state", "conversation_id", "id"),
+        # Replies not yet handed over (recovery's look): only those, not every message sent.
+        Index(
+            "ix_messages_unsent",
+            "delivery",
+            "updated_at",
+            postgresql_where=text(UNSENT_ONLY),
+            sqlite_where=text(UNSENT_ONLY),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)

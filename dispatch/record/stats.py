@@ -15,6 +15,7 @@ import msgspec
 from sqlalchemy import Float, cast, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import Activity, ActivityStatus, Tally, TallyDelta, utcnow
 
 __all__ = ["DURATION_BUCKETS_S", "ActionFigures", "Stats", "StatsSnapshot", "Summary"]
@@ -96,6 +97,7 @@ class Stats:
         since = utcnow() - dt.timedelta(seconds=window_s)
         recent = Activity.created_at >= since
         async with self._sessions() as session:
+            await planned_for_values(session)
             by_status = dict(
                 (
                     await session.execute(

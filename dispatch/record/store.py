@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from dispatch.infra.clean import fit
+from dispatch.record.db import planned_for_values
 from dispatch.record.inbound import KEY_CHARS, Accepted, Arrival, store_inbound
 from dispatch.record.messages import Choice, InboundMessage
 from dispatch.record.models import (
@@ -185,6 +186,7 @@ class MessageStore:
 
     async def backlog(self) -> Backlog:
         async with self._sessions() as session:
+            await planned_for_values(session)
             messages = await session.scalar(
                 select(func.count())
                 .select_from(Message)

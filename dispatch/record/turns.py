@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 
 from dispatch.record.activities import SENDING_STALE, ActivityView
 from dispatch.record.claims import MESSAGES
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import (
     BLOCKING_STATUSES,
     UNDISPATCHED,
@@ -160,6 +161,7 @@ class Turns:
         now = utcnow()
         earlier = aliased(Activity)
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = await session.execute(
                 select(Activity.id)
                 .where(
@@ -190,6 +192,7 @@ class Turns:
     async def unanswered(self, *, older_than: dt.datetime, limit: int = 500) -> list[int]:
         """Activities with a reply written but never handed to its channel."""
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = await session.execute(
                 select(Message.activity_id)
                 .where(
@@ -258,6 +261,7 @@ class Turns:
         now = utcnow()
         earlier = aliased(Message)
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = await session.execute(
                 select(Message.id)
                 .where(

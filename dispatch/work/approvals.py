@@ -37,6 +37,7 @@ from dispatch.record.activities import (
     RUN,
     ActivityLog,
 )
+from dispatch.record.db import planned_for_values
 from dispatch.record.messages import Choice
 from dispatch.record.models import (
     Activity,
@@ -587,6 +588,7 @@ class ApprovalService:
     async def expire_due(self, *, limit: int = 200) -> list[int]:
         """Move requests whose approval time ran out to ``expired``, telling the requester."""
         async with self._sessions() as session:
+            await planned_for_values(session)
             due = list(
                 await session.scalars(
                     select(Activity.id)

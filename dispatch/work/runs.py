@@ -36,6 +36,7 @@ from dispatch.policy.plans import Plan, PlanError, plan_workflow
 from dispatch.policy.specs import ActionSpec, StepSpec
 from dispatch.policy.workflows import WORKFLOWS_AGENT, TemplateError, Workflow, fill
 from dispatch.record.activities import ActivityLog, Opening
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import (
     TERMINAL_STATUSES,
     Activity,
@@ -244,6 +245,7 @@ class WorkflowRuns:
     async def unfinished(self, *, limit: int = 500) -> list[int]:
         """Runs still running (for recovery to advance: an end whose job died)."""
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = await session.scalars(
                 select(WorkflowRun.id)
                 .where(WorkflowRun.status == WorkflowStatus.RUNNING.value)

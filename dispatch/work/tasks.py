@@ -50,6 +50,7 @@ from dispatch.record.activities import (
     Opening,
 )
 from dispatch.record.artifacts import ArtifactType, Checked, check_artifact
+from dispatch.record.db import planned_for_values
 from dispatch.record.models import (
     AGENT_QUESTION,
     TAKEOVER,
@@ -262,6 +263,7 @@ class TaskService:
             .limit(limit)
         )
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = list(await session.scalars(query))
             found = await self._requests(session, rows)
         me = agent.token_id if agent else None
@@ -281,6 +283,7 @@ class TaskService:
         if status is not None:
             query = query.where(Activity.status == status)
         async with self._sessions() as session:
+            await planned_for_values(session)
             rows = list(await session.scalars(query))
             found = await self._requests(session, rows)
         return [TaskSummary(**_summary(r, found, None)) for r in rows]
@@ -998,6 +1001,7 @@ class TaskService:
         now = utcnow()
         moved: list[int] = []
         async with self._sessions.begin() as session:
+            await planned_for_values(session)
             rows = list(
                 await session.scalars(
                     select(Activity)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0018"
@@ -27,9 +28,22 @@ def upgrade() -> None:
     op.create_index(
         "ix_agent_activities_action", "agent_activities", ["agent_name", "action_type", "id"]
     )
+    # Replies not yet handed over (recovery's look): only those, not every message sent.
+    unsent = sa.text("delivery IN ('pending', 'sending')")
+    op.create_index(
+        "ix_messages_unsent",
+        "messages",
+        ["delivery", "updated_at"],
+        postgresql_where=unsent,
+        sqlite_where=unsent,
+    )
+    # The staff among many people (the inbox tells visitors' conversations from staff's).
+    op.create_index("ix_users_role", "users", ["role"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_users_role", table_name="users")
+    op.drop_index("ix_messages_unsent", table_name="messages")
     op.drop_index("ix_agent_activities_action", table_name="agent_activities")
     op.drop_index("ix_agent_activities_created_at", table_name="agent_activities")
     op.drop_index("ix_conversations_inbox", table_name="conversations")
