@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from channels.base import RegistersWebhook, WebhookChannel
@@ -129,6 +130,40 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     print("database is at the latest revision", file=sys.stderr)
+    return 0
+
+
+def _days(text: str) -> int:
+    days = int(text)
+    if days < 1:
+        raise argparse.ArgumentTypeError("at least 1 day")
+    return days
+
+
+def _retain(settings: Settings, args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from dispatch.record.db import create_engine, create_sessionmaker
+    from dispatch.record.models import utcnow
+    from dispatch.record.retention import ArchiveFile, Retention
+    from migrations import prepare
+
+    async def run() -> str:
+        await prepare(settings.database)
+        engine = create_engine(settings.database)
+        archive = ArchiveFile(args.archive) if args.archive else None
+        try:
+            retention = Retention(create_sessionmaker(engine), days=args.older_than_days)
+            before = utcnow() - dt.timedelta(days=args.older_than_days)
+            removed = await retention.remove(before=before, archive=archive)
+        finally:
+            if archive is not None:
+                archive.close()
+            await engine.dispose()
+        kept = f", {archive.rows} rows written to {args.archive}" if archive else ""
+        return f"removed {removed.activities} activities and {removed.messages} messages{kept}"
+
+    print(asyncio.run(run()), file=sys.stderr)
     return 0
 
 
@@ -418,6 +453,16 @@ def _parser() -> argparse.ArgumentParser:
     worker.set_defaults(run=_worker)
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(run=_migrate)
+    retain = sub.add_parser(
+        "retain",
+        help="remove what ended more than N days ago (finished activities with their events, "
+        "settled messages), writing it first to an archive file if given",
+    )
+    retain.add_argument("--older-than-days", type=_days, required=True, metavar="N")
+    retain.add_argument(
+        "--archive", type=Path, help="append what is removed here, as JSON lines (.gz: gzip)"
+    )
+    retain.set_defaults(run=_retain)
     send = sub.add_parser("send", help="send a message as a user would and print the reply")
     send.add_argument("text")
     send.add_argument("--sender", default=f"cli:{getpass.getuser()}", help="sender identity")

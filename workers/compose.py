@@ -33,6 +33,7 @@ from dispatch.record.delivery import Deliveries
 from dispatch.record.feed import EventFeed
 from dispatch.record.inbox import Inbox
 from dispatch.record.keys import deployment_secret
+from dispatch.record.retention import Retention
 from dispatch.record.stats import Stats
 from dispatch.record.store import MessageStore
 from dispatch.record.turns import Turns
@@ -229,6 +230,7 @@ def _runtime(base: _Base) -> Runtime:
         approvals=approvals,
         steering=Steering(activities=activities, queue=queue, routing=channels),
         stats=Stats(sessions),
+        retention=Retention(sessions, days=settings.database.retention_days),
         inbox=Inbox(sessions),
         feed=EventFeed(sessions),
         executor=Executor(

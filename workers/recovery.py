@@ -60,6 +60,7 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
         except Exception:  # one run's trouble does not hold up the others
             log.exception("advancing a workflow run failed", extra={"run": run_id})
     await runtime.stats.fold()  # /metrics' deltas, should nobody scrape for a while
+    removed = await runtime.retention.pass_if_due()  # SWITCHBOARD_RETENTION_DAYS
     counts = {
         "messages": len(messages),
         "activities": len(heads),
@@ -68,6 +69,12 @@ async def recover(runtime: Runtime, *, older_than_s: float | None = None) -> dic
         "expired": len(expired),
         "tasks": len(lapsed),
     }
+    if removed is not None and removed.rows:
+        log.info(
+            "removed what ended %d days ago",
+            runtime.retention.days,
+            extra={"activities": removed.activities, "messages": removed.messages},
+        )
     if any(counts.values()):
         log.info("re-driven from the database", extra=counts)
     return counts

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from dispatch.record.delivery import Deliveries
     from dispatch.record.feed import EventFeed
     from dispatch.record.inbox import Inbox
+    from dispatch.record.retention import Retention
     from dispatch.record.stats import Stats
     from dispatch.record.store import MessageStore
     from dispatch.record.turns import Turns
@@ -195,6 +196,7 @@ class Runtime:
     tasks: TaskService
     providers: Providers
     stats: Stats
+    retention: Retention
     inbox: Inbox
     feed: EventFeed
     users: UserDirectory

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import (
 from dispatch.infra.clean import storable_json
 from dispatch.infra.config import (
     AT_LEAST_ONE,
+    NOT_NEGATIVE,
     POSITIVE,
     PREFIX,
     Group,
@@ -56,6 +57,14 @@ class DatabaseSettings(Group):
         10, "DATABASE_POOL_SIZE", "Connections per process (PostgreSQL).", check=AT_LEAST_ONE
     )
     echo: bool = setting(False, "DATABASE_ECHO", "Log every SQL statement.")
+    retention_days: int = setting(
+        0,
+        "RETENTION_DAYS",
+        "Days the record keeps what has ended: older finished activities (with their events) "
+        "and settled messages are removed by the workers, a batch at a time; nothing "
+        "unfinished is. 0: kept for ever. To archive before removing, see `switchboard retain`.",
+        check=NOT_NEGATIVE,
+    )
     connect_timeout_s: float = setting(
         2.0,
         "DATABASE_CONNECT_TIMEOUT_S",

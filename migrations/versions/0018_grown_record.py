@@ -1,4 +1,8 @@
-"""a grown record: the inbox, the activity lists and the summary read by index, not whole tables
+"""a grown record: read by index, not whole tables; removed activities leave the histogram alone
+
+Retention (``SWITCHBOARD_RETENTION_DAYS``) removes old finished activities. Their count in
+``switchboard_activities`` (what is stored) goes down with them, as before; the handler duration
+histogram is what happened, a counter, and no longer counts down when a row is removed.
 
 Revision ID: 0018
 Revises: 0017
@@ -18,7 +22,33 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# An activity removed: only the stored figure counts down (0010 counted every figure down).
+_ACTIVITY_GONE = (
+    "SELECT 'activities', CAST(OLD.agent_name AS varchar(255)), "
+    "CAST(OLD.action_type AS varchar(255)), CAST(OLD.status AS varchar(255)), -1"
+)
+
+
+def _activity_delete_trigger() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"""
+            CREATE OR REPLACE FUNCTION tally_agent_activities_delete() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO tally_deltas (family, a, b, c, n) {_ACTIVITY_GONE};
+                RETURN NULL;
+            END $$""")
+        return
+    op.execute("DROP TRIGGER IF EXISTS tally_agent_activities_delete")
+    op.execute(f"""
+        CREATE TRIGGER tally_agent_activities_delete AFTER DELETE ON agent_activities BEGIN
+            INSERT INTO tallies (family, a, b, c, n) {_ACTIVITY_GONE}
+            ON CONFLICT (family, a, b, c) DO UPDATE SET n = n + excluded.n;
+        END""")
+
+
 def upgrade() -> None:
+    _activity_delete_trigger()
     # The inbox's order (last written in, newest first, then id), read backwards.
     op.drop_index("ix_conversations_last_inbound_at", table_name="conversations")
     op.create_index("ix_conversations_inbox", "conversations", ["last_inbound_at", "id"])
@@ -42,6 +72,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The narrower delete trigger stays: 0010's counted the histogram down, which was wrong.
     op.drop_index("ix_users_role", table_name="users")
     op.drop_index("ix_messages_unsent", table_name="messages")
     op.drop_index("ix_agent_activities_action", table_name="agent_activities")

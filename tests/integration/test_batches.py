@@ -52,7 +52,7 @@ PER_CONVERSATION = 3
 
 @contextlib.asynccontextmanager
 async def runtime_on(
-    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path, **values: Any
 ) -> AsyncIterator[Runtime]:
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG)
@@ -62,7 +62,7 @@ async def runtime_on(
         else:
             url = f"sqlite+aiosqlite:///{tmp_path / 'batches.db'}"
         runtime = await stack.enter_async_context(
-            runtime_for(make_settings(database_url=url, catalog=catalog))
+            runtime_for(make_settings(database_url=url, catalog=catalog, **values))
         )
         yield runtime
 
