@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -56,8 +57,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 import redis.asyncio as aioredis
 
+from bench.grown import Record, captured, plans, preload, timed_reads
 from bench.load import Request, Result, run
 from dispatch.infra.queue import queue_name
+from gateway.settings import Settings
 from scripts.lockfile import require_the_lock
 from tests.support.processes import child_env, free_port, process, wait_healthy
 from tests.support.services import PG_ADMIN_DSN, own_database
@@ -199,6 +202,8 @@ class Deployment:
     db: int
     workers: int = 0
     gateways: int = 1
+    record: Record | None = None
+    """A record to preload (``grown-*`` phases), or none: an empty database."""
     ports: list[int] = field(init=False)
     telegram: TelegramApi = field(init=False)
     gateway_processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -210,6 +215,8 @@ class Deployment:
     def __post_init__(self) -> None:
         self.ports = [free_port() for _ in range(self.gateways)]
         self._prefix = f"bench{secrets.token_hex(3)}"
+        self.admin_token = secrets.token_urlsafe(32)
+        self.preload_s = 0.0
 
     def env(self, db_url: str, port: int) -> dict[str, str]:
         values: dict[str, Any] = {
@@ -218,7 +225,7 @@ class Deployment:
             "redis_prefix": self._prefix,
             "port": port,
             "log_level": "WARNING",
-            "admin_token": secrets.token_urlsafe(32),
+            "admin_token": self.admin_token,
             **telegram_env(
                 self.telegram.url,
                 telegram_chat_rate_per_s=1000,
@@ -232,6 +239,8 @@ class Deployment:
     async def running(self) -> AsyncIterator[Deployment]:
         async with own_database("switchboard_bench") as db_url:
             self.db_url = db_url
+            if self.record is not None:
+                self.preload_s = await preload(db_url.replace("+asyncpg", ""), self.record)
             with contextlib.ExitStack() as stack:
                 self.telegram = stack.enter_context(TelegramApi())
                 self.twilio = stack.enter_context(TwilioApi(ACCOUNT_SID, AUTH_TOKEN))
@@ -309,9 +318,16 @@ class Bench:
     figures: dict[str, Any] = field(default_factory=dict)
     _db: int = 0
 
-    def deployment(self, workers: int = 0) -> Deployment:
+    def deployment(self, workers: int = 0, *, grown: bool = False) -> Deployment:
         self._db += 1
-        return Deployment(self.redis_base, self.workdir, self._db % 16, workers, self.args.gateways)
+        record = Record().scaled(self.args.record_scale) if grown else None
+        return Deployment(
+            self.redis_base, self.workdir, self._db % 16, workers, self.args.gateways, record
+        )
+
+    @staticmethod
+    def _key(name: str, grown: bool) -> str:
+        return f"grown_{name}" if grown else name
 
     async def bare(self) -> None:
         port = free_port()
@@ -336,21 +352,21 @@ class Bench:
             )
         self.figures["ceiling"] = _closed(result)
 
-    async def ack(self, kind: str) -> None:
+    async def ack(self, kind: str, *, grown: bool = False) -> None:
         requests = telegram_requests(200_000) if kind == "telegram" else twilio_requests(60_000)
-        async with self.deployment().running() as deployment:
+        async with self.deployment(grown=grown).running() as deployment:
             result = await asyncio.to_thread(
                 load, deployment.ports, requests, connections=64, duration_s=self.args.duration_s
             )
-        self.figures[f"ack_{kind}"] = _closed(result)
+        self.figures[self._key(f"ack_{kind}", grown)] = _closed(result)
 
-    async def e2e(self) -> None:
+    async def e2e(self, *, grown: bool = False) -> None:
         # A burst of a fixed size, sent as fast as the gateway takes it and then drained to
         # the last reply: the workers are saturated throughout, and every transaction and
         # Redis command counted belongs to a message that was answered.
         count = self.args.e2e_messages
         requests = telegram_requests(count, chats=max(1, count // E2E_MESSAGES_PER_CHAT))
-        deployment = self.deployment(self.args.workers)
+        deployment = self.deployment(self.args.workers, grown=grown)
         async with deployment.running():
             xacts_before = await pg_xacts(deployment.db_url)
             commands_before = await redis_commands(self.redis_base)
@@ -377,7 +393,7 @@ class Bench:
         keys = {s.key for s in accepted}
         done = [at for key, at in answered.items() if key in keys]
         span_s = (max(done) - result.started) if done else None
-        self.figures["e2e"] = {
+        self.figures[self._key("e2e", grown)] = {
             "accepted": len(accepted),
             "answered": len(done),
             "messages_per_s": round(len(done) / span_s, 1) if span_s else 0.0,
@@ -390,6 +406,26 @@ class Bench:
             },
             "workers": len(deployment.worker_processes),
             "gateways": len(deployment.gateway_processes),
+        }
+
+    async def reads(self) -> None:
+        """On a grown record: what the portal and an operator read, each timed over HTTP
+        against the gateway and each of its statements' plans looked at; and the recovery
+        sweep, timed and planned the same way."""
+        deployment = self.deployment(grown=True)
+        async with deployment.running():
+            base = f"http://127.0.0.1:{deployment.ports[0]}"
+            timed = await timed_reads(base, deployment.admin_token, times=self.args.read_times)
+            settings = Settings.from_env(deployment.env(deployment.db_url, free_port()))
+            dsn = deployment.db_url.replace("+asyncpg", "")
+            planned = await _planned_reads(settings, dsn, {k: v["path"] for k, v in timed.items()})
+            sweep = await _sweep(settings, dsn, times=self.args.read_times)
+        assert deployment.record is not None
+        self.figures["grown_reads"] = {
+            "record": dataclasses.asdict(deployment.record),
+            "preload_s": round(deployment.preload_s, 1),
+            "reads": {name: {**timed[name], **planned[name]} for name in timed},
+            "recovery_sweep": sweep,
         }
 
     async def open_loop(self, rate: int) -> None:
@@ -426,6 +462,58 @@ class Bench:
         if rss:
             row["rss_mb"] = {"start": rss_start, "end": rss_end}
         self.figures[f"open_{rate}"] = row
+
+
+def _plan_summary(found: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "statements": len(found),
+        "indexes": sorted({i for f in found for i in f["indexes"]}),
+        "whole_scans": sorted({t for f in found for t in f["whole_scans"]}),
+        "slowest_statement_ms": round(max((f["ms"] for f in found), default=0.0), 2),
+    }
+
+
+async def _planned_reads(
+    settings: Settings, dsn: str, paths: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Each read's statements, run once by an app of this process on the same database, and
+    their plans as the gateway makes them."""
+    from litestar.testing import AsyncTestClient
+
+    from gateway.app import create_app
+
+    app = create_app(settings)
+    found: dict[str, dict[str, Any]] = {}
+    async with AsyncTestClient(app) as client:
+        client.headers["Authorization"] = f"Bearer {settings.http.admin_token}"
+        engine = app.state.runtime.engine
+        for name, path in paths.items():
+            await client.get(path)  # its plans made, as they are by the gateway's own reads
+            with captured(engine) as statements:
+                await client.get(path)
+            found[name] = _plan_summary(await plans(dsn, list(statements)))
+    return found
+
+
+async def _sweep(settings: Settings, dsn: str, *, times: int) -> dict[str, Any]:
+    """The recovery pass (finding nothing to do, as on a healthy deployment): p50/p99 over
+    ``times`` passes, and its statements' plans."""
+    from workers.compose import open_runtime
+    from workers.recovery import recover
+
+    spent: list[float] = []
+    async with open_runtime(settings, role="gateway") as runtime:
+        for _ in range(times):
+            started = time.perf_counter()
+            await recover(runtime)
+            spent.append(time.perf_counter() - started)
+        with captured(runtime.engine) as statements:
+            await recover(runtime)
+    return {
+        "p50_ms": _ms(_pct(spent, 0.5)),
+        "p99_ms": _ms(_pct(spent, 0.99)),
+        **_plan_summary(await plans(dsn, list(statements))),
+    }
 
 
 @contextlib.contextmanager
@@ -556,6 +644,7 @@ def table(figures: dict[str, Any]) -> str:
                     "reported",
                 )
             )
+    rows += _grown_rows(figures)
     for key, row in figures.items():
         if not key.startswith("open_"):
             continue
@@ -590,6 +679,50 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _grown_rows(figures: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The grown record's rows: rates against the empty database's, each read's p99 and
+    plan."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, unit in (("ack_telegram", "per_s"), ("ack_twilio", "per_s"), ("e2e", None)):
+        grown = figures.get(f"grown_{name}")
+        if not grown:
+            continue
+        measure = "per_s" if unit else "messages_per_s"
+        value = grown[measure]
+        empty = figures.get(name, {}).get(measure)
+        share = f"{100 * value / empty:.1f} % of empty" if empty else ""
+        rows.append(
+            (f"grown record: {name.replace('_', ' ')}", f"{value:,.1f}/s", share, "within 10 %")
+        )
+    reads = figures.get("grown_reads")
+    if reads:
+        r = reads["record"]
+        rows.append(
+            (
+                "grown record (preloaded)",
+                f"{r['messages']:,} messages, {r['activities']:,} activities, "
+                f"{r['conversations']:,} conversations, {r['users']:,} users "
+                f"in {reads['preload_s']} s",
+                "",
+                "",
+            )
+        )
+        every = {**reads["reads"], "recovery sweep (nothing to do)": reads["recovery_sweep"]}
+        for name, read in every.items():
+            scans = ", ".join(read["whole_scans"]) or "none"
+            status = f"{read['status']}, " if "status" in read else ""
+            rows.append(
+                (
+                    f"grown: {name}",
+                    f"{status}p50 {read['p50_ms']} / p99 {read['p99_ms']} ms; "
+                    f"{read['statements']} statements, whole-table scans: {scans}",
+                    "",
+                    "p99 < 50 ms, indexes",
+                )
+            )
+    return rows
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp, redis_instance() as redis_base:
         bench = Bench(args, redis_base, Path(tmp))
@@ -600,6 +733,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "ack-twilio",
             "e2e",
             *(f"open-{r}" for r in args.rates),
+            "grown-reads",
+            "grown-ack-telegram",
+            "grown-e2e",
         ]
         for phase in phases:
             started = time.monotonic()
@@ -609,8 +745,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 await bench.bare()
             elif phase.startswith("ack-"):
                 await bench.ack(phase.removeprefix("ack-"))
+            elif phase.startswith("grown-ack-"):
+                await bench.ack(phase.removeprefix("grown-ack-"), grown=True)
             elif phase == "e2e":
                 await bench.e2e()
+            elif phase == "grown-e2e":
+                await bench.e2e(grown=True)
+            elif phase == "grown-reads":
+                await bench.reads()
             elif phase.startswith("open-"):
                 await bench.open_loop(int(phase.removeprefix("open-")))
             else:
@@ -626,7 +768,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "phases", nargs="*", help="ceiling, bare, ack-telegram, ack-twilio, e2e, open-<rate>"
+        "phases",
+        nargs="*",
+        help="ceiling, bare, ack-telegram, ack-twilio, e2e, open-<rate>, grown-reads, "
+        "grown-ack-telegram, grown-ack-twilio, grown-e2e",
     )
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=1)
@@ -639,7 +784,16 @@ def main() -> int:
     parser.add_argument(
         "--e2e-messages", type=int, default=6000, help="the end-to-end burst, drained to the end"
     )
-    parser.add_argument("--quick", action="store_true", help="3 s phases, RSS over 10 s")
+    parser.add_argument(
+        "--record-scale",
+        type=float,
+        default=1.0,
+        help="the grown record's size, as a share of 1,000,000 messages (and the rest)",
+    )
+    parser.add_argument("--read-times", type=int, default=200, help="each grown read, timed")
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s phases, RSS over 10 s, a tenth of the record"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--unlocked", action="store_true", help="measure an environment that is not the lock"
@@ -648,6 +802,7 @@ def main() -> int:
     unlocked = require_the_lock(Path(__file__).name, allow_unlocked=args.unlocked)
     if args.quick:
         args.duration_s, args.rss_s, args.e2e_messages = 3.0, 10.0, 600
+        args.record_scale, args.read_times = 0.1, 30
     figures = asyncio.run(main_async(args))
     figures["not_the_lock"] = unlocked
     print(table(figures))
