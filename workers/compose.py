@@ -187,8 +187,7 @@ def _runtime(base: _Base) -> Runtime:
         base.channels,
     )
     queue, store = base.transport.queue, base.store
-    activities = ActivityLog(sessions)
-    turns, deliveries = Turns(sessions), Deliveries(sessions)
+    activities, turns, deliveries = ActivityLog(sessions), Turns(sessions), Deliveries(sessions)
     approvals = ApprovalService(sessions=sessions, catalog=catalog, queue=queue, routing=channels)
     workflows = WorkflowRuns(
         sessions=sessions,
