@@ -5,7 +5,8 @@ as the gateway writes it (the same tables, states and events; its tallies kept b
 triggers): ``users`` people, each with a Telegram address, ``conversations`` chats between them,
 ``activities`` handled requests (each its inbound message, its ``created``, ``started`` and
 ``completed`` events, and its reply, sent), and as many more messages, ignored ones and staff
-answers, as make ``messages`` in all, spread over the last ``days`` days. Then ``ANALYZE``.
+answers, as make ``messages`` in all, spread over the last ``days`` days. Then
+``VACUUM ANALYZE``.
 
 Generated in the database (``generate_series``): a million messages take tens of seconds, not
 a million requests.
@@ -26,7 +27,7 @@ import httpx
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["READS", "Record", "plans", "preload", "timed_reads"]
+__all__ = ["READS", "Record", "captured", "plans", "preload", "timed_reads"]
 
 CHAT_BASE = 900_000_000
 """The preloaded chats' ids (apart from the bench's own traffic)."""

@@ -126,7 +126,8 @@ async def open_loop(
     async def one(port: int, raw: bytes, key: str, due: float) -> None:
         nonlocal opened
         async with slots:
-            if idle[port]:
+            reused = bool(idle[port])
+            if reused:
                 connection = idle[port].pop()
             else:
                 opened += 1
@@ -134,9 +135,21 @@ async def open_loop(
             try:
                 status = await connection.exchange(raw)
             except (OSError, asyncio.IncompleteReadError):
-                result.errors += 1
                 connection.writer.close()
-                return
+                if not reused:
+                    result.errors += 1
+                    return
+                # A kept-alive connection the server closed while it was idle (uvicorn closes
+                # them after 5 s): the request never reached it. Sent again on a new one, as
+                # HTTP clients do; an error only if that fails too.
+                opened += 1
+                try:
+                    connection = await _connect(host, port)
+                    status = await connection.exchange(raw)
+                except (OSError, asyncio.IncompleteReadError):
+                    result.errors += 1
+                    connection.writer.close()
+                    return
             result.samples.append(Sample(key, due, time.monotonic(), status))
             idle[port].append(connection)
 
