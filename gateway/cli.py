@@ -143,23 +143,19 @@ def _days(text: str) -> int:
 def _retain(settings: Settings, args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from dispatch.record.db import create_engine, create_sessionmaker
     from dispatch.record.models import utcnow
     from dispatch.record.retention import ArchiveFile, Retention
-    from migrations import prepare
 
     async def run() -> str:
-        await prepare(settings.database)
-        engine = create_engine(settings.database)
         archive = ArchiveFile(args.archive) if args.archive else None
         try:
-            retention = Retention(create_sessionmaker(engine), days=args.older_than_days)
-            before = utcnow() - dt.timedelta(days=args.older_than_days)
-            removed = await retention.remove(before=before, archive=archive)
+            async with _record(settings) as sessions:
+                retention = Retention(sessions, days=args.older_than_days)
+                before = utcnow() - dt.timedelta(days=args.older_than_days)
+                removed = await retention.remove(before=before, archive=archive)
         finally:
             if archive is not None:
                 archive.close()
-            await engine.dispose()
         kept = f", {archive.rows} rows written to {args.archive}" if archive else ""
         return f"removed {removed.activities} activities and {removed.messages} messages{kept}"
 
@@ -244,22 +240,29 @@ def _webhook(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+@contextlib.asynccontextmanager
+async def _record(settings: Settings) -> AsyncIterator[Any]:
+    """Sessions on an engine of their own, migrating an embedded database first."""
+    from dispatch.record.db import create_engine, create_sessionmaker
+    from migrations import prepare
+
+    await prepare(settings.database)
+    engine = create_engine(settings.database)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
 def _open_directory(settings: Settings) -> Any:
     """(users, tokens) on their own engine, migrating an embedded database first."""
-    from dispatch.record.db import create_engine, create_sessionmaker
     from dispatch.record.users import UserDirectory
     from gateway.auth import TokenStore
-    from migrations import prepare
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[tuple[UserDirectory, TokenStore]]:
-        await prepare(settings.database)
-        engine = create_engine(settings.database)
-        try:
-            sessions = create_sessionmaker(engine)
+        async with _record(settings) as sessions:
             yield UserDirectory(sessions, identity_kinds()), TokenStore(sessions, None)
-        finally:
-            await engine.dispose()
 
     return opened()
 

@@ -209,32 +209,11 @@ def pending_of(activity_id: int) -> Select[Message]:
 
 
 async def read_outbox(
-    session: AsyncSession,
-    replies: list[Message],
-    source_message_id: int | None,
-    *,
-    reserved: int | None = None,
+    session: AsyncSession, replies: list[Message], source_message_id: int | None
 ) -> Outbox:
     """``replies`` (in order) with the conversations they go to and the external id of the
     message they answer."""
-    if not replies:
-        return Outbox(replies=[], conversations={}, reserved=reserved)
-    found = await session.scalars(
-        select(Conversation).where(
-            Conversation.id.in_(sorted({row.conversation_id for row in replies}))
-        )
-    )
-    in_reply_to = None
-    if source_message_id is not None:
-        in_reply_to = await session.scalar(
-            select(Message.external_id).where(Message.id == source_message_id)
-        )
-    return Outbox(
-        replies=replies,
-        conversations={c.id: c for c in found},
-        in_reply_to=in_reply_to,
-        reserved=reserved,
-    )
+    return (await _addressed(session, {0: replies}, {0: source_message_id}, set()))[0]
 
 
 async def reserve_outboxes(
@@ -256,17 +235,31 @@ async def reserve_outboxes(
         replies.setdefault(int(row.activity_id or 0), []).append(row)
     firsts = sorted(r[0].id for r in replies.values())
     claimed = set(await session.scalars(_RESERVE, {"ids": firsts, "now": utcnow()}))
-    found = await session.scalars(
-        _CONVERSATIONS, {"ids": sorted({r.conversation_id for r in rows})}
-    )
-    conversations = {c.id: c for c in found}
-    sources = sorted({s for a, s in activities.items() if s is not None and a in replies})
-    answered = {
-        message_id: external_id
-        for message_id, external_id in await session.execute(_ANSWERED, {"ids": sources})
-    }
+    return await _addressed(session, replies, activities, claimed)
+
+
+async def _addressed(
+    session: AsyncSession,
+    replies: dict[int, list[Message]],
+    sources: dict[int, int | None],
+    claimed: set[int],
+) -> dict[int, Outbox]:
+    """Each activity's outbox ({activity: its replies}, {activity: its source message}): the
+    conversations its replies go to and the external id of the message they answer, two
+    statements for them all; ``reserved`` where its first reply is one of ``claimed``."""
+    rows = [r for mine in replies.values() for r in mine]
+    conversations: dict[int, Conversation] = {}
+    if rows:
+        found = await session.scalars(
+            _CONVERSATIONS, {"ids": sorted({r.conversation_id for r in rows})}
+        )
+        conversations = {c.id: c for c in found}
+    answering = sorted({s for a, s in sources.items() if s is not None and replies.get(a)})
+    answered: dict[int, str | None] = {}
+    if answering:
+        answered = dict((await session.execute(_ANSWERED, {"ids": answering})).tuples().all())
     outboxes: dict[int, Outbox] = {}
-    for activity_id, source in activities.items():
+    for activity_id, source in sources.items():
         mine = replies.get(activity_id, [])
         outboxes[activity_id] = Outbox(
             replies=mine,

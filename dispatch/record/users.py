@@ -8,9 +8,10 @@ addresses, moving an address a guest already used over to the named user.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import argon2
 import msgspec
@@ -132,16 +133,7 @@ class UserDirectory:
         if role is not None:
             query = query.where(User.role == role)
         async with self._sessions() as session:
-            users = list(await session.scalars(query))
-            identities: dict[int, list[UserIdentity]] = {}
-            if users:
-                for identity in await session.scalars(
-                    select(UserIdentity)
-                    .where(UserIdentity.user_id.in_([u.id for u in users]))
-                    .order_by(UserIdentity.id)
-                ):
-                    identities.setdefault(identity.user_id, []).append(identity)
-        return [self._shaped(u, identities.get(u.id, [])) for u in users]
+            return await self._views(session, list(await session.scalars(query)))
 
     async def get(self, ref: str) -> UserView:
         """A user by id or name."""
@@ -256,10 +248,19 @@ class UserDirectory:
         return HIDDEN if known is not None and known.hidden else address
 
     async def _view(self, session: AsyncSession, user: User) -> UserView:
-        identities = await session.scalars(
-            select(UserIdentity).where(UserIdentity.user_id == user.id).order_by(UserIdentity.id)
-        )
-        return self._shaped(user, identities)
+        return (await self._views(session, [user]))[0]
+
+    async def _views(self, session: AsyncSession, users: Sequence[User]) -> builtins.list[UserView]:
+        """``users`` with their addresses, read in one statement."""
+        identities: dict[int, list[UserIdentity]] = {}
+        if users:
+            for identity in await session.scalars(
+                select(UserIdentity)
+                .where(UserIdentity.user_id.in_([u.id for u in users]))
+                .order_by(UserIdentity.id)
+            ):
+                identities.setdefault(identity.user_id, []).append(identity)
+        return [self._shaped(u, identities.get(u.id, [])) for u in users]
 
     def _shaped(self, user: User, identities: Iterable[UserIdentity]) -> UserView:
         return UserView(
