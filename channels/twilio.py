@@ -175,10 +175,13 @@ class TwilioTemplate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class _Params(dict[str, list[str]]):
-    """Form values in the shape ``RequestValidator`` reads repeated keys from."""
+    """Form values in the shape ``RequestValidator`` reads repeated keys from: ``getall``, the
+    first it tries (a miss there costs an exception per parameter), and ``getlist``."""
 
-    def getlist(self, name: str) -> list[str]:
+    def getall(self, name: str) -> list[str]:
         return self[name]
+
+    getlist = getall
 
 
 class TwilioChannel(base.WebhookChannel):

@@ -46,7 +46,7 @@ from gateway.routes.portal_live import WATCH_EVERY_S, portal_live
 from gateway.routes.providers import ProvidersController
 from gateway.routes.takeover import TakeoverController
 from gateway.routes.tasks import SUBMIT_BODY_BYTES, TasksController, released_artifact
-from gateway.routes.webhooks import webhook_get, webhook_post
+from gateway.routes.webhooks import webhooks
 from gateway.routes.workflows import WorkflowsController
 from gateway.settings import Settings, get_settings
 from migrations import prepare
@@ -110,8 +110,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             OperationsController,
             ApprovalsController,
             AdminController,
-            webhook_post,
-            webhook_get,
+            webhooks,
             *door.handlers(),
         ],
         dependencies=PROVIDERS,

@@ -257,7 +257,8 @@ async def _addressed(
     answering = sorted({s for a, s in sources.items() if s is not None and replies.get(a)})
     answered: dict[int, str | None] = {}
     if answering:
-        answered = dict((await session.execute(_ANSWERED, {"ids": answering})).tuples().all())
+        answers = await session.execute(_ANSWERED, {"ids": answering})
+        answered = {message_id: external_id for message_id, external_id in answers}
     outboxes: dict[int, Outbox] = {}
     for activity_id, source in sources.items():
         mine = replies.get(activity_id, [])

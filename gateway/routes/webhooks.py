@@ -3,65 +3,135 @@
 The channel decides what its paths mean (``channels.base.WebhookChannel``); the work happens in
 jobs. A path no configured channel takes is a 404; a GET on a path whose channel takes no
 subscription check is a 405.
+
+This is the gateway's hot path, so it is a plain ASGI handler: litestar routes to it and its
+middleware (the request deadline, errors mapped in one place) wraps it as any route, but no
+request object, dependency resolution or response object is built per call. It reads the body
+under the same size limit litestar enforces elsewhere (``SWITCHBOARD_MAX_BODY_BYTES``: 413).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import cast
 
-from litestar import Request, Response, get, post
-from litestar.background_tasks import BackgroundTask
-from litestar.di import NamedDependency
-from litestar.exceptions import MethodNotAllowedException
+from litestar import asgi
+from litestar.enums import ScopeType
+from litestar.exceptions import (
+    ClientException,
+    MethodNotAllowedException,
+    NotFoundException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.types import (
+    HTTPReceiveMessage,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+    Receive,
+    Scope,
+    Send,
+)
 
 from channels.base import RawRequest, WebhookReply
 from gateway.inbound import Inbound
 
-__all__ = ["webhook_get", "webhook_post"]
+__all__ = ["webhooks"]
 
-PATH = "/webhooks/{hook:path}"
+MOUNT = "/webhooks"
+ALLOW = "GET, OPTIONS, POST"
 
 
-async def _raw(request: Request[Any, Any, Any]) -> RawRequest:
-    names = [name.decode("latin-1").lower() for name, _ in request.scope["headers"]]
+@asgi(MOUNT, is_mount=True, include_in_schema=False, copy_scope=False)
+async def webhooks(scope: Scope, receive: Receive, send: Send) -> None:
+    """POST: 403 unless the provider really sent it; 2xx as soon as everything it carries is
+    stored (a provider's retry of the same message stores nothing more), then the follow-up the
+    channel asks for. GET: a provider's subscription check (Meta's ``hub.challenge``)."""
+    if scope["type"] != ScopeType.HTTP:
+        raise NotFoundException()
+    app = scope["litestar_app"]
+    inbound: Inbound = app.state.inbound
+    method = scope["method"]
+    if method == "POST":
+        raw = await _raw(scope, receive, app.state.settings.core.max_body_bytes)
+        channel, received = await inbound.receive(raw)
+        await _answer(send, channel.acknowledgement())
+        if received.follow_up:
+            await received.follow_up()
+    elif method == "GET":
+        raw = await _raw(scope, receive, app.state.settings.core.max_body_bytes)
+        reply = inbound.channel(raw.path).handshake(raw)
+        if reply is None:
+            raise MethodNotAllowedException(
+                detail=f"{raw.path} takes POST only", headers={"Allow": "OPTIONS, POST"}
+            )
+        await _answer(send, reply)
+    elif method == "OPTIONS":
+        await _answer(send, WebhookReply(status_code=204), (b"allow", ALLOW.encode()))
+    else:
+        raise MethodNotAllowedException(headers={"Allow": ALLOW})
+
+
+async def _raw(scope: HTTPScope, receive: Receive, limit: int) -> RawRequest:
+    names = [name.decode("latin-1").lower() for name, _ in scope["headers"]]
+    headers = {
+        name: value.decode("latin-1")
+        for name, (_, value) in zip(names, scope["headers"], strict=True)
+    }
     return RawRequest(
-        method=request.method,
-        path=request.url.path,
-        query=request.scope.get("query_string", b"").decode("latin-1"),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        body=await request.body(),
-        repeated=frozenset(name for name, seen in Counter(names).items() if seen > 1),
+        method=scope["method"],
+        # Mounted: litestar leaves the path below the mount, with a trailing slash.
+        path=MOUNT + scope["path"].rstrip("/"),
+        query=scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=await _body(receive, headers.get("content-length"), limit),
+        repeated=frozenset(name for name, seen in Counter(names).items() if seen > 1)
+        if len(names) != len(headers)
+        else frozenset(),
     )
 
 
-def _response(reply: WebhookReply, background: BackgroundTask | None = None) -> Response[str]:
-    return Response(
-        reply.body,
-        media_type=reply.media_type,
-        status_code=reply.status_code,
-        background=background,
-    )
+async def _body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The request's body, at most ``limit`` bytes (413 past it, as litestar's own reader)."""
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise ClientException(f"Invalid content-length: {declared!r}") from None
+        if length > limit:
+            raise RequestEntityTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = cast("HTTPReceiveMessage", await receive())
+        if event["type"] == "http.disconnect":
+            raise ClientException("client disconnected prematurely")
+        chunk = event.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestEntityTooLarge
+            chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
 
 
-@post(PATH, tags=["webhooks"], status_code=200, include_in_schema=False)
-async def webhook_post(
-    request: Request[Any, Any, Any], inbound: NamedDependency[Inbound]
-) -> Response[str]:
-    """403 unless the provider really sent it; 2xx as soon as everything it carries is stored
-    (a provider's retry of the same message stores nothing more)."""
-    channel, received = await inbound.receive(await _raw(request))
-    background = BackgroundTask(received.follow_up) if received.follow_up else None
-    return _response(channel.acknowledgement(), background)
-
-
-@get(PATH, tags=["webhooks"], include_in_schema=False)
-async def webhook_get(
-    request: Request[Any, Any, Any], inbound: NamedDependency[Inbound]
-) -> Response[str]:
-    """A provider's subscription check (Meta's ``hub.challenge``)."""
-    raw = await _raw(request)
-    reply = inbound.channel(raw.path).handshake(raw)
-    if reply is None:
-        raise MethodNotAllowedException(detail=f"{raw.path} takes POST only")
-    return _response(reply)
+async def _answer(send: Send, reply: WebhookReply, *extra: tuple[bytes, bytes]) -> None:
+    body = reply.body.encode()
+    media = reply.media_type
+    content_type = f"{media}; charset=utf-8" if media.startswith("text/") else media
+    headers = [(b"content-type", content_type.encode())]
+    if reply.status_code != 204:
+        headers.append((b"content-length", str(len(body)).encode()))
+    start: HTTPResponseStartEvent = {
+        "type": "http.response.start",
+        "status": reply.status_code,
+        "headers": [*headers, *extra],
+    }
+    await send(start)
+    done: HTTPResponseBodyEvent = {
+        "type": "http.response.body",
+        "body": body if reply.status_code != 204 else b"",
+        "more_body": False,
+    }
+    await send(done)

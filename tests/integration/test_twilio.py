@@ -359,6 +359,73 @@ async def test_webhook_paths_nobody_takes_are_404_and_a_get_is_405(
     assert await stored(client, Message) == 0
 
 
+async def _asgi_post(
+    client: AsyncTestClient[Any], path: str, headers: dict[str, str], body: bytes, chunk: int
+) -> tuple[int, bytes]:
+    """POST ``body`` to the app in chunks with no content-length (as a chunked upload arrives;
+    the test client only sends whole bodies); its status and body."""
+    events: list[Any] = [
+        {"type": "http.request", "body": body[i : i + chunk], "more_body": i + chunk < len(body)}
+        for i in range(0, len(body), chunk)
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return events.pop(0) if events else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    names = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    names = [(b"host", b"testserver.local"), *(h for h in names if h[0] != b"content-length")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": names,
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver.local", 80),
+    }
+    await client.app(scope, receive, send)  # type: ignore[arg-type]
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def test_the_webhook_route_answers_as_http_asks(client: AsyncTestClient[Any]) -> None:
+    """The webhook route is a plain ASGI handler (the hot path): it still answers every method,
+    limit and content type the way the gateway's other routes do."""
+    stored_before = await stored(client, Message)
+    path, body, headers = signed(inbound_form("hello", sid="SMhttp"))
+    accepted = await client.post(path, content=body, headers=headers)
+    assert accepted.status_code == 200
+    assert accepted.headers["content-type"] == "application/xml"
+    assert int(accepted.headers["content-length"]) == len(accepted.content)
+    options = await client.options(path)
+    assert options.status_code == 204
+    assert options.headers["allow"] == "GET, OPTIONS, POST"
+    put = await client.put(path, content=body, headers=headers)
+    assert put.status_code == 405
+    assert put.json()["error"] == "method_not_allowed"
+    assert put.headers["allow"] == "GET, OPTIONS, POST"
+    # Past SWITCHBOARD_MAX_BODY_BYTES: 413 whether the length is announced or only streamed,
+    # and nothing of it is stored.
+    huge = body + b"&Padding=" + b"x" * 70_000
+    announced = await client.post(path, content=huge, headers=headers)
+    assert announced.status_code == 413
+    assert announced.json()["error"] == "payload_too_large"
+
+    streamed = await _asgi_post(client, path, headers, huge, chunk=4096)
+    assert streamed[0] == 413
+    assert msgspec.json.decode(streamed[1])["error"] == "payload_too_large"
+    assert await stored(client, Message) == stored_before + 1
+
+
 # -- media ---------------------------------------------------------------------------------
 
 
