@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import msgspec
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
-from telegram.request import HTTPXRequest
 
 from channels import base
+from channels.bot_request import AiohttpRequest
 from channels.choices import ChoiceTokens
 from channels.retry import TryAgain, unknown_outcome, with_retries
 from channels.validation import decode_json, require_text
@@ -213,7 +213,7 @@ class TelegramChannel(base.WebhookChannel):
                     self._settings.bot_token or "",
                     base_url=f"{self._settings.api_url.rstrip('/')}/bot",
                     base_file_url=f"{self._settings.api_url.rstrip('/')}/file/bot",
-                    request=HTTPXRequest(connection_pool_size=64),
+                    request=AiohttpRequest(connection_pool_size=64),
                 )
                 await bot.initialize()
                 self._bot = bot

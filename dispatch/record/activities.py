@@ -363,6 +363,43 @@ def _fenced_end(session: AsyncSession, rows: list[tuple[Any, ...]]) -> tuple[Any
     return statement, table.bind("ended", _ENDED, rows)
 
 
+_EVENT = (
+    ("activity_id", ID),
+    ("kind", KEY),
+    ("status", KEY),
+    ("actor", KEY),
+    ("data", JSON_ROW),
+    ("at", TIME),
+)
+_APPEND: dict[str, TextClause] = {}
+
+
+def _appending(
+    session: AsyncSession, events: Sequence[dict[str, Any]]
+) -> tuple[TextClause, dict[str, Any]]:
+    """The statement appending ``events`` in their order, and its parameters."""
+    dialect = session.get_bind().dialect
+    table = Rows(dialect)
+    if (statement := _APPEND.get(dialect.name)) is None:
+        names = ", ".join(name for name, _ in _EVENT)
+        statement = _APPEND[dialect.name] = sql(f"""
+            INSERT INTO activity_events ({names})
+            SELECT {", ".join(f"w.{name}" for name, _ in _EVENT)}
+            FROM {table.table("events", _EVENT)} WHERE true ORDER BY w.n""")  # noqa: S608 - no value in it: all bound
+    rows = [
+        (
+            e["activity_id"],
+            e["kind"],
+            e.get("status"),
+            e.get("actor", "system"),
+            e.get("data") or {},
+            e["at"],
+        )
+        for e in events
+    ]
+    return statement, table.bind("events", _EVENT, rows)
+
+
 class ManyActivities:
     """Many activities at once, in the caller's transaction: opened, ended, their events
     appended, each in a few statements whatever their number (the set-based worker's steps;
@@ -384,8 +421,8 @@ class ManyActivities:
             # (SQLite would insert them one by one to keep the order: one writer at a time,
             # ids are drawn in the order of the rows of one statement.)
             ids = sorted(await session.scalars(insert(table).returning(table.c.id), rows))
-        await session.execute(
-            insert(cast(Any, ActivityEvent.__table__)),
+        await ManyActivities.append(
+            session,
             [
                 {"activity_id": activity_id, "at": now, **event}
                 for activity_id, (_, events) in zip(ids, opened, strict=True)
@@ -459,9 +496,11 @@ class ManyActivities:
 
     @staticmethod
     async def append(session: AsyncSession, events: Sequence[dict[str, Any]]) -> None:
-        """Append events (rows as :func:`event_row` makes them) in one statement."""
+        """Append events (rows as :func:`event_row` makes them) in one statement, one execution
+        whatever their number (a list of parameter sets would be one execution a row)."""
         if events:
-            await session.execute(insert(cast(Any, ActivityEvent.__table__)), list(events))
+            statement, params = _appending(session, events)
+            await session.execute(statement, params)
 
 
 class ActivityLog:

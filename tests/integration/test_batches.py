@@ -17,9 +17,17 @@ import pytest
 from sqlalchemy import event, func, select
 
 from dispatch.record.activities import ActivityLog, ActivityView, Ending, Opening
+from dispatch.record.delivery import DeliveryUpdate
 from dispatch.record.inbound import Arrival, store_inbound
 from dispatch.record.messages import InboundMessage
-from dispatch.record.models import Activity, ActivityEvent, ActivityStatus, Message
+from dispatch.record.models import (
+    Activity,
+    ActivityEvent,
+    ActivityStatus,
+    Conversation,
+    Delivery,
+    Message,
+)
 from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for
@@ -299,3 +307,50 @@ async def test_a_batch_job_stopped_mid_run_gives_every_run_back_before_it_ends(
             )
     assert sorted(released) == sorted(running)
     assert queued == runs
+
+
+async def test_reply_outcomes_ended_together_move_each_message_once_upwards(
+    backend: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Outcomes recorded together, in one transaction: each message ends at the highest status
+    it was told, whatever the order; a lower one told with it is ignored; a provider id another
+    message has already is not taken, and the status moves all the same."""
+    async with runtime_on(backend, make_settings, tmp_path) as runtime:
+        async with runtime.sessions.begin() as session:
+            conversation = Conversation(channel="rest", key="outcomes")
+            session.add(conversation)
+            await session.flush()
+            sent = [
+                Message(
+                    direction="outbound",
+                    channel="rest",
+                    conversation_id=conversation.id,
+                    text=f"reply {n}",
+                    delivery=Delivery.SENDING.value,
+                )
+                for n in range(3)
+            ]
+            session.add_all(sent)
+        first, second, third = (m.id for m in sent)
+        changes = [
+            (DeliveryUpdate(message_id=first, status=Delivery.DELIVERED, external_id="p-1"), 1),
+            (DeliveryUpdate(message_id=first, status=Delivery.SENT, external_id="p-1"), 2),
+            (DeliveryUpdate(message_id=second, status=Delivery.SENT, external_id="p-2"), 3),
+            (DeliveryUpdate(message_id=third, status=Delivery.SENT, external_id="p-2"), 4),
+        ]
+        await asyncio.gather(
+            *(
+                runtime.deliveries.end_delivery(change, turn=(conversation.id, key))
+                for change, key in changes
+            )
+        )
+        async with runtime.sessions() as session:
+            rows = {
+                m.id: (m.delivery, m.external_id)
+                for m in (await session.scalars(select(Message).order_by(Message.id))).all()
+            }
+        assert rows == {
+            first: ("delivered", "p-1"),
+            second: ("sent", "p-2"),
+            third: ("sent", None),
+        }

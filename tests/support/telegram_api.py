@@ -9,12 +9,15 @@ also recorded in ``unexpected``.
 from __future__ import annotations
 
 import contextlib
+import email.policy
 import itertools
 import json
 import re
 import threading
 import time
 from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesParser
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -160,11 +163,35 @@ def _params(content_type: str, raw: bytes) -> dict[str, Any]:
     if content_type.startswith("application/json"):
         loaded: dict[str, Any] = json.loads(raw or b"{}")
         return loaded
+    if content_type.startswith("multipart/form-data"):
+        return _multipart(content_type, raw)
+    return {
+        key: _field(values[0])
+        for key, values in parse_qs(raw.decode(), keep_blank_values=True).items()
+    }
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, Any]:
+    """An upload's parts: fields as in a form; a file as (its name, its bytes, its type)."""
+    whole = BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + raw
+    )
     params: dict[str, Any] = {}
-    for key, values in parse_qs(raw.decode(), keep_blank_values=True).items():
-        value: Any = values[0]
-        with contextlib.suppress(ValueError):
-            if value[:1] in "[{" or value in {"true", "false"}:
-                value = json.loads(value)
-        params[key] = value
+    for part in whole.iter_parts():
+        assert isinstance(part, EmailMessage)
+        name = part.get_param("name", header="content-disposition")
+        content = part.get_payload(decode=True)
+        assert isinstance(name, str)
+        assert isinstance(content, bytes)
+        filename = part.get_filename()
+        params[name] = (
+            (filename, content, part.get_content_type()) if filename else _field(content.decode())
+        )
     return params
+
+
+def _field(value: Any) -> Any:
+    with contextlib.suppress(ValueError):
+        if value[:1] in "[{" or value in {"true", "false"}:
+            return json.loads(value)
+    return value
