@@ -25,6 +25,7 @@ from dispatch.record.models import (
     Message,
     utcnow,
 )
+from dispatch.record.rows import any_id
 
 __all__ = [
     "Outbox",
@@ -284,24 +285,23 @@ async def give_back(session: AsyncSession, message_ids: list[int]) -> None:
     )
 
 
-_IDS: Any = bindparam("ids", expanding=True)
 _TABLE: Any = Message.__table__
 # The statements of the batches, built once.
 _NUMBERED = (
     select(Message.activity_id, func.max(Message.part))
-    .where(Message.activity_id.in_(_IDS))
+    .where(any_id(Message.activity_id))
     .group_by(Message.activity_id)
 )
 _PENDING = (
     select(Message)
-    .where(Message.activity_id.in_(_IDS), Message.delivery == Delivery.PENDING.value)
+    .where(any_id(Message.activity_id), Message.delivery == Delivery.PENDING.value)
     .order_by(Message.activity_id, Message.part)
 )
 _RESERVE = (
     update(_TABLE)
-    .where(_TABLE.c.id.in_(_IDS), _TABLE.c.delivery == Delivery.PENDING.value)
+    .where(any_id(_TABLE.c.id), _TABLE.c.delivery == Delivery.PENDING.value)
     .values(delivery=Delivery.SENDING.value, updated_at=bindparam("now"))
     .returning(_TABLE.c.id)
 )
-_CONVERSATIONS = select(Conversation).where(Conversation.id.in_(_IDS))
-_ANSWERED = select(Message.id, Message.external_id).where(Message.id.in_(_IDS))
+_CONVERSATIONS = select(Conversation).where(any_id(Conversation.id))
+_ANSWERED = select(Message.id, Message.external_id).where(any_id(Message.id))

@@ -15,13 +15,18 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Integer, String, Text, TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from dispatch.infra.clean import storable_json
 from dispatch.record.models import Json, UTCDateTime
 
-__all__ = ["ID", "JSON_ROW", "KEY", "TIME", "Columns", "Rows", "sql"]
+__all__ = ["ID", "JSON_ROW", "KEY", "TIME", "Columns", "Rows", "any_id", "sql"]
 
 Columns = Sequence[tuple[str, TypeEngine[Any]]]
 JSON_ROW: TypeEngine[Any] = Json
@@ -114,3 +119,55 @@ class Rows:
 
 def _same(value: Any) -> Any:
     return value
+
+
+class _Ids(TypeDecorator[Sequence[int]]):
+    """A list of ids bound as one parameter: a ``bigint[]`` on PostgreSQL, a JSON array on
+    SQLite."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(BigInteger()))
+        return dialect.type_descriptor(Text())
+
+    def process_bind_param(self, value: Sequence[int] | None, dialect: Dialect) -> Any:
+        ids = sorted(value or ())
+        return ids if dialect.name == "postgresql" else json.dumps(ids)
+
+
+class _AnyId(ColumnElement[bool]):
+    """``column`` is one of the ids bound as one list (see :func:`any_id`)."""
+
+    inherit_cache = True
+    _traverse_internals = [  # noqa: RUF012 - SQLAlchemy's declaration
+        ("column", InternalTraversal.dp_clauseelement),
+        ("ids", InternalTraversal.dp_clauseelement),
+    ]
+    type = Boolean()
+    _is_implicitly_boolean = True
+
+    def __init__(self, column: ColumnElement[Any], ids: BindParameter[Any]) -> None:
+        self.column = column
+        self.ids = ids
+
+
+@compiles(_AnyId, "postgresql")
+def _any_id_postgresql(element: _AnyId, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.ids, **kw)})"
+
+
+@compiles(_AnyId)
+def _any_id(element: _AnyId, compiler: SQLCompiler, **kw: Any) -> str:
+    column, ids = compiler.process(element.column, **kw), compiler.process(element.ids, **kw)
+    return f"{column} IN (SELECT value FROM json_each({ids}))"
+
+
+def any_id(column: Any, name: str = "ids") -> ColumnElement[bool]:
+    """``column IN (:name)`` for a list of ids bound as one parameter. The statement's text is
+    the same whatever the list's length: compiled once, prepared once per connection. An
+    expanding ``IN`` is rendered again at every execution (its parameters and their casts: 8 %
+    of the worker's time at saturation) and is a new prepared statement for each length."""
+    return _AnyId(column, bindparam(name, type_=_Ids()))

@@ -26,13 +26,14 @@ from dispatch.record.models import (
     MessageState,
     utcnow,
 )
+from dispatch.record.rows import any_id
 
 __all__ = ["Turns"]
 
 _FIRSTS = (
     select(Message.conversation_id, func.min(Message.id))
     .where(
-        Message.conversation_id.in_(bindparam("ids", expanding=True)),
+        any_id(Message.conversation_id),
         Message.direction == Direction.INBOUND.value,
         Message.state.in_([s.value for s in UNDISPATCHED]),
     )
@@ -42,7 +43,7 @@ _FIRSTS = (
 _UNFINISHED = (
     select(Activity.conversation_id, Activity.order_key, Activity.id)
     .where(
-        Activity.conversation_id.in_(bindparam("ids", expanding=True)),
+        any_id(Activity.conversation_id),
         Activity.status.in_([s.value for s in BLOCKING_STATUSES]),
     )
     .order_by(Activity.order_key)
@@ -52,7 +53,7 @@ _UNSENT = (
     select(Message.conversation_id, Activity.order_key, Message.id)
     .join(Activity, Message.activity_id == Activity.id)
     .where(
-        Message.conversation_id.in_(bindparam("ids", expanding=True)),
+        any_id(Message.conversation_id),
         or_(
             Message.delivery == Delivery.PENDING.value,
             and_(

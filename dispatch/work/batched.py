@@ -43,6 +43,7 @@ from dispatch.record.models import (
     User,
     utcnow,
 )
+from dispatch.record.rows import any_id
 from dispatch.record.turns import Turns
 from dispatch.understanding.intents import Intent
 from dispatch.work.approvals import expiry
@@ -196,7 +197,7 @@ def _load() -> Any:
         .join(Conversation, Conversation.id == Message.conversation_id)
         .outerjoin(User, User.id == Message.user_id)
         .where(
-            Message.id.in_(_IDS),
+            any_id(Message.id),
             Message.direction == Direction.INBOUND.value,
             Message.state == MessageState.RECEIVED.value,
             ~exists().where(ConversationState.conversation_id == Message.conversation_id),
@@ -212,7 +213,7 @@ def _claim() -> Any:
     return (
         update(table)
         .where(
-            table.c.id.in_(_IDS),
+            any_id(table.c.id),
             table.c.state == MessageState.RECEIVED.value,
             ~exists().where(
                 earlier.conversation_id == table.c.conversation_id,
@@ -234,7 +235,7 @@ def _claim() -> Any:
 def _existing() -> Any:
     return select(
         Activity.source_message_id, Activity.id, Activity.status, Activity.conversation_id
-    ).where(Activity.source_message_id.in_(_IDS))
+    ).where(any_id(Activity.source_message_id))
 
 
 def _remember() -> Any:
@@ -247,7 +248,6 @@ def _remember() -> Any:
     )
 
 
-_IDS: Any = bindparam("ids", expanding=True)
 _NOW: Any = bindparam("now")
 _CID: Any = bindparam("cid")
 _LANGUAGE: Any = bindparam("language")
