@@ -153,6 +153,10 @@ class _AnyId(ColumnElement[bool]):
         self.column = column
         self.ids = ids
 
+    @property
+    def _from_objects(self) -> list[Any]:  # its column's table joins the statement's FROM
+        return list(self.column._from_objects)
+
 
 @compiles(_AnyId, "postgresql")
 def _any_id_postgresql(element: _AnyId, compiler: SQLCompiler, **kw: Any) -> str:

@@ -49,6 +49,9 @@ async def webhooks(scope: Scope, receive: Receive, send: Send) -> None:
     channel asks for. GET: a provider's subscription check (Meta's ``hub.challenge``)."""
     if scope["type"] != ScopeType.HTTP:
         raise NotFoundException()
+    # Mounted: litestar leaves the path below the mount, with a trailing slash. The whole path
+    # back in the scope, for the channel and for whatever logs or answers an error.
+    scope["path"] = MOUNT + scope["path"].rstrip("/")
     app = scope["litestar_app"]
     inbound: Inbound = app.state.inbound
     method = scope["method"]
@@ -80,8 +83,7 @@ async def _raw(scope: HTTPScope, receive: Receive, limit: int) -> RawRequest:
     }
     return RawRequest(
         method=scope["method"],
-        # Mounted: litestar leaves the path below the mount, with a trailing slash.
-        path=MOUNT + scope["path"].rstrip("/"),
+        path=scope["path"],
         query=scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
         body=await _body(receive, headers.get("content-length"), limit),

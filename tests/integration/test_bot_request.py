@@ -4,6 +4,7 @@ server stops answering, refuses or cuts (``TimedOut`` only where a reply may hav
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -108,3 +109,26 @@ async def test_a_refused_or_cut_connection_is_a_network_error(bot: Bot, proxy: F
         isinstance(outcome, NetworkError) and not isinstance(outcome, TimedOut)
     )
     assert (await bot.send_message(chat_id=1, text="then")).text == "then"
+
+
+async def test_no_connection_in_time_is_a_network_error_the_reply_never_left(
+    proxy: FaultProxy,
+) -> None:
+    """The one connection is held by a call the frozen server never answers; the next call gets
+    no connection within its pool and connect limits: never sent, so safe to send again."""
+    request = AiohttpRequest(1, read_timeout=2.0, connect_timeout=0.1, pool_timeout=0.1)
+    base = f"http://127.0.0.1:{proxy.port}"
+    bot = Bot(BOT_TOKEN, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot", request=request)
+    await bot.initialize()
+    try:
+        proxy.freeze()
+        held = asyncio.create_task(bot.send_message(chat_id=1, text="holds the connection"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(NetworkError) as waited:
+            await bot.send_message(chat_id=1, text="never sent")
+        assert not isinstance(waited.value, TimedOut)
+        with pytest.raises(TimedOut):
+            await held
+    finally:
+        proxy.heal()
+        await bot.shutdown()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatch.record.models import Conversation
@@ -37,6 +37,9 @@ async def test_a_list_of_any_length_is_one_statement_and_finds_its_rows(
             {"these": ids[2:4]},
         )
         assert renamed.rowcount == 2
+        # Its column's table is the statement's FROM, as with IN.
+        counted = select(func.count()).where(any_id(Conversation.id))
+        assert (await conn.execute(counted, {"ids": ids[:3]})).scalar_one() == 3
     event.remove(migrated_engine.sync_engine, "before_cursor_execute", remember)
-    assert len(seen) == 5
-    assert len(set(seen)) == 1  # the same text, whatever the list's length
+    assert len(seen) == 6
+    assert len(set(seen[:5])) == 1  # the same text, whatever the list's length
