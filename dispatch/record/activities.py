@@ -386,17 +386,7 @@ def _appending(
             INSERT INTO activity_events ({names})
             SELECT {", ".join(f"w.{name}" for name, _ in _EVENT)}
             FROM {table.table("events", _EVENT)} WHERE true ORDER BY w.n""")  # noqa: S608 - no value in it: all bound
-    rows = [
-        (
-            e["activity_id"],
-            e["kind"],
-            e.get("status"),
-            e.get("actor", "system"),
-            e.get("data") or {},
-            e["at"],
-        )
-        for e in events
-    ]
+    rows = [tuple(e[name] for name, _ in _EVENT) for e in events]
     return statement, table.bind("events", _EVENT, rows)
 
 

@@ -119,7 +119,7 @@ async def _body(receive: Receive, declared: str | None, limit: int) -> bytes:
 
 
 async def _answer(send: Send, reply: WebhookReply, *extra: tuple[bytes, bytes]) -> None:
-    body = reply.body.encode()
+    body = b"" if reply.status_code == 204 else reply.body.encode()
     media = reply.media_type
     content_type = f"{media}; charset=utf-8" if media.startswith("text/") else media
     headers = [(b"content-type", content_type.encode())]
@@ -133,7 +133,7 @@ async def _answer(send: Send, reply: WebhookReply, *extra: tuple[bytes, bytes]) 
     await send(start)
     done: HTTPResponseBodyEvent = {
         "type": "http.response.body",
-        "body": body if reply.status_code != 204 else b"",
+        "body": body,
         "more_body": False,
     }
     await send(done)
