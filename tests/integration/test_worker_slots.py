@@ -5,10 +5,14 @@ and keeps it when Redis fails; the worker gives it back. But when arq has alread
 back (the job runs elsewhere) and the error comes from the pipeline's clean-up (UNWATCH),
 giving it back again raised ``BoundedSemaphore released too many times`` and ended the worker
 (seen with Redis frozen mid-flight, 168 of 200 messages stranded).
+
+The worker starts due jobs side by side (arq starts them one after another, four round trips
+each): a start that fails gives back its own slot and no other's.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -74,4 +78,64 @@ async def test_a_failing_clean_up_after_arq_gave_the_slot_back_gives_it_back_onc
     monkeypatch.setattr(Pipeline, "reset", unwatch_fails)
     with pytest.raises(RedisConnectionError):
         await worker.start_jobs([JOB.encode()])
+    assert (_free_slots(worker), worker.job_counter) == (before, 0)
+
+
+async def _ended(worker: Any) -> None:
+    """Wait for the jobs started to end (each gives its slot back as it does)."""
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
+async def test_due_jobs_start_side_by_side(worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = [f"{JOB}-{n}" for n in range(6)]
+    await worker.pool.zadd(worker.queue_name, dict.fromkeys(jobs, 1))
+    before = _free_slots(worker)
+    watching = 0
+    most = 0
+    watch = Pipeline.watch
+
+    async def counted(self: Any, *names: Any) -> Any:
+        nonlocal watching, most
+        watching += 1
+        most = max(most, watching)
+        try:
+            await asyncio.sleep(0.05)  # a busy loop's round trip
+            return await watch(self, *names)
+        finally:
+            watching -= 1
+
+    monkeypatch.setattr(Pipeline, "watch", counted)
+    await worker.start_jobs([job.encode() for job in jobs])
+    assert set(worker.tasks) == set(jobs)
+    assert most == len(jobs)  # every start in flight at once, not one after another
+    await _ended(worker)
+    assert (_free_slots(worker), worker.job_counter) == (before, 0)
+
+
+async def test_a_start_that_fails_gives_back_its_own_slot_only(
+    worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [f"{JOB}-{n}" for n in range(4)]
+    await worker.pool.zadd(worker.queue_name, dict.fromkeys(jobs, 1))
+    before = _free_slots(worker)
+    failing = jobs[1]
+
+    async def one_fails(self: Any, name: Any, value: Any) -> Any:
+        if value == failing:
+            raise RedisConnectionError("Redis went away")
+        return await self.immediate_execute_command("ZSCORE", name, value)  # as watching does
+
+    release = asyncio.Event()
+
+    async def running(job_id: str, score: int) -> None:
+        await release.wait()  # holds its slot until told
+
+    monkeypatch.setattr(Pipeline, "zscore", one_fails)
+    monkeypatch.setattr(worker, "run_job", running)
+    with pytest.raises(RedisConnectionError):
+        await worker.start_jobs([job.encode() for job in jobs])
+    assert set(worker.tasks) == set(jobs) - {failing}  # the others started all the same
+    assert (_free_slots(worker), worker.job_counter) == (before - 3, 3)
+    release.set()
+    await _ended(worker)
     assert (_free_slots(worker), worker.job_counter) == (before, 0)
