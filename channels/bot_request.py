@@ -6,20 +6,24 @@ answering a fixed 200): httpx with its connection pool about 2.2 ms of CPU a cal
 0.2 ms; in a worker at saturation the httpx call was about a third of all its CPU. aiohttp is
 already in the lock (twilio's async client runs on it). python-telegram-bot takes any
 :class:`~telegram.request.BaseRequest`; this one keeps its contract: form fields as it encodes
-them, files as multipart, its timeouts, no redirects, the environment's proxy settings, and its
-errors: ``TimedOut`` when a time limit passed after the request could have gone out (so a
-reply that may have been delivered is never sent again), ``NetworkError`` otherwise (no
-connection in time, refused, reset: as with the httpx backend, a connection the server closed
-is tried again, which is how a kept-alive connection it dropped while idle is replaced).
+them, files as multipart, its timeouts, no redirects, the environment's proxy settings (read
+once a host: aiohttp's ``trust_env`` looks them up, and reads ``~/.netrc``, in a thread at every
+request), and its errors: ``TimedOut`` when a time limit passed after the request could have
+gone out (so a reply that may have been delivered is never sent again), ``NetworkError``
+otherwise (no connection in time, refused, reset: as with the httpx backend, a connection the
+server closed is tried again, which is how a kept-alive connection it dropped while idle is
+replaced).
 """
 
 from __future__ import annotations
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from telegram._utils.defaultvalue import DefaultValue
 from telegram._utils.types import ODVInput
 from telegram.error import NetworkError, TimedOut
 from telegram.request import BaseRequest, RequestData
+from yarl import URL
 
 __all__ = ["AiohttpRequest"]
 
@@ -33,7 +37,7 @@ class AiohttpRequest(BaseRequest):
     write limit of its own, so a call as a whole is bounded by the sum of all four.
     """
 
-    __slots__ = ("_limits", "_pool_size", "_session")
+    __slots__ = ("_limits", "_pool_size", "_proxies", "_session")
 
     def __init__(
         self,
@@ -54,6 +58,8 @@ class AiohttpRequest(BaseRequest):
             "media_write": media_write_timeout,
         }
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]]
+        self._proxies = {}
 
     @property
     def read_timeout(self) -> float | None:
@@ -64,7 +70,6 @@ class AiohttpRequest(BaseRequest):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool_size),
                 headers={"User-Agent": self.USER_AGENT},
-                trust_env=True,  # HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE: as httpx honours them
             )
 
     async def shutdown(self) -> None:
@@ -96,9 +101,16 @@ class AiohttpRequest(BaseRequest):
             body = aiohttp.FormData(fields or {})
             for name, (filename, content, mime) in files.items():
                 body.add_field(name, content, filename=filename, content_type=mime)
+        proxy, proxy_auth = self._proxy(URL(url))
         try:
             async with self._session.request(
-                method, url, data=body, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as answer:
                 return answer.status, await answer.read()
         except aiohttp.ConnectionTimeoutError as err:
@@ -108,6 +120,17 @@ class AiohttpRequest(BaseRequest):
             raise TimedOut from err
         except aiohttp.ClientError as err:
             raise NetworkError(f"aiohttp.{type(err).__name__}: {err}") from err
+
+    def _proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+        """The proxy ``HTTP_PROXY``/``HTTPS_PROXY`` and ``NO_PROXY`` name for ``url``'s host
+        (as httpx honoured them), looked up the first time the host is called."""
+        origin = (url.scheme, url.host)
+        if origin not in self._proxies:
+            try:
+                self._proxies[origin] = get_env_proxy_for_url(url)
+            except LookupError:
+                self._proxies[origin] = (None, None)
+        return self._proxies[origin]
 
     def _given(self, value: ODVInput[float], default: str) -> float | None:
         return self._limits[default] if isinstance(value, DefaultValue) else value

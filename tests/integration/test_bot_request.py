@@ -5,6 +5,7 @@ server stops answering, refuses or cuts (``TimedOut`` only where a reply may hav
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -132,3 +133,44 @@ async def test_no_connection_in_time_is_a_network_error_the_reply_never_left(
     finally:
         proxy.heal()
         await bot.shutdown()
+
+
+async def test_calls_go_through_the_environment_proxy_unless_no_proxy_names_the_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY and NO_PROXY as httpx honoured them (read once a host, not at every call)."""
+    lines: list[str] = []
+
+    async def forward_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines.append(head.split(b"\r\n", 1)[0].decode())
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        body = b'{"ok": true, "result": true}'
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(forward_proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("NO_PROXY", "direct.invalid")
+    request = AiohttpRequest(2, read_timeout=LIMIT_S, connect_timeout=LIMIT_S)
+    await request.initialize()
+    try:
+        # A host that resolves nowhere: only the proxy can answer for it.
+        for _ in range(2):
+            assert await request.post(f"http://api.telegram.invalid/bot{BOT_TOKEN}/getMe") is True
+        assert lines == [f"POST http://api.telegram.invalid/bot{BOT_TOKEN}/getMe HTTP/1.1"] * 2
+        with pytest.raises(NetworkError):  # not proxied: its name does not resolve
+            await request.post(f"http://direct.invalid/bot{BOT_TOKEN}/getMe")
+        assert len(lines) == 2
+    finally:
+        await request.shutdown()
+        server.close()
+        await server.wait_closed()
