@@ -29,6 +29,8 @@ pytestmark = pytest.mark.services
 
 SETTLE_S = 90.0
 ACK_BUDGET_S = 5.0
+IN_FLIGHT_S = 0.2
+"""How late the upstream may note a call a worker sent just before it was killed."""
 REDIS_TIMEOUT_S = 2.0
 
 
@@ -108,7 +110,10 @@ async def test_a_worker_killed_mid_job_is_rerun_once_and_never_alongside(
     for activity_id, started in by_activity.items():
         assert len(started) <= 2, (activity_id, started)
         if len(started) == 2:
-            assert min(started) < killed_at, (activity_id, started)
+            # The first run was the dead worker's: its call may land just after the kill (the
+            # upstream notes a call when its thread reads it, a request the kernel still held
+            # then), but long before the new worker, a second away, could make one.
+            assert min(started) < killed_at + IN_FLIGHT_S, (activity_id, started, killed_at)
     assert len(await _events(sessions, "completed")) == 20
 
 
