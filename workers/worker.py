@@ -215,11 +215,12 @@ class ResilientWorker(Worker):
         arq starts them one after another, four Redis round trips each (watch, exists, score,
         claim) on a loop busy with the running jobs: a worker then started fewer jobs a second
         than one webhook a message brings at a trickle, and a message waited seconds in the
-        queue with a core half idle (open loop at 100 messages/s: end to end p50 2.2 s, and
-        0.25 s started side by side). A job running here is not checked again (arq lists it
-        as due until it ends: at saturation every poll asked Redis about each running job, four
-        commands a job). Each start is arq's, and owns its slot: a start that
-        leaves no running job gives the slot back, once, whatever Redis did on the way.
+        queue with a core a third idle (open loop at 100 messages/s, end to end p50: 5.0 to
+        6.7 s one after another, 1.2 to 1.9 s side by side, back to back on one machine).
+        A job running here is not checked again (arq lists it as due until it ends: at
+        saturation every poll asked Redis about each running job, four commands a job). Each
+        start is arq's, and owns its slot: a start that leaves no running job gives the slot
+        back, once, whatever Redis did on the way.
         """
         starts = [
             asyncio.ensure_future(self._start(job_id))
