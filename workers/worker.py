@@ -222,15 +222,27 @@ class ResilientWorker(Worker):
         start is arq's, and owns its slot: a start that leaves no running job gives the slot
         back, once, whatever Redis did on the way.
         """
-        starts = [
-            asyncio.ensure_future(self._start(job_id))
+        due = [
+            job_id
             for job_id in map(bytes.decode, job_ids)
             # arq lists a job as due until it ends: one running here is not asked about again
             if job_id not in self.tasks or self.tasks[job_id].done()
         ]
-        if not starts:
-            return
-        done = await asyncio.gather(*starts, return_exceptions=True)
+        # As many starters as free slots, each taking the next id in the queue's order: a job
+        # that turns out to run elsewhere (a dead worker's, until its claim expires) hands its
+        # place on to the next, as arq's loop does; never more checks in flight than slots,
+        # or the oldest such jobs would take every slot at each poll and none after them would
+        # ever be looked at.
+        ids = iter(due)
+
+        async def starter() -> None:
+            for job_id in ids:
+                await self._start(job_id)
+
+        free = max(1, self.max_jobs - self.job_counter)
+        done = await asyncio.gather(
+            *(starter() for _ in range(min(free, len(due)))), return_exceptions=True
+        )
         failed = next((r for r in done if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed

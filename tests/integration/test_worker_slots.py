@@ -139,3 +139,31 @@ async def test_a_start_that_fails_gives_back_its_own_slot_only(
     release.set()
     await _ended(worker)
     assert (_free_slots(worker), worker.job_counter) == (before, 0)
+
+
+async def test_jobs_running_elsewhere_ahead_in_the_queue_do_not_hide_those_behind(
+    worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed worker's jobs stay listed, claimed, until their claims expire (an hour): as
+    many as this worker has slots, first in the queue. The due jobs behind them still start
+    (seen: checked side by side, the dead jobs took every slot at each poll, and nothing after
+    them was ever looked at)."""
+    dead = [f"{JOB}-dead-{n}" for n in range(worker.max_jobs)]
+    alive = [f"{JOB}-due-{n}" for n in range(3)]
+    await worker.pool.zrem(worker.queue_name, JOB)
+    await worker.pool.zadd(worker.queue_name, {job: n + 1 for n, job in enumerate(dead + alive)})
+    for job in dead:
+        await worker.pool.set("arq:in-progress:" + job, b"1")
+    release = asyncio.Event()
+
+    async def running(job_id: str, score: int) -> None:
+        await release.wait()
+
+    monkeypatch.setattr(worker, "run_job", running)
+    listed = await worker.pool.zrangebyscore(worker.queue_name, min=0, max=float("inf"))
+    assert [job.decode() for job in listed] == dead + alive  # as a poll reads them
+    await worker.start_jobs(listed)
+    assert set(worker.tasks) == set(alive)
+    release.set()
+    await _ended(worker)
+    assert worker.job_counter == 0
