@@ -27,6 +27,9 @@ from yarl import URL
 
 __all__ = ["AiohttpRequest"]
 
+_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
+"""A host's proxy and its credentials (none: the host is called directly)."""
+
 
 class AiohttpRequest(BaseRequest):
     """A :class:`~telegram.request.BaseRequest` on one ``aiohttp.ClientSession``.
@@ -58,8 +61,9 @@ class AiohttpRequest(BaseRequest):
             "media_write": media_write_timeout,
         }
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]]
-        self._proxies = {}
+        self._proxies: dict[
+            tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]
+        ] = {}
 
     @property
     def read_timeout(self) -> float | None:
@@ -101,11 +105,12 @@ class AiohttpRequest(BaseRequest):
             body = aiohttp.FormData(fields or {})
             for name, (filename, content, mime) in files.items():
                 body.add_field(name, content, filename=filename, content_type=mime)
-        proxy, proxy_auth = self._proxy(URL(url))
+        target = URL(url)  # parsed once, for the proxy and the call
+        proxy, proxy_auth = self._proxy(target)
         try:
             async with self._session.request(
                 method,
-                url,
+                target,
                 data=body,
                 timeout=timeout,
                 allow_redirects=False,
@@ -121,7 +126,7 @@ class AiohttpRequest(BaseRequest):
         except aiohttp.ClientError as err:
             raise NetworkError(f"aiohttp.{type(err).__name__}: {err}") from err
 
-    def _proxy(self, url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    def _proxy(self, url: URL) -> _Proxy:
         """The proxy ``HTTP_PROXY``/``HTTPS_PROXY`` and ``NO_PROXY`` name for ``url``'s host
         (as httpx honoured them), looked up the first time the host is called."""
         origin = (url.scheme, url.host)

@@ -225,7 +225,6 @@ class ResilientWorker(Worker):
         due = [
             job_id
             for job_id in map(bytes.decode, job_ids)
-            # arq lists a job as due until it ends: one running here is not asked about again
             if job_id not in self.tasks or self.tasks[job_id].done()
         ]
         # As many starters as free slots, each taking the next id in the queue's order: a job
