@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from dispatch.infra.queue import queue_name
 from gateway.settings import Settings
-from workers.worker import create_worker
+from workers.worker import ELSEWHERE_RECHECK_S, create_worker
 
 pytestmark = pytest.mark.services
 
@@ -164,6 +164,47 @@ async def test_jobs_running_elsewhere_ahead_in_the_queue_do_not_hide_those_behin
     assert [job.decode() for job in listed] == dead + alive  # as a poll reads them
     await worker.start_jobs(listed)
     assert set(worker.tasks) == set(alive)
+    release.set()
+    await _ended(worker)
+    assert worker.job_counter == 0
+
+
+async def test_a_job_running_elsewhere_is_asked_about_again_only_after_a_while(
+    worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq lists a job as due until it ends (a dead worker's for an hour): asked about at
+    every poll, each costs four Redis commands. Found claimed elsewhere, it is left alone for
+    ``ELSEWHERE_RECHECK_S``, then asked about again, and started once its claim is gone."""
+    await worker.pool.set("arq:in-progress:" + JOB, b"1")
+    asked: list[str] = []
+    watch = Pipeline.watch
+
+    async def counted(self: Any, *names: Any) -> Any:
+        asked.extend(name if isinstance(name, str) else name.decode() for name in names)
+        return await watch(self, *names)
+
+    release = asyncio.Event()
+
+    async def running(job_id: str, score: int) -> None:
+        await release.wait()
+
+    monkeypatch.setattr(Pipeline, "watch", counted)
+    monkeypatch.setattr(worker, "run_job", running)
+    polls = 0
+    loop = asyncio.get_running_loop()
+    until = loop.time() + ELSEWHERE_RECHECK_S * 0.8
+    while loop.time() < until:  # polls as often as the worker's own
+        await worker.start_jobs([JOB.encode()])
+        polls += 1
+        await asyncio.sleep(0.01)
+    assert polls > 10
+    assert asked == ["arq:in-progress:" + JOB]  # once, not at every poll
+    assert worker.tasks == {}
+    await worker.pool.delete("arq:in-progress:" + JOB)  # its claim lapsed
+    await asyncio.sleep(ELSEWHERE_RECHECK_S * 0.3)
+    await worker.start_jobs([JOB.encode()])
+    assert len(asked) == 2
+    assert set(worker.tasks) == {JOB}
     release.set()
     await _ended(worker)
     assert worker.job_counter == 0
