@@ -41,11 +41,13 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import resource
 import secrets
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -108,6 +110,115 @@ def _cpu_s(pid: int) -> float:
     """CPU seconds (user and system) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu_s() -> tuple[float, float]:
+    """(busy, all) CPU seconds of the whole machine so far, every core (``/proc/stat``)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    every = sum(ticks[:8])  # user .. steal (guest time is counted in user already)
+    return (every - idle) / os.sysconf("SC_CLK_TCK"), every / os.sysconf("SC_CLK_TCK")
+
+
+def _named_cpu_s(names: frozenset[str]) -> dict[int, tuple[str, float]]:
+    """Each live process called one of ``names``: (its name, CPU seconds so far)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            if name in names:
+                fields = text.rsplit(")", 1)[1].split()
+                seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                found[int(stat.parent.name)] = (name, seconds)
+    return found
+
+
+class ServiceCpu:
+    """CPU seconds PostgreSQL's and Redis's processes spend from :meth:`start` to :meth:`stop`,
+    sampled every 0.2 s: a backend that ends meanwhile (a pool's overflow connection, closed
+    as it is given back) still counts up to its last sample."""
+
+    NAMES = frozenset({"postgres", "redis-server"})
+
+    def __init__(self) -> None:
+        self._first: dict[int, tuple[str, float]] = {}
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def start(self) -> None:
+        self._first = _named_cpu_s(self.NAMES)
+        self._last = dict(self._first)
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        """Seconds spent meanwhile, by process name."""
+        self._stop.set()
+        self._thread.join()
+        self._last.update(_named_cpu_s(self.NAMES))
+        spent = dict.fromkeys(self.NAMES, 0.0)
+        for pid, (name, seconds) in self._last.items():
+            spent[name] += seconds - self._first.get(pid, (name, 0.0))[1]
+        return spent
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self._last.update(_named_cpu_s(self.NAMES))
+
+
+HARNESS = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Where the machine's CPU has gone so far: our processes', and the whole machine's."""
+
+    workers_s: float
+    gateways_s: float
+    harness_s: float
+    """This process (the local Bot API and Twilio servers are its threads) and its ended
+    children (the load generator)."""
+    busy_s: float
+    all_s: float
+
+    @classmethod
+    def take(cls, deployment: Deployment) -> CpuSnapshot:
+        busy_s, all_s = _machine_cpu_s()
+        return cls(
+            workers_s=sum(_cpu_s(p.pid) for p in deployment.worker_processes),
+            gateways_s=sum(_cpu_s(p.pid) for p in deployment.gateway_processes),
+            harness_s=sum(
+                usage.ru_utime + usage.ru_stime for usage in map(resource.getrusage, HARNESS)
+            ),
+            busy_s=busy_s,
+            all_s=all_s,
+        )
+
+    def per_message_ms(
+        self, before: CpuSnapshot, services: dict[str, float], messages: int
+    ) -> dict[str, float]:
+        """Each one's CPU per message since ``before`` (``services``: PostgreSQL's and Redis's,
+        see :class:`ServiceCpu`), the bench's own (the load generator, the local Bot API
+        server), the rest of what the machine did (the kernel, anything else running), and
+        what it left idle."""
+
+        def ms(seconds: float) -> float:
+            return round(1000 * seconds / max(1, messages), 2)
+
+        spent = {
+            "workers": self.workers_s - before.workers_s,
+            "gateways": self.gateways_s - before.gateways_s,
+            "postgres": services["postgres"],
+            "redis": services["redis-server"],
+            "bench": self.harness_s - before.harness_s,
+        }
+        busy_s = self.busy_s - before.busy_s
+        return {
+            **{k: ms(v) for k, v in spent.items()},
+            "rest": ms(busy_s - sum(spent.values())),
+            "idle": ms((self.all_s - before.all_s) - busy_s),
+        }
 
 
 def _rss_mb(pid: int) -> float:
@@ -370,8 +481,9 @@ class Bench:
         async with deployment.running():
             xacts_before = await pg_xacts(deployment.db_url)
             commands_before = await redis_commands(self.redis_base)
-            workers_cpu_before = sum(_cpu_s(p.pid) for p in deployment.worker_processes)
-            gateways_cpu_before = sum(_cpu_s(p.pid) for p in deployment.gateway_processes)
+            cpu_before = CpuSnapshot.take(deployment)
+            services = ServiceCpu()
+            services.start()
             result = await asyncio.to_thread(
                 load, deployment.ports, requests, connections=64, duration_s=E2E_SEND_MAX_S
             )
@@ -379,10 +491,8 @@ class Bench:
             answered = await _drain(
                 deployment, {s.key for s in accepted}, self.args.e2e_drain_s, max_s=E2E_DRAIN_MAX_S
             )
-            workers_cpu = sum(_cpu_s(p.pid) for p in deployment.worker_processes)
-            workers_cpu -= workers_cpu_before
-            gateways_cpu = sum(_cpu_s(p.pid) for p in deployment.gateway_processes)
-            gateways_cpu -= gateways_cpu_before
+            cpu_after = CpuSnapshot.take(deployment)
+            services_s = services.stop()
             # Counted once the processes have ended (a backend flushes its statistics then).
             await deployment.stop()
             xacts = await pg_xacts(deployment.db_url) - xacts_before
@@ -393,14 +503,17 @@ class Bench:
         keys = {s.key for s in accepted}
         done = [at for key, at in answered.items() if key in keys]
         span_s = (max(done) - result.started) if done else None
+        cpu_ms = cpu_after.per_message_ms(cpu_before, services_s, len(done))
         self.figures[self._key("e2e", grown)] = {
             "accepted": len(accepted),
             "answered": len(done),
             "messages_per_s": round(len(done) / span_s, 1) if span_s else 0.0,
             "pg_xacts_per_message": round(xacts / max(1, len(done)), 1),
             "redis_commands_per_message": round(commands / max(1, len(done)), 1),
-            "worker_cpu_ms_per_message": round(1000 * workers_cpu / max(1, len(done)), 2),
-            "gateway_cpu_ms_per_message": round(1000 * gateways_cpu / max(1, len(done)), 2),
+            "worker_cpu_ms_per_message": cpu_ms["workers"],
+            "gateway_cpu_ms_per_message": cpu_ms["gateways"],
+            "machine_cpu_ms_per_message": cpu_ms,
+            "cores": os.cpu_count(),
             "redis_commands_per_message_by_kind": {
                 k: round(n / max(1, len(done)), 2) for k, n in by_kind.items()
             },
@@ -642,6 +755,18 @@ def table(figures: dict[str, Any]) -> str:
                     f"{e['worker_cpu_ms_per_message']} ms, {e['gateway_cpu_ms_per_message']} ms",
                     "",
                     "reported",
+                )
+            )
+        if "machine_cpu_ms_per_message" in e:
+            m = e["machine_cpu_ms_per_message"]
+            rows.append(
+                (
+                    f"the machine's CPU per message ({e['cores']} cores)",
+                    f"workers {m['workers']}, gateways {m['gateways']}, PostgreSQL "
+                    f"{m['postgres']}, Redis {m['redis']}, the bench's load generator and "
+                    f"local Bot API {m['bench']}, the rest {m['rest']}, idle {m['idle']} ms",
+                    "",
+                    "what bounds it",
                 )
             )
     rows += _grown_rows(figures)
