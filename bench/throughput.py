@@ -72,6 +72,8 @@ from tests.support.twilio_api import TwilioApi
 from tests.support.twilio_webhook import ACCOUNT_SID, AUTH_TOKEN, inbound_form, signed, twilio_env
 
 BARE = Path(__file__).resolve().parent / "bare.py"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+"""``/proc``'s CPU times are in these a second."""
 DRAIN_MAX_S = 90.0
 CHATS = 5000
 E2E_MESSAGES_PER_CHAT = 3
@@ -108,8 +110,13 @@ def _ms(value: float | None) -> float | None:
 
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user and system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text())
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """The CPU seconds (user and system) in a ``/proc/<pid>/stat`` line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _machine_cpu_s() -> tuple[float, float]:
@@ -117,7 +124,7 @@ def _machine_cpu_s() -> tuple[float, float]:
     ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     every = sum(ticks[:8])  # user .. steal (guest time is counted in user already)
-    return (every - idle) / os.sysconf("SC_CLK_TCK"), every / os.sysconf("SC_CLK_TCK")
+    return (every - idle) / CLOCK_TICKS, every / CLOCK_TICKS
 
 
 def _named_cpu_s(names: frozenset[str]) -> dict[int, tuple[str, float]]:
@@ -128,9 +135,7 @@ def _named_cpu_s(names: frozenset[str]) -> dict[int, tuple[str, float]]:
             text = stat.read_text()
             name = text[text.index("(") + 1 : text.rindex(")")]
             if name in names:
-                fields = text.rsplit(")", 1)[1].split()
-                seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-                found[int(stat.parent.name)] = (name, seconds)
+                found[int(stat.parent.name)] = (name, _stat_cpu_s(text))
     return found
 
 

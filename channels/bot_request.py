@@ -61,9 +61,7 @@ class AiohttpRequest(BaseRequest):
             "media_write": media_write_timeout,
         }
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[
-            tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]
-        ] = {}
+        self._proxies: dict[tuple[str, str | None], _Proxy] = {}
 
     @property
     def read_timeout(self) -> float | None:

@@ -60,13 +60,13 @@ a row waits the n-th delay)."""
 FINISHING = RetryPolicy(retries=1000, first_s=0.1, max_s=5.0, within_s=60.0)
 """A finished job's bookkeeping in Redis, tried through an outage for a minute."""
 HEARTBEAT_S = 5.0
+"""How often a worker says it is alive (``GET /api/v1/workers``; gone after three missed)."""
 ELSEWHERE_RECHECK_S = 0.5
 """A due job found claimed by another worker is not asked about again for this long. arq lists
 a job as due until it ends, and a dead worker's for as long as its claim holds (an hour): asked
 at every poll (20 a second), each cost four Redis commands, 2,560 a second for one killed
 worker's 32 jobs. A job that comes free meanwhile waits at most this long for this worker
 (any other may take it at once)."""
-"""How often a worker says it is alive (``GET /api/v1/workers``; gone after three missed)."""
 
 
 async def beat_on_this_host(settings: RuntimeSettings) -> WorkerBeat | None:
