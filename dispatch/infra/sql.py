@@ -9,7 +9,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["insert_ignore", "insert_ignore_many", "insert_or_get"]
+__all__ = ["insert_ignore", "insert_or_get"]
 
 
 async def insert_or_get(
@@ -37,23 +37,6 @@ async def insert_ignore(
 ) -> None:
     """Insert a row unless one with the same ``conflict`` columns exists (then do nothing)."""
     await session.execute(_insert(session, table, values, conflict))
-
-
-async def insert_ignore_many(
-    session: AsyncSession,
-    table: Table,
-    rows: Sequence[dict[str, Any]],
-    conflict: Sequence[str],
-) -> None:
-    """Insert rows, each unless one with the same ``conflict`` columns exists (one
-    statement: the driver sends them as a batch)."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    await session.execute(
-        insert(table).on_conflict_do_nothing(index_elements=list(conflict)), list(rows)
-    )
 
 
 def _insert(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, case, exists, select, update
+from sqlalchemy import Integer, Text, TextClause, bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
@@ -24,6 +24,7 @@ from dispatch.record.models import (
     utcnow,
 )
 from dispatch.record.outbox import Outbox, add_reply, give_back, pending_of, read_outbox
+from dispatch.record.rows import ID, KEY, TIME, Rows, sql
 from dispatch.record.turns import Turns
 
 __all__ = ["Deliveries", "DeliveryUpdate"]
@@ -67,6 +68,45 @@ def _delivery_statements() -> tuple[Any, Any]:
 
 
 _RECORD_EXTERNAL_ID, _MOVE_DELIVERY = _delivery_statements()
+
+_OUTCOME = (
+    ("id", ID),
+    ("ext", KEY),
+    ("rank", Integer()),
+    ("delivery", KEY),
+    ("error", Text()),
+    ("at", TIME),
+)
+_RECORD_OUTCOMES: dict[str, TextClause] = {}
+
+
+def _recording(
+    session: AsyncSession, changes: Sequence[DeliveryUpdate], now: Any
+) -> tuple[Any, dict[str, Any]]:
+    """:data:`_RECORD_EXTERNAL_ID` and :data:`_MOVE_DELIVERY` for many replies in one statement
+    (one new version of each row, one execution whatever their number), and its parameters:
+    each message takes the provider's id unless it has one or another message of its channel
+    has it, and the status unless its own ranks as high."""
+    dialect = session.get_bind().dialect
+    table = Rows(dialect)
+    if (statement := _RECORD_OUTCOMES.get(dialect.name)) is None:
+        rank = " ".join(f"WHEN '{d.value}' THEN {d.rank}" for d in Delivery)
+        moves = f"(CASE messages.delivery {rank} ELSE {len(Delivery)} END) < w.rank"
+        takes = """(messages.external_id IS NULL AND w.ext IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM messages AS other
+            WHERE other.channel = messages.channel AND other.external_id = w.ext))"""
+        statement = _RECORD_OUTCOMES[dialect.name] = sql(f"""
+            UPDATE messages SET
+                external_id = CASE WHEN {takes} THEN w.ext ELSE messages.external_id END,
+                delivery = CASE WHEN {moves} THEN w.delivery ELSE messages.delivery END,
+                delivery_error = CASE WHEN {moves} THEN w.error ELSE messages.delivery_error END,
+                updated_at = CASE WHEN {moves} THEN w.at ELSE messages.updated_at END
+            FROM {table.table("outcomes", _OUTCOME)}
+            WHERE messages.id = w.id AND ({moves} OR {takes})""")  # noqa: S608 - no value in it: all bound
+    rows = [
+        (c.message_id, c.external_id, c.status.rank, c.status.value, c.error, now) for c in changes
+    ]
+    return statement, table.bind("outcomes", _OUTCOME, rows)
 
 
 def _moved(change: DeliveryUpdate, now: Any) -> dict[str, Any]:
@@ -170,15 +210,23 @@ class Deliveries:
     ) -> list[int | None]:
         now = utcnow()
         changes = [change for change, _ in ends]
+        # One outcome a message, and a provider's id to one message of the batch: a second
+        # (a provider that re-uses ids) is recorded after it, as it would be alone.
+        together: dict[int, DeliveryUpdate] = {}
+        after: list[DeliveryUpdate] = []
+        ids: set[str] = set()
+        for change in changes:
+            if change.message_id in together or change.external_id in ids:
+                after.append(change)
+                continue
+            together[change.message_id] = change
+            if change.external_id is not None:
+                ids.add(change.external_id)
         async with self._sessions.begin() as session:
-            found = [
-                {"mid": c.message_id, "ext": c.external_id}
-                for c in changes
-                if c.external_id is not None
-            ]
-            if found:
-                await session.execute(_RECORD_EXTERNAL_ID, found)
-            await session.execute(_MOVE_DELIVERY, [_moved(c, now) for c in changes])
+            statement, params = _recording(session, list(together.values()), now)
+            await session.execute(statement, params)
+            for change in after:
+                await self._move(session, change, now)
             await ManyActivities.append(session, [e for c in changes if (e := _event_of(c, now))])
             turns: dict[int, int] = {}
             for _, (conversation_id, key) in ends:
@@ -191,16 +239,22 @@ class Deliveries:
                 for _, (conversation_id, key) in ends
             ]
 
+    @classmethod
+    async def _move_delivery(cls, session: AsyncSession, change: DeliveryUpdate) -> bool:
+        now = utcnow()
+        moved = await cls._move(session, change, now)
+        if (event := _event_of(change, now)) is not None:
+            await ManyActivities.append(session, [event])
+        return moved
+
     @staticmethod
-    async def _move_delivery(session: AsyncSession, change: DeliveryUpdate) -> bool:
+    async def _move(session: AsyncSession, change: DeliveryUpdate, now: Any) -> bool:
+        """One message's outcome: its provider's id, then its status (whether it moved)."""
         if change.external_id is not None:
             await session.execute(
                 _RECORD_EXTERNAL_ID, {"mid": change.message_id, "ext": change.external_id}
             )
-        now = utcnow()
         result = await session.execute(_MOVE_DELIVERY, _moved(change, now))
-        if (event := _event_of(change, now)) is not None:
-            await ManyActivities.append(session, [event])
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     async def touch_sending(self, message_id: int) -> None:

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Integer, Select, Text, TextClause, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
-from dispatch.infra.sql import insert_ignore_many
 from dispatch.language.i18n import say
 from dispatch.record.models import (
     ActivityStatus,
@@ -25,7 +24,7 @@ from dispatch.record.models import (
     Message,
     utcnow,
 )
-from dispatch.record.rows import any_id
+from dispatch.record.rows import ID, JSON_ROW, KEY, Rows, any_id, sql
 
 __all__ = [
     "Outbox",
@@ -157,47 +156,65 @@ async def add_reply(
 
 
 async def add_replies(session: AsyncSession, replies: Sequence[Reply]) -> None:
-    """:func:`add_reply` for many activities' messages (one each), in two statements."""
-    replies = [r for r in replies if r.parts]
-    if not replies:
-        return
-    numbered = await session.execute(_NUMBERED, {"ids": sorted({r.activity_id for r in replies})})
-    last = {activity_id: part for activity_id, part in numbered}
-    rows: list[dict[str, Any]] = []
-    for reply in replies:
-        before = last.get(reply.activity_id)
-        first = 0 if before is None else before + 1
-        for offset, text in enumerate(reply.parts):
-            rows.append(_part(reply, offset, first + offset, text))
-    await insert_ignore_many(
-        session,
-        Message.__table__,  # type: ignore[arg-type]
-        rows,
-        ("activity_id", "part"),
-    )
+    """:func:`add_reply` for many activities' messages (one each), in one statement: each
+    part numbered on after the last one its activity has, and written unless that number is
+    taken (once each)."""
+    rows = [_part(r, offset, text) for r in replies for offset, text in enumerate(r.parts)]
+    if rows:
+        statement, params = _adding(session, rows)
+        await session.execute(statement, params)
 
 
-def _part(reply: Reply, offset: int, index: int, text: str) -> dict[str, Any]:
+_PART = (
+    ("activity_id", ID),
+    ("step", Integer()),
+    ("channel", KEY),
+    ("conversation_id", ID),
+    ("sender", KEY),
+    ("text", Text()),
+    ("media", JSON_ROW),
+    ("raw", JSON_ROW),
+)
+_ADD: dict[str, TextClause] = {}
+
+
+def _adding(
+    session: AsyncSession, rows: list[tuple[Any, ...]]
+) -> tuple[TextClause, dict[str, Any]]:
+    """The statement writing the parts ``rows`` in their order, pending, and its parameters."""
+    dialect = session.get_bind().dialect
+    table = Rows(dialect)
+    if (statement := _ADD.get(dialect.name)) is None:
+        last = "SELECT max(m.part) FROM messages AS m WHERE m.activity_id = w.activity_id"
+        statement = _ADD[dialect.name] = sql(f"""
+            INSERT INTO messages (direction, channel, conversation_id, sender, text, media, raw,
+                delivery, activity_id, part, dispatch_attempts, received_at, updated_at)
+            SELECT '{Direction.OUTBOUND.value}', w.channel, w.conversation_id, w.sender, w.text,
+                w.media, w.raw, '{Delivery.PENDING.value}', w.activity_id,
+                COALESCE(({last}), -1) + w.step, 0, :now, :now
+            FROM {table.table("parts", _PART)} WHERE true ORDER BY w.n
+            ON CONFLICT (activity_id, part) DO NOTHING""")  # noqa: S608 - no value in it: all bound
+    return statement, {"now": utcnow(), **table.bind("parts", _PART, rows)}
+
+
+def _part(reply: Reply, offset: int, text: str) -> tuple[Any, ...]:
+    """A part of a reply, as a row of :data:`_PART`: its place among the reply's parts (from
+    1), who wrote it (a person's name, a supervisor answering; else the bot), the attachments
+    with the first part, the offered answers with the last (under which buttons make sense)."""
     author = reply.author
-    return {
-        "direction": Direction.OUTBOUND.value,
-        "channel": reply.channel,
-        "external_id": None,
-        "conversation_id": reply.conversation_id,
-        # Who wrote it: a person's name (a supervisor answering), else the bot.
-        "sender": author or "switchboard",
-        "text": clean_text(text),
-        # Attachments go with the first part.
-        "media": (reply.media or []) if offset == 0 else [],
-        # Offered answers go with the last part, under which buttons make sense.
-        "raw": (
-            {"choices": reply.choices} if reply.choices and offset == len(reply.parts) - 1 else {}
-        )
-        | ({"author": author} if author else {}),
-        "delivery": Delivery.PENDING.value,
-        "activity_id": reply.activity_id,
-        "part": index,
-    }
+    raw = (
+        {"choices": reply.choices} if reply.choices and offset == len(reply.parts) - 1 else {}
+    ) | ({"author": author} if author else {})
+    return (
+        reply.activity_id,
+        offset + 1,
+        reply.channel,
+        reply.conversation_id,
+        author or "switchboard",
+        clean_text(text),
+        (reply.media or []) if offset == 0 else [],
+        raw,
+    )
 
 
 def pending_of(activity_id: int) -> Select[Message]:
@@ -287,11 +304,6 @@ async def give_back(session: AsyncSession, message_ids: list[int]) -> None:
 
 _TABLE: Any = Message.__table__
 # The statements of the batches, built once.
-_NUMBERED = (
-    select(Message.activity_id, func.max(Message.part))
-    .where(any_id(Message.activity_id))
-    .group_by(Message.activity_id)
-)
 _PENDING = (
     select(Message)
     .where(any_id(Message.activity_id), Message.delivery == Delivery.PENDING.value)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import TextClause, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -43,7 +43,7 @@ from dispatch.record.models import (
     User,
     utcnow,
 )
-from dispatch.record.rows import any_id
+from dispatch.record.rows import ID, KEY, Rows, any_id, sql
 from dispatch.record.turns import Turns
 from dispatch.understanding.intents import Intent
 from dispatch.work.approvals import expiry
@@ -238,20 +238,26 @@ def _existing() -> Any:
     ).where(any_id(Activity.source_message_id))
 
 
-def _remember() -> Any:
-    """A conversation's language, as its latest message showed it."""
-    table: Any = Conversation.__table__
-    return (
-        update(table)
-        .where(table.c.id == _CID, table.c.language.is_distinct_from(_LANGUAGE))
-        .values(language=_LANGUAGE)
-    )
+_SHOWN = (("cid", ID), ("language", KEY))
+_REMEMBER: dict[str, TextClause] = {}
+
+
+def _remembering(session: AsyncSession, shown: dict[int, str]) -> tuple[TextClause, dict[str, Any]]:
+    """The statement remembering each conversation's language as its latest message showed
+    it ({conversation: language}), and its parameters."""
+    dialect = session.get_bind().dialect
+    table = Rows(dialect)
+    if (statement := _REMEMBER.get(dialect.name)) is None:
+        statement = _REMEMBER[dialect.name] = sql(f"""
+            UPDATE conversations SET language = w.language
+            FROM {table.table("shown", _SHOWN)}
+            WHERE conversations.id = w.cid
+              AND (conversations.language IS NULL OR conversations.language <> w.language)""")  # noqa: S608 - no value in it: all bound
+    return statement, table.bind("shown", _SHOWN, sorted(shown.items()))
 
 
 _NOW: Any = bindparam("now")
-_CID: Any = bindparam("cid")
-_LANGUAGE: Any = bindparam("language")
-_LOAD, _CLAIM, _REMEMBER, _EXISTING = _load(), _claim(), _remember(), _existing()
+_LOAD, _CLAIM, _EXISTING = _load(), _claim(), _existing()
 
 
 class BatchDispatcher:
@@ -378,15 +384,16 @@ class BatchDispatcher:
         """Each message's language (its sender's choice, else what it shows, else its
         conversation's); what a message showed is remembered as its conversation's."""
         languages: dict[int, str | None] = {}
-        remember: list[dict[str, Any]] = []
+        remember: dict[int, str] = {}  # (the latest message of a conversation last)
         for u in ours:
             earlier = (u.intent.provenance.get("original") or {}).get("language")
             shown = u.row.chosen or spoken(u.row.text, u.row.raw, earlier)
             languages[u.row.id] = shown or u.row.remembered
             if shown is not None and shown != u.row.remembered:
-                remember.append({"cid": u.row.conversation_id, "language": shown})
+                remember[u.row.conversation_id] = shown
         if remember:
-            await session.execute(_REMEMBER, remember)
+            statement, params = _remembering(session, remember)
+            await session.execute(statement, params)
         return languages
 
     @staticmethod

@@ -314,29 +314,36 @@ async def test_reply_outcomes_ended_together_move_each_message_once_upwards(
 ) -> None:
     """Outcomes recorded together, in one transaction: each message ends at the highest status
     it was told, whatever the order; a lower one told with it is ignored; a provider id another
-    message has already is not taken, and the status moves all the same."""
+    message has already is not taken, and the status moves all the same; a message keeps the
+    provider id it has, and takes one told with a status lower than its own."""
     async with runtime_on(backend, make_settings, tmp_path) as runtime:
         async with runtime.sessions.begin() as session:
             conversation = Conversation(channel="rest", key="outcomes")
             session.add(conversation)
             await session.flush()
-            sent = [
-                Message(
+
+            def reply(delivery: Delivery, external_id: str | None = None) -> Message:
+                return Message(
                     direction="outbound",
                     channel="rest",
                     conversation_id=conversation.id,
-                    text=f"reply {n}",
-                    delivery=Delivery.SENDING.value,
+                    text="a reply",
+                    delivery=delivery.value,
+                    external_id=external_id,
                 )
-                for n in range(3)
-            ]
-            session.add_all(sent)
+
+            sent = [reply(Delivery.SENDING) for _ in range(3)]
+            known = reply(Delivery.SENT, "p-0")
+            ahead = reply(Delivery.DELIVERED)
+            session.add_all([*sent, known, ahead])
         first, second, third = (m.id for m in sent)
         changes = [
             (DeliveryUpdate(message_id=first, status=Delivery.DELIVERED, external_id="p-1"), 1),
             (DeliveryUpdate(message_id=first, status=Delivery.SENT, external_id="p-1"), 2),
             (DeliveryUpdate(message_id=second, status=Delivery.SENT, external_id="p-2"), 3),
             (DeliveryUpdate(message_id=third, status=Delivery.SENT, external_id="p-2"), 4),
+            (DeliveryUpdate(message_id=known.id, status=Delivery.READ, external_id="p-3"), 5),
+            (DeliveryUpdate(message_id=ahead.id, status=Delivery.SENT, external_id="p-4"), 6),
         ]
         await asyncio.gather(
             *(
@@ -353,4 +360,6 @@ async def test_reply_outcomes_ended_together_move_each_message_once_upwards(
             first: ("delivered", "p-1"),
             second: ("sent", "p-2"),
             third: ("sent", None),
+            known.id: ("read", "p-0"),
+            ahead.id: ("delivered", "p-4"),
         }
