@@ -465,7 +465,7 @@ class ManyActivities:
                 stale = {"attempt": ending.attempt, "discarded": ending.kind, "runner": RUNNER}
                 events.append(event_row(activity.id, "stale_result", None, stale, now))
         await cls.append(session, events)
-        await add_replies(
+        claimed = await add_replies(
             session,
             [
                 Reply(
@@ -478,9 +478,12 @@ class ManyActivities:
                 )
                 for a, e in replies
             ],
+            reserve=True,
         )
         outboxes = await reserve_outboxes(
-            session, {a.id: a.source_message_id for n, (a, _) in enumerate(ends) if n in won}
+            session,
+            {a.id: a.source_message_id for n, (a, _) in enumerate(ends) if n in won},
+            claimed,
         )
         return [outboxes.get(a.id) if n in won else None for n, (a, _) in enumerate(ends)]
 

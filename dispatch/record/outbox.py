@@ -7,11 +7,11 @@ go out at most once (see ``workers.replies``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Integer, Select, Text, TextClause, bindparam, select, update
+from sqlalchemy import Boolean, Integer, Select, Text, TextClause, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
@@ -155,19 +155,29 @@ async def add_reply(
     await add_replies(session, [reply])
 
 
-async def add_replies(session: AsyncSession, replies: Sequence[Reply]) -> None:
+async def add_replies(
+    session: AsyncSession, replies: Sequence[Reply], *, reserve: bool = False
+) -> set[int]:
     """:func:`add_reply` for many activities' messages (one each), in one statement: each
     part numbered on after the last one its activity has, and written unless that number is
-    taken (once each)."""
-    rows = [_part(r, offset, text) for r in replies for offset, text in enumerate(r.parts)]
-    if rows:
-        statement, params = _adding(session, rows)
-        await session.execute(statement, params)
+    taken (once each). With ``reserve``, a message's first part is written claimed
+    (``sending``, as :func:`reserve_outboxes` would claim it) where its activity has no
+    earlier reply still to send; returns those parts."""
+    rows = [
+        _part(r, offset, text, reserve=reserve)
+        for r in replies
+        for offset, text in enumerate(r.parts)
+    ]
+    if not rows:
+        return set()
+    statement, params = _adding(session, rows)
+    return {int(i) for i in await session.scalars(statement, params) if i is not None}
 
 
 _PART = (
     ("activity_id", ID),
     ("step", Integer()),
+    ("reserve", Boolean()),
     ("channel", KEY),
     ("conversation_id", ID),
     ("sender", KEY),
@@ -181,23 +191,30 @@ _ADD: dict[str, TextClause] = {}
 def _adding(
     session: AsyncSession, rows: list[tuple[Any, ...]]
 ) -> tuple[TextClause, dict[str, Any]]:
-    """The statement writing the parts ``rows`` in their order, pending, and its parameters."""
+    """The statement writing the parts ``rows`` in their order (``RETURNING`` those written
+    claimed), and its parameters."""
     dialect = session.get_bind().dialect
     table = Rows(dialect)
     if (statement := _ADD.get(dialect.name)) is None:
+        pending, sending = Delivery.PENDING.value, Delivery.SENDING.value
         last = "SELECT max(m.part) FROM messages AS m WHERE m.activity_id = w.activity_id"
+        waiting = f"""SELECT 1 FROM messages AS m
+            WHERE m.activity_id = w.activity_id AND m.delivery = '{pending}'"""  # noqa: S608 - no value in it
         statement = _ADD[dialect.name] = sql(f"""
             INSERT INTO messages (direction, channel, conversation_id, sender, text, media, raw,
                 delivery, activity_id, part, dispatch_attempts, received_at, updated_at)
             SELECT '{Direction.OUTBOUND.value}', w.channel, w.conversation_id, w.sender, w.text,
-                w.media, w.raw, '{Delivery.PENDING.value}', w.activity_id,
-                COALESCE(({last}), -1) + w.step, 0, :now, :now
+                w.media, w.raw,
+                CASE WHEN w.reserve AND w.step = 1 AND NOT EXISTS ({waiting})
+                    THEN '{sending}' ELSE '{pending}' END,
+                w.activity_id, COALESCE(({last}), -1) + w.step, 0, :now, :now
             FROM {table.table("parts", _PART)} WHERE true ORDER BY w.n
-            ON CONFLICT (activity_id, part) DO NOTHING""")  # noqa: S608 - no value in it: all bound
+            ON CONFLICT (activity_id, part) DO NOTHING
+            RETURNING CASE WHEN delivery = '{sending}' THEN id END""")  # noqa: S608 - no value in it: all bound
     return statement, {"now": utcnow(), **table.bind("parts", _PART, rows)}
 
 
-def _part(reply: Reply, offset: int, text: str) -> tuple[Any, ...]:
+def _part(reply: Reply, offset: int, text: str, *, reserve: bool) -> tuple[Any, ...]:
     """A part of a reply, as a row of :data:`_PART`: its place among the reply's parts (from
     1), who wrote it (a person's name, a supervisor answering; else the bot), the attachments
     with the first part, the offered answers with the last (under which buttons make sense)."""
@@ -208,6 +225,7 @@ def _part(reply: Reply, offset: int, text: str) -> tuple[Any, ...]:
     return (
         reply.activity_id,
         offset + 1,
+        reserve,
         reply.channel,
         reply.conversation_id,
         author or "switchboard",
@@ -235,25 +253,29 @@ async def read_outbox(
 
 
 async def reserve_outboxes(
-    session: AsyncSession, activities: dict[int, int | None]
+    session: AsyncSession, activities: dict[int, int | None], claimed: Collection[int] = ()
 ) -> dict[int, Outbox]:
     """The replies still to send of each activity ({activity id: its source message's id}),
     in order, with the conversations they go to and the external id of the message they
     answer (:class:`Outbox`), the first claimed (pending → sending, the at-most-once gate, as
-    ``claim_reply``) for the caller, who hands it over at once; the others are claimed one by
-    one as their turn comes, so a sender that dies loses the part in flight only. Four
+    ``claim_reply``) for the caller, who hands it over at once, unless it is one of
+    ``claimed`` already (written so by :func:`add_replies`); the others are claimed one by one
+    as their turn comes, so a sender that dies loses the part in flight only. Three or four
     statements, whatever their number."""
     if not activities:
         return {}
-    rows = list(await session.scalars(_PENDING, {"ids": sorted(activities)}))
+    rows = list(
+        await session.scalars(_PENDING, {"ids": sorted(activities), "claimed": sorted(claimed)})
+    )
     if not rows:
         return {a: Outbox(replies=[], conversations={}) for a in activities}
     replies: dict[int, list[Message]] = {}
     for row in rows:
         replies.setdefault(int(row.activity_id or 0), []).append(row)
-    firsts = sorted(r[0].id for r in replies.values())
-    claimed = set(await session.scalars(_RESERVE, {"ids": firsts, "now": utcnow()}))
-    return await _addressed(session, replies, activities, claimed)
+    firsts = sorted(r[0].id for r in replies.values() if r[0].id not in claimed)
+    if firsts:
+        claimed = {*claimed, *await session.scalars(_RESERVE, {"ids": firsts, "now": utcnow()})}
+    return await _addressed(session, replies, activities, set(claimed))
 
 
 async def _addressed(
@@ -306,7 +328,10 @@ _TABLE: Any = Message.__table__
 # The statements of the batches, built once.
 _PENDING = (
     select(Message)
-    .where(any_id(Message.activity_id), Message.delivery == Delivery.PENDING.value)
+    .where(
+        any_id(Message.activity_id),
+        or_(Message.delivery == Delivery.PENDING.value, any_id(Message.id, "claimed")),
+    )
     .order_by(Message.activity_id, Message.part)
 )
 _RESERVE = (

@@ -28,6 +28,7 @@ from dispatch.record.models import (
     Delivery,
     Message,
 )
+from dispatch.record.outbox import add_reply
 from gateway.settings import Settings
 from tests.support.flow import wait_for
 from tests.support.runtime import runtime_for
@@ -209,6 +210,67 @@ async def test_a_run_ended_as_its_caller_stops_gives_its_reserved_reply_back(
                 select(Message.delivery).where(Message.activity_id == view.id)
             )
     assert (status, delivery) == ("completed", "pending")
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["first", "after-an-earlier-one"])
+async def test_a_run_ends_with_the_first_reply_it_owes_claimed_for_its_caller(
+    backend: str, earlier: bool, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A run's end writes its reply's parts and hands its caller the outbox with the first
+    part it owes claimed ('sending', the at-most-once gate) and the rest pending, in order.
+    Where an earlier reply of the activity still waits to be sent, that one is the first: it
+    is claimed, and the new parts wait behind it."""
+    async with runtime_on(backend, make_settings, tmp_path) as runtime:
+        await runtime.dispatcher.ingest_all("rest", burst()[:1])
+        conversation = await wait_for(
+            lambda: runtime.store.conversation_by_key("rest", "visitor-0"), timeout_s=10
+        )
+        async with runtime.sessions.begin() as session:
+            opened = await ActivityLog.open(
+                session,
+                Opening(
+                    agent="ops",
+                    action_type="echo",
+                    description="Repeat a text",
+                    details={"payload": {"text": "x"}},
+                    status=ActivityStatus.QUEUED,
+                    conversation_id=conversation.id,
+                    source_channel="rest",
+                    lease_s=60,
+                ),
+            )
+            view = ActivityView.of(opened)
+            if earlier:
+                await add_reply(
+                    session,
+                    activity_id=view.id,
+                    conversation_id=conversation.id,
+                    channel="rest",
+                    parts=["earlier"],
+                )
+        ending = Ending(
+            to=ActivityStatus.COMPLETED,
+            attempt=1,
+            kind="completed",
+            details={"result": {"text": "one two"}},
+            metrics={},
+            reply=["one", "two"],
+        )
+        outbox = await runtime.activities.finish(view, ending, reserve=True)
+        assert outbox is not None
+        async with runtime.sessions() as session:
+            rows = (
+                await session.execute(
+                    select(Message.id, Message.text, Message.part, Message.delivery)
+                    .where(Message.activity_id == view.id)
+                    .order_by(Message.part)
+                )
+            ).all()
+    texts = ["earlier", "one", "two"] if earlier else ["one", "two"]
+    assert [(text, part) for _, text, part, _ in rows] == [(t, n) for n, t in enumerate(texts)]
+    assert [delivery for *_, delivery in rows] == ["sending"] + ["pending"] * (len(texts) - 1)
+    assert [r.text for r in outbox.replies] == texts
+    assert outbox.reserved == rows[0].id
 
 
 async def test_a_message_asked_for_twice_at_once_is_claimed_and_run_once(
