@@ -72,10 +72,11 @@ class WorkerSettings(Group):
     """How jobs run, in the arq worker or in-process."""
 
     max_jobs: int = setting(
-        32,
+        64,
         "WORKER_MAX_JOBS",
         "Jobs one worker runs at a time, and conversations it works on at once (a job may "
-        "carry up to 16 new messages).",
+        "carry up to 16 new messages). More at once make larger batches: fewer statements a "
+        "message.",
         check=AT_LEAST_ONE,
     )
     poll_delay_s: float = setting(

@@ -6,6 +6,11 @@ set-based statements in one transaction and returns each item's outcome, in orde
 batch is being written, the next one fills: under load the batches grow by themselves, with
 no timer and no wait added for a lone caller (its flush starts at the loop's next turn).
 
+By default one batch is written at a time. A statement costs a worker's loop about the same
+CPU whatever the rows it carries, so where that loop is the limit, two batches written side
+by side (each half as large) cost a message more: measured end to end, one at a time carried
+320 messages/s against 255 for two (5.2 statements a message against 9.0).
+
 A batch that fails for a reason other than an outage (a database that is down or overloaded
 fails every item alike) is written again one item at a time, so one bad item cannot fail the
 others: it fails alone, with its own error.
@@ -37,7 +42,7 @@ class GroupCommit(Generic[I, R]):
         *,
         name: str,
         max_batch: int = 500,
-        flushes: int = 2,
+        flushes: int = 1,
     ) -> None:
         self._flush_batch = flush
         self._name = name
