@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import msgspec
-from sqlalchemy import ColumnElement, Integer, TextClause, func, insert, select, update
+from sqlalchemy import ColumnElement, Integer, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
@@ -45,7 +45,7 @@ from dispatch.record.outbox import (
     give_back,
     reserve_outboxes,
 )
-from dispatch.record.rows import ID, JSON_ROW, KEY, TIME, Rows, sql
+from dispatch.record.rows import ID, JSON_ROW, KEY, TIME, BatchStatement
 
 __all__ = [
     "SENDING_HEARTBEAT_S",
@@ -342,25 +342,22 @@ _ENDED = (
     ("metrics", JSON_ROW),
     ("completed_at", TIME),
 )
-_FENCED_END: dict[str, TextClause] = {}
-
-
-def _fenced_end(session: AsyncSession, rows: list[tuple[Any, ...]]) -> tuple[Any, dict[str, Any]]:
-    """The statement ending many runs, each only if its attempt still holds it (``RETURNING``
-    the ids it ended), and its parameters."""
-    dialect = session.get_bind().dialect
-    table = Rows(dialect)
-    if (statement := _FENCED_END.get(dialect.name)) is None:
-        ending = f"""
-            UPDATE agent_activities SET status = w.status, details = w.details,
-                metrics = w.metrics, completed_at = w.completed_at, lease_expires_at = NULL
-            FROM {table.table("ended", _ENDED)}
-            WHERE agent_activities.id = w.id
-              AND agent_activities.status = '{ActivityStatus.IN_PROGRESS.value}'
-              AND agent_activities.attempts = w.attempt
-            RETURNING agent_activities.id, agent_activities.attempts"""  # noqa: S608 - no value in it: all bound
-        statement = _FENCED_END[dialect.name] = sql(ending)
-    return statement, table.bind("ended", _ENDED, rows)
+_FENCED_END = BatchStatement(
+    "ended",
+    _ENDED,
+    lambda w: (
+        f"""
+        UPDATE agent_activities SET status = w.status, details = w.details,
+            metrics = w.metrics, completed_at = w.completed_at, lease_expires_at = NULL
+        FROM {w}
+        WHERE agent_activities.id = w.id
+          AND agent_activities.status = '{ActivityStatus.IN_PROGRESS.value}'
+          AND agent_activities.attempts = w.attempt
+        RETURNING agent_activities.id, agent_activities.attempts"""  # noqa: S608 - no value in it: all bound
+    ),
+)
+"""The statement ending many runs, each only if its attempt still holds it (``RETURNING`` the
+ids it ended)."""
 
 
 _EVENT = (
@@ -371,23 +368,17 @@ _EVENT = (
     ("data", JSON_ROW),
     ("at", TIME),
 )
-_APPEND: dict[str, TextClause] = {}
-
-
-def _appending(
-    session: AsyncSession, events: Sequence[dict[str, Any]]
-) -> tuple[TextClause, dict[str, Any]]:
-    """The statement appending ``events`` in their order, and its parameters."""
-    dialect = session.get_bind().dialect
-    table = Rows(dialect)
-    if (statement := _APPEND.get(dialect.name)) is None:
-        names = ", ".join(name for name, _ in _EVENT)
-        statement = _APPEND[dialect.name] = sql(f"""
-            INSERT INTO activity_events ({names})
-            SELECT {", ".join(f"w.{name}" for name, _ in _EVENT)}
-            FROM {table.table("events", _EVENT)} WHERE true ORDER BY w.n""")  # noqa: S608 - no value in it: all bound
-    rows = [tuple(e[name] for name, _ in _EVENT) for e in events]
-    return statement, table.bind("events", _EVENT, rows)
+_APPEND = BatchStatement(
+    "events",
+    _EVENT,
+    lambda w: (
+        f"""
+        INSERT INTO activity_events ({", ".join(name for name, _ in _EVENT)})
+        SELECT {", ".join(f"w.{name}" for name, _ in _EVENT)}
+        FROM {w} WHERE true ORDER BY w.n"""  # noqa: S608 - no value in it: all bound
+    ),
+)
+"""The statement appending events in their order."""
 
 
 class ManyActivities:
@@ -449,7 +440,7 @@ class ManyActivities:
             for n, (a, e) in enumerate(ends)
             if firsts[a.id, e.attempt] == n
         ]
-        statement, params = _fenced_end(session, rows)
+        statement, params = _FENCED_END(session, rows)
         ended = {(int(i), int(attempt)) for i, attempt in await session.execute(statement, params)}
         events: list[dict[str, Any]] = []
         replies: list[tuple[ActivityView, Ending]] = []
@@ -492,7 +483,7 @@ class ManyActivities:
         """Append events (rows as :func:`event_row` makes them) in one statement, one execution
         whatever their number (a list of parameter sets would be one execution a row)."""
         if events:
-            statement, params = _appending(session, events)
+            statement, params = _APPEND(session, [tuple(e[n] for n, _ in _EVENT) for e in events])
             await session.execute(statement, params)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Integer, Text, TextClause, bindparam, case, exists, select, update
+from sqlalchemy import Integer, Text, bindparam, case, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch.infra.group import GroupCommit
@@ -24,7 +24,7 @@ from dispatch.record.models import (
     utcnow,
 )
 from dispatch.record.outbox import Outbox, add_reply, give_back, pending_of, read_outbox
-from dispatch.record.rows import ID, KEY, TIME, Rows, sql
+from dispatch.record.rows import ID, KEY, TIME, BatchStatement
 from dispatch.record.turns import Turns
 
 __all__ = ["Deliveries", "DeliveryUpdate"]
@@ -77,36 +77,29 @@ _OUTCOME = (
     ("error", Text()),
     ("at", TIME),
 )
-_RECORD_OUTCOMES: dict[str, TextClause] = {}
-
-
-def _recording(
-    session: AsyncSession, changes: Sequence[DeliveryUpdate], now: Any
-) -> tuple[Any, dict[str, Any]]:
-    """:data:`_RECORD_EXTERNAL_ID` and :data:`_MOVE_DELIVERY` for many replies in one statement
-    (one new version of each row, one execution whatever their number), and its parameters:
-    each message takes the provider's id unless it has one or another message of its channel
-    has it, and the status unless its own ranks as high."""
-    dialect = session.get_bind().dialect
-    table = Rows(dialect)
-    if (statement := _RECORD_OUTCOMES.get(dialect.name)) is None:
-        rank = " ".join(f"WHEN '{d.value}' THEN {d.rank}" for d in Delivery)
-        moves = f"(CASE messages.delivery {rank} ELSE {len(Delivery)} END) < w.rank"
-        takes = """(messages.external_id IS NULL AND w.ext IS NOT NULL AND NOT EXISTS (
-            SELECT 1 FROM messages AS other
-            WHERE other.channel = messages.channel AND other.external_id = w.ext))"""
-        statement = _RECORD_OUTCOMES[dialect.name] = sql(f"""
-            UPDATE messages SET
-                external_id = CASE WHEN {takes} THEN w.ext ELSE messages.external_id END,
-                delivery = CASE WHEN {moves} THEN w.delivery ELSE messages.delivery END,
-                delivery_error = CASE WHEN {moves} THEN w.error ELSE messages.delivery_error END,
-                updated_at = CASE WHEN {moves} THEN w.at ELSE messages.updated_at END
-            FROM {table.table("outcomes", _OUTCOME)}
-            WHERE messages.id = w.id AND ({moves} OR {takes})""")  # noqa: S608 - no value in it: all bound
-    rows = [
-        (c.message_id, c.external_id, c.status.rank, c.status.value, c.error, now) for c in changes
-    ]
-    return statement, table.bind("outcomes", _OUTCOME, rows)
+_RANK = " ".join(f"WHEN '{d.value}' THEN {d.rank}" for d in Delivery)
+_MOVES = f"(CASE messages.delivery {_RANK} ELSE {len(Delivery)} END) < w.rank"
+_TAKES = """(messages.external_id IS NULL AND w.ext IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM messages AS other
+    WHERE other.channel = messages.channel AND other.external_id = w.ext))"""
+_RECORD_OUTCOMES = BatchStatement(
+    "outcomes",
+    _OUTCOME,
+    lambda w: (
+        f"""
+        UPDATE messages SET
+            external_id = CASE WHEN {_TAKES} THEN w.ext ELSE messages.external_id END,
+            delivery = CASE WHEN {_MOVES} THEN w.delivery ELSE messages.delivery END,
+            delivery_error = CASE WHEN {_MOVES} THEN w.error ELSE messages.delivery_error END,
+            updated_at = CASE WHEN {_MOVES} THEN w.at ELSE messages.updated_at END
+        FROM {w}
+        WHERE messages.id = w.id AND ({_MOVES} OR {_TAKES})"""  # noqa: S608 - no value in it: all bound
+    ),
+)
+""":data:`_RECORD_EXTERNAL_ID` and :data:`_MOVE_DELIVERY` for many replies in one statement
+(one new version of each row, one execution whatever their number): each message takes the
+provider's id unless it has one or another message of its channel has it, and the status
+unless its own ranks as high."""
 
 
 def _moved(change: DeliveryUpdate, now: Any) -> dict[str, Any]:
@@ -223,7 +216,13 @@ class Deliveries:
             if change.external_id is not None:
                 ids.add(change.external_id)
         async with self._sessions.begin() as session:
-            statement, params = _recording(session, list(together.values()), now)
+            statement, params = _RECORD_OUTCOMES(
+                session,
+                [
+                    (c.message_id, c.external_id, c.status.rank, c.status.value, c.error, now)
+                    for c in together.values()
+                ],
+            )
             await session.execute(statement, params)
             for change in after:
                 await self._move(session, change, now)

@@ -11,7 +11,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Boolean, Integer, Select, Text, TextClause, bindparam, or_, select, update
+from sqlalchemy import Boolean, Integer, Select, Text, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch.infra.clean import clean_text
@@ -24,7 +24,7 @@ from dispatch.record.models import (
     Message,
     utcnow,
 )
-from dispatch.record.rows import ID, JSON_ROW, KEY, Rows, any_id, sql
+from dispatch.record.rows import ID, JSON_ROW, KEY, BatchStatement, any_id
 
 __all__ = [
     "Outbox",
@@ -170,8 +170,9 @@ async def add_replies(
     ]
     if not rows:
         return set()
-    statement, params = _adding(session, rows)
-    return {int(i) for i in await session.scalars(statement, params) if i is not None}
+    statement, params = _ADD(session, rows)
+    written = await session.scalars(statement, {"now": utcnow(), **params})
+    return {int(i) for i in written if i is not None}
 
 
 _PART = (
@@ -185,33 +186,31 @@ _PART = (
     ("media", JSON_ROW),
     ("raw", JSON_ROW),
 )
-_ADD: dict[str, TextClause] = {}
-
-
-def _adding(
-    session: AsyncSession, rows: list[tuple[Any, ...]]
-) -> tuple[TextClause, dict[str, Any]]:
-    """The statement writing the parts ``rows`` in their order (``RETURNING`` those written
-    claimed), and its parameters."""
-    dialect = session.get_bind().dialect
-    table = Rows(dialect)
-    if (statement := _ADD.get(dialect.name)) is None:
-        pending, sending = Delivery.PENDING.value, Delivery.SENDING.value
-        last = "SELECT max(m.part) FROM messages AS m WHERE m.activity_id = w.activity_id"
-        waiting = f"""SELECT 1 FROM messages AS m
-            WHERE m.activity_id = w.activity_id AND m.delivery = '{pending}'"""  # noqa: S608 - no value in it
-        statement = _ADD[dialect.name] = sql(f"""
-            INSERT INTO messages (direction, channel, conversation_id, sender, text, media, raw,
-                delivery, activity_id, part, dispatch_attempts, received_at, updated_at)
-            SELECT '{Direction.OUTBOUND.value}', w.channel, w.conversation_id, w.sender, w.text,
-                w.media, w.raw,
-                CASE WHEN w.reserve AND w.step = 1 AND NOT EXISTS ({waiting})
-                    THEN '{sending}' ELSE '{pending}' END,
-                w.activity_id, COALESCE(({last}), -1) + w.step, 0, :now, :now
-            FROM {table.table("parts", _PART)} WHERE true ORDER BY w.n
-            ON CONFLICT (activity_id, part) DO NOTHING
-            RETURNING CASE WHEN delivery = '{sending}' THEN id END""")  # noqa: S608 - no value in it: all bound
-    return statement, {"now": utcnow(), **table.bind("parts", _PART, rows)}
+_PENDING_PART, _SENDING_PART = Delivery.PENDING.value, Delivery.SENDING.value
+_ADD = BatchStatement(
+    "parts",
+    _PART,
+    lambda w: (
+        f"""
+        INSERT INTO messages (direction, channel, conversation_id, sender, text, media, raw,
+            delivery, activity_id, part, dispatch_attempts, received_at, updated_at)
+        SELECT '{Direction.OUTBOUND.value}', w.channel, w.conversation_id, w.sender, w.text,
+            w.media, w.raw,
+            CASE WHEN w.reserve AND w.step = 1 AND NOT EXISTS (
+                    SELECT 1 FROM messages AS m
+                    WHERE m.activity_id = w.activity_id AND m.delivery = '{_PENDING_PART}')
+                THEN '{_SENDING_PART}' ELSE '{_PENDING_PART}' END,
+            w.activity_id,
+            COALESCE((SELECT max(m.part) FROM messages AS m
+                      WHERE m.activity_id = w.activity_id), -1) + w.step,
+            0, :now, :now
+        FROM {w} WHERE true ORDER BY w.n
+        ON CONFLICT (activity_id, part) DO NOTHING
+        RETURNING CASE WHEN delivery = '{_SENDING_PART}' THEN id END"""  # noqa: S608 - no value in it: all bound
+    ),
+)
+"""The statement writing the parts (rows of :data:`_PART`) in their order, ``RETURNING`` those
+written claimed."""
 
 
 def _part(reply: Reply, offset: int, text: str, *, reserve: bool) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, Integer, String, Text, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
@@ -26,7 +27,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from dispatch.infra.clean import storable_json
 from dispatch.record.models import Json, UTCDateTime
 
-__all__ = ["ID", "JSON_ROW", "KEY", "TIME", "Columns", "Rows", "any_id", "sql"]
+__all__ = ["ID", "JSON_ROW", "KEY", "TIME", "BatchStatement", "Columns", "Rows", "any_id", "sql"]
 
 Columns = Sequence[tuple[str, TypeEngine[Any]]]
 JSON_ROW: TypeEngine[Any] = Json
@@ -115,6 +116,28 @@ class Rows:
             return storable_json if type_ is JSON_ROW else _same
         process = type_.dialect_impl(self.dialect).bind_processor(self.dialect)
         return process or _same
+
+
+class BatchStatement:
+    """A statement over a batch of rows read as the table ``w`` (:class:`Rows`), its text
+    built once per dialect: ``text`` is given that table's ``FROM`` item."""
+
+    def __init__(self, param: str, columns: Columns, text: Callable[[str], str]) -> None:
+        self._param = param
+        self._columns = columns
+        self._text = text
+        self._built: dict[str, TextClause] = {}
+
+    def __call__(
+        self, session: AsyncSession, rows: Sequence[Sequence[Any]]
+    ) -> tuple[TextClause, dict[str, Any]]:
+        """The statement for ``session``'s database, and the parameters holding ``rows``."""
+        dialect = session.get_bind().dialect
+        table = Rows(dialect)
+        if (statement := self._built.get(dialect.name)) is None:
+            statement = sql(self._text(table.table(self._param, self._columns)))
+            self._built[dialect.name] = statement
+        return statement, table.bind(self._param, self._columns, rows)
 
 
 def _same(value: Any) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import TextClause, bindparam, exists, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
@@ -43,7 +43,7 @@ from dispatch.record.models import (
     User,
     utcnow,
 )
-from dispatch.record.rows import ID, KEY, Rows, any_id, sql
+from dispatch.record.rows import ID, KEY, BatchStatement, any_id
 from dispatch.record.turns import Turns
 from dispatch.understanding.intents import Intent
 from dispatch.work.approvals import expiry
@@ -239,21 +239,18 @@ def _existing() -> Any:
 
 
 _SHOWN = (("cid", ID), ("language", KEY))
-_REMEMBER: dict[str, TextClause] = {}
-
-
-def _remembering(session: AsyncSession, shown: dict[int, str]) -> tuple[TextClause, dict[str, Any]]:
-    """The statement remembering each conversation's language as its latest message showed
-    it ({conversation: language}), and its parameters."""
-    dialect = session.get_bind().dialect
-    table = Rows(dialect)
-    if (statement := _REMEMBER.get(dialect.name)) is None:
-        statement = _REMEMBER[dialect.name] = sql(f"""
-            UPDATE conversations SET language = w.language
-            FROM {table.table("shown", _SHOWN)}
-            WHERE conversations.id = w.cid
-              AND (conversations.language IS NULL OR conversations.language <> w.language)""")  # noqa: S608 - no value in it: all bound
-    return statement, table.bind("shown", _SHOWN, sorted(shown.items()))
+_REMEMBER = BatchStatement(
+    "shown",
+    _SHOWN,
+    lambda w: (
+        f"""
+        UPDATE conversations SET language = w.language
+        FROM {w}
+        WHERE conversations.id = w.cid
+          AND (conversations.language IS NULL OR conversations.language <> w.language)"""  # noqa: S608 - no value in it: all bound
+    ),
+)
+"""Each conversation's language ({conversation: language}), as its latest message showed it."""
 
 
 _NOW: Any = bindparam("now")
@@ -392,7 +389,7 @@ class BatchDispatcher:
             if shown is not None and shown != u.row.remembered:
                 remember[u.row.conversation_id] = shown
         if remember:
-            statement, params = _remembering(session, remember)
+            statement, params = _REMEMBER(session, sorted(remember.items()))
             await session.execute(statement, params)
         return languages
 

@@ -164,6 +164,29 @@ async def test_many_conversations_are_worked_in_batches_in_order_and_once_each(
     assert 0 < ended <= messages // 3, counted
 
 
+async def _running_echo(runtime: Runtime) -> tuple[Conversation, ActivityView]:
+    """A visitor's conversation, and an activity of it running (attempt 1) as a worker holds it."""
+    await runtime.dispatcher.ingest_all("rest", burst()[:1])
+    conversation = await wait_for(
+        lambda: runtime.store.conversation_by_key("rest", "visitor-0"), timeout_s=10
+    )
+    async with runtime.sessions.begin() as session:
+        opened = await ActivityLog.open(
+            session,
+            Opening(
+                agent="ops",
+                action_type="echo",
+                description="Repeat a text",
+                details={"payload": {"text": "x"}},
+                status=ActivityStatus.QUEUED,
+                conversation_id=conversation.id,
+                source_channel="rest",
+                lease_s=60,
+            ),
+        )
+        return conversation, ActivityView.of(opened)
+
+
 async def test_a_run_ended_as_its_caller_stops_gives_its_reserved_reply_back(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -171,25 +194,7 @@ async def test_a_run_ended_as_its_caller_stops_gives_its_reserved_reply_back(
     stopped meanwhile (the worker stopping) goes back to pending, to be sent later — not left
     'sending', which recovery would settle as never to be sent."""
     async with runtime_on("sqlite", make_settings, tmp_path) as runtime:
-        await runtime.dispatcher.ingest_all("rest", burst()[:1])
-        conversation = await wait_for(
-            lambda: runtime.store.conversation_by_key("rest", "visitor-0"), timeout_s=10
-        )
-        async with runtime.sessions.begin() as session:
-            opened = await ActivityLog.open(
-                session,
-                Opening(
-                    agent="ops",
-                    action_type="echo",
-                    description="Repeat a text",
-                    details={"payload": {"text": "x"}},
-                    status=ActivityStatus.QUEUED,
-                    conversation_id=conversation.id,
-                    source_channel="rest",
-                    lease_s=60,
-                ),
-            )
-            view = ActivityView.of(opened)
+        _, view = await _running_echo(runtime)
         ending = Ending(
             to=ActivityStatus.COMPLETED,
             attempt=1,
@@ -221,26 +226,9 @@ async def test_a_run_ends_with_the_first_reply_it_owes_claimed_for_its_caller(
     Where an earlier reply of the activity still waits to be sent, that one is the first: it
     is claimed, and the new parts wait behind it."""
     async with runtime_on(backend, make_settings, tmp_path) as runtime:
-        await runtime.dispatcher.ingest_all("rest", burst()[:1])
-        conversation = await wait_for(
-            lambda: runtime.store.conversation_by_key("rest", "visitor-0"), timeout_s=10
-        )
-        async with runtime.sessions.begin() as session:
-            opened = await ActivityLog.open(
-                session,
-                Opening(
-                    agent="ops",
-                    action_type="echo",
-                    description="Repeat a text",
-                    details={"payload": {"text": "x"}},
-                    status=ActivityStatus.QUEUED,
-                    conversation_id=conversation.id,
-                    source_channel="rest",
-                    lease_s=60,
-                ),
-            )
-            view = ActivityView.of(opened)
-            if earlier:
+        conversation, view = await _running_echo(runtime)
+        if earlier:
+            async with runtime.sessions.begin() as session:
                 await add_reply(
                     session,
                     activity_id=view.id,
